@@ -1,0 +1,51 @@
+# sbitk: the two commands a newcomer runs are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint format bench clean
+
+setup: $(STAMP)
+
+# torch first: on a machine with an NVIDIA driver the ordinary build (CUDA); elsewhere the CPU
+# build, so that no CUDA packages are downloaded.
+$(STAMP): pyproject.toml simulators/pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip wheel setuptools
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		echo "CUDA driver found: installing the CUDA build of torch"; \
+		$(PIP) install -q "torch>=2.2"; \
+	elif $(PIP) download -q --no-deps --no-index -d /tmp/sbitk-torch-probe "torch==2.13.0" >/dev/null 2>&1; then \
+		echo "No CUDA driver: installing the local CPU build of torch"; \
+		$(PIP) install -q "torch==2.13.0"; \
+	else \
+		echo "No CUDA driver: installing the CPU build of torch"; \
+		$(PIP) install -q "torch>=2.2" --index-url https://download.pytorch.org/whl/cpu; \
+	fi
+	$(PIP) install -q -e ".[dev]" -e simulators
+	touch $(STAMP)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: setup lint
+	$(VENV)/bin/pytest -q
+
+demo: setup
+	$(VENV)/bin/sbitk simulate two_moons -n 20000 -o runs/demo/bank.zarr --seed 0 --force
+	$(VENV)/bin/sbitk inspect runs/demo/bank.zarr
+
+bench: setup
+	$(PIP) install -q -e ".[compare]"
+	$(PY) benchmarks/simulate.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,326 @@
+"""The simulator interface: X = φ(Y, η).
+
+A :class:`Simulator` declares named parameters Y, each with a prior, named outputs X with their
+shapes, and a function that maps a batch of parameters and a ``torch.Generator`` to a batch of
+outputs. All noise η comes from that generator, so the same seed gives the same simulations.
+
+Parameters and outputs are flattened to vectors: θ has shape (*, D_θ) and x (*, D_x). A
+parameter ``theta`` whose prior has dimension 3 becomes the columns ``theta[0]``, ``theta[1]``,
+``theta[2]``; an output ``counts`` of shape (2, 2) becomes ``counts[0,0]`` … ``counts[1,1]``.
+
+Example:
+    >>> import torch
+    >>> from sbitk.simulation.priors import BoxUniform
+    >>> @simulator("shifted_noise", parameters={"mu": BoxUniform(-1.0, 1.0)},
+    ...            outputs={"x": (2,)}, register=False)
+    ... def shifted_noise(theta, generator):
+    ...     return theta + 0.1 * torch.randn(theta.shape[0], 2, generator=generator)
+    >>> shifted_noise.parameter_names, shifted_noise.output_names
+    (['mu'], ['x[0]', 'x[1]'])
+    >>> shifted_noise(torch.zeros(4, 1), torch.Generator().manual_seed(0)).shape
+    torch.Size([4, 2])
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sbitk.errors import SimulatorError
+from sbitk.simulation.priors import Prior, Product, as_prior
+
+#: Row status codes of a simulation, stored in a bank next to the validity mask.
+STATUS_OK, STATUS_EXCEPTION, STATUS_NAN, STATUS_INF = 0, 1, 2, 3
+STATUS_NAMES = {STATUS_OK: "ok", STATUS_EXCEPTION: "exception", STATUS_NAN: "nan", STATUS_INF: "inf"}
+
+
+def _flat_names(name: str, shape: tuple[int, ...]) -> list[str]:
+    if shape == ():
+        return [name]
+    idx = itertools.product(*(range(s) for s in shape))
+    return [f"{name}[{','.join(map(str, i))}]" for i in idx]
+
+
+@dataclass(frozen=True, eq=False)
+class BatchResult:
+    """The outcome of one batch: outputs, a per-row status code, and messages of failures.
+
+    ``x`` holds NaN in every row whose status is not :data:`STATUS_OK`.
+    """
+
+    x: Tensor
+    status: Tensor
+    errors: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def valid(self) -> Tensor:
+        return self.status == STATUS_OK
+
+
+@dataclass(frozen=True, eq=False)
+class Simulator:
+    """A registered simulator X = φ(Y, η).
+
+    Args:
+        name: Registry name.
+        parameters: Ordered mapping from parameter name to its prior (or a torch distribution).
+        outputs: Ordered mapping from output name to its shape (``()`` for a scalar).
+        fn: ``fn(theta, generator) -> x``. Vectorized: ``theta`` is (N, D_θ) and ``x`` is (N, D_x)
+            or a mapping from output name to (N, *shape). Not vectorized: one row (D_θ,) in, one
+            output (D_x,) (or a mapping) out; it is then run row by row.
+        vectorized: Whether ``fn`` takes a batch.
+        version: Bumped when the simulator's behaviour changes; stored in banks.
+        description: One paragraph for ``sbitk simulators show``.
+        reference_posterior: Optional exact sampler ``(x_o (D_x,), n, generator) -> (n, D_θ)``.
+    """
+
+    name: str
+    parameters: Mapping[str, Prior]
+    outputs: Mapping[str, tuple[int, ...]]
+    fn: Callable
+    vectorized: bool = True
+    version: str = "1"
+    description: str = ""
+    reference_posterior: Callable | None = None
+
+    def __post_init__(self):
+        if not self.name or not isinstance(self.name, str):
+            raise SimulatorError(f"a simulator needs a non-empty string name, got {self.name!r}")
+        if not self.parameters:
+            raise SimulatorError(f"simulator {self.name!r} declares no parameters")
+        if not self.outputs:
+            raise SimulatorError(f"simulator {self.name!r} declares no outputs")
+        params = {str(k): as_prior(v) for k, v in self.parameters.items()}
+        outs = {}
+        for key, shape in self.outputs.items():
+            shape_t = (shape,) if isinstance(shape, int) else tuple(int(s) for s in shape)
+            if any(s <= 0 for s in shape_t):
+                raise SimulatorError(
+                    f"simulator {self.name!r}: output {key!r} has invalid shape {shape_t}"
+                )
+            outs[str(key)] = shape_t
+        object.__setattr__(self, "parameters", params)
+        object.__setattr__(self, "outputs", outs)
+
+    # ---- derived structure -------------------------------------------------------------------
+    @property
+    def prior(self) -> Prior:
+        """The joint prior over θ (D_θ,), the product of the parameters' priors."""
+        priors = list(self.parameters.values())
+        return priors[0] if len(priors) == 1 else Product(priors)
+
+    @property
+    def parameter_names(self) -> list[str]:
+        return [
+            n
+            for name, prior in self.parameters.items()
+            for n in _flat_names(name, () if prior.dim == 1 else (prior.dim,))
+        ]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [n for name, shape in self.outputs.items() for n in _flat_names(name, shape)]
+
+    @property
+    def theta_dim(self) -> int:
+        return sum(p.dim for p in self.parameters.values())
+
+    @property
+    def x_dim(self) -> int:
+        return sum(math.prod(s) for s in self.outputs.values())
+
+    def describe(self) -> dict:
+        """A JSON-serialisable description (names, priors, outputs), stored in banks and models."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "parameters": {k: p.spec() for k, p in self.parameters.items()},
+            "parameter_names": self.parameter_names,
+            "outputs": {k: list(s) for k, s in self.outputs.items()},
+            "output_names": self.output_names,
+            "prior": self.prior.spec(),
+        }
+
+    # ---- running -----------------------------------------------------------------------------
+    def _check_theta(self, theta: Tensor) -> Tensor:
+        theta = torch.as_tensor(theta)
+        if theta.dim() != 2 or theta.shape[1] != self.theta_dim:
+            raise SimulatorError(
+                f"simulator {self.name!r} takes theta of shape (N, {self.theta_dim}), "
+                f"got {tuple(theta.shape)}"
+            )
+        return theta
+
+    def _to_matrix(self, out, n: int) -> Tensor:
+        """Turn what ``fn`` returned into an (n, D_x) float tensor, or raise a clear error."""
+        lead = (n,) if self.vectorized else ()
+        if isinstance(out, Mapping):
+            if set(out) != set(self.outputs):
+                raise SimulatorError(
+                    f"simulator {self.name!r} returned outputs {sorted(out)}, "
+                    f"expected {list(self.outputs)}"
+                )
+            parts = []
+            for key, shape in self.outputs.items():
+                part = self._as_tensor(out[key], key)
+                if tuple(part.shape) != lead + shape:
+                    raise SimulatorError(
+                        f"simulator {self.name!r}: output {key!r} has shape "
+                        f"{tuple(part.shape)}, expected {lead + shape}"
+                    )
+                parts.append(part.reshape(*lead, -1))
+            x = torch.cat(parts, dim=-1)
+        else:
+            x = self._as_tensor(out, "x")
+            expected = lead + (self.x_dim,)
+            if tuple(x.shape) != expected:
+                if x.numel() == math.prod(expected) and len(self.outputs) == 1:
+                    single = next(iter(self.outputs.values()))
+                    if tuple(x.shape) == lead + single:
+                        x = x.reshape(expected)
+                if tuple(x.shape) != expected:
+                    raise SimulatorError(
+                        f"simulator {self.name!r} returned shape {tuple(x.shape)}, "
+                        f"expected {expected}"
+                    )
+        return x.to(torch.get_default_dtype())
+
+    def _as_tensor(self, value, key: str) -> Tensor:
+        if isinstance(value, np.ndarray):
+            if value.dtype.kind not in "biuf":
+                raise SimulatorError(
+                    f"simulator {self.name!r}: output {key!r} has dtype {value.dtype}, "
+                    "expected a real number type"
+                )
+            value = torch.from_numpy(np.ascontiguousarray(value))
+        if not isinstance(value, Tensor):
+            raise SimulatorError(
+                f"simulator {self.name!r}: output {key!r} is a {type(value).__name__}, "
+                "expected a torch.Tensor or numpy array"
+            )
+        if value.is_complex() or not (value.is_floating_point() or value.dtype in _INT_TYPES):
+            raise SimulatorError(
+                f"simulator {self.name!r}: output {key!r} has dtype {value.dtype}, "
+                "expected a real floating point or integer type"
+            )
+        return value
+
+    def __call__(self, theta: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Simulate x (N, D_x) for θ (N, D_θ); exceptions propagate, NaN/Inf are returned."""
+        theta = self._check_theta(theta).to(torch.get_default_dtype())
+        if self.vectorized:
+            return self._to_matrix(self.fn(theta, generator), theta.shape[0])
+        rows = [self._to_matrix(self.fn(row, generator), 1) for row in theta]
+        return torch.stack(rows) if rows else theta.new_zeros(0, self.x_dim)
+
+    def run_batch(self, theta: Tensor, generator: torch.Generator) -> BatchResult:
+        """Simulate with failures caught per row: exceptions, NaN and Inf become a status code.
+
+        A vectorized simulator that raises on the batch is rerun row by row to find the rows at
+        fault. Shape and dtype errors are a mis-declared simulator and always propagate.
+        """
+        theta = self._check_theta(theta).to(torch.get_default_dtype())
+        n = theta.shape[0]
+        x = torch.full((n, self.x_dim), math.nan)
+        status = torch.zeros(n, dtype=torch.int8)
+        errors: dict[int, str] = {}
+        if self.vectorized:
+            state = generator.get_state()
+            try:
+                x = self(theta, generator)
+            except SimulatorError:
+                raise
+            except Exception:
+                generator.set_state(state)
+                x, status, errors = self._rows(theta, generator, batched_fn=True)
+        else:
+            x, status, errors = self._rows(theta, generator, batched_fn=False)
+        finite = torch.isfinite(x)
+        nan_rows = torch.isnan(x).any(-1) & (status == STATUS_OK)
+        inf_rows = (~finite).any(-1) & ~torch.isnan(x).any(-1) & (status == STATUS_OK)
+        status[nan_rows] = STATUS_NAN
+        status[inf_rows] = STATUS_INF
+        x[status != STATUS_OK] = math.nan
+        return BatchResult(x=x, status=status, errors=errors)
+
+    def _rows(self, theta: Tensor, generator, batched_fn: bool):
+        n = theta.shape[0]
+        x = torch.full((n, self.x_dim), math.nan)
+        status = torch.zeros(n, dtype=torch.int8)
+        errors: dict[int, str] = {}
+        for i in range(n):
+            try:
+                if batched_fn:
+                    out = self._to_matrix(self.fn(theta[i : i + 1], generator), 1)[0]
+                else:
+                    out = self._to_matrix(self.fn(theta[i], generator), 1)
+            except SimulatorError:
+                raise
+            except Exception as exc:
+                status[i] = STATUS_EXCEPTION
+                errors[i] = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+                continue
+            x[i] = out
+        return x, status, errors
+
+
+_INT_TYPES = {torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool}
+
+
+def simulator(
+    name: str | None = None,
+    *,
+    parameters: Mapping[str, Prior],
+    outputs: Mapping[str, tuple[int, ...] | int],
+    vectorized: bool = True,
+    version: str = "1",
+    description: str = "",
+    reference_posterior: Callable | None = None,
+    register: bool = True,
+) -> Callable[[Callable], Simulator]:
+    """Decorator that turns a function into a :class:`Simulator` and registers it.
+
+    Args:
+        name: Registry name; the function's name when omitted.
+        parameters, outputs, vectorized, version, description, reference_posterior:
+            As in :class:`Simulator`.
+        register: Add it to the in-process registry (an existing name is an error).
+    """
+
+    def wrap(fn: Callable) -> Simulator:
+        sim = Simulator(
+            name=name or fn.__name__,
+            parameters=parameters,
+            outputs=outputs,
+            fn=fn,
+            vectorized=vectorized,
+            version=version,
+            description=description or (fn.__doc__ or "").strip(),
+            reference_posterior=reference_posterior,
+        )
+        if register:
+            from sbitk.simulation.registry import register as _register
+
+            _register(sim)
+        return sim
+
+    return wrap
+
+
+__all__ = [
+    "STATUS_EXCEPTION",
+    "STATUS_INF",
+    "STATUS_NAMES",
+    "STATUS_NAN",
+    "STATUS_OK",
+    "BatchResult",
+    "Simulator",
+    "simulator",
+]
