@@ -37,7 +37,7 @@ format: setup
 	$(VENV)/bin/ruff check --fix .
 
 test: setup lint
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile
 
 demo: setup
 	$(VENV)/bin/sbitk simulate two_moons -n 20000 -o runs/demo/bank.zarr --seed 0 --force
