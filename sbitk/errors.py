@@ -35,7 +35,7 @@ class ModelFileError(SbitkError):
 
 
 class ObservationError(SbitkError, ValueError):
-    """Observed data has missing or extra columns, non-finite values or the wrong dimensionality."""
+    """Observed data has missing or extra columns, non-finite values or wrong dimensions."""
 
 
 class TrainingError(SbitkError):

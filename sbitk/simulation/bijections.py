@@ -4,7 +4,9 @@ A bounded prior (box-uniform, log-normal, ...) is easier to learn in unconstrain
 bijection here maps constrained values to unconstrained ones with ``forward`` and returns the
 log-absolute-determinant of its Jacobian, following the package convention for bijections:
 
-.. math:: u = f(\\theta), \\qquad \\log q_\\theta(\\theta) = \\log q_u(f(\\theta)) + \\log|\\det J_f(\\theta)|.
+.. math::
+    u = f(\\theta), \\qquad
+    \\log q_\\theta(\\theta) = \\log q_u(f(\\theta)) + \\log|\\det J_f(\\theta)|.
 
 They are plain objects, not modules: they hold no learnable parameters and live in the lowest
 layer so that priors can hand them out. Flows wrap them as transforms.

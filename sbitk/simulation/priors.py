@@ -68,14 +68,14 @@ def _vector(value, name: str, dim: int | None = None) -> Tensor:
 
 def _check_theta(theta: Tensor, dim: int) -> None:
     if theta.dim() == 0 or theta.shape[-1] != dim:
-        raise PriorError(
-            f"theta must have shape (*, {dim}), got {tuple(theta.shape)}"
-        )
+        raise PriorError(f"theta must have shape (*, {dim}), got {tuple(theta.shape)}")
 
 
 def _like(t: Tensor, ref: Tensor) -> Tensor:
-    return t.to(dtype=ref.dtype if ref.is_floating_point() else torch.get_default_dtype(),
-                device=ref.device)
+    return t.to(
+        dtype=ref.dtype if ref.is_floating_point() else torch.get_default_dtype(),
+        device=ref.device,
+    )
 
 
 class _Base:

@@ -46,12 +46,15 @@ def _entry_points() -> dict:
 def _load(ep) -> Simulator:
     try:
         obj = ep.load()
+        if not isinstance(obj, Simulator) and callable(obj):
+            obj = obj()
+    except SimulatorError:
+        raise
     except Exception as exc:  # a broken third-party package must not hide the others
         raise SimulatorError(
-            f"simulator {ep.name!r} from entry point {ep.value!r} failed to load: {exc}"
+            f"simulator {ep.name!r} from entry point {ep.value!r} failed to load: "
+            f"{type(exc).__name__}: {exc}"
         ) from exc
-    if not isinstance(obj, Simulator) and callable(obj):
-        obj = obj()
     if not isinstance(obj, Simulator):
         raise SimulatorError(
             f"entry point {ep.name!r} ({ep.value}) gave a {type(obj).__name__}, not a Simulator"

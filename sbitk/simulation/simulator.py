@@ -38,7 +38,12 @@ from sbitk.simulation.priors import Prior, Product, as_prior
 
 #: Row status codes of a simulation, stored in a bank next to the validity mask.
 STATUS_OK, STATUS_EXCEPTION, STATUS_NAN, STATUS_INF = 0, 1, 2, 3
-STATUS_NAMES = {STATUS_OK: "ok", STATUS_EXCEPTION: "exception", STATUS_NAN: "nan", STATUS_INF: "inf"}
+STATUS_NAMES = {
+    STATUS_OK: "ok",
+    STATUS_EXCEPTION: "exception",
+    STATUS_NAN: "nan",
+    STATUS_INF: "inf",
+}
 
 
 def _flat_names(name: str, shape: tuple[int, ...]) -> list[str]:
@@ -179,7 +184,7 @@ class Simulator:
             x = torch.cat(parts, dim=-1)
         else:
             x = self._as_tensor(out, "x")
-            expected = lead + (self.x_dim,)
+            expected = (*lead, self.x_dim)
             if tuple(x.shape) != expected:
                 if x.numel() == math.prod(expected) and len(self.outputs) == 1:
                     single = next(iter(self.outputs.values()))
