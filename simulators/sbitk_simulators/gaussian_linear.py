@@ -1,18 +1,18 @@
-"""Gaussian linear tasks: x ~ N(θ, 0.1 I) in ten dimensions, with a Gaussian or a uniform prior.
+r"""Gaussian linear tasks: x ~ N(θ, 0.1 I) in ten dimensions, with a Gaussian or a uniform prior.
 
 Both follow the sbibm definitions (Lueckmann et al. 2021). sbibm passes ``0.1`` as the
 *variance* (it builds the precision matrix as ``inverse(0.1 * I)``), so every standard
-deviation here is :math:`\\sqrt{0.1}`.
+deviation here is :math:`\sqrt{0.1}`.
 
-``gaussian_linear`` has the prior :math:`\\theta \\sim \\mathcal N(0, 0.1 I)` and the conjugate
+``gaussian_linear`` has the prior :math:`\theta \sim \mathcal N(0, 0.1 I)` and the conjugate
 posterior
 
 .. math::
-    \\theta \\mid x_o \\sim \\mathcal N\\Big(\\frac{\\sigma_0^2}{\\sigma_0^2 + \\sigma^2} x_o,\\;
-    \\frac{\\sigma_0^2 \\sigma^2}{\\sigma_0^2 + \\sigma^2} I\\Big) = \\mathcal N(x_o / 2, 0.05 I).
+    \theta \mid x_o \sim \mathcal N\Big(\frac{\sigma_0^2}{\sigma_0^2 + \sigma^2} x_o,\;
+    \frac{\sigma_0^2 \sigma^2}{\sigma_0^2 + \sigma^2} I\Big) = \mathcal N(x_o / 2, 0.05 I).
 
-``gaussian_linear_uniform`` has the prior :math:`\\mathcal U([-1, 1]^{10})`; its posterior is
-:math:`\\mathcal N(x_o, 0.1 I)` truncated to the box, which factorises over dimensions and is
+``gaussian_linear_uniform`` has the prior :math:`\mathcal U([-1, 1]^{10})`; its posterior is
+:math:`\mathcal N(x_o, 0.1 I)` truncated to the box, which factorises over dimensions and is
 sampled exactly by the inverse CDF of a truncated normal.
 
 References:
@@ -72,11 +72,11 @@ def gaussian_linear_posterior(x_o: Tensor, n: int, generator: torch.Generator | 
 def truncated_normal(
     loc: Tensor, scale: float, low: float, high: float, n: int, generator
 ) -> Tensor:
-    """Exact draws (n, D) of independent normals N(loc, scale²) truncated to [low, high].
+    r"""Exact draws (n, D) of independent normals N(loc, scale²) truncated to [low, high].
 
     The inverse CDF is evaluated on the side of the mean where the normal CDF keeps its relative
     precision: mirrored so that ``loc >= 0`` with a symmetric box, the lower tail probability
-    :math:`\\Phi(a)` never rounds to 1.
+    :math:`\Phi(a)` never rounds to 1.
     """
     loc = loc.double()
     flip = loc < 0  # mirror onto loc >= 0; needs the box symmetric about 0

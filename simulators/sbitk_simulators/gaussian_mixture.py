@@ -1,9 +1,9 @@
-"""Gaussian mixture: x is drawn around θ with a broad or a narrow scale (sbibm's definition).
+r"""Gaussian mixture: x is drawn around θ with a broad or a narrow scale (sbibm's definition).
 
 θ ~ U([-10, 10]²) and
 
 .. math::
-    x \\mid \\theta \\sim \\tfrac12\\, \\mathcal N(\\theta, I) + \\tfrac12\\, \\mathcal N(\\theta, 0.01 I),
+    x \mid \theta \sim \tfrac12\, \mathcal N(\theta, I) + \tfrac12\, \mathcal N(\theta, 0.01 I),
 
 one mixture component per simulation, shared by both coordinates.
 

@@ -1,12 +1,12 @@
-"""SLCP: simple likelihood, complex posterior (sbibm's definition, without distractors).
+r"""SLCP: simple likelihood, complex posterior (sbibm's definition, without distractors).
 
 θ ~ U([-3, 3]⁵) and x holds four i.i.d. draws of a two-dimensional Gaussian,
 
 .. math::
-    x_j \\sim \\mathcal N\\Big(\\begin{pmatrix}\\theta_1\\\\ \\theta_2\\end{pmatrix},
-    \\begin{pmatrix} s_1^2 + \\epsilon & \\rho s_1 s_2 \\\\ \\rho s_1 s_2 & s_2^2 + \\epsilon
-    \\end{pmatrix}\\Big), \\quad s_1 = \\theta_3^2,\\; s_2 = \\theta_4^2,\\;
-    \\rho = \\tanh \\theta_5,\\; \\epsilon = 10^{-6},
+    x_j \sim \mathcal N\Big(\begin{pmatrix}\theta_1\\ \theta_2\end{pmatrix},
+    \begin{pmatrix} s_1^2 + \epsilon & \rho s_1 s_2 \\ \rho s_1 s_2 & s_2^2 + \epsilon
+    \end{pmatrix}\Big), \quad s_1 = \theta_3^2,\; s_2 = \theta_4^2,\;
+    \rho = \tanh \theta_5,\; \epsilon = 10^{-6},
 
 for j = 1…4. The likelihood is simple; the posterior has four symmetric modes (the signs of θ₃
 and θ₄) and hard edges. Its reference samples ship with the package

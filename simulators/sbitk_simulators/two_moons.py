@@ -1,9 +1,9 @@
-"""Two moons: a bimodal, crescent-shaped posterior in two dimensions (sbibm's definition).
+r"""Two moons: a bimodal, crescent-shaped posterior in two dimensions (sbibm's definition).
 
 With θ ~ U([-1, 1]²), a ~ U(-π/2, π/2), r ~ N(0.1, 0.01²) and p = (r cos a + 0.25, r sin a),
 
 .. math::
-    x = p + \\Big(-\\frac{|\\theta_1 + \\theta_2|}{\\sqrt 2},\\; \\frac{\\theta_2 - \\theta_1}{\\sqrt 2}\\Big).
+    x = p + \big(-|\theta_1 + \theta_2| / \sqrt 2,\; (\theta_2 - \theta_1) / \sqrt 2\big).
 
 For fixed noise p the map θ ↦ x is a rotation by π/4 followed by a fold of the first
 coordinate, so it has unit Jacobian on each side of the fold and two preimages. The reference
