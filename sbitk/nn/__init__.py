@@ -1,0 +1,22 @@
+"""Neural building blocks: perceptrons, MADE, embedding nets and standardisation."""
+
+from __future__ import annotations
+
+from sbitk.nn.embeddings import EMBEDDINGS, MLPEmbedding, ResidualEmbedding, embedding_from_spec
+from sbitk.nn.made import MADE, made_degrees
+from sbitk.nn.mlp import ACTIVATIONS, MLP, ResidualMLP, make_activation
+from sbitk.nn.standardize import Standardize
+
+__all__ = [
+    "ACTIVATIONS",
+    "EMBEDDINGS",
+    "MADE",
+    "MLP",
+    "MLPEmbedding",
+    "ResidualEmbedding",
+    "ResidualMLP",
+    "Standardize",
+    "embedding_from_spec",
+    "made_degrees",
+    "make_activation",
+]

@@ -1,0 +1,127 @@
+"""Dense networks: a plain multi-layer perceptron and a residual one."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from sbitk.errors import SbitkError
+
+#: Activation functions by name, the names configs and the command line use.
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+}
+
+
+def make_activation(name: str) -> nn.Module:
+    """Return a fresh activation module by its name in :data:`ACTIVATIONS`.
+
+    Args:
+        name: One of ``relu``, ``elu``, ``gelu``, ``silu``, ``tanh``.
+
+    Returns:
+        The activation module.
+    """
+    if name not in ACTIVATIONS:
+        raise SbitkError(f"activation: expected one of {sorted(ACTIVATIONS)}, found {name!r}")
+    return ACTIVATIONS[name]()
+
+
+class MLP(nn.Sequential):
+    """Multi-layer perceptron ``(*, in_features) -> (*, out_features)``.
+
+    Args:
+        in_features: Input size.
+        out_features: Output size.
+        hidden_features: Sizes of the hidden layers.
+        activation: Name of the activation between layers.
+
+    Example:
+        >>> import torch
+        >>> net = MLP(3, 2, hidden_features=(8, 8))
+        >>> net(torch.zeros(5, 3)).shape
+        torch.Size([5, 2])
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        hidden_features: Sequence[int] = (64, 64),
+        activation: str = "relu",
+    ):
+        sizes = [int(in_features), *map(int, hidden_features), int(out_features)]
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+            if i > 0:
+                layers.append(make_activation(activation))
+            layers.append(nn.Linear(a, b))
+        super().__init__(*layers)
+        self.in_features = sizes[0]
+        self.out_features = sizes[-1]
+
+
+class _ResidualBlock(nn.Module):
+    def __init__(self, features: int, activation: str):
+        super().__init__()
+        self.net = nn.Sequential(
+            make_activation(activation),
+            nn.Linear(features, features),
+            make_activation(activation),
+            nn.Linear(features, features),
+        )
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h + self.net(h)
+
+
+class ResidualMLP(nn.Module):
+    """Residual perceptron: linear in, ``blocks`` pre-activation residual blocks, linear out.
+
+    Args:
+        in_features: Input size.
+        out_features: Output size.
+        hidden_features: Width of the residual stream.
+        blocks: Number of residual blocks (two linear layers each).
+        activation: Name of the activation.
+
+    References:
+        He et al., "Identity mappings in deep residual networks" (2016), arXiv:1603.05027.
+
+    Example:
+        >>> import torch
+        >>> ResidualMLP(3, 2, hidden_features=8, blocks=2)(torch.zeros(4, 3)).shape
+        torch.Size([4, 2])
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        hidden_features: int = 64,
+        blocks: int = 2,
+        activation: str = "relu",
+    ):
+        super().__init__()
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self.input = nn.Linear(self.in_features, hidden_features)
+        self.blocks = nn.Sequential(
+            *[_ResidualBlock(hidden_features, activation) for _ in range(blocks)]
+        )
+        self.output = nn.Sequential(
+            make_activation(activation), nn.Linear(hidden_features, self.out_features)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Map ``x`` (*, in_features) to (*, out_features)."""
+        return self.output(self.blocks(self.input(x)))
+
+
+__all__ = ["ACTIVATIONS", "MLP", "ResidualMLP", "make_activation"]
