@@ -1,0 +1,578 @@
+"""The simulation bank: rows of (θ, x, valid) in a chunked Zarr (v3) store on disk.
+
+Layout of a bank directory::
+
+    bank.zarr/
+      zarr.json   attrs: format, simulator description (name, version, names, prior spec), seed,
+                  batch size, the plan of batches, failure counts, sbitk version
+      theta       (N, D_θ) float32, chunked along rows (one chunk per batch)
+      x           (N, D_x) float32, NaN in every row that is not valid
+      valid       (N,)     bool
+      status      (N,)     int8: 0 ok, 1 exception, 2 NaN, 3 Inf, -1 not simulated yet
+      error       (N,)     str: the exception message of rows whose simulation raised, else ""
+      done        (B,)     bool, one element per batch
+
+Batch ``b`` holds rows ``[start_b, start_b + size_b)``. Its data arrays are written first and
+``done[b]`` last; Zarr writes every chunk atomically (a temporary file renamed into place), so a
+batch that is marked done is complete, and an interrupted run redoes exactly the batches not
+marked done. Appending adds a new segment of batches whose indices continue the old ones, so
+the per-batch random seeds never repeat.
+
+Example:
+    >>> import sbitk, torch
+    >>> @sbitk.simulator("bank_doc", parameters={"mu": sbitk.BoxUniform(-1.0, 1.0)},
+    ...                  outputs={"x": ()}, register=False)
+    ... def noisy(theta, generator):
+    ...     return theta + 0.1 * torch.randn(theta.shape, generator=generator)
+    >>> bank = sbitk.simulate(noisy, 300, seed=1, workers=1, batch_size=100, progress=False)
+    >>> len(bank), bank.theta.shape, bank.x.shape, int(bank.valid.sum())
+    (300, torch.Size([300, 1]), torch.Size([300, 1]), 300)
+    >>> [tuple(t.shape) for t, x, v in bank.iter_chunks()]
+    [(100, 1), (100, 1), (100, 1)]
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+from torch import Tensor
+
+from sbitk.errors import BankError
+from sbitk.simulation.priors import Prior, prior_from_spec
+from sbitk.simulation.simulator import STATUS_NAMES, STATUS_OK
+
+FORMAT = "sbitk.bank"
+FORMAT_VERSION = 1
+#: Status of a row whose batch has not been simulated yet.
+STATUS_PENDING = -1
+_DATA_ARRAYS = ("theta", "x", "valid", "status", "error")
+
+
+@dataclass(frozen=True)
+class ParameterRange:
+    """Range and mean of one parameter over a set of rows."""
+
+    name: str
+    min: float
+    max: float
+    mean: float
+
+
+@dataclass(frozen=True)
+class FailureKind:
+    """Failures of one kind (exception, NaN or Inf) and where they lie in parameter space.
+
+    Attributes:
+        kind: ``"exception"``, ``"nan"`` or ``"inf"``.
+        count: Number of rows.
+        parameters: Range and mean of each parameter over the failing rows.
+        example: One exception message (``None`` for NaN and Inf).
+        rows: Indices of the first few failing rows.
+    """
+
+    kind: str
+    count: int
+    parameters: tuple[ParameterRange, ...]
+    example: str | None
+    rows: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class FailureReport:
+    """How many simulations failed, of which kind, and where in parameter space.
+
+    Attributes:
+        rows: Rows simulated so far.
+        failed: Rows that are not valid.
+        counts: Failing rows per kind (every kind listed, zeros included).
+        parameters: Range and mean of each parameter over all simulated rows, for comparison.
+        kinds: One entry per kind that occurred.
+    """
+
+    rows: int
+    failed: int
+    counts: dict[str, int]
+    parameters: tuple[ParameterRange, ...]
+    kinds: tuple[FailureKind, ...]
+
+    def __str__(self) -> str:
+        if self.failed == 0:
+            return f"failures: none ({self.rows} rows simulated)"
+        share = 100.0 * self.failed / max(self.rows, 1)
+        counts = ", ".join(f"{k} {v}" for k, v in self.counts.items() if v)
+        lines = [f"failures: {self.failed} of {self.rows} rows ({share:.2f}%): {counts}"]
+        width = max(9, *(len(p.name) for p in self.parameters))
+        for kind in self.kinds:
+            lines.append(f"  {kind.kind}: {kind.count} rows, first at rows {list(kind.rows)}")
+            if kind.example:
+                lines.append(f"    example: {kind.example}")
+            lines.append(f"    {'parameter':<{width}}  {'failing rows':<34}  all rows")
+            for fail, every in zip(kind.parameters, self.parameters):
+                lines.append(
+                    f"    {fail.name:<{width}}  {_range_text(fail):<34}  {_range_text(every)}"
+                )
+        return "\n".join(lines)
+
+
+def _range_text(r: ParameterRange) -> str:
+    return f"[{r.min:.4g}, {r.max:.4g}] mean {r.mean:.4g}"
+
+
+@dataclass
+class _Stats:
+    """Running min, max and sum of each column of θ over some rows."""
+
+    dim: int
+
+    def __post_init__(self):
+        self.n = 0
+        self.min = np.full(self.dim, np.inf)
+        self.max = np.full(self.dim, -np.inf)
+        self.sum = np.zeros(self.dim)
+
+    def add(self, theta: np.ndarray) -> None:
+        if len(theta) == 0:
+            return
+        theta = theta.astype(np.float64)
+        self.n += len(theta)
+        self.min = np.minimum(self.min, theta.min(0))
+        self.max = np.maximum(self.max, theta.max(0))
+        self.sum += theta.sum(0)
+
+    def ranges(self, names: Sequence[str]) -> tuple[ParameterRange, ...]:
+        mean = self.sum / max(self.n, 1)
+        return tuple(
+            ParameterRange(name, float(lo), float(hi), float(m))
+            for name, lo, hi, m in zip(names, self.min, self.max, mean)
+        )
+
+
+class Bank:
+    """A simulation bank on disk (or in memory): θ, x and validity of every simulated row.
+
+    Open one with :meth:`Bank.open`; :func:`sbitk.simulate` creates, resumes and appends them.
+    Arrays are read when first asked for. Only rows of finished batches are visible: in a bank
+    whose run was interrupted, ``len(bank)`` counts the rows simulated so far and ``planned``
+    the rows the run asked for.
+    """
+
+    def __init__(self, group: zarr.Group, path: Path | None):
+        self._group = group
+        self.path = path
+        attrs = dict(group.attrs)
+        if attrs.get("format") != FORMAT:
+            where = path if path is not None else "the store"
+            raise BankError(
+                f"{where} is not an sbitk simulation bank: expected attribute "
+                f"format={FORMAT!r}, found {attrs.get('format')!r}"
+            )
+        if attrs.get("format_version", 0) > FORMAT_VERSION:
+            raise BankError(
+                f"bank {path} has format version {attrs['format_version']}, this sbitk reads "
+                f"up to {FORMAT_VERSION}; upgrade sbitk"
+            )
+        self.attrs: dict = attrs
+
+    # ---- opening and creating ----------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> Bank:
+        """Open an existing bank read-only.
+
+        Raises:
+            BankError: when ``path`` does not exist or is not an sbitk bank.
+        """
+        return cls._open(path, mode="r")
+
+    @classmethod
+    def _open(cls, path: str | os.PathLike, mode: str) -> Bank:
+        path = Path(path)
+        if not (path / "zarr.json").is_file():
+            what = "does not exist" if not path.exists() else "holds no Zarr store"
+            raise BankError(f"no simulation bank at {path}: the path {what}")
+        try:
+            group = zarr.open_group(str(path), mode=mode)
+        except Exception as exc:  # zarr raises several types for a damaged store
+            raise BankError(f"cannot open the bank at {path}: {exc}") from exc
+        if not isinstance(group, zarr.Group):
+            raise BankError(f"{path} is a Zarr array, not a simulation bank")
+        return cls(group, path)
+
+    @classmethod
+    def _create(
+        cls,
+        path: str | os.PathLike | None,
+        *,
+        simulator: dict,
+        seed: int,
+        batch_size: int,
+        sbitk_version: str,
+    ) -> Bank:
+        """Create an empty bank with no planned rows (the runner plans them with ``_extend``)."""
+        if path is None:
+            store = zarr.storage.MemoryStore()
+            where = None
+        else:
+            where = Path(path)
+            if where.exists() and (not where.is_dir() or any(where.iterdir())):
+                raise BankError(f"cannot create a bank at {where}: the path exists")
+            where.parent.mkdir(parents=True, exist_ok=True)
+            store = str(where)
+        group = zarr.open_group(store, mode="w")
+        d_theta = len(simulator["parameter_names"])
+        d_x = len(simulator["output_names"])
+        rows = (batch_size,)
+        group.create_array(
+            "theta", shape=(0, d_theta), chunks=(batch_size, d_theta), dtype="float32",
+            fill_value=np.nan,
+        )  # fmt: skip
+        group.create_array(
+            "x", shape=(0, d_x), chunks=(batch_size, d_x), dtype="float32", fill_value=np.nan
+        )
+        group.create_array("valid", shape=(0,), chunks=rows, dtype="bool", fill_value=False)
+        group.create_array(
+            "status", shape=(0,), chunks=rows, dtype="int8", fill_value=STATUS_PENDING
+        )
+        group.create_array("error", shape=(0,), chunks=rows, dtype=str)
+        # One element per chunk: marking a batch done rewrites only its own tiny file.
+        group.create_array("done", shape=(0,), chunks=(1,), dtype="bool", fill_value=False)
+        # The format marker goes last: a creation cut short leaves a store that is not a bank.
+        group.attrs.update(
+            {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "sbitk_version": sbitk_version,
+                "simulator": simulator,
+                "simulator_name": simulator["name"],
+                "simulator_version": simulator["version"],
+                "parameter_names": simulator["parameter_names"],
+                "output_names": simulator["output_names"],
+                "prior": simulator["prior"],
+                "seed": int(seed),
+                "batch_size": int(batch_size),
+                "segments": [],
+                "planned_rows": 0,
+                "failure_counts": {k: 0 for k in _FAILURE_KINDS},
+            }
+        )
+        return cls(group, where)
+
+    @staticmethod
+    def _remove(path: str | os.PathLike) -> None:
+        """Delete a bank directory, refusing anything that does not look like a Zarr store."""
+        path = Path(path)
+        if not path.exists():
+            return
+        if path.is_dir() and not any(path.iterdir()):
+            return
+        if not (path.is_dir() and (path / "zarr.json").is_file()):
+            raise BankError(
+                f"refusing to overwrite {path}: it exists and is not a Zarr store "
+                "(expected a directory holding zarr.json)"
+            )
+        shutil.rmtree(path)
+
+    # ---- metadata ----------------------------------------------------------------------------
+    @property
+    def simulator(self) -> dict:
+        """The simulator's description (:meth:`Simulator.describe`) at simulation time."""
+        return self.attrs["simulator"]
+
+    @property
+    def simulator_name(self) -> str:
+        return self.attrs["simulator_name"]
+
+    @property
+    def simulator_version(self) -> str:
+        return self.attrs["simulator_version"]
+
+    @property
+    def parameter_names(self) -> list[str]:
+        return list(self.attrs["parameter_names"])
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self.attrs["output_names"])
+
+    @property
+    def prior(self) -> Prior:
+        """The prior θ was drawn from, rebuilt from its spec."""
+        return prior_from_spec(self.attrs["prior"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.attrs["seed"])
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.attrs["batch_size"])
+
+    @property
+    def planned(self) -> int:
+        """Rows the runs so far asked for (simulated or not)."""
+        return int(self.attrs["planned_rows"])
+
+    def batches(self) -> list[tuple[int, int, int]]:
+        """Every planned batch as ``(index, first row, rows)``."""
+        out = []
+        for seg in self.attrs["segments"]:
+            b, start, rows = seg["first_batch"], seg["start"], seg["rows"]
+            for offset in range(0, rows, self.batch_size):
+                out.append((b, start + offset, min(self.batch_size, rows - offset)))
+                b += 1
+        return out
+
+    @property
+    def num_batches(self) -> int:
+        return sum(math.ceil(s["rows"] / self.batch_size) for s in self.attrs["segments"])
+
+    def done_batches(self) -> np.ndarray:
+        """Mask (num_batches,) of the batches whose rows are written."""
+        done = self._group["done"]
+        n = self.num_batches
+        return np.asarray(done[:n], dtype=bool) if n else np.zeros(0, dtype=bool)
+
+    def pending_batches(self) -> list[tuple[int, int, int]]:
+        """Planned batches not yet written, as ``(index, first row, rows)``."""
+        done = self.done_batches()
+        return [b for b in self.batches() if not done[b[0]]]
+
+    @property
+    def complete(self) -> bool:
+        """Whether every planned row is simulated."""
+        return bool(self.done_batches().all())
+
+    @cached_property
+    def _rows_done(self) -> np.ndarray:
+        mask = np.zeros(self.planned, dtype=bool)
+        done = self.done_batches()
+        for b, start, rows in self.batches():
+            if done[b]:
+                mask[start : start + rows] = True
+        return mask
+
+    def __len__(self) -> int:
+        return int(self._rows_done.sum())
+
+    def __repr__(self) -> str:
+        where = self.path if self.path is not None else "memory"
+        return (
+            f"Bank({str(where)!r}, simulator={self.simulator_name!r}, rows={len(self)}, "
+            f"planned={self.planned})"
+        )
+
+    # ---- data --------------------------------------------------------------------------------
+    def _read(self, name: str) -> np.ndarray:
+        data = self._group[name][: self.planned]
+        mask = self._rows_done
+        return data if mask.all() else data[mask]
+
+    @cached_property
+    def theta(self) -> Tensor:
+        """Parameters (N, D_θ), float32, of every simulated row (valid or not)."""
+        return torch.from_numpy(np.ascontiguousarray(self._read("theta")))
+
+    @cached_property
+    def x(self) -> Tensor:
+        """Outputs (N, D_x), float32; NaN in the rows that are not valid."""
+        return torch.from_numpy(np.ascontiguousarray(self._read("x")))
+
+    @cached_property
+    def valid(self) -> Tensor:
+        """Validity mask (N,), bool: the simulation returned finite values without raising."""
+        return torch.from_numpy(np.ascontiguousarray(self._read("valid")))
+
+    @cached_property
+    def status(self) -> Tensor:
+        """Status code (N,), int8: 0 ok, 1 exception, 2 NaN, 3 Inf."""
+        return torch.from_numpy(np.ascontiguousarray(self._read("status")))
+
+    def errors(self) -> dict[int, str]:
+        """Exception messages by row index (rows counted among the simulated rows)."""
+        messages = self._read("error")
+        return {int(i): str(messages[i]) for i in np.flatnonzero(messages != "")}
+
+    @property
+    def num_chunks(self) -> int:
+        """Number of row chunks :meth:`iter_chunks` can yield (some may hold no finished rows)."""
+        return math.ceil(self.planned / self._group["theta"].chunks[0])
+
+    def iter_chunks(
+        self, order: Iterable[int] | None = None, *, valid_only: bool = False
+    ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """Stream ``(θ, x, valid)`` chunk by chunk, for data larger than memory.
+
+        Args:
+            order: Chunk indices to read, in this order (e.g. a permutation of
+                ``range(num_chunks)`` to shuffle); all chunks in row order when omitted.
+            valid_only: Drop invalid rows (``valid`` is then all True).
+
+        Returns:
+            An iterator over tuples θ (n, D_θ), x (n, D_x), valid (n,); chunks with no finished
+            rows are skipped.
+        """
+        step = self._group["theta"].chunks[0]
+        mask = self._rows_done
+        for k in range(self.num_chunks) if order is None else order:
+            if not 0 <= k < self.num_chunks:
+                raise BankError(f"chunk index {k} out of range: the bank has {self.num_chunks}")
+            lo, hi = k * step, min((k + 1) * step, self.planned)
+            keep = mask[lo:hi]
+            if not keep.any():
+                continue
+            theta = self._group["theta"][lo:hi]
+            x = self._group["x"][lo:hi]
+            valid = self._group["valid"][lo:hi]
+            if valid_only:
+                keep = keep & valid
+            if not keep.all():
+                theta, x, valid = theta[keep], x[keep], valid[keep]
+            if len(theta):
+                yield torch.from_numpy(theta), torch.from_numpy(x), torch.from_numpy(valid)
+
+    # ---- reports -----------------------------------------------------------------------------
+    def failures(self) -> FailureReport:
+        """Count failed simulations by kind and locate them in parameter space."""
+        names = self.parameter_names
+        every = _Stats(len(names))
+        per_kind = {k: _Stats(len(names)) for k in _FAILURE_KINDS}
+        first_rows: dict[str, list[int]] = {k: [] for k in _FAILURE_KINDS}
+        example: dict[str, str] = {}
+        step = self._group["theta"].chunks[0]
+        mask = self._rows_done
+        seen = 0  # index among simulated rows, as in self.theta
+        for lo in range(0, self.planned, step):
+            hi = min(lo + step, self.planned)
+            keep = mask[lo:hi]
+            if not keep.any():
+                continue
+            theta = self._group["theta"][lo:hi][keep]
+            status = self._group["status"][lo:hi][keep]
+            every.add(theta)
+            if (status != STATUS_OK).any():
+                messages = self._group["error"][lo:hi][keep]
+                for code, kind in STATUS_NAMES.items():
+                    if code == STATUS_OK:
+                        continue
+                    rows = np.flatnonzero(status == code)
+                    if len(rows) == 0:
+                        continue
+                    per_kind[kind].add(theta[rows])
+                    first_rows[kind].extend(
+                        int(seen + r) for r in rows[: max(0, 5 - len(first_rows[kind]))]
+                    )
+                    if kind not in example and messages[rows[0]]:
+                        example[kind] = str(messages[rows[0]])
+            seen += len(theta)
+        kinds = tuple(
+            FailureKind(
+                kind=k,
+                count=s.n,
+                parameters=s.ranges(names),
+                example=example.get(k),
+                rows=tuple(first_rows[k][:5]),
+            )
+            for k, s in per_kind.items()
+            if s.n
+        )
+        counts = {k: per_kind[k].n for k in _FAILURE_KINDS}
+        return FailureReport(
+            rows=every.n,
+            failed=sum(counts.values()),
+            counts=counts,
+            parameters=every.ranges(names),
+            kinds=kinds,
+        )
+
+    def summary(self) -> str:
+        """A text summary: simulator, rows, valid/invalid counts, parameter ranges, failures."""
+        report = self.failures()
+        where = self.path if self.path is not None else "(in memory)"
+        n = report.rows
+        valid = n - report.failed
+        pct = 100.0 * valid / n if n else 0.0
+        done = self.done_batches()
+        lines = [
+            f"simulation bank {where}",
+            f"  simulator   {self.simulator_name} (version {self.simulator_version})",
+            f"  seed        {self.seed}, batch size {self.batch_size}, "
+            f"{int(done.sum())} of {len(done)} batches done",
+            f"  rows        {n} of {self.planned} planned"
+            + ("" if n == self.planned else " (incomplete: rerun the same command to resume)"),
+            f"  valid       {valid} ({pct:.2f}%), invalid {report.failed}",
+            f"  sbitk       {self.attrs.get('sbitk_version', '?')}",
+        ]
+        width = max(len(p) for p in [*self.parameter_names, "parameter"])
+        lines.append(f"  {'parameter':<{width}}  {'min':>10}  {'max':>10}  {'mean':>10}")
+        for r in report.parameters:
+            if report.rows:
+                lines.append(
+                    f"  {r.name:<{width}}  {r.min:>10.4g}  {r.max:>10.4g}  {r.mean:>10.4g}"
+                )
+            else:
+                lines.append(f"  {r.name:<{width}}  {'-':>10}  {'-':>10}  {'-':>10}")
+        outs = self.output_names
+        shown = ", ".join(outs[:8]) + (f", … ({len(outs)} in all)" if len(outs) > 8 else "")
+        lines.append(f"  outputs     {shown}")
+        lines.append("  " + str(report).replace("\n", "\n  "))
+        return "\n".join(lines)
+
+    # ---- writing (used by the runner) --------------------------------------------------------
+    def _extend(self, rows: int) -> list[tuple[int, int, int]]:
+        """Plan ``rows`` more rows as a new segment of batches; returns the new batches."""
+        start = self.planned
+        first = self.num_batches
+        n_new = math.ceil(rows / self.batch_size)
+        total = start + rows
+        for name in _DATA_ARRAYS:
+            arr = self._group[name]
+            arr.resize((total, *arr.shape[1:]))
+        self._group["done"].resize((first + n_new,))
+        # The plan is recorded after the arrays have grown: an interruption in between leaves
+        # arrays longer than the plan, which is harmless.
+        segments = [*self.attrs["segments"], {"first_batch": first, "start": start, "rows": rows}]
+        self._set_attrs(segments=segments, planned_rows=total)
+        return [b for b in self.batches() if b[0] >= first]
+
+    def _write_batch(
+        self, index: int, start: int, theta: np.ndarray, x: np.ndarray, status: np.ndarray,
+        errors: dict[int, str],
+    ) -> None:  # fmt: skip
+        """Write one batch's rows, then mark it done."""
+        stop = start + len(theta)
+        messages = np.full(len(theta), "", dtype=object)
+        for row, message in errors.items():
+            messages[row] = message
+        self._group["theta"][start:stop] = theta
+        self._group["x"][start:stop] = x
+        self._group["valid"][start:stop] = status == STATUS_OK
+        self._group["status"][start:stop] = status
+        self._group["error"][start:stop] = messages
+        self._group["done"][index] = True
+
+    def _set_attrs(self, **values) -> None:
+        self._group.attrs.update(values)
+        self.attrs.update(values)
+        self.__dict__.pop("_rows_done", None)
+
+    def _record_failure_counts(self) -> None:
+        status = self._group["status"][: self.planned]
+        counts = {
+            kind: int((status == code).sum())
+            for code, kind in STATUS_NAMES.items()
+            if code != STATUS_OK
+        }
+        self._set_attrs(failure_counts=counts)
+
+
+_FAILURE_KINDS = tuple(k for c, k in STATUS_NAMES.items() if c != STATUS_OK)
+
+__all__ = ["STATUS_PENDING", "Bank", "FailureKind", "FailureReport", "ParameterRange"]

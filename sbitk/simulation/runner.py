@@ -1,0 +1,471 @@
+"""Run a simulator in batches into a bank: in-process, over local processes, or on Dask.
+
+Every batch ``b`` draws θ from the prior and simulates x with its own ``torch.Generator``,
+seeded from ``(seed, b)`` through :class:`numpy.random.SeedSequence`; the batch size is fixed
+by the bank, not by the number of workers. The bank is therefore the same, bit for bit, whatever
+runs it: one process, many local processes, or a Dask cluster.
+
+Example:
+    >>> import sbitk, torch
+    >>> @sbitk.simulator("runner_doc", parameters={"mu": sbitk.Normal(0.0, 1.0)},
+    ...                  outputs={"x": (2,)}, register=False)
+    ... def pair(theta, generator):
+    ...     return theta + torch.randn(theta.shape[0], 2, generator=generator)
+    >>> a = simulate(pair, 250, seed=3, workers=1, batch_size=100, progress=False)
+    >>> b = simulate(pair, 250, seed=3, workers=1, batch_size=100, progress=False)
+    >>> bool((a.x == b.x).all()), a.num_batches
+    (True, 3)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import numpy as np
+import torch
+
+from sbitk.errors import BankError, SbitkError, SimulatorError
+from sbitk.simulation.bank import Bank
+from sbitk.simulation.registry import get_simulator
+from sbitk.simulation.simulator import Simulator
+
+#: Rows per batch when neither the caller nor an existing bank says otherwise. It must not depend
+#: on the number of workers, or the bank would.
+DEFAULT_BATCH_SIZE = 1000
+
+
+class SimulationFailureWarning(UserWarning):
+    """Some simulations raised or returned NaN/Inf; their rows are in the bank, marked invalid."""
+
+
+def batch_generator(seed: int, index: int) -> torch.Generator:
+    """The random generator of batch ``index`` of a run seeded with ``seed``.
+
+    The 64-bit seed is drawn from ``SeedSequence(seed, spawn_key=(index,))``, the same stream as
+    ``SeedSequence(seed).spawn(...)[index]``: independent across batches, fixed for a batch.
+    """
+    words = np.random.SeedSequence(seed, spawn_key=(index,)).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(words[0]) | (int(words[1]) << 32))
+
+
+@contextlib.contextmanager
+def _simulation_context():
+    """float32 and one torch thread while simulating, so every back end computes alike."""
+    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
+    torch.set_default_dtype(torch.float32)
+    if threads != 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(dtype)
+        if threads != 1:
+            torch.set_num_threads(threads)
+
+
+def simulate_batch(sim: Simulator, seed: int, index: int, rows: int) -> dict[str, Any]:
+    """Simulate batch ``index`` of a run: θ from the prior, then x, with the batch's generator.
+
+    Returns:
+        A dict with ``index``, ``theta`` (rows, D_θ) and ``x`` (rows, D_x) float32 arrays,
+        ``status`` (rows,) int8 and ``errors`` (row → exception message).
+    """
+    generator = batch_generator(seed, index)
+    with _simulation_context():
+        theta = sim.prior.sample(rows, generator).to(torch.float32)
+        result = sim.run_batch(theta, generator)
+    return {
+        "index": index,
+        "theta": theta.numpy(),
+        "x": result.x.to(torch.float32).numpy(),
+        "status": result.status.numpy().astype(np.int8),
+        "errors": dict(result.errors),
+    }
+
+
+# ---- shipping the simulator ------------------------------------------------------------------
+def _is_installed(module_name: str) -> bool:
+    """Whether a module comes from an installed package (then workers import it by name)."""
+    module = sys.modules.get(module_name)
+    file = getattr(module, "__file__", None)
+    if module is None or file is None:
+        return module is not None
+    parts = Path(file).resolve().parts
+    return "site-packages" in parts or "dist-packages" in parts or module_name.startswith("sbitk")
+
+
+def dumps_simulator(sim: Simulator) -> bytes:
+    """Serialise a simulator with cloudpickle for worker processes or Dask workers.
+
+    Functions from ``__main__`` travel by value anyway; so do those of modules that are not
+    installed packages (a user's ``my_sims.py``, a test file), which a worker could not import.
+    """
+    modules = {
+        getattr(f, "__module__", None) for f in (sim.fn, sim.reference_posterior) if f is not None
+    }
+    by_value = [
+        sys.modules[m]
+        for m in modules
+        if m and m != "__main__" and m in sys.modules and not _is_installed(m)
+    ]
+    for module in by_value:
+        cloudpickle.register_pickle_by_value(module)
+    try:
+        return cloudpickle.dumps(sim)
+    except Exception as exc:
+        raise SimulatorError(
+            f"simulator {sim.name!r} cannot be sent to worker processes ({exc}); "
+            "run it with workers=1"
+        ) from exc
+    finally:
+        for module in by_value:
+            cloudpickle.unregister_pickle_by_value(module)
+
+
+# ---- local worker processes ------------------------------------------------------------------
+_WORKER_SIMULATOR: Simulator | None = None
+
+
+def _watch_parent(pid: int) -> None:
+    # Pool workers are children of the fork server, not of the caller: if the caller is killed
+    # they would wait for work forever. Exit as soon as it is gone.
+    while True:
+        time.sleep(0.5)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except PermissionError:
+            pass
+
+
+def _init_worker(payload: bytes, parent: int) -> None:
+    global _WORKER_SIMULATOR
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller handles Ctrl-C and stops us
+    torch.set_num_threads(1)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    _WORKER_SIMULATOR = cloudpickle.loads(payload)
+
+
+def _run_in_worker(seed: int, index: int, rows: int) -> dict[str, Any]:
+    assert _WORKER_SIMULATOR is not None
+    return simulate_batch(_WORKER_SIMULATOR, seed, index, rows)
+
+
+def _mp_context():
+    # fork is unsafe once torch or Dask have started threads; spawn re-imports torch in every
+    # worker. The fork server imports sbitk once and forks ready workers from it.
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["sbitk.simulation.runner"])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+def _reraise(exc: BaseException):
+    if isinstance(exc, SbitkError):
+        raise exc.with_traceback(None) from None
+    raise exc
+
+
+def _run_local(
+    sim: Simulator, seed: int, batches: Sequence[tuple[int, int, int]], workers: int
+) -> Iterator[dict[str, Any]]:
+    payload = dumps_simulator(sim)
+    executor = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=_mp_context(),
+        initializer=_init_worker,
+        initargs=(payload, os.getpid()),
+    )
+    queue = list(batches)[::-1]
+    running: dict = {}
+    try:
+        while queue or running:
+            # A bounded window of submitted batches keeps memory flat on long runs.
+            while queue and len(running) < 2 * workers:
+                index, _, rows = queue.pop()
+                running[executor.submit(_run_in_worker, seed, index, rows)] = index
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                index = running.pop(future)
+                try:
+                    yield future.result()
+                except BrokenProcessPool as exc:
+                    raise SimulatorError(
+                        f"a worker process died while running simulator {sim.name!r} on batch "
+                        f"{index} (killed, out of memory, or a crash in native code)"
+                    ) from exc
+                except Exception as exc:
+                    _reraise(exc)
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+# ---- Dask ------------------------------------------------------------------------------------
+_DASK_CACHE: dict[str, Simulator] = {}
+
+
+def _run_on_dask(payload: bytes, key: str, seed: int, index: int, rows: int) -> dict[str, Any]:
+    sim = _DASK_CACHE.get(key)
+    if sim is None:
+        if len(_DASK_CACHE) >= 4:
+            _DASK_CACHE.clear()
+        sim = _DASK_CACHE[key] = cloudpickle.loads(payload)
+    torch.set_num_threads(1)
+    return simulate_batch(sim, seed, index, rows)
+
+
+def _run_dask(
+    sim: Simulator, seed: int, batches: Sequence[tuple[int, int, int]], client
+) -> Iterator[dict[str, Any]]:
+    from distributed import as_completed
+
+    payload = dumps_simulator(sim)
+    key = hashlib.sha256(payload).hexdigest()
+    shipped = client.scatter(payload, broadcast=True)
+    threads = max(sum(client.nthreads().values()), 1)
+    queue = list(batches)[::-1]
+
+    def submit(index: int, rows: int):
+        return client.submit(_run_on_dask, shipped, key, seed, index, rows, pure=False)
+
+    window = as_completed()
+    running = []
+    while queue and len(running) < 2 * threads:
+        index, _, rows = queue.pop()
+        future = submit(index, rows)
+        running.append(future)
+        window.add(future)
+    try:
+        for future in window:
+            try:
+                result = future.result()
+            except Exception as exc:
+                _reraise(exc)
+            running.remove(future)
+            future.release()
+            if queue:
+                index, _, rows = queue.pop()
+                nxt = submit(index, rows)
+                running.append(nxt)
+                window.add(nxt)
+            yield result
+    finally:
+        for future in running:
+            future.cancel()
+        shipped.release()
+
+
+# ---- the entry point -------------------------------------------------------------------------
+def _caller_level() -> int:
+    """``stacklevel`` that points a warning at the first caller outside sbitk."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("sbitk"):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _check_int(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise SbitkError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_matches(bank: Bank, sim: Simulator, seed: int, batch_size: int | None) -> None:
+    where = bank.path
+    desc = sim.describe()
+    if bank.simulator_name != sim.name:
+        raise BankError(
+            f"bank {where} holds simulator {bank.simulator_name!r}, not {sim.name!r}; "
+            "choose another path or overwrite it"
+        )
+    if str(bank.simulator_version) != str(sim.version):
+        raise BankError(
+            f"bank {where} holds version {bank.simulator_version!r} of simulator {sim.name!r}, "
+            f"this one is version {sim.version!r}; overwrite it to start over"
+        )
+    if (
+        bank.parameter_names != desc["parameter_names"]
+        or bank.output_names != desc["output_names"]
+    ):
+        raise BankError(
+            f"bank {where}: simulator {sim.name!r} now has parameters {desc['parameter_names']} "
+            f"and outputs {desc['output_names']}, the bank has {bank.parameter_names} and "
+            f"{bank.output_names}"
+        )
+    if bank.seed != seed:
+        raise BankError(
+            f"bank {where} was simulated with seed {bank.seed}, asked for seed {seed}; "
+            "use the same seed to resume or append, or overwrite it"
+        )
+    if batch_size is not None and batch_size != bank.batch_size:
+        raise BankError(
+            f"bank {where} has batch size {bank.batch_size}, asked for {batch_size}; "
+            "the batch size of a bank cannot change"
+        )
+
+
+def simulate(
+    simulator: Simulator | str,
+    n: int,
+    *,
+    seed: int = 0,
+    workers: int | None = None,
+    client=None,
+    bank: str | os.PathLike | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+    append: bool = False,
+    overwrite: bool = False,
+) -> Bank:
+    """Simulate ``n`` rows (θ, x) into a bank, in batches, locally or on a Dask cluster.
+
+    Batch ``b`` draws θ ~ p(θ) and then x ~ p(x | θ) with a generator seeded from ``(seed, b)``
+    (:func:`batch_generator`), so the bank depends on the seed and the batch size only: not on
+    ``workers``, nor on whether Dask ran it. Failed simulations (an exception, NaN or Inf) are
+    kept as invalid rows, counted, and reported at the end with a
+    :class:`SimulationFailureWarning`.
+
+    With ``bank`` a path, rerunning the same call resumes an interrupted run: only batches not
+    yet marked done are simulated. ``append=True`` adds ``n`` more rows to an existing bank;
+    the new batches continue the batch numbering, so their seeds never repeat.
+
+    With a Dask ``client``, workers return each batch to this process, which writes it: the
+    cluster needs no shared filesystem, only sbitk installed on its workers (the simulator itself
+    is sent with cloudpickle). Batches are streamed as they finish, with a bounded number in
+    flight, so memory stays flat. Dask is imported only when a client is given.
+
+    Args:
+        simulator: A :class:`Simulator` or a registered name.
+        n: Rows to simulate (to add, with ``append``).
+        seed: Non-negative integer seed of the whole run.
+        workers: Local processes; the available cores when omitted. ``1`` runs in this process.
+            Ignored when ``client`` is given.
+        client: A ``distributed.Client``; the batches then run on its cluster.
+        bank: Directory of the Zarr store; an in-memory bank when omitted.
+        batch_size: Rows per batch and per chunk; 1000 for a new bank, the bank's own otherwise.
+        progress: Show a progress bar (on a terminal; ``TQDM_DISABLE=1`` hides it).
+        append: Add ``n`` rows to an existing bank (created when missing).
+        overwrite: Delete an existing bank at ``bank`` and start over.
+
+    Returns:
+        The bank, opened read-only.
+
+    Raises:
+        BankError: when ``bank`` holds another simulator, seed or batch size, or a run with a
+            different number of rows (pass ``append`` or ``overwrite``).
+        SimulatorError: when the simulator returns the wrong shape or dtype.
+    """
+    from tqdm.auto import tqdm
+
+    import sbitk
+
+    sim = get_simulator(simulator)
+    n = _check_int(n, "n", 1)
+    seed = _check_int(seed, "seed", 0)
+    if batch_size is not None:
+        batch_size = _check_int(batch_size, "batch_size", 1)
+    if workers is not None:
+        workers = _check_int(workers, "workers", 1)
+    if append and overwrite:
+        raise SbitkError("append and overwrite exclude each other; pass one of them")
+
+    path = None if bank is None else Path(bank)
+    if path is not None and overwrite:
+        Bank._remove(path)
+    if path is not None and (path / "zarr.json").is_file():
+        store = Bank._open(path, mode="r+")
+        _check_matches(store, sim, seed, batch_size)
+        if append:
+            store._extend(n)
+        elif store.planned == 0:
+            store._extend(n)  # created, then interrupted before planning
+        elif store.planned != n:
+            raise BankError(
+                f"bank {path} holds a run of {store.planned} rows, asked for {n}; pass "
+                "append=True (--append) to add rows or overwrite=True (--force) to start over"
+            )
+    else:
+        store = Bank._create(
+            path,
+            simulator=sim.describe(),
+            seed=seed,
+            batch_size=batch_size or DEFAULT_BATCH_SIZE,
+            sbitk_version=sbitk.__version__,
+        )
+        store._extend(n)
+
+    pending = store.pending_batches()
+    starts = {index: start for index, start, _ in pending}
+    if client is not None:
+        results = _run_dask(sim, seed, pending, client)
+    else:
+        workers = min(workers or _default_workers(), len(pending))
+        if workers <= 1:
+            results = (simulate_batch(sim, seed, i, rows) for i, _, rows in pending)
+        else:
+            results = _run_local(sim, seed, pending, workers)
+
+    failed = 0
+    total = sum(rows for _, _, rows in pending)
+    desc = f"simulate {sim.name}"
+    with tqdm(total=total, desc=desc, unit="sim", disable=None if progress else True) as bar:
+        try:
+            for result in results:
+                store._write_batch(
+                    result["index"],
+                    starts[result["index"]],
+                    result["theta"],
+                    result["x"],
+                    result["status"],
+                    result["errors"],
+                )
+                failed += int((result["status"] != 0).sum())
+                bar.update(len(result["theta"]))
+        finally:
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()
+    store._record_failure_counts()
+
+    out = Bank.open(path) if path is not None else Bank(store._group, None)
+    if failed:
+        warnings.warn(
+            f"{failed} of {total} simulations of {sim.name!r} failed and are marked invalid\n"
+            f"{out.failures()}",
+            SimulationFailureWarning,
+            stacklevel=_caller_level(),
+        )
+    return out
+
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "SimulationFailureWarning",
+    "batch_generator",
+    "dumps_simulator",
+    "simulate",
+    "simulate_batch",
+]
