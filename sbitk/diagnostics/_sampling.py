@@ -1,0 +1,143 @@
+"""Posterior draws for many observations at once, and ranks with randomised tie-breaking."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from sbitk.diagnostics._checks import DiagnosticInputError
+
+
+class BatchedSampler(Protocol):
+    """A posterior sampler batched over observations: ``sample(x, n) -> (n, B, D)``.
+
+    ``x`` has shape ``(B, D_x)``; the result holds ``n`` draws of ``q(θ | x_b)`` for every
+    observation ``b``.
+    """
+
+    def __call__(self, x: Tensor, n: int) -> Tensor: ...
+
+
+def as_tensor(value: Any, name: str, ndim: int | None = None) -> Tensor:
+    """Convert an array-like to a floating tensor (float32 stays float32) and check its rank."""
+    if not isinstance(value, Tensor):
+        try:
+            value = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise DiagnosticInputError(
+                f"{name} must be a numeric array, found {type(value).__name__}"
+            ) from exc
+    if not value.is_floating_point():
+        value = value.to(torch.get_default_dtype())
+    value = value.detach()
+    if ndim is not None and value.dim() != ndim:
+        raise DiagnosticInputError(
+            f"{name} must have {ndim} dimension(s), found shape {tuple(value.shape)}"
+        )
+    return value
+
+
+def check_finite_tensor(value: Tensor, name: str) -> None:
+    """Raise when ``value`` holds NaN or infinite entries, saying how many."""
+    bad = ~torch.isfinite(value)
+    if bool(bad.any()):
+        raise DiagnosticInputError(
+            f"{name} must be finite, found {int(bad.sum())} non-finite value(s)"
+        )
+
+
+def progress_enabled(progress: bool | None) -> bool:
+    """Show a progress bar when asked, or by default on a TTY unless ``TQDM_DISABLE`` is set."""
+    if progress is not None:
+        return bool(progress)
+    return sys.stderr.isatty() and not os.environ.get("TQDM_DISABLE")
+
+
+def posterior_chunks(
+    posterior: BatchedSampler | Any,
+    x: Tensor,
+    n_samples: int,
+    batch_size: int,
+    dim: int,
+    progress: bool | None = None,
+    desc: str = "posterior draws",
+):
+    """Yield ``(start, stop, draws)`` with draws of shape ``(n_samples, stop - start, D)``.
+
+    Args:
+        posterior: a :class:`BatchedSampler`, or precomputed draws of shape ``(L, N, D)``
+            (then ``n_samples`` is ignored and all ``L`` draws are used).
+        x: observations, shape ``(N, D_x)``.
+        n_samples: draws per observation when ``posterior`` is a sampler.
+        batch_size: observations per call of the sampler.
+        dim: the parameter dimension ``D`` the draws must have.
+        progress: show a progress bar (``None``: on a TTY unless ``TQDM_DISABLE`` is set).
+        desc: progress bar label.
+    """
+    n = x.shape[0]
+    if not callable(posterior):
+        draws = as_tensor(posterior, "posterior samples", ndim=3)
+        if draws.shape[1:] != (n, dim):
+            raise DiagnosticInputError(
+                f"posterior samples must have shape (L, {n}, {dim}), found {tuple(draws.shape)}"
+            )
+        check_finite_tensor(draws, "posterior samples")
+        yield 0, n, draws
+        return
+    if int(n_samples) < 1:
+        raise DiagnosticInputError(f"n_samples must be positive, found {n_samples}")
+    if int(batch_size) < 1:
+        raise DiagnosticInputError(f"batch_size must be positive, found {batch_size}")
+    from tqdm.auto import tqdm
+
+    starts = range(0, n, batch_size)
+    for start in tqdm(starts, desc=desc, disable=not progress_enabled(progress)):
+        stop = min(start + batch_size, n)
+        with torch.no_grad():
+            draws = posterior(x[start:stop], int(n_samples))
+        draws = as_tensor(draws, "posterior sampler output").detach()
+        expected = (int(n_samples), stop - start, dim)
+        if tuple(draws.shape) != expected:
+            raise DiagnosticInputError(
+                f"posterior sampler must return shape (n, B, D) = {expected}, found "
+                f"{tuple(draws.shape)}"
+            )
+        check_finite_tensor(draws, "posterior sampler output")
+        yield start, stop, draws
+
+
+def randomized_ranks(stat_draws: Tensor, stat_true: Tensor, generator: torch.Generator) -> Tensor:
+    """Rank of the true statistic among the draws' statistics, ties broken at random.
+
+    Args:
+        stat_draws: statistic of each draw, shape ``(L, B)``.
+        stat_true: statistic of the true value, shape ``(B,)``.
+        generator: source of the tie-breaking randomness.
+
+    Returns:
+        Integer ranks in ``{0, ..., L}``, shape ``(B,)``: uniform when the true value is
+        exchangeable with the draws, whatever the ties.
+    """
+    less = (stat_draws < stat_true).sum(0)
+    ties = (stat_draws == stat_true).sum(0)
+    u = torch.rand(less.shape, generator=generator, dtype=torch.float64)
+    return less + torch.floor(u * (ties + 1).to(torch.float64)).to(less.dtype)
+
+
+def evaluate_quantity(
+    fn: Callable[[Tensor, Tensor], Tensor], theta: Tensor, x: Tensor, name: str
+) -> Tensor:
+    """Call a test quantity ``f(θ (L, B, D), x (B, D_x)) -> (L, B)`` and check its shape."""
+    out = fn(theta, x)
+    out = as_tensor(out, f"test quantity {name!r}")
+    if tuple(out.shape) != tuple(theta.shape[:-1]):
+        raise DiagnosticInputError(
+            f"test quantity {name!r} must map θ of shape {tuple(theta.shape)} to shape "
+            f"{tuple(theta.shape[:-1])}, found {tuple(out.shape)}"
+        )
+    return out
