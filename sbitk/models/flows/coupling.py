@@ -1,0 +1,282 @@
+"""Coupling transforms and the coupling flows NICE, RealNVP and Glow.
+
+A coupling splits x into an identity part and a transformed part; a conditioner network reads
+the identity part (and the context) and outputs the parameters of an elementwise monotone map
+applied to the transformed part. The Jacobian is triangular, so the log-determinant is the sum
+of the elementwise ones, and the inverse is one pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from sbitk.models.flows.flow import Flow, FlowConfig
+from sbitk.models.flows.transforms import (
+    ActNorm,
+    AdditiveMap,
+    AffineMap,
+    ElementwiseMap,
+    LULinear,
+    Scale,
+    Transform,
+)
+from sbitk.nn.mlp import MLP
+
+
+def with_context(h: Tensor, context: Tensor | None) -> Tensor:
+    """Concatenate ``h`` (*, a) and ``context`` (*, c) after broadcasting the leading shapes."""
+    if context is None:
+        return h
+    shape = torch.broadcast_shapes(h.shape[:-1], context.shape[:-1])
+    return torch.cat(
+        [h.expand(*shape, h.shape[-1]), context.expand(*shape, context.shape[-1])], dim=-1
+    )
+
+
+class Coupling(Transform):
+    """Coupling transform: ``y_B = g(x_B; θ(x_A, c))``, ``y_A = x_A``.
+
+    The split is at ``D // 2`` (A first) or, with ``flip``, at ``D - D // 2`` (B first), so
+    alternating ``flip`` transforms every dimension; with D = 1 the single dimension is
+    transformed conditioned on the context alone.
+
+    Args:
+        features: Dimension D.
+        context: Context size C seen by the conditioner (0: none).
+        map: The elementwise monotone map g.
+        hidden_features: Hidden layer sizes of the conditioner.
+        activation: Activation of the conditioner.
+        flip: Transform the first part instead of the second.
+
+    Example:
+        >>> t = Coupling(3, 2, AffineMap(), hidden_features=(8,))
+        >>> x, c = torch.randn(5, 3), torch.randn(5, 2)
+        >>> z, ld = t(x, c)
+        >>> torch.allclose(t.inverse(z, c), x, atol=1e-6)
+        True
+    """
+
+    def __init__(
+        self,
+        features: int,
+        context: int,
+        map: ElementwiseMap,
+        hidden_features: Sequence[int] = (64, 64),
+        activation: str = "relu",
+        flip: bool = False,
+    ):
+        super().__init__()
+        self.map, self.flip = map, bool(flip)
+        self.split = features - features // 2 if flip else features // 2
+        n_identity = features - self.split if flip else self.split
+        self.n_transformed = features - n_identity
+        out = self.n_transformed * map.params
+        if n_identity + context > 0:
+            self.conditioner = MLP(n_identity + context, out, hidden_features, activation)
+            self.constant = None
+        else:  # nothing to condition on: the parameters themselves are learned
+            self.conditioner = None
+            self.constant = nn.Parameter(0.1 * torch.randn(out))
+
+    def _parts(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        lo, hi = x[..., : self.split], x[..., self.split :]
+        return (hi, lo) if self.flip else (lo, hi)
+
+    def _join(self, identity: Tensor, transformed: Tensor) -> Tensor:
+        parts = (transformed, identity) if self.flip else (identity, transformed)
+        return torch.cat(parts, dim=-1)
+
+    def _params(self, identity: Tensor, context: Tensor | None) -> Tensor:
+        if self.conditioner is None:
+            shape = identity.shape[:-1] if context is None else context.shape[:-1]
+            p = self.constant.expand(*torch.broadcast_shapes(identity.shape[:-1], shape), -1)
+        else:
+            p = self.conditioner(with_context(identity, context))
+        return p.unflatten(-1, (self.n_transformed, self.map.params))
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        identity, transformed = self._parts(x)
+        p = self._params(identity, context)
+        y, ld = self.map.forward(transformed, p)
+        return self._join(identity.expand(*y.shape[:-1], -1), y), ld.sum(-1)
+
+    def inverse_and_log_det(
+        self, z: Tensor, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        identity, transformed = self._parts(z)
+        p = self._params(identity, context)
+        x, ld = self.map.inverse(transformed, p)
+        return self._join(identity.expand(*x.shape[:-1], -1), x), ld.sum(-1)
+
+
+def coupling_steps(flow: Flow, make_map, prefix=lambda i: []) -> list[Transform]:
+    """``transforms`` coupling steps with alternating split and the configured permutations."""
+    cfg, steps = flow.config, []
+    for i in range(cfg.transforms):
+        if i > 0:
+            steps += flow.permutation()
+        steps += prefix(i)
+        steps.append(
+            Coupling(
+                cfg.features,
+                flow.embedded_context,
+                make_map(),
+                cfg.hidden_features,
+                cfg.activation,
+                flip=bool(i % 2),
+            )
+        )
+    return steps
+
+
+@dataclasses.dataclass(frozen=True)
+class NICEConfig(FlowConfig):
+    """Config of :class:`NICE` (the fields of :class:`FlowConfig`)."""
+
+
+class NICE(Flow):
+    """NICE: additive couplings followed by a learned diagonal scaling.
+
+    The couplings preserve volume; the final per-dimension scaling is what lets the density
+    concentrate, as in the original paper.
+
+    Args:
+        features: Dimension D of the inputs.
+        context: Dimension C of the context (0: unconditional).
+        embedding: Optional embedding net for the context (see :class:`Flow`).
+        **options: Further fields of :class:`NICEConfig` (``transforms``, ``hidden_features``,
+            ``activation``, ``permutation``, ``seed``).
+
+    References:
+        Dinh, Krueger and Bengio, "NICE: Non-linear independent components estimation" (2014),
+        arXiv:1410.8516.
+
+    Example:
+        >>> flow = NICE(2, transforms=2, hidden_features=(8,))
+        >>> flow().sample((3,)).shape
+        torch.Size([3, 2])
+    """
+
+    config_class = NICEConfig
+
+    def __init__(
+        self,
+        features: int,
+        context: int = 0,
+        *,
+        embedding: nn.Module | Mapping | None = None,
+        **options,
+    ):
+        super().__init__(NICEConfig(features, context, **options), embedding)
+
+    def build(self) -> list[Transform]:
+        return [*coupling_steps(self, AdditiveMap), Scale(self.features)]
+
+
+@dataclasses.dataclass(frozen=True)
+class RealNVPConfig(FlowConfig):
+    """Config of :class:`RealNVP`: :class:`FlowConfig` and ``scale_bound`` (on |log scale|)."""
+
+    scale_bound: float = 3.0
+
+
+class RealNVP(Flow):
+    """RealNVP: affine couplings with a bounded log-scale.
+
+    Args:
+        features: Dimension D of the inputs.
+        context: Dimension C of the context (0: unconditional).
+        embedding: Optional embedding net for the context (see :class:`Flow`).
+        **options: Further fields of :class:`RealNVPConfig`.
+
+    References:
+        Dinh, Sohl-Dickstein and Bengio, "Density estimation using Real NVP" (2016),
+        arXiv:1605.08803.
+
+    Example:
+        >>> flow = RealNVP(2, 3, transforms=2, hidden_features=(8,))
+        >>> flow(torch.zeros(4, 3)).sample((5,)).shape
+        torch.Size([5, 4, 2])
+    """
+
+    config_class = RealNVPConfig
+
+    def __init__(
+        self,
+        features: int,
+        context: int = 0,
+        *,
+        embedding: nn.Module | Mapping | None = None,
+        **options,
+    ):
+        super().__init__(RealNVPConfig(features, context, **options), embedding)
+
+    def build(self) -> list[Transform]:
+        return coupling_steps(self, lambda: AffineMap(self.config.scale_bound))
+
+
+@dataclasses.dataclass(frozen=True)
+class GlowConfig(FlowConfig):
+    """Config of :class:`Glow`: :class:`FlowConfig` and ``scale_bound``; ``permutation`` unused."""
+
+    scale_bound: float = 3.0
+    permutation: str = "none"
+
+
+class Glow(Flow):
+    """Glow-style steps: ActNorm → invertible linear (LU) → affine coupling.
+
+    ActNorm initialises itself from the first training batch it sees (first forward in training
+    mode), so the training engine needs no extra call for it.
+
+    Args:
+        features: Dimension D of the inputs.
+        context: Dimension C of the context (0: unconditional).
+        embedding: Optional embedding net for the context (see :class:`Flow`).
+        **options: Further fields of :class:`GlowConfig`.
+
+    References:
+        Kingma and Dhariwal, "Glow: Generative flow with invertible 1x1 convolutions" (2018),
+        arXiv:1807.03039.
+
+    Example:
+        >>> flow = Glow(3, transforms=2, hidden_features=(8,))
+        >>> flow.loss(torch.randn(10, 3)).shape
+        torch.Size([10])
+    """
+
+    config_class = GlowConfig
+
+    def __init__(
+        self,
+        features: int,
+        context: int = 0,
+        *,
+        embedding: nn.Module | Mapping | None = None,
+        **options,
+    ):
+        super().__init__(GlowConfig(features, context, **options), embedding)
+
+    def build(self) -> list[Transform]:
+        d = self.features
+        return coupling_steps(
+            self,
+            lambda: AffineMap(self.config.scale_bound),
+            prefix=lambda i: [ActNorm(d), LULinear(d, self.generator)],
+        )
+
+
+__all__ = [
+    "Coupling",
+    "Glow",
+    "GlowConfig",
+    "NICE",
+    "NICEConfig",
+    "RealNVP",
+    "RealNVPConfig",
+    "with_context",
+]

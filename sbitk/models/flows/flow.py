@@ -1,0 +1,281 @@
+r"""The flow model: standardisation, optional embedding, a transform, a standard-normal base.
+
+A :class:`Flow` is an ``nn.Module``; calling it with a context returns a
+:class:`FlowDistribution` over the inputs, batched over the contexts given. Its one training
+contract is the negative log-likelihood
+
+.. math:: \ell(x, c) = -\log q(x \mid c)
+          = -\log \mathcal{N}(f(x; e(c)); 0, I) - \log|\det J_f(x; e(c))|,
+
+where :math:`e` standardises (and optionally embeds) the context and :math:`f` starts with the
+z-scoring of the inputs, so densities stay correct in the original space.
+
+Named flows (NICE, RealNVP, Glow, NSF, MAF) subclass :class:`Flow`; each has a frozen config
+dataclass of JSON-serialisable fields and rebuilds from it with ``from_config``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from sbitk.errors import SbitkError
+from sbitk.models.flows.transforms import (
+    Composite,
+    Permutation,
+    RandomPermutation,
+    ReversePermutation,
+    StandardizeTransform,
+    Transform,
+)
+from sbitk.nn.embeddings import embedding_from_spec
+from sbitk.nn.standardize import Standardize
+
+
+class FlowError(SbitkError, ValueError):
+    """A flow was built or called with inputs of the wrong shape or invalid options."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowConfig:
+    """Fields every named flow has.
+
+    Args:
+        features: Dimension D of the inputs.
+        context: Dimension C of the context (0: unconditional).
+        transforms: Number of flow steps.
+        hidden_features: Hidden layer sizes of each conditioner.
+        activation: Activation of the conditioners.
+        permutation: Permutation between steps: ``"random"``, ``"reverse"`` or ``"none"``.
+        seed: Seed of the fixed random parts (permutations, initial rotations).
+        embedding: Spec of a built-in embedding net (see :mod:`sbitk.nn.embeddings`), or None.
+    """
+
+    features: int
+    context: int = 0
+    transforms: int = 5
+    hidden_features: tuple[int, ...] = (64, 64)
+    activation: str = "relu"
+    permutation: str = "random"
+    seed: int = 0
+    embedding: dict | None = None
+
+
+def _tuples(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+class FlowDistribution:
+    """The distribution a flow defines for a fixed (batch of) context(s).
+
+    Shapes follow torch distributions: ``batch_shape`` is the context's leading shape and
+    ``event_shape`` is ``(D,)``; ``sample((n,))`` returns ``(n, *batch_shape, D)`` and
+    ``log_prob(x)`` takes x of shape ``(..., *batch_shape, D)`` (broadcasting).
+
+    Args:
+        flow: The flow.
+        context: The standardised and embedded context (*, E), or None.
+    """
+
+    has_rsample = True
+
+    def __init__(self, flow: Flow, context: Tensor | None):
+        self.flow = flow
+        self.context = context
+        self.batch_shape = torch.Size(() if context is None else context.shape[:-1])
+        self.event_shape = torch.Size((flow.features,))
+
+    def _context_for(self, shape: torch.Size) -> Tensor | None:
+        if self.context is None:
+            return None
+        return self.context.expand(*shape, self.context.shape[-1])
+
+    def _base_log_prob(self, z: Tensor) -> Tensor:
+        return -0.5 * z.square().sum(-1) - 0.5 * self.flow.features * math.log(2 * math.pi)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Log-density of ``x`` (..., *batch_shape, D), shape (..., *batch_shape)."""
+        d = self.flow.features
+        if x.dim() == 0 or x.shape[-1] != d:
+            raise FlowError(
+                f"log_prob: expected inputs with last dimension {d}, found shape {tuple(x.shape)}"
+            )
+        try:
+            shape = torch.broadcast_shapes(x.shape[:-1], self.batch_shape)
+        except RuntimeError:
+            raise FlowError(
+                f"log_prob: inputs of shape {tuple(x.shape)} do not broadcast with the batch "
+                f"of contexts {tuple(self.batch_shape)}"
+            ) from None
+        z, logdet = self.flow.transform(x.expand(*shape, d), self._context_for(shape))
+        return self._base_log_prob(z) + logdet
+
+    def _latent(self, shape: Sequence[int], generator: torch.Generator | None) -> Tensor:
+        ref = self.flow.input_standardization.mean
+        full = torch.Size(shape) + self.batch_shape + self.event_shape
+        return torch.randn(full, generator=generator, dtype=ref.dtype, device=ref.device)
+
+    def rsample(
+        self, shape: Sequence[int] = (), generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Reparametrised samples ``(*shape, *batch_shape, D)``, differentiable in the weights."""
+        z = self._latent(shape, generator)
+        return self.flow.transform.inverse(z, self._context_for(z.shape[:-1]))
+
+    @torch.no_grad()
+    def sample(
+        self, shape: Sequence[int] = (), generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Samples ``(*shape, *batch_shape, D)``."""
+        return self.rsample(shape, generator)
+
+    def sample_and_log_prob(
+        self, shape: Sequence[int] = (), generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Samples ``(*shape, *batch_shape, D)`` and their log-densities, in one pass."""
+        z = self._latent(shape, generator)
+        x, logdet = self.flow.transform.inverse_and_log_det(z, self._context_for(z.shape[:-1]))
+        return x, self._base_log_prob(z) + logdet
+
+    def __repr__(self) -> str:
+        shape, d = tuple(self.batch_shape), self.flow.features
+        return f"FlowDistribution(batch_shape={shape}, features={d})"
+
+
+class Flow(nn.Module):
+    """A normalizing flow ``q(x | c)`` with input/context standardisation and optional embedding.
+
+    Subclasses (the named flows) build their config and the body of transforms; this class
+    adds the z-scoring of the inputs as the first transform, the context standardisation and
+    embedding, and the distribution, loss and config plumbing.
+
+    Args:
+        config: The flow's config.
+        embedding: A built-in embedding net or its spec, any ``nn.Module`` with ``out_features``
+            (then not rebuildable from the config), or None.
+    """
+
+    config_class: ClassVar[type[FlowConfig]] = FlowConfig
+    #: Whether ``log_prob`` is exact (it is, for every flow).
+    exact_log_prob: ClassVar[bool] = True
+
+    def __init__(self, config: FlowConfig, embedding: nn.Module | Mapping | None = None):
+        super().__init__()
+        if config.features < 1 or config.context < 0 or config.transforms < 1:
+            raise FlowError(
+                "flow: expected features >= 1, context >= 0 and transforms >= 1, found "
+                f"features={config.features}, context={config.context}, "
+                f"transforms={config.transforms}"
+            )
+        if config.permutation not in ("random", "reverse", "none"):
+            raise FlowError(
+                "flow: expected permutation 'random', 'reverse' or 'none', "
+                f"found {config.permutation!r}"
+            )
+        self.features, self.context_features = config.features, config.context
+        self.embedding: nn.Module | None = None
+        embedded = config.context
+        if embedding is not None and config.context == 0:
+            raise FlowError("flow: an embedding net needs a context, found context=0")
+        if isinstance(embedding, Mapping):
+            embedding = embedding_from_spec(embedding)
+        if embedding is not None:
+            embedded = getattr(embedding, "out_features", None)
+            if not isinstance(embedded, int):
+                raise FlowError(
+                    "flow: expected the embedding net to have an integer attribute "
+                    f"'out_features', found {embedded!r}"
+                )
+            spec = embedding.spec() if hasattr(embedding, "spec") else None
+            if spec is None:
+                spec = {"type": "custom", "out_features": embedded}
+            config = dataclasses.replace(config, embedding=spec)
+            self.embedding = embedding
+        self.config = config
+        self.embedded_context = embedded
+        self.context_standardization = Standardize(config.context) if config.context else None
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.transform = Composite([StandardizeTransform(config.features), *self.build()])
+        del self.generator
+
+    def build(self) -> list[Transform]:
+        """The body of transforms, data side first (implemented by the named flows)."""
+        raise NotImplementedError
+
+    def permutation(self) -> list[Permutation]:
+        """The configured permutation between two steps, as a list of zero or one transform."""
+        kind, d = self.config.permutation, self.features
+        if kind == "none" or d < 2:
+            return []
+        if kind == "reverse":
+            return [ReversePermutation(d)]
+        return [RandomPermutation(d, self.generator)]
+
+    @property
+    def input_standardization(self) -> Standardize:
+        """The z-scoring of the inputs (the first transform)."""
+        return self.transform.transforms[0].standardize
+
+    @classmethod
+    def from_config(cls, config: FlowConfig | Mapping) -> Flow:
+        """Build a fresh flow of the same architecture from a config or its ``asdict``.
+
+        A flow with a user-provided embedding net cannot be rebuilt this way.
+        """
+        if isinstance(config, FlowConfig):
+            config = dataclasses.asdict(config)
+        options = {k: _tuples(v) for k, v in dict(config).items()}
+        options["embedding"] = config.get("embedding")  # a spec dict: left as is
+        return cls(**options)
+
+    def fit_standardization(self, inputs: Tensor, context: Tensor | None = None) -> Flow:
+        """Set the z-scoring statistics of the inputs (and context) from training data.
+
+        Called once before training. ActNorm layers (Glow) initialise themselves separately, on
+        their first forward pass in training mode.
+
+        Args:
+            inputs: Training inputs (N, D).
+            context: Training contexts (N, C), if the flow is conditional.
+
+        Returns:
+            The flow itself.
+        """
+        self.input_standardization.fit(inputs)
+        if self.context_standardization is not None and context is not None:
+            self.context_standardization.fit(context)
+        return self
+
+    def embed(self, context: Tensor | None) -> Tensor | None:
+        """Standardise and embed a raw context (*, C) into what the conditioners see (*, E)."""
+        if self.context_standardization is None:
+            if context is not None:
+                raise FlowError(
+                    "flow: this flow is unconditional (context=0), found a context of shape "
+                    f"{tuple(context.shape)}"
+                )
+            return None
+        c = self.context_features
+        if context is None or context.dim() == 0 or context.shape[-1] != c:
+            found = None if context is None else tuple(context.shape)
+            raise FlowError(f"flow: expected a context of shape (*, {c}), found {found}")
+        context = self.context_standardization(context)
+        return context if self.embedding is None else self.embedding(context)
+
+    def forward(self, context: Tensor | None = None) -> FlowDistribution:
+        """The distribution ``q(x | context)``, batched over the context's leading dimensions."""
+        return FlowDistribution(self, self.embed(context))
+
+    def loss(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
+        """Negative log-likelihood :math:`-\\log q(x \\mid c)` per row, shape (*)."""
+        return -self(context).log_prob(inputs)
+
+
+__all__ = ["Flow", "FlowConfig", "FlowDistribution", "FlowError"]
