@@ -81,13 +81,13 @@ def filter_covariance() -> Tensor:
     outputs={"num_spikes": (), "sta": (FILTER_LENGTH,)},
     register=False,
 )
-def bernoulli_glm(theta: Tensor, generator: torch.Generator | None) -> dict[str, Tensor]:
+def bernoulli_glm(theta: Tensor, generator: torch.Generator | None) -> Tensor:
     """Bernoulli GLM (sbibm, sufficient statistics): spike count and spike-triggered sums."""
     v = design_matrix().to(theta.device)
     rate = torch.sigmoid(theta.double() @ v.T)
     u = torch.rand(rate.shape, generator=generator, dtype=torch.float64, device=theta.device)
-    x = (u < rate).double() @ v
-    return {"num_spikes": x[:, 0].float(), "sta": x[:, 1:].float()}
+    # Columns: num_spikes, then sta[0..8], in the order the outputs are declared.
+    return ((u < rate).double() @ v).float()
 
 
 __all__ = ["bernoulli_glm", "design_matrix", "filter_covariance", "stimulus"]

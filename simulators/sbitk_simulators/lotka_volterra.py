@@ -87,7 +87,7 @@ def populations(theta: Tensor) -> Tensor:
     outputs={"prey": (NUM_SAMPLES,), "predator": (NUM_SAMPLES,)},
     register=False,
 )
-def lotka_volterra(theta: Tensor, generator: torch.Generator | None) -> dict[str, Tensor]:
+def lotka_volterra(theta: Tensor, generator: torch.Generator | None) -> Tensor:
     """Lotka–Volterra (sbibm): prey and predators at t = 0, 2.1, …, 18.9, log-normal noise."""
     log_u = log_populations(theta)
     loc = log_u.clamp(math.log(CLIP[0]), math.log(CLIP[1]))
@@ -97,7 +97,7 @@ def lotka_volterra(theta: Tensor, generator: torch.Generator | None) -> dict[str
     # row becomes NaN for the runner to count (sbibm likewise returns NaN when its solver fails).
     failed = ~torch.isfinite(log_u).flatten(1).all(-1)
     x = x.masked_fill(failed[:, None, None], math.nan).float()
-    return {"prey": x[:, 0], "predator": x[:, 1]}
+    return x.flatten(1)  # prey[0..9], then predator[0..9], as the outputs are declared
 
 
 __all__ = ["SAMPLE_TIMES", "log_populations", "lotka_volterra", "populations"]
