@@ -1,0 +1,193 @@
+"""Training rows for NPE and NLE: from tensors or a bank, invalid rows handled and reported.
+
+A bank row is invalid when the simulator failed (``valid`` is false) or when θ or x holds NaN or
+Inf; a θ outside the prior's support cannot be mapped to unconstrained space and is treated the
+same. :func:`clean_rows` drops them and says how many; :class:`BankChunks` streams a bank that does
+not fit in memory, applying the same cleaning and transform to every chunk.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from sbitk.errors import BankError, SbitkError
+
+
+@dataclass(frozen=True)
+class RowReport:
+    """How many training rows were seen and why some were left out."""
+
+    n_rows: int
+    n_failed: int = 0
+    n_non_finite: int = 0
+    n_outside_support: int = 0
+
+    @property
+    def n_excluded(self) -> int:
+        return self.n_failed + self.n_non_finite + self.n_outside_support
+
+    @property
+    def n_used(self) -> int:
+        return self.n_rows - self.n_excluded
+
+    def message(self) -> str:
+        return (
+            f"{self.n_excluded} of {self.n_rows} rows excluded from training "
+            f"({self.n_failed} failed simulations, {self.n_non_finite} with NaN/Inf, "
+            f"{self.n_outside_support} with theta outside the prior's support)"
+        )
+
+    def __add__(self, other: RowReport) -> RowReport:
+        return RowReport(
+            self.n_rows + other.n_rows,
+            self.n_failed + other.n_failed,
+            self.n_non_finite + other.n_non_finite,
+            self.n_outside_support + other.n_outside_support,
+        )
+
+
+def check_pair(theta: Tensor, x: Tensor, theta_dim: int) -> tuple[Tensor, Tensor]:
+    """Check θ (N, D_θ) and x (N, D_x) tensors and return them as floats."""
+    theta, x = torch.as_tensor(theta), torch.as_tensor(x)
+    if theta.dim() != 2 or theta.shape[1] != theta_dim:
+        raise SbitkError(f"theta must have shape (N, {theta_dim}), got {tuple(theta.shape)}")
+    if x.dim() != 2:
+        raise SbitkError(f"x must have shape (N, D_x), got {tuple(x.shape)}")
+    if theta.shape[0] != x.shape[0]:
+        raise SbitkError(
+            f"theta and x must have as many rows, got {theta.shape[0]} and {x.shape[0]}"
+        )
+    dtype = torch.get_default_dtype()
+    return theta.to(dtype), x.to(dtype)
+
+
+def clean_rows(
+    theta: Tensor, x: Tensor, valid: Tensor | None, prior
+) -> tuple[Tensor, Tensor, RowReport]:
+    """Drop failed, non-finite and out-of-support rows; return what is left and a report."""
+    n = theta.shape[0]
+    failed = torch.zeros(n, dtype=torch.bool) if valid is None else ~valid.to(torch.bool)
+    finite = torch.isfinite(theta).all(-1) & torch.isfinite(x).all(-1)
+    non_finite = ~failed & ~finite
+    outside = ~failed & finite & ~prior.support_contains(theta)
+    keep = ~failed & finite & ~outside
+    report = RowReport(n, int(failed.sum()), int(non_finite.sum()), int(outside.sum()))
+    return theta[keep], x[keep], report
+
+
+def warn_excluded(report: RowReport, stacklevel: int = 3) -> None:
+    if report.n_excluded:
+        warnings.warn(report.message(), stacklevel=stacklevel)
+
+
+def bank_arrays(bank) -> tuple[Tensor, Tensor, Tensor | None]:
+    """θ, x and the validity mask of a bank, as tensors."""
+    try:
+        theta, x = bank.theta, bank.x
+    except AttributeError as exc:
+        raise BankError(f"expected a simulation bank with theta and x, got {type(bank)}") from exc
+    valid = getattr(bank, "valid", None)
+    as_t = lambda a: a if isinstance(a, Tensor) else torch.as_tensor(a[...])  # noqa: E731
+    return as_t(theta), as_t(x), None if valid is None else as_t(valid)
+
+
+def bank_info(bank) -> dict:
+    """Simulator name, names and prior spec stored with a bank (keys missing when absent)."""
+    attrs = dict(getattr(bank, "attrs", {}) or {})
+    info = {}
+    for key in ("simulator", "simulator_name"):
+        if isinstance(attrs.get(key), str):
+            info["simulator_name"] = attrs[key]
+    if isinstance(attrs.get("simulator"), dict):
+        info["simulator_name"] = attrs["simulator"].get("name")
+    for key in ("parameter_names", "output_names", "prior"):
+        if key in attrs:
+            info[key] = attrs[key]
+    return info
+
+
+def bank_nbytes(bank) -> int:
+    """Bytes θ and x of a bank take in memory as float32."""
+    rows = len(bank) if hasattr(bank, "__len__") else int(bank_arrays(bank)[0].shape[0])
+    theta_dim = int(getattr(bank, "theta_dim", 0) or 0)
+    x_dim = int(getattr(bank, "x_dim", 0) or 0)
+    if not (theta_dim and x_dim):
+        return 0
+    return 4 * rows * (theta_dim + x_dim)
+
+
+class BankChunks:
+    """A :class:`~sbitk.inference.training.ChunkSource` over a bank's chunks.
+
+    Each chunk is cleaned (invalid rows dropped, counted in :attr:`report`) and mapped to the
+    ``(inputs, context)`` pair a role trains on by ``to_pair(theta, x)``.
+
+    Args:
+        bank: A bank with ``iter_chunks()`` yielding ``(theta, x, valid)`` and, for random
+            access, ``n_chunks`` and ``read_chunk(i)``; without random access the chunks are
+            read in order once and kept (only for banks that fit in memory).
+        prior: Used to drop θ outside its support.
+        to_pair: Maps clean ``(theta, x)`` to ``(inputs, context)``.
+    """
+
+    def __init__(self, bank, prior, to_pair: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]):
+        self.bank, self.prior, self.to_pair = bank, prior, to_pair
+        self._cache: list | None = None
+        if hasattr(bank, "n_chunks") and hasattr(bank, "read_chunk"):
+            self.n_chunks = int(bank.n_chunks)
+        else:
+            self._cache = list(bank.iter_chunks())
+            self.n_chunks = len(self._cache)
+        self._reports: dict[int, RowReport] = {}
+
+    def load(self, index: int) -> tuple[Tensor, Tensor]:
+        if not 0 <= index < self.n_chunks:
+            raise BankError(f"chunk index must be in [0, {self.n_chunks}), got {index}")
+        theta, x, valid = (
+            self._cache[index] if self._cache is not None else self.bank.read_chunk(index)
+        )
+        theta, x = torch.as_tensor(theta), torch.as_tensor(x)
+        valid = None if valid is None else torch.as_tensor(valid)
+        theta, x, report = clean_rows(theta.float(), x.float(), valid, self.prior)
+        self._reports[index] = report
+        return self.to_pair(theta, x)
+
+    @property
+    def report(self) -> RowReport:
+        """Rows seen so far (every chunk after one epoch)."""
+        total = RowReport(0)
+        for r in self._reports.values():
+            total = total + r
+        return total
+
+
+def memory_limit_bytes() -> int:
+    """Half of the physical memory (a bank larger than this is streamed)."""
+    try:
+        import os
+
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):
+        return 4 * 2**30
+
+
+def nan_to_none(v: float) -> float | None:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+__all__ = [
+    "BankChunks",
+    "RowReport",
+    "bank_arrays",
+    "bank_info",
+    "check_pair",
+    "clean_rows",
+    "memory_limit_bytes",
+    "warn_excluded",
+]

@@ -1,0 +1,188 @@
+"""Neural posterior estimation (NPE): learn an amortized posterior :math:`q(\\theta \\mid x)`.
+
+With pairs :math:`(\\theta_i, x_i)` drawn from :math:`p(\\theta)\\,p(x \\mid \\theta)`, minimising
+
+.. math::
+    \\mathcal{L}(\\phi) = \\mathbb{E}_{p(\\theta, x)}\\left[-\\log q_\\phi(\\theta \\mid x)\\right]
+
+makes :math:`q_\\phi(\\theta \\mid x)` approach the posterior :math:`p(\\theta \\mid x)` for every
+:math:`x` at once (the expected KL divergence between them is this loss up to a constant). For a
+bounded prior the estimator is trained on :math:`u = f(\\theta)`, the prior's bijection to the real
+line, so that its samples, mapped back, never leave the support.
+
+References:
+    Papamakarios & Murray (2016), Fast ε-free inference of simulation models with Bayesian
+    conditional density estimation, arXiv:1605.06376.
+    Greenberg, Nonnenmacher & Macke (2019), Automatic posterior transformation for
+    likelihood-free inference, arXiv:1905.07488.
+
+Example:
+    >>> import torch
+    >>> from sbitk.simulation.priors import Normal
+    >>> prior = Normal(0.0, 1.0, dim=2)
+    >>> theta = prior.sample(2000, torch.Generator().manual_seed(0))
+    >>> x = theta + 0.1 * torch.randn(2000, 2, generator=torch.Generator().manual_seed(1))
+    >>> npe = NPE(prior, estimator="gaussian", config=TrainConfig(max_epochs=20, progress=False))
+    >>> posterior = npe.fit(theta, x)
+    >>> posterior.sample(10, x=torch.zeros(2), seed=0).shape
+    torch.Size([10, 2])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from sbitk.errors import SbitkError
+from sbitk.inference.data import (
+    BankChunks,
+    RowReport,
+    bank_arrays,
+    bank_info,
+    bank_nbytes,
+    check_pair,
+    clean_rows,
+    memory_limit_bytes,
+    warn_excluded,
+)
+from sbitk.inference.estimators import build_estimator
+from sbitk.inference.training import History, TrainConfig, train
+from sbitk.posteriors.direct import DirectPosterior
+from sbitk.simulation.priors import Prior, as_prior, prior_from_spec
+
+
+def _is_bank(obj) -> bool:
+    return hasattr(obj, "iter_chunks") and hasattr(obj, "theta")
+
+
+class NPE:
+    """Neural posterior estimation: trains an estimator of :math:`q(\\theta \\mid x)`.
+
+    Args:
+        prior: The prior the training θ were drawn from (read from the bank when ``None``).
+        estimator: A name from :func:`~sbitk.inference.estimators.estimator_classes` (``"nsf"``,
+            ``"maf"``, ``"gaussian"``, ...) or a ready ``nn.Module`` of the model contract.
+        unconstrained: Train on the prior's unconstrained bijection of θ (recommended);
+            otherwise train on θ and truncate samples to the support by rejection.
+        config: Training settings.
+        parameter_names, output_names, simulator_name: Carried into the posterior and model
+            files (read from the bank when fitting from one).
+        **estimator_kwargs: Passed to the estimator's constructor.
+    """
+
+    role = "npe"
+
+    def __init__(
+        self,
+        prior: Prior | None = None,
+        estimator: str | nn.Module = "nsf",
+        *,
+        unconstrained: bool = True,
+        config: TrainConfig | None = None,
+        parameter_names: Sequence[str] | None = None,
+        output_names: Sequence[str] | None = None,
+        simulator_name: str | None = None,
+        **estimator_kwargs,
+    ):
+        self.prior = None if prior is None else as_prior(prior)
+        if not isinstance(estimator, str | nn.Module):
+            raise SbitkError(
+                f"estimator must be a name or an nn.Module, got {type(estimator).__name__}"
+            )
+        self.estimator = estimator
+        self.estimator_kwargs = estimator_kwargs
+        self.unconstrained = unconstrained
+        self.config = config or TrainConfig()
+        self.parameter_names = parameter_names
+        self.output_names = output_names
+        self.simulator_name = simulator_name
+        self.history: History | None = None
+        self.report: RowReport | None = None
+
+    def _build(self, features: int, context: int) -> nn.Module:
+        if isinstance(self.estimator, nn.Module):
+            cfg = self.estimator.config
+            if (cfg.features, cfg.context) != (features, context):
+                raise SbitkError(
+                    f"the estimator was built for {cfg.features} features and {cfg.context} "
+                    f"context, the data needs {features} and {context}"
+                )
+            return self.estimator
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed)
+            return build_estimator(self.estimator, features, context, **self.estimator_kwargs)
+
+    def _inputs(self, theta: Tensor) -> Tensor:
+        return self.bijection.forward(theta)[0] if self.unconstrained else theta
+
+    def fit(
+        self, theta, x: Tensor | None = None, *, stream: bool | None = None
+    ) -> DirectPosterior:
+        """Train on (θ, x) tensors or on a bank, and return the posterior.
+
+        Args:
+            theta: Parameters (N, D_θ), or a simulation bank (then ``x`` is ``None``).
+            x: Simulated data (N, D_x).
+            stream: For a bank, read it chunk by chunk instead of loading it; ``None`` streams
+                when it would take more than half of the memory.
+
+        Returns:
+            A :class:`~sbitk.posteriors.direct.DirectPosterior`. Invalid rows (failed
+            simulations, NaN/Inf, θ outside the support) are excluded, counted in
+            :attr:`report` and announced by a warning.
+        """
+        source = None
+        if _is_bank(theta):
+            bank = theta
+            if x is not None:
+                raise SbitkError("fit(bank) takes no x: the bank holds both theta and x")
+            info = bank_info(bank)
+            if self.prior is None:
+                if "prior" not in info:
+                    raise SbitkError("no prior given and the bank stores no prior spec")
+                self.prior = prior_from_spec(info["prior"])
+            self.parameter_names = self.parameter_names or info.get("parameter_names")
+            self.output_names = self.output_names or info.get("output_names")
+            self.simulator_name = self.simulator_name or info.get("simulator_name")
+            if stream is None:
+                stream = bank_nbytes(bank) > memory_limit_bytes()
+            if stream:
+                source = BankChunks(bank, self.prior, lambda t, xx: (self._inputs(t), xx))
+            else:
+                theta, x, valid = bank_arrays(bank)
+        else:
+            valid = None
+            if x is None:
+                raise SbitkError("fit(theta, x) needs x, or pass a bank as the only argument")
+        if self.prior is None:
+            raise SbitkError("NPE needs a prior: NPE(prior, ...)")
+        self.bijection = self.prior.bijection() if self.unconstrained else None
+
+        if source is None:
+            theta, x = check_pair(theta, x, self.prior.dim)
+            theta, x, self.report = clean_rows(theta, x, valid, self.prior)
+            warn_excluded(self.report)
+            if self.report.n_used < 2:
+                raise SbitkError(f"need at least 2 valid rows to train, got {self.report.n_used}")
+            model = self._build(self.prior.dim, x.shape[1])
+            self.history = train(model, self._inputs(theta), x, self.config)
+        else:
+            _, first_x = source.load(0)
+            model = self._build(self.prior.dim, first_x.shape[1])
+            self.history = train(model, source, None, self.config)
+            self.report = source.report
+            warn_excluded(self.report)
+        return DirectPosterior(
+            model,
+            self.prior,
+            unconstrained=self.unconstrained,
+            parameter_names=self.parameter_names,
+            output_names=self.output_names,
+            simulator_name=self.simulator_name,
+            history=self.history,
+        )
+
+
+__all__ = ["NPE"]

@@ -1,0 +1,311 @@
+"""A posterior sampled directly from an amortized conditional density estimator (NPE).
+
+The estimator models :math:`q(u \\mid x)` over the unconstrained parameters
+:math:`u = f(\\theta)`, where :math:`f` is the prior's bijection to the real line. Sampling draws
+:math:`u` and returns :math:`\\theta = f^{-1}(u)`, so a bounded prior's support is never left; the
+density in parameter space adds the log-determinant of :math:`f`:
+
+.. math:: \\log q(\\theta \\mid x) = \\log q(f(\\theta) \\mid x) + \\log |\\det J_f(\\theta)|.
+
+An estimator trained directly on θ (``unconstrained=False``) is truncated to the prior's
+support by rejection, with a cap on attempts and on time, and the acceptance rate reported.
+
+Example:
+    >>> import torch
+    >>> from sbitk.inference.estimators import ConditionalGaussian
+    >>> from sbitk.simulation.priors import BoxUniform
+    >>> posterior = DirectPosterior(ConditionalGaussian(2, 3), BoxUniform(-1.0, 1.0, dim=2))
+    >>> posterior.sample(100, x=torch.zeros(4, 3), seed=0).shape
+    torch.Size([100, 4, 2])
+    >>> posterior.log_prob(torch.zeros(7, 2), x=torch.zeros(3)).shape
+    torch.Size([7])
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Sequence
+from contextlib import nullcontext
+
+import torch
+from torch import Tensor, nn
+
+from sbitk.errors import SbitkError
+from sbitk.simulation.bijections import Bijection, IdentityBijection
+from sbitk.simulation.priors import Prior
+
+
+def seeded(seed: int | None, device: torch.device | None = None):
+    """A context in which torch's global RNG is seeded, restored on exit (no-op for ``None``)."""
+    if seed is None:
+        return nullcontext()
+
+    class _Seeded:
+        def __enter__(self):
+            devices = [device] if device is not None and device.type == "cuda" else []
+            self._fork = torch.random.fork_rng(devices=devices)
+            self._fork.__enter__()
+            torch.manual_seed(seed)
+
+        def __exit__(self, *exc):
+            return self._fork.__exit__(*exc)
+
+    return _Seeded()
+
+
+def _names(names: Sequence[str] | None, dim: int, what: str) -> list[str]:
+    if names is None:
+        return [f"{what}[{i}]" for i in range(dim)]
+    names = [str(n) for n in names]
+    if len(names) != dim:
+        raise SbitkError(f"expected {dim} {what} names, got {len(names)}: {names}")
+    return names
+
+
+class DirectPosterior:
+    """Amortized posterior :math:`q(\\theta \\mid x)` from a trained estimator.
+
+    Args:
+        estimator: Module with ``estimator(context)`` a distribution over u (or θ), batched over
+            contexts, with ``sample`` and ``log_prob``.
+        prior: The prior the training θ were drawn from.
+        unconstrained: The estimator models ``u = prior.bijection().forward(θ)`` (the default);
+            otherwise it models θ and samples are truncated to the support by rejection.
+        parameter_names: Names of θ's columns.
+        output_names: Names of x's columns.
+        simulator_name: The simulator the training data came from.
+        history: The training history (a :class:`~sbitk.inference.training.History`) or None.
+        max_rejection_attempts: Rejection rounds before giving up (``unconstrained=False``).
+        max_rejection_time: Seconds of rejection sampling before giving up.
+    """
+
+    role = "npe"
+
+    def __init__(
+        self,
+        estimator: nn.Module,
+        prior: Prior,
+        *,
+        unconstrained: bool = True,
+        parameter_names: Sequence[str] | None = None,
+        output_names: Sequence[str] | None = None,
+        simulator_name: str | None = None,
+        history=None,
+        max_rejection_attempts: int = 100,
+        max_rejection_time: float = 60.0,
+    ):
+        self.estimator = estimator.eval()
+        self.prior = prior
+        self.unconstrained = bool(unconstrained)
+        self.bijection: Bijection = (
+            prior.bijection() if unconstrained else IdentityBijection(prior.dim)
+        )
+        self.theta_dim = prior.dim
+        self.x_dim = int(estimator.config.context)
+        if int(estimator.config.features) != prior.dim:
+            raise SbitkError(
+                f"estimator models {estimator.config.features} features but the prior has "
+                f"dim {prior.dim}"
+            )
+        self.parameter_names = _names(parameter_names, self.theta_dim, "theta")
+        self.output_names = _names(output_names, self.x_dim, "x")
+        self.simulator_name = simulator_name
+        self.history = history
+        self.max_rejection_attempts = int(max_rejection_attempts)
+        self.max_rejection_time = float(max_rejection_time)
+        #: Share of proposals inside the support in the last ``sample`` call (1.0 without
+        #: rejection).
+        self.acceptance_rate = 1.0
+
+    # ---- plumbing ----------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.estimator.buffers(), next(self.estimator.parameters())).device
+
+    def to(self, device: str | torch.device) -> DirectPosterior:
+        """Move the estimator to ``device`` (``"auto"``: CUDA when present)."""
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.estimator.to(torch.device(device))
+        return self
+
+    def _x(self, x: Tensor | None) -> tuple[Tensor, bool]:
+        """Check x and return it as (B, D_x) on the device, and whether it was a single row."""
+        if x is None:
+            raise SbitkError("pass the observation: x=x_o of shape (D_x,) or (B, D_x)")
+        x = torch.as_tensor(x)
+        single = x.dim() == 1
+        if single:
+            x = x.unsqueeze(0)
+        if x.dim() != 2 or x.shape[-1] != self.x_dim:
+            raise SbitkError(
+                f"x must have shape ({self.x_dim},) or (B, {self.x_dim}), got {tuple(x.shape)}"
+            )
+        if not torch.isfinite(x).all():
+            raise SbitkError("x must be finite, found NaN or Inf")
+        return x.to(self.device, torch.get_default_dtype()), single
+
+    def _draw_u(self, n: int, x: Tensor, chunk_rows: int) -> Tensor:
+        per = max(1, chunk_rows // x.shape[0])
+        parts = []
+        for start in range(0, n, per):
+            parts.append(self.estimator(x).sample((min(per, n - start),)))
+        return torch.cat(parts) if parts else x.new_zeros(0, x.shape[0], self.theta_dim)
+
+    # ---- public API --------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        x: Tensor | None = None,
+        *,
+        seed: int | None = None,
+        chunk_rows: int = 200_000,
+    ) -> Tensor:
+        """Draw ``n`` samples of θ for each observation.
+
+        Args:
+            n: Samples per observation.
+            x: One observation (D_x,) or a batch (B, D_x).
+            seed: Seeds the draws (the global RNG is restored afterwards).
+            chunk_rows: Largest number of rows drawn in one estimator call.
+
+        Returns:
+            θ of shape (n, D_θ) for one observation, (n, B, D_θ) for a batch; on the CPU.
+        """
+        x, single = self._x(x)
+        if n < 0:
+            raise SbitkError(f"n must be >= 0, got {n}")
+        with seeded(seed, self.device):
+            if self.unconstrained:
+                theta = self.bijection.inverse(self._draw_u(n, x, chunk_rows))
+                self.acceptance_rate = 1.0
+            else:
+                theta = self._reject(n, x, chunk_rows)
+        theta = theta.cpu()
+        return theta[:, 0] if single else theta
+
+    def _reject(self, n: int, x: Tensor, chunk_rows: int) -> Tensor:
+        b = x.shape[0]
+        out = x.new_zeros(n, b, self.theta_dim)
+        filled = torch.zeros(b, dtype=torch.long)
+        proposed = accepted = 0
+        start = time.perf_counter()
+        want = n
+        attempt = 0
+        for attempt in range(self.max_rejection_attempts):  # noqa: B007
+            todo = (filled < n).nonzero().squeeze(-1)
+            if todo.numel() == 0:
+                break
+            draw = self._draw_u(want, x[todo.to(x.device)], chunk_rows)  # (want, b', D)
+            inside = self.prior.support_contains(draw).cpu()
+            proposed += inside.numel()
+            accepted += int(inside.sum())
+            for j, i in enumerate(todo.tolist()):
+                good = draw[inside[:, j], j]
+                take = min(n - int(filled[i]), good.shape[0])
+                out[filled[i] : filled[i] + take, i] = good[:take]
+                filled[i] += take
+            rate = max(accepted / max(proposed, 1), 1e-3)
+            want = min(int(1.2 * (n - int(filled.min())) / rate) + 1, 100 * n + 1)
+            if time.perf_counter() - start > self.max_rejection_time:
+                break
+        self.acceptance_rate = accepted / max(proposed, 1)
+        if (filled < n).any():
+            raise SbitkError(
+                f"rejection sampling stopped after {attempt + 1} attempts and "
+                f"{time.perf_counter() - start:.1f} s with an acceptance rate of "
+                f"{self.acceptance_rate:.2%}: {int((filled < n).sum())} observation(s) got fewer "
+                f"than {n} samples inside the prior's support; train with unconstrained=True"
+            )
+        if self.acceptance_rate < 0.01:
+            warnings.warn(
+                f"rejection sampling accepted only {self.acceptance_rate:.2%} of the proposals; "
+                "the estimator puts most of its mass outside the prior's support",
+                stacklevel=3,
+            )
+        return out
+
+    def log_prob(self, theta: Tensor, x: Tensor | None = None) -> Tensor:
+        """The log density of θ under :math:`q(\\theta \\mid x)`; ``-inf`` outside the support.
+
+        Args:
+            theta: (*, D_θ) for one observation; for a batch of B observations (*, B, D_θ).
+            x: One observation (D_x,) or a batch (B, D_x).
+
+        Returns:
+            Log densities of shape (*); not normalised for the truncation when
+            ``unconstrained=False``.
+        """
+        x, single = self._x(x)
+        theta = torch.as_tensor(theta).to(self.device, torch.get_default_dtype())
+        if theta.shape[-1] != self.theta_dim:
+            raise SbitkError(
+                f"theta must have shape (*, {self.theta_dim}), got {tuple(theta.shape)}"
+            )
+        if not single and (theta.dim() < 2 or theta.shape[-2] != x.shape[0]):
+            raise SbitkError(
+                f"with a batch of {x.shape[0]} observations theta must have shape "
+                f"(*, {x.shape[0]}, {self.theta_dim}), got {tuple(theta.shape)}"
+            )
+        inside = self.prior.support_contains(theta)
+        u, logdet = self.bijection.forward(theta)
+        dist = self.estimator(x)
+        lp = dist.log_prob(u.unsqueeze(-2) if single else u)
+        lp = (lp.squeeze(-1) if single else lp) + logdet
+        return torch.where(inside, lp, torch.full_like(lp, -math.inf))
+
+    def map(
+        self,
+        x: Tensor | None = None,
+        *,
+        n_init: int = 1_000,
+        steps: int = 200,
+        learning_rate: float = 0.05,
+        seed: int | None = 0,
+    ) -> Tensor:
+        """The maximum a posteriori θ: the best of ``n_init`` samples, refined by gradient ascent.
+
+        The ascent runs in unconstrained space on :math:`\\log q(\\theta(u) \\mid x)`, so it stays
+        inside the prior's support.
+
+        Returns:
+            θ of shape (D_θ,) for one observation, (B, D_θ) for a batch; on the CPU.
+        """
+        xb, single = self._x(x)
+        with torch.no_grad():
+            init = self.sample(n_init, xb, seed=seed).to(self.device)  # (n, B, D)
+            lp = self.log_prob(init, xb)
+            best = init[lp.argmax(0), torch.arange(xb.shape[0])]  # (B, D)
+            u = self.bijection.forward(best)[0].clone()
+        u.requires_grad_(True)
+        opt = torch.optim.Adam([u], lr=learning_rate)
+        for _ in range(steps):
+            theta = self.bijection.inverse(u)
+            objective = self._log_prob_u(u, theta, xb)
+            (grad,) = torch.autograd.grad(objective.sum(), u)
+            u.grad = -grad
+            opt.step()
+        with torch.no_grad():
+            theta = self.bijection.inverse(u)
+            final = self.log_prob(theta.unsqueeze(0), xb)[0]
+            # Keep the starting point where the ascent did not improve (flat or noisy regions).
+            theta = torch.where((final >= lp.max(0).values).unsqueeze(-1), theta, best)
+        theta = theta.detach().cpu()
+        return theta[0] if single else theta
+
+    def _log_prob_u(self, u: Tensor, theta: Tensor, x: Tensor) -> Tensor:
+        _, logdet = self.bijection.forward(theta)
+        return self.estimator(x).log_prob(u) + logdet
+
+    def __repr__(self) -> str:
+        est = type(self.estimator).__name__
+        return (
+            f"DirectPosterior(estimator={est}, theta_dim={self.theta_dim}, x_dim={self.x_dim}, "
+            f"simulator={self.simulator_name!r})"
+        )
+
+
+__all__ = ["DirectPosterior", "seeded"]
