@@ -1,0 +1,235 @@
+"""The simulation runner: determinism, parallel back ends, failures and clear errors."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import sbitk
+from sbitk.errors import BankError, SbitkError, SimulatorError
+from sbitk.simulation.runner import SimulationFailureWarning, batch_generator, simulate
+from sbitk.simulation.simulator import STATUS_EXCEPTION, STATUS_INF, STATUS_NAN, STATUS_OK
+
+
+@sbitk.simulator(
+    "runner_gauss",
+    parameters={"mu": sbitk.Normal(0.0, 1.0, dim=2), "scale": sbitk.LogNormal(0.0, 0.3)},
+    outputs={"x": (3,)},
+    register=False,
+)
+def gauss(theta, generator):
+    noise = torch.randn(theta.shape[0], 3, generator=generator)
+    return theta[:, :1] + theta[:, 1:2] * noise * theta[:, 2:3]
+
+
+@sbitk.simulator(
+    "runner_scalar",
+    parameters={"a": sbitk.BoxUniform(0.0, 2.0), "b": sbitk.BoxUniform(-1.0, 1.0)},
+    outputs={"y": (2,)},
+    vectorized=False,
+    register=False,
+)
+def scalar(theta, generator):
+    # One θ (2,) in, one x (2,) out: plain Python over numbers.
+    a, b = float(theta[0]), float(theta[1])
+    u = float(torch.rand((), generator=generator))
+    return torch.tensor([math.sin(a) + u, a * b])
+
+
+@sbitk.simulator(
+    "runner_faulty",
+    parameters={"a": sbitk.BoxUniform(-1.0, 1.0), "b": sbitk.BoxUniform(0.0, 1.0)},
+    outputs={"y": (2,)},
+    register=False,
+)
+def faulty(theta, generator):
+    """Raises for a > 0.6, NaN for a < -0.7, Inf for -0.5 < a < -0.4."""
+    a = theta[:, 0]
+    if (a > 0.6).any():
+        raise ValueError("a is above 0.6")
+    x = torch.stack([a, theta[:, 1]], -1) + torch.randn(theta.shape[0], 2, generator=generator)
+    x[a < -0.7, 0] = math.nan
+    x[(a > -0.5) & (a < -0.4), 1] = math.inf
+    return x
+
+
+@sbitk.simulator(
+    "runner_wrong_shape",
+    parameters={"a": sbitk.BoxUniform(-1.0, 1.0)},
+    outputs={"y": (3,)},
+    register=False,
+)
+def wrong_shape(theta, generator):
+    return torch.zeros(theta.shape[0], 4)
+
+
+def _same(a: sbitk.simulation.bank.Bank, b: sbitk.simulation.bank.Bank) -> None:
+    assert len(a) == len(b)
+    for name in ("theta", "x", "valid", "status"):
+        left, right = getattr(a, name), getattr(b, name)
+        # NaN marks invalid rows; compare bit patterns so NaN == NaN.
+        assert torch.equal(left.view(torch.uint8), right.view(torch.uint8)), name
+
+
+def test_same_seed_gives_the_same_bank_and_other_seeds_differ():
+    a = simulate(gauss, 700, seed=11, workers=1, batch_size=200, progress=False)
+    b = simulate(gauss, 700, seed=11, workers=1, batch_size=200, progress=False)
+    c = simulate(gauss, 700, seed=12, workers=1, batch_size=200, progress=False)
+    _same(a, b)
+    assert a.theta.shape == (700, 3) and a.x.shape == (700, 3)
+    assert a.theta.dtype == torch.float32 and a.x.dtype == torch.float32
+    assert not torch.equal(a.theta, c.theta)
+    # Batches draw from independent streams: no two batches repeat θ.
+    assert len(torch.unique(a.theta[:, 0])) == 700
+
+
+def test_in_process_and_two_worker_processes_give_identical_banks(tmp_path):
+    one = simulate(gauss, 900, seed=4, workers=1, batch_size=100, bank=tmp_path / "one.zarr")
+    two = simulate(gauss, 900, seed=4, workers=2, batch_size=100, bank=tmp_path / "two.zarr")
+    _same(one, two)
+    assert one.complete and two.complete and one.num_batches == 9
+
+
+def test_default_dtype_and_threads_of_the_caller_do_not_change_the_bank():
+    a = simulate(gauss, 300, seed=2, workers=1, batch_size=100, progress=False)
+    torch.set_default_dtype(torch.float64)
+    b = simulate(gauss, 300, seed=2, workers=1, batch_size=100, progress=False)
+    assert torch.get_default_dtype() == torch.float64  # restored afterwards
+    _same(a, b)
+
+
+def test_batch_generators_are_fixed_per_batch_and_distinct_across_batches():
+    draws = [torch.rand(4, generator=batch_generator(7, b)) for b in range(3)]
+    again = torch.rand(4, generator=batch_generator(7, 1))
+    assert torch.equal(draws[1], again)
+    assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
+    assert not torch.equal(draws[0], torch.rand(4, generator=batch_generator(8, 0)))
+
+
+def test_non_vectorized_function_runs_row_by_row_in_parallel(tmp_path):
+    par = simulate(scalar, 400, seed=1, workers=2, batch_size=50, bank=tmp_path / "par.zarr")
+    seq = simulate(scalar, 400, seed=1, workers=1, batch_size=50, progress=False)
+    _same(par, seq)
+    theta, x = par.theta.double(), par.x.double()
+    assert par.valid.all()
+    # The deterministic output column is a * b, row by row.
+    assert torch.allclose(x[:, 1], theta[:, 0] * theta[:, 1], atol=1e-6)
+    u = x[:, 0] - torch.sin(theta[:, 0])
+    assert ((u > -1e-6) & (u < 1 + 1e-6)).all() and u.std() > 0.2
+
+
+def test_bad_simulations_are_counted_marked_invalid_and_located(tmp_path):
+    with pytest.warns(SimulationFailureWarning) as record:
+        bank = simulate(faulty, 2000, seed=0, workers=2, batch_size=250, bank=tmp_path / "f.zarr")
+    a = bank.theta[:, 0]
+    status = bank.status
+    expect_exc = a > 0.6
+    expect_nan = a < -0.7
+    expect_inf = (a > -0.5) & (a < -0.4)
+    assert torch.equal(status == STATUS_EXCEPTION, expect_exc)
+    assert torch.equal(status == STATUS_NAN, expect_nan)
+    assert torch.equal(status == STATUS_INF, expect_inf)
+    ok = ~(expect_exc | expect_nan | expect_inf)
+    assert torch.equal(bank.valid, ok) and torch.equal(status == STATUS_OK, ok)
+    assert len(bank) == 2000  # never dropped
+    assert torch.isnan(bank.x[~ok]).all()
+    assert torch.isfinite(bank.x[ok]).all()
+
+    # Valid rows are untouched by their neighbours' failures: a batch that raised is rerun row
+    # by row, yet the valid rows keep their exact simulated values x = (a, b) + noise.
+    resid = bank.x[ok] - bank.theta[ok]
+    assert abs(float(resid.mean())) < 0.1 and 0.9 < float(resid.std()) < 1.1
+
+    report = bank.failures()
+    assert report.counts == {
+        "exception": int(expect_exc.sum()),
+        "nan": int(expect_nan.sum()),
+        "inf": int(expect_inf.sum()),
+    }
+    assert report.failed == int((~ok).sum()) and report.rows == 2000
+    by_kind = {k.kind: k for k in report.kinds}
+    exc_a = by_kind["exception"].parameters[0]
+    assert exc_a.name == "a" and exc_a.min > 0.6 and exc_a.max <= 1.0
+    assert by_kind["nan"].parameters[0].max < -0.7
+    inf_a = by_kind["inf"].parameters[0]
+    assert -0.5 < inf_a.min and inf_a.max < -0.4
+    assert "a is above 0.6" in by_kind["exception"].example
+    text = str(record[0].message)
+    assert "exception" in text and "a is above 0.6" in text and "[0.6" in text
+    assert bank.attrs["failure_counts"] == report.counts
+    assert set(bank.errors().values()) == {"ValueError: a is above 0.6"}
+    assert sorted(bank.errors()) == torch.nonzero(expect_exc).flatten().tolist()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_wrong_shape_is_a_clear_error_naming_simulator_and_shapes(workers):
+    with pytest.raises(SimulatorError) as info:
+        simulate(wrong_shape, 400, workers=workers, batch_size=100, progress=False)
+    message = str(info.value)
+    assert "runner_wrong_shape" in message and "(100, 4)" in message and "(100, 3)" in message
+    if workers == 2:
+        # Raised in a worker process, surfaced without the remote traceback chained on.
+        assert info.value.__cause__ is None
+
+
+def test_simulate_by_registered_name():
+    sim = sbitk.simulator(
+        "runner_registered",
+        parameters={"p": sbitk.BoxUniform(0.0, 1.0)},
+        outputs={"x": ()},
+    )(lambda theta, generator: theta * 2)
+    try:
+        bank = sbitk.simulate("runner_registered", 10, workers=1, progress=False)
+        assert torch.allclose(bank.x, 2 * bank.theta)
+        assert bank.simulator_name == "runner_registered"
+    finally:
+        sbitk.simulation.unregister(sim.name)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"n": 0}, "n must be an integer >= 1, got 0"),
+        ({"n": 2.5}, "got 2.5"),
+        ({"seed": -1}, "seed must be an integer >= 0"),
+        ({"workers": 0}, "workers must be"),
+        ({"batch_size": 0}, "batch_size must be"),
+        ({"append": True, "overwrite": True}, "exclude each other"),
+    ],
+)
+def test_bad_arguments_raise_package_errors(kwargs, fragment):
+    args = {"n": 10, "workers": 1, **kwargs}
+    with pytest.raises(SbitkError, match=fragment.replace("(", r"\(").replace(".", r"\.")):
+        simulate(gauss, progress=False, **args)
+
+
+def test_unknown_simulator_lists_the_available_names():
+    with pytest.raises(SbitkError, match="unknown simulator 'no_such_sim'; available"):
+        simulate("no_such_sim", 10)
+
+
+def test_in_memory_bank_has_the_metadata_of_the_simulator():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no failures, so no warning
+        bank = simulate(gauss, 50, seed=3, workers=1, progress=False)
+    assert bank.path is None
+    assert bank.simulator_name == "runner_gauss" and bank.seed == 3
+    assert bank.parameter_names == ["mu[0]", "mu[1]", "scale"]
+    assert bank.output_names == ["x[0]", "x[1]", "x[2]"]
+    assert bank.prior == gauss.prior
+    assert bank.attrs["sbitk_version"] == sbitk.__version__
+    assert bank.attrs["failure_counts"] == {"exception": 0, "nan": 0, "inf": 0}
+    assert "runner_gauss" in bank.summary() and "failures: none" in bank.summary()
+    assert np.isfinite(bank.x.numpy()).all()
+
+
+def test_bank_error_is_raised_for_a_file_in_the_way(tmp_path):
+    path = tmp_path / "file.zarr"
+    path.write_text("not a bank")
+    with pytest.raises(BankError, match="the path exists"):
+        simulate(gauss, 10, workers=1, bank=path, progress=False)
+    with pytest.raises(BankError, match="refusing to overwrite"):
+        simulate(gauss, 10, workers=1, bank=path, overwrite=True, progress=False)
+    assert path.read_text() == "not a bank"
