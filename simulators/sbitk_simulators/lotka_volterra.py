@@ -55,10 +55,12 @@ def log_populations(theta: Tensor) -> Tensor:
     """
     theta = theta.double()
     alpha, beta, gamma, delta = theta.unbind(-1)
+    # d/dt (log X, log Y) = (α - β Y, -γ + δ X) = c0 + c1 ⊙ (Y, X), with (Y, X) = exp(y) reversed.
+    c0 = torch.stack((alpha, -gamma), dim=-1)
+    c1 = torch.stack((-beta, delta), dim=-1)
 
     def rhs(y: Tensor) -> Tensor:
-        log_prey, log_pred = y[:, 0], y[:, 1]
-        return torch.stack((alpha - beta * log_pred.exp(), delta * log_prey.exp() - gamma), -1)
+        return torch.addcmul(c0, c1, y.exp().flip(-1))
 
     y0 = torch.tensor([math.log(v) for v in INITIAL_STATE], dtype=torch.float64)
     y = rk4(

@@ -56,10 +56,12 @@ def infected_fraction(theta: Tensor) -> Tensor:
     """
     theta = theta.double()
     beta, gamma = theta[:, 0], theta[:, 1]
+    # d/dt (log s, log i) = (-β i, β s - γ) = c0 + c1 ⊙ (i, s), with (i, s) = exp(y) reversed.
+    c0 = torch.stack((torch.zeros_like(gamma), -gamma), dim=-1)
+    c1 = torch.stack((-beta, beta), dim=-1)
 
     def rhs(y: Tensor) -> Tensor:
-        log_s, log_i = y[:, 0], y[:, 1]
-        return torch.stack((-beta * log_i.exp(), beta * log_s.exp() - gamma), dim=-1)
+        return torch.addcmul(c0, c1, y.exp().flip(-1))
 
     s0 = (POPULATION - INITIAL_INFECTED) / POPULATION
     i0 = INITIAL_INFECTED / POPULATION
