@@ -127,9 +127,9 @@ def local_c2st_from_samples(
         >>> import numpy as np
         >>> from sklearn.linear_model import LogisticRegression
         >>> rng = np.random.default_rng(0)
-        >>> theta = rng.normal(size=(500, 1))
-        >>> x = theta + rng.normal(size=(500, 1))
-        >>> biased = x / 2 + 1.0 + np.sqrt(0.5) * rng.normal(size=(500, 1))
+        >>> theta = rng.normal(size=(300, 1))
+        >>> x = theta + rng.normal(size=(300, 1))
+        >>> biased = x / 2 + 1.0 + np.sqrt(0.5) * rng.normal(size=(300, 1))
         >>> draws = 0.0 / 2 + 1.0 + np.sqrt(0.5) * rng.normal(size=(200, 1))
         >>> r = local_c2st_from_samples(
         ...     theta, x, biased, np.zeros(1), draws, classifier=LogisticRegression(), n_null=20
