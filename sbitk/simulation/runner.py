@@ -299,12 +299,12 @@ def _check_matches(bank: Bank, sim: Simulator, seed: int, batch_size: int | None
     if bank.simulator_name != sim.name:
         raise BankError(
             f"bank {where} holds simulator {bank.simulator_name!r}, not {sim.name!r}; "
-            "choose another path or overwrite it"
+            "choose another path, or overwrite it (overwrite=True, --force)"
         )
     if str(bank.simulator_version) != str(sim.version):
         raise BankError(
             f"bank {where} holds version {bank.simulator_version!r} of simulator {sim.name!r}, "
-            f"this one is version {sim.version!r}; overwrite it to start over"
+            f"this one is version {sim.version!r}; overwrite it (overwrite=True, --force)"
         )
     if (
         bank.parameter_names != desc["parameter_names"]
@@ -318,12 +318,12 @@ def _check_matches(bank: Bank, sim: Simulator, seed: int, batch_size: int | None
     if bank.seed != seed:
         raise BankError(
             f"bank {where} was simulated with seed {bank.seed}, asked for seed {seed}; "
-            "use the same seed to resume or append, or overwrite it"
+            "use the same seed to resume or append, or overwrite it (overwrite=True, --force)"
         )
     if batch_size is not None and batch_size != bank.batch_size:
         raise BankError(
             f"bank {where} has batch size {bank.batch_size}, asked for {batch_size}; "
-            "the batch size of a bank cannot change"
+            "the batch size of a bank cannot change (leave it out to use the bank's)"
         )
 
 
