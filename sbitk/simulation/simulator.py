@@ -180,7 +180,7 @@ class Simulator:
                         f"simulator {self.name!r}: output {key!r} has shape "
                         f"{tuple(part.shape)}, expected {lead + shape}"
                     )
-                parts.append(part.reshape(*lead, -1))
+                parts.append(part.reshape(*lead, math.prod(shape)))
             x = torch.cat(parts, dim=-1)
         else:
             x = self._as_tensor(out, "x")

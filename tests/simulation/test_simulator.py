@@ -57,6 +57,7 @@ def test_names_and_dimensions_are_flattened_in_order():
     x = sim(torch.zeros(3, 4))
     assert x.shape == (3, 5)
     assert x[:, -1].eq(1).all() and x[:, :4].eq(0).all()
+    assert sim(torch.zeros(0, 4)).shape == (0, 5)  # an empty batch keeps its columns
     description = sim.describe()
     assert description["parameter_names"] == sim.parameter_names
     assert description["prior"]["type"] == "product"
