@@ -124,7 +124,11 @@ class MADE(nn.Module):
         if context_term is None:
             context_term = self.context_term(context)
         n = len(self.weights)
-        h = F.linear(x, self.weights[0] * self.mask0) + context_term
+        w0 = self.weights[0] * self.mask0
+        if x.dim() == 2 and context_term.dim() <= 2:
+            h = torch.addmm(context_term, x, w0.T)  # fused matmul + add
+        else:
+            h = F.linear(x, w0) + context_term
         for i in range(1, n):
             h = F.linear(self.act(h), self.weights[i] * getattr(self, f"mask{i}"), self.biases[i])
         return h.unflatten(-1, (self.features, self.params))
