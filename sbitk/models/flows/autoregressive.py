@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 from torch import Tensor, nn
 
-from sbitk.models.flows.flow import Flow, FlowConfig
+from sbitk.models.flows.flow import Flow, FlowConfig, make_config
 from sbitk.models.flows.transforms import AffineMap, ElementwiseMap, Transform
 from sbitk.nn.made import MADE
 
@@ -108,7 +108,7 @@ class MAF(Flow):
         embedding: nn.Module | Mapping | None = None,
         **options,
     ):
-        super().__init__(MAFConfig(features, context, **options), embedding)
+        super().__init__(make_config(MAFConfig, features, context, options), embedding)
 
     def build(self) -> list[Transform]:
         return autoregressive_steps(self, lambda: AffineMap(self.config.scale_bound))

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from sbitk.models.flows.flow import Flow, FlowConfig
+from sbitk.models.flows.flow import Flow, FlowConfig, make_config
 from sbitk.models.flows.transforms import (
     ActNorm,
     AdditiveMap,
@@ -171,7 +171,7 @@ class NICE(Flow):
         embedding: nn.Module | Mapping | None = None,
         **options,
     ):
-        super().__init__(NICEConfig(features, context, **options), embedding)
+        super().__init__(make_config(NICEConfig, features, context, options), embedding)
 
     def build(self) -> list[Transform]:
         return [*coupling_steps(self, AdditiveMap), Scale(self.features)]
@@ -213,7 +213,7 @@ class RealNVP(Flow):
         embedding: nn.Module | Mapping | None = None,
         **options,
     ):
-        super().__init__(RealNVPConfig(features, context, **options), embedding)
+        super().__init__(make_config(RealNVPConfig, features, context, options), embedding)
 
     def build(self) -> list[Transform]:
         return coupling_steps(self, lambda: AffineMap(self.config.scale_bound))
@@ -259,7 +259,7 @@ class Glow(Flow):
         embedding: nn.Module | Mapping | None = None,
         **options,
     ):
-        super().__init__(GlowConfig(features, context, **options), embedding)
+        super().__init__(make_config(GlowConfig, features, context, options), embedding)
 
     def build(self) -> list[Transform]:
         d = self.features

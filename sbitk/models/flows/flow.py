@@ -66,6 +66,24 @@ class FlowConfig:
     embedding: dict | None = None
 
 
+def make_config(
+    config_class: type[FlowConfig], features: int, context: int, options: Mapping[str, Any]
+) -> FlowConfig:
+    """Build a named flow's config from its keyword options, naming any unknown option."""
+    known = {f.name for f in dataclasses.fields(config_class)} - {
+        "features",
+        "context",
+        "embedding",
+    }
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise FlowError(
+            f"{config_class.__name__}: expected options among {sorted(known)}, found {unknown}"
+        )
+    options = {k: _tuples(v) for k, v in options.items()}
+    return config_class(int(features), int(context), **options)
+
+
 def _tuples(value: Any) -> Any:
     if isinstance(value, list):
         return tuple(_tuples(v) for v in value)

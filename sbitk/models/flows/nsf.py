@@ -9,7 +9,7 @@ from torch import nn
 
 from sbitk.models.flows.autoregressive import autoregressive_steps
 from sbitk.models.flows.coupling import coupling_steps
-from sbitk.models.flows.flow import Flow, FlowConfig
+from sbitk.models.flows.flow import Flow, FlowConfig, make_config
 from sbitk.models.flows.transforms import SplineMap, Transform
 
 
@@ -64,7 +64,7 @@ class NSF(Flow):
         embedding: nn.Module | Mapping | None = None,
         **options,
     ):
-        super().__init__(NSFConfig(features, context, **options), embedding)
+        super().__init__(make_config(NSFConfig, features, context, options), embedding)
 
     def build(self) -> list[Transform]:
         cfg = self.config
