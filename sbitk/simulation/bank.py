@@ -33,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import shutil
@@ -45,6 +46,7 @@ import numpy as np
 import torch
 import zarr
 from torch import Tensor
+from zarr.core.sync import sync
 
 from sbitk.errors import BankError
 from sbitk.simulation.priors import Prior, prior_from_spec
@@ -181,6 +183,13 @@ class Bank:
                 f"up to {FORMAT_VERSION}; upgrade sbitk"
             )
         self.attrs: dict = attrs
+        self._arrays: dict[str, zarr.Array] = {}
+
+    def _array(self, name: str) -> zarr.Array:
+        # Opening an array reads its metadata from the store: do it once, not per access.
+        if name not in self._arrays:
+            self._arrays[name] = self._group[name]
+        return self._arrays[name]
 
     # ---- opening and creating ----------------------------------------------------------------
     @classmethod
@@ -336,7 +345,7 @@ class Bank:
 
     def done_batches(self) -> np.ndarray:
         """Mask (num_batches,) of the batches whose rows are written."""
-        done = self._group["done"]
+        done = self._array("done")
         n = self.num_batches
         return np.asarray(done[:n], dtype=bool) if n else np.zeros(0, dtype=bool)
 
@@ -371,7 +380,7 @@ class Bank:
 
     # ---- data --------------------------------------------------------------------------------
     def _read(self, name: str) -> np.ndarray:
-        data = self._group[name][: self.planned]
+        data = self._array(name)[: self.planned]
         mask = self._rows_done
         return data if mask.all() else data[mask]
 
@@ -403,7 +412,7 @@ class Bank:
     @property
     def num_chunks(self) -> int:
         """Number of row chunks :meth:`iter_chunks` can yield (some may hold no finished rows)."""
-        return math.ceil(self.planned / self._group["theta"].chunks[0])
+        return math.ceil(self.planned / self._array("theta").chunks[0])
 
     def iter_chunks(
         self, order: Iterable[int] | None = None, *, valid_only: bool = False
@@ -419,7 +428,7 @@ class Bank:
             An iterator over tuples θ (n, D_θ), x (n, D_x), valid (n,); chunks with no finished
             rows are skipped.
         """
-        step = self._group["theta"].chunks[0]
+        step = self._array("theta").chunks[0]
         mask = self._rows_done
         for k in range(self.num_chunks) if order is None else order:
             if not 0 <= k < self.num_chunks:
@@ -428,9 +437,9 @@ class Bank:
             keep = mask[lo:hi]
             if not keep.any():
                 continue
-            theta = self._group["theta"][lo:hi]
-            x = self._group["x"][lo:hi]
-            valid = self._group["valid"][lo:hi]
+            theta = self._array("theta")[lo:hi]
+            x = self._array("x")[lo:hi]
+            valid = self._array("valid")[lo:hi]
             if valid_only:
                 keep = keep & valid
             if not keep.all():
@@ -446,7 +455,7 @@ class Bank:
         per_kind = {k: _Stats(len(names)) for k in _FAILURE_KINDS}
         first_rows: dict[str, list[int]] = {k: [] for k in _FAILURE_KINDS}
         example: dict[str, str] = {}
-        step = self._group["theta"].chunks[0]
+        step = self._array("theta").chunks[0]
         mask = self._rows_done
         seen = 0  # index among simulated rows, as in self.theta
         for lo in range(0, self.planned, step):
@@ -454,11 +463,11 @@ class Bank:
             keep = mask[lo:hi]
             if not keep.any():
                 continue
-            theta = self._group["theta"][lo:hi][keep]
-            status = self._group["status"][lo:hi][keep]
+            theta = self._array("theta")[lo:hi][keep]
+            status = self._array("status")[lo:hi][keep]
             every.add(theta)
             if (status != STATUS_OK).any():
-                messages = self._group["error"][lo:hi][keep]
+                messages = self._array("error")[lo:hi][keep]
                 for code, kind in STATUS_NAMES.items():
                     if code == STATUS_OK:
                         continue
@@ -533,9 +542,10 @@ class Bank:
         n_new = math.ceil(rows / self.batch_size)
         total = start + rows
         for name in _DATA_ARRAYS:
-            arr = self._group[name]
+            arr = self._array(name)
             arr.resize((total, *arr.shape[1:]))
-        self._group["done"].resize((first + n_new,))
+        self._array("done").resize((first + n_new,))
+        self._arrays.clear()
         # The plan is recorded after the arrays have grown: an interruption in between leaves
         # arrays longer than the plan, which is harmless.
         segments = [*self.attrs["segments"], {"first_batch": first, "start": start, "rows": rows}]
@@ -551,12 +561,16 @@ class Bank:
         messages = np.full(len(theta), "", dtype=object)
         for row, message in errors.items():
             messages[row] = message
-        self._group["theta"][start:stop] = theta
-        self._group["x"][start:stop] = x
-        self._group["valid"][start:stop] = status == STATUS_OK
-        self._group["status"][start:stop] = status
-        self._group["error"][start:stop] = messages
-        self._group["done"][index] = True
+        writes = [
+            ("theta", theta),
+            ("x", x),
+            ("valid", status == STATUS_OK),
+            ("status", status),
+        ]
+        if errors:  # rows without an error keep the fill value ""
+            writes.append(("error", messages))
+        _write_concurrently([(self._array(name), slice(start, stop), v) for name, v in writes])
+        self._array("done")[index] = True
 
     def _set_attrs(self, **values) -> None:
         self._group.attrs.update(values)
@@ -564,13 +578,22 @@ class Bank:
         self.__dict__.pop("_rows_done", None)
 
     def _record_failure_counts(self) -> None:
-        status = self._group["status"][: self.planned]
+        status = self._array("status")[: self.planned]
         counts = {
             kind: int((status == code).sum())
             for code, kind in STATUS_NAMES.items()
             if code != STATUS_OK
         }
         self._set_attrs(failure_counts=counts)
+
+
+def _write_concurrently(writes: list[tuple[zarr.Array, slice, np.ndarray]]) -> None:
+    """Write several array regions at once on Zarr's event loop, rather than one after another."""
+
+    async def put_all():
+        await asyncio.gather(*(arr.async_array.setitem(sel, value) for arr, sel, value in writes))
+
+    sync(put_all())
 
 
 _FAILURE_KINDS = tuple(k for c, k in STATUS_NAMES.items() if c != STATUS_OK)
