@@ -101,7 +101,7 @@ class Coupling(Transform):
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         identity, transformed = self._parts(x)
         p = self._params(identity, context)
-        y, ld = self.map.forward(transformed, p)
+        y, ld = self.map.forward(transformed.expand(*p.shape[:-2], -1), p)
         return self._join(identity.expand(*y.shape[:-1], -1), y), ld.sum(-1)
 
     def inverse_and_log_det(
@@ -109,7 +109,7 @@ class Coupling(Transform):
     ) -> tuple[Tensor, Tensor]:
         identity, transformed = self._parts(z)
         p = self._params(identity, context)
-        x, ld = self.map.inverse(transformed, p)
+        x, ld = self.map.inverse(transformed.expand(*p.shape[:-2], -1), p)
         return self._join(identity.expand(*x.shape[:-1], -1), x), ld.sum(-1)
 
 

@@ -1,0 +1,271 @@
+"""Every flow transform: exact inverse, log-determinant against autograd, shapes, gradients.
+
+All numerics in float64. Parameters are perturbed away from their initial values so that
+zero-initialised ones (ActNorm, LU bias, scales) are exercised too.
+"""
+
+import pytest
+import torch
+from nflows.transforms.splines.rational_quadratic import (
+    unconstrained_rational_quadratic_spline as nflows_spline,
+)
+
+from sbitk.errors import SbitkError
+from sbitk.models.flows import (
+    ActNorm,
+    AdditiveMap,
+    AffineMap,
+    BijectionTransform,
+    Composite,
+    Coupling,
+    ElementwiseAffine,
+    LULinear,
+    MaskedAutoregressive,
+    Permutation,
+    RandomPermutation,
+    ReversePermutation,
+    Scale,
+    SplineMap,
+    StandardizeTransform,
+)
+from sbitk.models.flows.splines import rational_quadratic_spline
+from sbitk.simulation.bijections import LogBijection, LogitBijection, StackBijection
+
+D, C = 3, 2
+H = (16, 16)
+
+
+def _standardize():
+    t = StandardizeTransform(D)
+    t.standardize.mean.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    t.standardize.std.copy_(torch.tensor([2.0, 0.5, 3.0]))
+    return t
+
+
+def _actnorm():
+    t = ActNorm(D)
+    t.initialize(torch.randn(100, D) * 3 + 1)
+    return t
+
+
+# name -> (factory(), conditional, inputs sampler(n))
+TRANSFORMS = {
+    "additive-coupling": (lambda: Coupling(D, C, AdditiveMap(), H), True),
+    "affine-coupling": (lambda: Coupling(D, C, AffineMap(2.0), H), True),
+    "affine-coupling-flip": (lambda: Coupling(D, C, AffineMap(), H, flip=True), True),
+    "spline-coupling": (lambda: Coupling(D, C, SplineMap(6, bound=2.0), H), True),
+    "spline-coupling-flip": (lambda: Coupling(D, 0, SplineMap(4, 2.0), H, flip=True), False),
+    "affine-coupling-1d": (lambda: Coupling(1, C, AffineMap(), H), True),
+    "spline-coupling-1d-unconditional": (lambda: Coupling(1, 0, SplineMap(5, 2.0), H), False),
+    "affine-autoregressive": (lambda: MaskedAutoregressive(D, C, AffineMap(), H), True),
+    "spline-autoregressive": (
+        lambda: MaskedAutoregressive(D, C, SplineMap(6, bound=2.0), H),
+        True,
+    ),
+    "affine-autoregressive-unconditional": (
+        lambda: MaskedAutoregressive(D, 0, AffineMap(), H),
+        False,
+    ),
+    "actnorm": (_actnorm, False),
+    "lu-linear": (lambda: LULinear(D), False),
+    "reverse-permutation": (lambda: ReversePermutation(D), False),
+    "random-permutation": (lambda: RandomPermutation(D, torch.Generator().manual_seed(3)), False),
+    "scale": (lambda: Scale(D), False),
+    "standardize": (_standardize, False),
+    "elementwise-affine": (
+        lambda: ElementwiseAffine(torch.tensor([1.0, 0.0, -2.0]), torch.tensor([0.5, 2.0, 1.0])),
+        False,
+    ),
+    "composite": (
+        lambda: Composite(
+            [
+                _actnorm(),
+                LULinear(D),
+                Coupling(D, C, SplineMap(4, 2.0), H),
+                ReversePermutation(D),
+                MaskedAutoregressive(D, C, AffineMap(), H),
+            ]
+        ),
+        True,
+    ),
+}
+
+# bounded supports: inputs must be drawn inside them
+BOUNDED = {
+    "logit": lambda: BijectionTransform(
+        LogitBijection(torch.tensor([0.0, -1.0, 2.0]), torch.tensor([1.0, 3.0, 2.5]))
+    ),
+    "log": lambda: BijectionTransform(LogBijection(D, low=torch.tensor([0.0, 1.0, -2.0]))),
+    "stack": lambda: BijectionTransform(
+        StackBijection([LogitBijection(torch.zeros(1), torch.ones(1)), LogBijection(2)])
+    ),
+}
+LOW = {"logit": [0.0, -1.0, 2.0], "log": [0.0, 1.0, -2.0], "stack": [0.0, 0.0, 0.0]}
+HIGH = {"logit": [1.0, 3.0, 2.5], "log": [5.0, 6.0, 3.0], "stack": [1.0, 5.0, 5.0]}
+
+
+def build(name):
+    """The transform in float64, perturbed parameters; its context size; an input sampler."""
+    torch.manual_seed(0)
+    if name in BOUNDED:
+        t, conditional = BOUNDED[name](), False
+        low, high = torch.tensor(LOW[name]), torch.tensor(HIGH[name])
+
+        def inputs(*shape):
+            u = torch.rand(*shape, D, dtype=torch.float64) * 0.98 + 0.01
+            return (low + (high - low) * u).double()
+
+    else:
+        t, conditional = TRANSFORMS[name]
+        t = t()
+        d = getattr(t, "features", None) or (1 if name.endswith(("1d", "1d-unconditional")) else D)
+
+        def inputs(*shape):
+            return 2.0 * torch.randn(*shape, d, dtype=torch.float64)  # reaches spline tails
+
+    t = t.double()
+    with torch.no_grad():
+        for p in t.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    t.eval()
+    return t, (C if conditional else 0), inputs
+
+
+ALL = [*TRANSFORMS, *BOUNDED]
+
+
+def _context(c, *shape):
+    return torch.randn(*shape, c, dtype=torch.float64) if c else None
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_inverse_of_forward_is_identity(name):
+    t, c, inputs = build(name)
+    x, ctx = inputs(64), _context(c, 64)
+    z, ld = t(x, ctx)
+    x2, ld2 = t.inverse_and_log_det(z, ctx)
+    assert torch.allclose(x2, x, atol=1e-10, rtol=1e-10)
+    assert torch.allclose(ld2, ld, atol=1e-10)
+    assert torch.allclose(t.inverse(z, ctx), x, atol=1e-10, rtol=1e-10)
+    assert not torch.allclose(z, x)  # not trivially the identity
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_log_det_equals_slogdet_of_autograd_jacobian(name):
+    t, c, inputs = build(name)
+    xs, cs = inputs(4), _context(c, 4)
+    for i in range(4):
+        ci = None if cs is None else cs[i]
+        jac = torch.autograd.functional.jacobian(lambda v, ci=ci: t(v, ci)[0], xs[i])
+        sign, logabsdet = torch.linalg.slogdet(jac)
+        assert sign != 0
+        assert torch.allclose(t(xs[i], ci)[1], logabsdet, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_shapes_batched_unbatched_and_broadcast(name):
+    t, c, inputs = build(name)
+    d = inputs(1).shape[-1]
+    for xs, cs, batch in [
+        ((), (), ()),
+        ((5,), (5,), (5,)),
+        ((2, 5), (5,), (2, 5)),
+        ((5,), (2, 5), (2, 5)),
+    ]:
+        x, ctx = inputs(*xs), _context(c, *cs)
+        z, ld = t(x, ctx)
+        expected = batch if c else tuple(xs)
+        assert z.shape == (*expected, d), (xs, cs)
+        assert ld.shape == expected
+        assert t.inverse(z, ctx).shape == (*expected, d)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_gradients_reach_every_parameter(name):
+    t, c, inputs = build(name)
+    t.train()
+    x, ctx = inputs(32).requires_grad_(), _context(c, 32)
+    z, ld = t(x, ctx)
+    (0.5 * z.square().sum(-1) - ld).mean().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    for pname, p in t.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+        assert p.grad.abs().sum() > 0, pname
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+def test_spline_matches_nflows_on_identical_knot_parameters(inverse):
+    g = torch.Generator().manual_seed(1)
+    n, k, bound = 2000, 7, 3.0
+    x = 4.0 * torch.randn(n, generator=g, dtype=torch.float64)  # ~ half outside the bound
+    w, h = (2 * torch.randn(n, k, generator=g, dtype=torch.float64) for _ in range(2))
+    d = 2 * torch.randn(n, k - 1, generator=g, dtype=torch.float64)
+    ours, ours_ld = rational_quadratic_spline(x, w, h, d, bound=bound, inverse=inverse)
+    theirs, theirs_ld = nflows_spline(x, w, h, d, inverse=inverse, tail_bound=bound)
+    # nflows reports the inverse map's log-determinant; ours is always the forward one
+    theirs_ld = -theirs_ld if inverse else theirs_ld
+    assert torch.allclose(ours, theirs, atol=1e-6, rtol=0)
+    assert torch.allclose(ours_ld, theirs_ld, atol=1e-6, rtol=0)
+    outside = x.abs() > bound
+    assert 0.1 < outside.double().mean() < 0.9
+    assert torch.equal(ours[outside], x[outside])  # linear (identity) tails
+
+
+def test_spline_is_continuous_at_the_bounds():
+    p = [torch.randn(2, n, dtype=torch.float64) for n in (5, 5, 4)]
+    eps = 1e-9
+    for b in (-2.0, 2.0):
+        x = torch.tensor([b - eps, b + eps], dtype=torch.float64)
+        y, ld = rational_quadratic_spline(x, *p, bound=2.0)
+        assert torch.allclose(y, x, atol=1e-8) and torch.allclose(
+            ld, torch.zeros_like(ld), atol=1e-6
+        )
+
+
+def test_actnorm_initialises_from_first_training_batch_only():
+    torch.manual_seed(0)
+    t = ActNorm(2).double()
+    x = torch.randn(500, 2, dtype=torch.float64) * torch.tensor([3.0, 0.5]) + 4.0
+    t.eval()
+    t(x)
+    assert not t.initialized  # eval mode never initialises
+    t.train()
+    z, _ = t(x)
+    assert t.initialized
+    assert torch.allclose(z.mean(0), torch.zeros(2, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(z.std(0), torch.ones(2, dtype=torch.float64))
+    before = t.shift.detach().clone()
+    t(x + 10)
+    assert torch.equal(t.shift, before)
+    # the flag survives save and load, so a loaded model does not re-initialise
+    fresh = ActNorm(2).double()
+    fresh.load_state_dict(t.state_dict())
+    fresh.train()
+    fresh(x + 10)
+    assert torch.equal(fresh.shift, before)
+
+
+def test_lu_linear_weight_has_the_stated_determinant():
+    t = LULinear(4, torch.Generator().manual_seed(0)).double()
+    with torch.no_grad():
+        for p in t.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.randn(3, 4, dtype=torch.float64)
+    z, ld = t(x)
+    assert torch.allclose(z, x @ t.weight().T + t.bias)
+    assert torch.allclose(ld, torch.linalg.slogdet(t.weight())[1].expand(3))
+
+
+def test_invalid_permutation_and_scale_are_named():
+    with pytest.raises(SbitkError, match=r"permutation of 0..2.*\[0, 0, 2\]"):
+        Permutation(torch.tensor([0, 0, 2]))
+    with pytest.raises(SbitkError, match="positive scales"):
+        ElementwiseAffine(torch.zeros(2), torch.tensor([1.0, -1.0]))
+
+
+def test_buffers_follow_dtype_and_module_state():
+    t = Composite([ReversePermutation(3), LULinear(3), StandardizeTransform(3)]).double()
+    names = dict(t.named_buffers())
+    assert names["transforms.0.perm"].dtype == torch.long  # indices stay integers
+    assert names["transforms.1.permutation"].dtype == torch.float64
+    assert names["transforms.2.standardize.mean"].dtype == torch.float64

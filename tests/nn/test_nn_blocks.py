@@ -1,0 +1,99 @@
+"""Building blocks: perceptrons, MADE's autoregressive masks, standardisation, embeddings."""
+
+import pytest
+import torch
+
+from sbitk.errors import SbitkError
+from sbitk.nn import (
+    MADE,
+    MLP,
+    MLPEmbedding,
+    ResidualEmbedding,
+    ResidualMLP,
+    Standardize,
+    embedding_from_spec,
+    made_degrees,
+)
+
+
+def test_mlp_shapes_and_activation_names():
+    assert MLP(3, 2, (8, 8), "gelu")(torch.zeros(4, 5, 3)).shape == (4, 5, 2)
+    assert ResidualMLP(3, 2, 8, blocks=3)(torch.zeros(7, 3)).shape == (7, 2)
+    with pytest.raises(SbitkError, match=r"activation.*'swish'"):
+        MLP(3, 2, activation="swish")
+
+
+@pytest.mark.parametrize(("features", "context"), [(1, 0), (1, 2), (4, 0), (4, 3)])
+def test_made_output_i_depends_only_on_inputs_before_i(features, context):
+    torch.manual_seed(0)
+    made = MADE(features, 3, context, hidden_features=(16, 16)).double()
+    x = torch.randn(features, dtype=torch.float64)
+    c = torch.randn(context, dtype=torch.float64) if context else None
+    jac = torch.autograd.functional.jacobian(lambda v: made(v, c), x)  # (D, P, D)
+    dependence = jac.abs().sum(1) > 0  # [i, j]: output i depends on input j
+    allowed = torch.ones(features, features).tril(-1).bool()
+    assert not (dependence & ~allowed).any()
+    # with enough hidden units every allowed connection is realised
+    assert torch.equal(dependence, allowed)
+    if context:
+        jc = torch.autograd.functional.jacobian(lambda v: made(x, v), c)
+        assert (jc.abs().sum((1, 2)) > 0).all()  # every output sees the context
+
+
+def test_made_context_term_reuse_matches_plain_call():
+    torch.manual_seed(0)
+    made = MADE(3, 2, 4, hidden_features=(8,))
+    x, c = torch.randn(5, 3), torch.randn(5, 4)
+    assert torch.allclose(made(x, context_term=made.context_term(c)), made(x, c))
+    assert torch.allclose(made(x[None], c), made(x, c)[None])  # non-matrix input path
+
+
+def test_made_degrees_cover_context_only_units_when_conditional():
+    assert made_degrees(3, [5], context=2)[1].tolist() == [0, 1, 2, 0, 1]
+    assert made_degrees(1, [3])[1].tolist() == [0, 0, 0]
+
+
+def test_standardize_fit_inverse_and_log_det():
+    g = torch.Generator().manual_seed(0)
+    x = (
+        torch.randn(1000, 3, generator=g, dtype=torch.float64)
+        * torch.tensor([1.0, 10.0, 0.1], dtype=torch.float64)
+        + 5.0
+    )
+    x[:, 2] = 7.0  # a constant column keeps unit scale
+    s = Standardize(3).double().fit(x)
+    z = s(x)
+    assert torch.allclose(z[:, :2].mean(0), torch.zeros(2, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(z[:, :2].std(0), torch.ones(2, dtype=torch.float64))
+    assert s.std[2] == 1.0
+    assert torch.allclose(s.inverse(z), x)
+    assert torch.isclose(s.log_abs_det(), -torch.log(s.std).sum())
+
+
+def test_standardize_ignores_non_finite_rows_and_names_bad_input():
+    x = torch.tensor([[0.0, 1.0], [2.0, 3.0], [float("nan"), 100.0]])
+    s = Standardize(2).fit(x)
+    assert torch.allclose(s.mean, torch.tensor([1.0, 2.0]))
+    with pytest.raises(SbitkError, match=r"last dimension 2.*\(4, 3\)"):
+        s.fit(torch.zeros(4, 3))
+    with pytest.raises(SbitkError, match="at least 2 finite rows"):
+        s.fit(torch.tensor([[0.0, float("inf")], [1.0, 1.0]]))
+
+
+@pytest.mark.parametrize(
+    "emb", [lambda: MLPEmbedding(6, 3, (8,)), lambda: ResidualEmbedding(6, 3, 8, 1, "elu")]
+)
+def test_embeddings_rebuild_from_spec(emb):
+    torch.manual_seed(0)
+    net = emb()
+    copy = embedding_from_spec(net.spec())
+    assert copy.spec() == net.spec()
+    copy.load_state_dict(net.state_dict())
+    c = torch.randn(4, 6)
+    assert torch.equal(copy(c), net(c))
+    assert net(c).shape == (4, 3)
+
+
+def test_unknown_embedding_spec_is_named():
+    with pytest.raises(SbitkError, match=r"custom.*cannot be rebuilt"):
+        embedding_from_spec({"type": "custom", "out_features": 3})
