@@ -141,3 +141,20 @@ def evaluate_quantity(
             f"{tuple(theta.shape[:-1])}, found {tuple(out.shape)}"
         )
     return out
+
+
+_STREAMS = {"ranks": 1, "references": 2, "simulator": 3, "split": 4, "permutations": 5}
+
+
+def stream(seed: int, purpose: str) -> torch.Generator:
+    """A torch generator for one purpose, seeded by hashing ``(seed, purpose)``.
+
+    Callers commonly draw their data from ``torch.Generator().manual_seed(seed)`` with the same
+    small seed they pass here; a generator seeded identically would replay the very uniforms
+    behind those draws (Mersenne Twister), making "random" reference points or tie-breaks
+    depend on the true parameters. Hashing through ``numpy.random.SeedSequence`` avoids that.
+    """
+    import numpy as np
+
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, _STREAMS[purpose]]).generate_state(2)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))

@@ -31,6 +31,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +49,7 @@ from sbitk.diagnostics._sampling import (
     evaluate_quantity,
     posterior_chunks,
     randomized_ranks,
+    stream,
 )
 
 __all__ = [
@@ -245,7 +247,7 @@ def expected_coverage(
     if not callable(log_prob):
         raise DiagnosticInputError(f"log_prob must be callable, found {type(log_prob).__name__}")
     n, dim = theta_t.shape
-    generator = torch.Generator().manual_seed(int(seed))
+    generator = stream(seed, "ranks")
     u = np.empty(n)
     n_draws = 0
     for start, stop, draws in posterior_chunks(
@@ -260,6 +262,11 @@ def expected_coverage(
             )[0]
         u[start:stop] = _fractional(lp_draws, lp_true.to(lp_draws.dtype), generator)
     return coverage_from_ranks(u, levels=levels, alpha=alpha, n_posterior_samples=n_draws)
+
+
+@functools.lru_cache(maxsize=256)
+def _ks_critical(n: int, alpha: float) -> float:
+    return float(stats.kstwo.ppf(1 - alpha, n))
 
 
 def _fractional(stat_draws: Tensor, stat_true: Tensor, generator: torch.Generator) -> np.ndarray:
@@ -330,7 +337,7 @@ def tarp(
     if int(n_grid) < 2:
         raise DiagnosticInputError(f"n_grid must be at least 2, found {n_grid}")
     n, dim = theta_t.shape
-    generator = torch.Generator().manual_seed(int(seed))
+    generator = stream(seed, "ranks")
     theta64 = theta_t.to(torch.float64)
     if z_score:
         mean = theta64.mean(0)
@@ -343,7 +350,7 @@ def tarp(
     if references is None:
         z = (theta64 - mean) / std
         lo, hi = z.min(0).values, z.max(0).values
-        u = torch.rand(n, dim, generator=generator, dtype=torch.float64)
+        u = torch.rand(n, dim, generator=stream(seed, "references"), dtype=torch.float64)
         ref_fixed = lo + (hi - lo) * u  # already standardised
     elif not callable(references):
         ref = as_tensor(references, "references", ndim=2).to(torch.float64)
@@ -380,7 +387,7 @@ def tarp(
     grid = np.linspace(0.0, 1.0, int(n_grid))
     ecp = (f[None, :] < grid[:, None]).mean(axis=1)
     ks = stats.kstest(f, "uniform")
-    threshold = float(stats.kstwo.ppf(1 - alpha, n))
+    threshold = _ks_critical(n, float(alpha))
     verdict = "calibrated" if ks.pvalue >= alpha else "miscalibrated"
     return TARPResult(
         credibility=grid,

@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 
 from sbitk.diagnostics._checks import DiagnosticInputError, check_level, check_min_count
-from sbitk.diagnostics._sampling import as_tensor, check_finite_tensor
+from sbitk.diagnostics._sampling import as_tensor, check_finite_tensor, stream
 
 __all__ = [
     "MMDResult",
@@ -225,7 +225,7 @@ def mmd_test(
             sims = _rows(embedding(sims.to(dtype)), "embedding(simulations)")
         space = "embedding"
 
-    generator = torch.Generator().manual_seed(int(seed))
+    generator = stream(seed, "split")
     order = torch.randperm(sims.shape[0], generator=generator)
     m = x_o.shape[0]
     if per_observation:

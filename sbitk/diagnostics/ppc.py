@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from sbitk.diagnostics._checks import DiagnosticInputError, check_level
-from sbitk.diagnostics._sampling import as_tensor, check_finite_tensor
+from sbitk.diagnostics._sampling import as_tensor, check_finite_tensor, stream
 
 __all__ = ["PPCResult", "posterior_predictive_check"]
 
@@ -114,7 +114,7 @@ def posterior_predictive_check(
     check_level(alpha)
     if not callable(simulator):
         raise DiagnosticInputError(f"simulator must be callable, found {type(simulator).__name__}")
-    generator = torch.Generator().manual_seed(int(seed))
+    generator = stream(seed, "simulator")
     with torch.no_grad():
         reps = as_tensor(simulator(draws, generator), "simulator output")
     dx = x_obs.shape[0]
@@ -138,7 +138,7 @@ def posterior_predictive_check(
     n = reps.shape[0]
     less = (reps < x_obs).sum(0).to(torch.float64)
     ties = (reps == x_obs).sum(0).to(torch.float64)
-    u = torch.rand(dx, generator=generator, dtype=torch.float64)
+    u = torch.rand(dx, generator=stream(seed, "ranks"), dtype=torch.float64)
     below = less + u * ties  # replicates counted below x_o, ties split at random
     pit = ((below + 0.5) / (n + 1)).numpy()
     lower_tail = (below + 1) / (n + 1)

@@ -48,6 +48,7 @@ from sbitk.diagnostics._sampling import (
     evaluate_quantity,
     posterior_chunks,
     randomized_ranks,
+    stream,
 )
 
 __all__ = ["RankCalibration", "SBCResult", "ecdf_band", "rank_calibration", "sbc"]
@@ -329,7 +330,7 @@ def sbc(
     if not quantities:
         raise DiagnosticInputError("sbc needs at least one test quantity, found none")
 
-    generator = torch.Generator().manual_seed(int(seed))
+    generator = stream(seed, "ranks")
     ranks = {key: np.empty(n, dtype=np.int64) for key in quantities}
     n_draws = None
     for start, stop, draws in posterior_chunks(
