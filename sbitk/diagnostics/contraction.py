@@ -52,8 +52,12 @@ class ParameterContraction:
         mean_z: mean z-score (0 when unbiased).
         std_z: standard deviation of the z-scores (1 when calibrated).
         mean_contraction: mean posterior contraction (1 = the data pin it down, 0 = none).
-        bias_statistic: ``mean_z * sqrt(N)``, standard normal under calibration.
-        spread_statistic: ``(std_z**2 - 1) / sqrt(2 / N)``, standard normal under calibration.
+        bias_statistic: ``sqrt(N)`` times the mean of the normalised z-scores (``z`` mapped
+            through the Student-t CDF with ``L - 1`` degrees of freedom, then the normal
+            quantile); standard normal under a calibrated Gaussian posterior.
+        spread_statistic: the normal quantile of the chi-square (``N - 1`` degrees of freedom)
+            CDF of ``(N - 1)`` times their variance; standard normal under calibration,
+            positive when the z-scores spread too much.
         critical_value: two-sided normal quantile both statistics are compared with.
         verdict: ``"calibrated"``, ``"overconfident"``, ``"underconfident"`` or ``"biased"``.
         informative: ``mean_contraction >= min_contraction``.
@@ -160,11 +164,12 @@ def zscore_contraction(
                 f"prior_variance must hold {dim} positive values, found {var0.tolist()}"
             )
     z = np.empty((n, dim))
+    n_draws = 0
     c = np.empty((n, dim))
     for start, stop, draws in posterior_chunks(
         posterior, x_t, n_posterior_samples, batch_size, dim, progress, "z-scores"
     ):
-        L = draws.shape[0]
+        L = n_draws = draws.shape[0]
         if L < 2:
             raise DiagnosticInputError(f"z-scores need at least 2 posterior draws, found {L}")
         d64 = draws.to(torch.float64)
@@ -174,12 +179,16 @@ def zscore_contraction(
         c[start:stop] = (1.0 - var / var0).numpy()
 
     crit = float(stats.norm.ppf(1 - alpha / (4 * dim)))
+    # With L draws from a Gaussian posterior, z is Student-t with L - 1 degrees of freedom;
+    # mapping it through the t and normal CDFs makes the tests exact at any L.
+    zn = stats.norm.ppf(stats.t.cdf(z, df=n_draws - 1))
     params = []
     for d in range(dim):
         zd = z[:, d]
         mean_z, std_z = float(zd.mean()), float(zd.std(ddof=1))
-        bias = mean_z * np.sqrt(n)
-        spread = (std_z**2 - 1.0) / np.sqrt(2.0 / n)
+        bias = float(zn[:, d].mean() * np.sqrt(n))
+        chi2 = (n - 1) * zn[:, d].var(ddof=1)
+        spread = float(stats.norm.ppf(stats.chi2.cdf(chi2, n - 1)))
         if max(abs(bias), abs(spread)) <= crit:
             verdict = "calibrated"
         elif abs(bias) >= abs(spread):

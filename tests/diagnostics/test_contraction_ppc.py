@@ -1,0 +1,100 @@
+"""z-score against contraction, and posterior predictive checks, on the Gaussian problem."""
+
+import numpy as np
+import pytest
+import torch
+from gaussian_posteriors import CASES, GaussianProblem
+from scipy import stats
+
+from sbitk.diagnostics import DiagnosticInputError, posterior_predictive_check, zscore_contraction
+
+# Informative data (noise 0.5): posterior variance 0.2, so the exact posterior contracts by 0.8.
+PROBLEM = GaussianProblem(dim=2, noise=0.5)
+
+# Theory: z = (mean - θ) / sd has unit spread for the exact posterior and the prior; spread
+# 2 for the narrow one (scale 1/2), 1/2 for the wide one; mean -1 for the shifted one.
+# Contraction 1 - scale² · 0.2: 0.8 exact, 0.95 narrow, 0.2 wide, 0 prior.
+THEORY = {
+    "exact": ("calibrated", 0.8, True),
+    "narrow": ("overconfident", 0.95, True),
+    "wide": ("underconfident", 0.2, True),
+    "biased": ("biased", 0.8, True),
+    "prior": ("calibrated", 0.0, False),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_zscore_contraction_matches_theory(case):
+    g = torch.Generator().manual_seed(0)
+    theta, x = PROBLEM.simulate(1000, g)
+    result = zscore_contraction(
+        theta, x, PROBLEM.sampler(case, g), n_posterior_samples=200, prior_variance=[1.0, 1.0]
+    )
+    verdict, contraction, informative = THEORY[case]
+    for p in result.parameters:
+        assert p.verdict == verdict
+        # Sample variance of L = 200 draws: relative sd sqrt(2 / 199) ≈ 0.1 per pair, /√N overall.
+        assert p.mean_contraction == pytest.approx(contraction, abs=0.02)
+        assert p.informative is informative
+    assert result.z.shape == result.contraction.shape == (1000, 2)
+
+
+def test_zscore_false_alarms_below_nominal_rate():
+    repeats, flags = 200, 0
+    for seed in range(repeats):
+        g = torch.Generator().manual_seed(seed)
+        theta, x = PROBLEM.simulate(200, g)
+        r = zscore_contraction(theta, x, PROBLEM.sampler("exact", g), n_posterior_samples=50)
+        flags += r.verdict != "calibrated"
+    assert flags <= stats.binom.ppf(0.9995, repeats, 0.05), flags
+
+
+def _simulator(theta, generator):
+    return theta + PROBLEM.noise * torch.randn(theta.shape, generator=generator, dtype=theta.dtype)
+
+
+def test_ppc_well_specified_observations_are_rarely_flagged():
+    # Posterior predictive p-values are conservative: the flag rate is at most alpha.
+    repeats, flags, pits = 300, 0, []
+    for seed in range(repeats):
+        g = torch.Generator().manual_seed(seed)
+        _, x_o = PROBLEM.simulate(1, g)
+        draws = PROBLEM.sampler("exact", g)(x_o, 200)[:, 0]
+        r = posterior_predictive_check(x_o[0], draws, _simulator, seed=seed)
+        flags += r.verdict != "consistent"
+        pits.append(r.pit)
+    assert flags <= stats.binom.ppf(0.9995, repeats, 0.05), flags
+    pits = np.concatenate(pits)
+    # Conservative means PIT values concentrate towards 1/2, not away from it.
+    assert np.mean(np.abs(pits - 0.5)) <= 0.25 + 3 * np.sqrt(1 / 48 / len(pits))
+
+
+def test_ppc_flags_a_shifted_output_and_records_the_simulator_kind():
+    g = torch.Generator().manual_seed(0)
+    _, x_o = PROBLEM.simulate(1, g)
+    draws = PROBLEM.sampler("exact", g)(x_o, 500)[:, 0]
+    shifted = x_o[0].clone()
+    shifted[1] += 5.0
+    r = posterior_predictive_check(
+        shifted, draws, _simulator, surrogate=True, output_names=["a", "b"]
+    )
+    assert r.verdict == "inconsistent"
+    assert r.flagged == ("b",)
+    assert r.simulator_kind == "surrogate"
+    assert r.tail_probability[1] == pytest.approx(2 / 501)
+    assert r.replicates.shape == (500, 2)
+
+
+def test_ppc_drops_failed_simulations_and_checks_shapes():
+    def flaky(theta, generator):
+        out = _simulator(theta, generator)
+        out[::10] = float("nan")
+        return out
+
+    draws = torch.zeros(100, 2, dtype=torch.float64)
+    r = posterior_predictive_check(torch.zeros(2), draws, flaky)
+    assert r.n_failed == 10 and r.replicates.shape == (90, 2)
+    with pytest.raises(DiagnosticInputError, match="simulator must return"):
+        posterior_predictive_check(torch.zeros(3), draws, _simulator)
+    with pytest.raises(DiagnosticInputError, match="x_o"):
+        posterior_predictive_check(torch.zeros(4, 2), draws, _simulator)
