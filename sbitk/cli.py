@@ -204,7 +204,7 @@ def simulators_show(name: str) -> None:
 @click.option("--scheduler", metavar="ADDRESS", default=None,
               help="Run on the Dask cluster of this scheduler, e.g. tcp://host:8786.")  # fmt: skip
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Rows per batch and per chunk [default: 1000, or the bank's].")  # fmt: skip
+              help="Rows per batch and per chunk [default: from N, or the bank's].")  # fmt: skip
 @click.option("--append", is_flag=True, help="Add the rows to an existing bank.")
 @click.option("--force", is_flag=True, help="Delete an existing bank and start over.")
 def simulate(

@@ -254,7 +254,7 @@ class Bank:
         # One element per chunk: marking a batch done rewrites only its own tiny file.
         group.create_array("done", shape=(0,), chunks=(1,), dtype="bool", fill_value=False)
         # The format marker goes last: a creation cut short leaves a store that is not a bank.
-        group.attrs.update(
+        group.update_attributes(
             {
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
@@ -573,7 +573,7 @@ class Bank:
         self._array("done")[index] = True
 
     def _set_attrs(self, **values) -> None:
-        self._group.attrs.update(values)
+        self._group.update_attributes(values)
         self.attrs.update(values)
         self.__dict__.pop("_rows_done", None)
 

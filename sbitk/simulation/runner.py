@@ -43,9 +43,29 @@ from sbitk.simulation.bank import Bank
 from sbitk.simulation.registry import get_simulator
 from sbitk.simulation.simulator import Simulator
 
-#: Rows per batch when neither the caller nor an existing bank says otherwise. It must not depend
-#: on the number of workers, or the bank would.
-DEFAULT_BATCH_SIZE = 1000
+#: Bounds of the default batch size, for vectorized and for row-by-row simulators.
+BATCH_SIZE_BOUNDS = {True: (1000, 10_000), False: (100, 1000)}
+
+
+def default_batch_size(n: int, vectorized: bool) -> int:
+    """Rows per batch for a new bank of ``n`` rows when the caller names none.
+
+    About ``n / 16`` (enough batches to keep a few workers busy and resume at a fine grain),
+    rounded down to 1, 2 or 5 times a power of ten, within :data:`BATCH_SIZE_BOUNDS`: writing a
+    batch costs a few milliseconds whatever its size, so cheap vectorized simulators want large
+    batches. It depends on ``n`` and the simulator only, never on the workers, so the bank does
+    not either.
+
+    Example:
+        >>> default_batch_size(20_000, True), default_batch_size(10**6, True)
+        (1000, 10000)
+        >>> default_batch_size(100_000, True), default_batch_size(100_000, False)
+        (5000, 1000)
+    """
+    low, high = BATCH_SIZE_BOUNDS[bool(vectorized)]
+    target = max(n // 16, 1)
+    nice = max(m * 10**k for k in range(7) for m in (1, 2, 5) if m * 10**k <= target)
+    return int(min(max(nice, low), high))
 
 
 class SimulationFailureWarning(UserWarning):
@@ -365,7 +385,8 @@ def simulate(
             Ignored when ``client`` is given.
         client: A ``distributed.Client``; the batches then run on its cluster.
         bank: Directory of the Zarr store; an in-memory bank when omitted.
-        batch_size: Rows per batch and per chunk; 1000 for a new bank, the bank's own otherwise.
+        batch_size: Rows per batch and per chunk. For a new bank, :func:`default_batch_size`
+            when omitted; an existing bank keeps its own.
         progress: Show a progress bar (on a terminal; ``TQDM_DISABLE=1`` hides it).
         append: Add ``n`` rows to an existing bank (created when missing).
         overwrite: Delete an existing bank at ``bank`` and start over.
@@ -412,7 +433,7 @@ def simulate(
             path,
             simulator=sim.describe(),
             seed=seed,
-            batch_size=batch_size or DEFAULT_BATCH_SIZE,
+            batch_size=batch_size or default_batch_size(n, sim.vectorized),
             sbitk_version=sbitk.__version__,
         )
         store._extend(n)
@@ -462,9 +483,10 @@ def simulate(
 
 
 __all__ = [
-    "DEFAULT_BATCH_SIZE",
+    "BATCH_SIZE_BOUNDS",
     "SimulationFailureWarning",
     "batch_generator",
+    "default_batch_size",
     "dumps_simulator",
     "simulate",
     "simulate_batch",

@@ -1,0 +1,157 @@
+"""Simulation throughput of sbitk, and the cost of writing the bank, next to sbi.
+
+For two_moons and slcp, prints simulations per second for:
+
+* sbitk with 1 worker (in-process), 2 local worker processes, and a 2-worker Dask LocalCluster,
+  each writing a Zarr bank on disk (sbitk's default batch size for n, unless given);
+* sbi 0.27's ``simulate_for_sbi`` with the same simulator, the same batch size, 1 and 2 workers
+  (it keeps θ and x in memory and writes nothing);
+
+and the bank-writing overhead: time to write every batch into a bank, as a fraction of the time
+to simulate those batches in one process.
+
+Usage: ``python benchmarks/simulate.py [-n 100000] [--batch-size B]``. Wall-clock times on a
+shared machine vary by some 10-20 % between runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import torch
+
+import sbitk
+from sbitk.simulation.bank import Bank
+from sbitk.simulation.runner import default_batch_size, simulate, simulate_batch
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def sbitk_rate(sim, n: int, batch_size: int, workdir: Path, **kwargs) -> float:
+    path = workdir / f"{sim.name}-{len(list(workdir.iterdir()))}.zarr"
+    seconds = _timed(
+        lambda: simulate(
+            sim, n, seed=0, batch_size=batch_size, bank=path, progress=False, **kwargs
+        )
+    )
+    assert len(Bank.open(path)) == n
+    return n / seconds
+
+
+def sbi_rate(sim, n: int, batch_size: int, workers: int) -> float:
+    from sbi.inference import simulate_for_sbi
+    from sbi.utils import BoxUniform
+
+    prior = sim.prior
+    box = BoxUniform(prior.low.float(), prior.high.float())  # both tasks have box priors
+
+    def simulator(theta):
+        return sim(torch.as_tensor(theta, dtype=torch.float32))
+
+    seconds = _timed(
+        lambda: simulate_for_sbi(
+            simulator, box, n, num_workers=workers, simulation_batch_size=batch_size, seed=0,
+            show_progress_bar=False,
+        )
+    )  # fmt: skip
+    return n / seconds
+
+
+def write_overhead(sim, n: int, batch_size: int, workdir: Path) -> tuple[float, float]:
+    """Seconds to simulate all batches in one process, and seconds to write them to a bank."""
+    batches = range(-(-n // batch_size))
+    results = []
+    t_sim = _timed(lambda: results.extend(simulate_batch(sim, 0, b, batch_size) for b in batches))
+    bank = Bank._create(
+        workdir / f"{sim.name}-write.zarr",
+        simulator=sim.describe(),
+        seed=0,
+        batch_size=batch_size,
+        sbitk_version=sbitk.__version__,
+    )
+    bank._extend(len(results) * batch_size)
+
+    def write():
+        for r in results:
+            start = r["index"] * batch_size
+            bank._write_batch(r["index"], start, r["theta"], r["x"], r["status"], r["errors"])
+
+    return t_sim, _timed(write)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=100_000, help="simulations per measurement")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--tasks", nargs="+", default=["two_moons", "slcp"])
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+
+    from distributed import Client, LocalCluster
+
+    rows = []
+    batches: dict[str, int] = {}
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster) as client,
+    ):  # fmt: skip
+        workdir = Path(tmp)
+        for name in args.tasks:
+            sim = sbitk.get_simulator(name)
+            batch = args.batch_size or default_batch_size(args.n, sim.vectorized)
+            # Warm up: the fork server, the Dask workers' imports, sbi's imports and joblib pool.
+            sbitk_rate(sim, 2 * batch, batch, workdir, workers=2)
+            sbitk_rate(sim, 2 * batch, batch, workdir, client=client)
+            sbi_rate(sim, 2 * batch, batch, 1)
+            sbi_rate(sim, 2 * batch, batch, 2)
+
+            sbi1 = sbi_rate(sim, args.n, batch, 1)
+            sbi2 = sbi_rate(sim, args.n, batch, 2)
+            for label, kwargs, peer in (
+                ("1 worker", {"workers": 1}, sbi1),
+                ("2 workers", {"workers": 2}, sbi2),
+                ("Dask, 2 workers", {"client": client}, sbi2),
+            ):
+                rate = sbitk_rate(sim, args.n, batch, workdir, **kwargs)
+                rows.append((name, label, rate, peer))
+            t_sim, t_write = write_overhead(sim, args.n, batch, workdir)
+            rows.append((name, "bank writing", t_sim, t_write))
+            batches[name] = batch
+
+    sizes = ", ".join(f"{k} {v}" for k, v in batches.items())
+    print(f"\nsimulations per second, n = {args.n}, batch size: {sizes} (sbi: the same)")
+    print(f"{'task':<10}  {'sbitk runner':<16}  {'sbitk sims/s':>12}  {'sbi sims/s':>10}  ratio")
+    for name, label, a, b in rows:
+        if label == "bank writing":
+            continue
+        print(f"{name:<10}  {label:<16}  {a:>12,.0f}  {b:>10,.0f}  {a / b:5.2f}")
+    print("\nbank-writing overhead (writing all batches vs simulating them in one process)")
+    print(f"{'task':<10}  {'simulate s':>10}  {'write s':>8}  {'write/simulate':>14}  ms/batch")
+    for name, label, t_sim, t_write in rows:
+        if label != "bank writing":
+            continue
+        per_batch = 1e3 * t_write / (-(-args.n // batches[name]))
+        print(
+            f"{name:<10}  {t_sim:>10.3f}  {t_write:>8.3f}  {t_write / t_sim:>14.2f}  "
+            f"{per_batch:.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
