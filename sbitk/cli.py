@@ -28,6 +28,8 @@ EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+#: How long `--scheduler` waits for the scheduler to answer.
+DASK_CONNECT_TIMEOUT = "20s"
 
 
 class _Group(click.Group):
@@ -274,7 +276,7 @@ def _dask_client(address: str):
             "--scheduler needs Dask: pip install 'sbitk[dask]' (dask[distributed])"
         ) from exc
     try:
-        return Client(address, timeout="20s")
+        return Client(address, timeout=DASK_CONNECT_TIMEOUT)
     except (OSError, TimeoutError, ValueError) as exc:
         raise SbitkError(f"cannot reach the Dask scheduler at {address!r}: {exc}") from exc
 

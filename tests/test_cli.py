@@ -209,3 +209,12 @@ def test_show_and_inspect_errors_are_one_line(sims, runner):
     _one_line_error(
         runner.invoke(main, ["simulators", "show", "missing.py:x"]), "'missing.py' not found"
     )
+
+
+def test_unreachable_scheduler_is_a_one_line_error(tmp_path, runner, monkeypatch):
+    pytest.importorskip("distributed")
+    monkeypatch.setattr("sbitk.cli.DASK_CONNECT_TIMEOUT", "1s")
+    args = ["simulate", "two_moons", "-n", "10", "-o", str(tmp_path / "b.zarr")]
+    result = runner.invoke(main, [*args, "--scheduler", "tcp://127.0.0.1:9"])
+    _one_line_error(result, "cannot reach the Dask scheduler at 'tcp://127.0.0.1:9'")
+    assert not (tmp_path / "b.zarr").exists()

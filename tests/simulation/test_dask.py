@@ -1,6 +1,9 @@
 """Simulation on a real Dask LocalCluster gives the bank of the local run."""
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -111,3 +114,21 @@ def test_dask_runs_plain_python_functions_and_resumes_local_banks(client, tmp_pa
 def test_wrong_shape_on_dask_is_the_same_clear_error(client):
     with pytest.raises(SimulatorError, match=r"'dask_wrong'.*\(100, 2, 2\).*\(100, 2\)"):
         simulate(wrong, 300, client=client, batch_size=100, progress=False)
+
+
+@pytest.mark.slow
+def test_cli_scheduler_option_runs_on_the_cluster(client, tmp_path):
+    path = tmp_path / "moons.zarr"
+    address = client.scheduler.address
+    cmd = [sys.executable, "-m", "sbitk.cli", "simulate", "two_moons", "-n", "3000", "-o"]
+    result = subprocess.run(
+        [*cmd, str(path), "--seed", "8", "--scheduler", address],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TQDM_DISABLE": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "rows        3000 of 3000 planned" in result.stdout
+    local = simulate("two_moons", 3000, seed=8, workers=1, progress=False)
+    _same(Bank.open(path), local)
