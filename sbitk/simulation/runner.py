@@ -20,7 +20,9 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import importlib.metadata
 import multiprocessing
 import os
 import signal
@@ -118,14 +120,21 @@ def simulate_batch(sim: Simulator, seed: int, index: int, rows: int) -> dict[str
 
 
 # ---- shipping the simulator ------------------------------------------------------------------
+@functools.cache
+def _installed_packages() -> frozenset[str]:
+    return frozenset(importlib.metadata.packages_distributions())
+
+
 def _is_installed(module_name: str) -> bool:
-    """Whether a module comes from an installed package (then workers import it by name)."""
+    """Whether a module belongs to an installed distribution (workers then import it by name)."""
     module = sys.modules.get(module_name)
     file = getattr(module, "__file__", None)
     if module is None or file is None:
         return module is not None
     parts = Path(file).resolve().parts
-    return "site-packages" in parts or "dist-packages" in parts or module_name.startswith("sbitk")
+    if "site-packages" in parts or "dist-packages" in parts:
+        return True
+    return module_name.partition(".")[0] in _installed_packages()  # editable installs too
 
 
 def dumps_simulator(sim: Simulator) -> bytes:
