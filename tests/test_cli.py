@@ -119,6 +119,7 @@ def test_unknown_simulator_exits_2_with_the_available_names(tmp_path):
     assert not (tmp_path / "b.zarr").exists()
 
 
+@pytest.mark.slow
 def test_simulators_list_and_show(sims):
     listed = sbitk_cli("simulators", "list")
     assert listed.returncode == 0, listed.stderr
