@@ -237,7 +237,8 @@ def _run_local(
                 except BrokenProcessPool as exc:
                     raise SimulatorError(
                         f"a worker process died while running simulator {sim.name!r} on batch "
-                        f"{index} (killed, out of memory, or a crash in native code)"
+                        f"{index}: killed, out of memory, a crash in native code, or a script "
+                        "that calls simulate() without an `if __name__ == '__main__':` guard"
                     ) from exc
                 except Exception as exc:
                     _reraise(exc)
