@@ -1,6 +1,7 @@
 """The simulation runner: determinism, parallel back ends, failures and clear errors."""
 
 import math
+import os
 import warnings
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 
 import sbitk
 from sbitk.errors import BankError, SbitkError, SimulatorError
+from sbitk.simulation.bank import Bank
 from sbitk.simulation.runner import SimulationFailureWarning, batch_generator, simulate
 from sbitk.simulation.simulator import STATUS_EXCEPTION, STATUS_INF, STATUS_NAN, STATUS_OK
 
@@ -233,3 +235,20 @@ def test_bank_error_is_raised_for_a_file_in_the_way(tmp_path):
     with pytest.raises(BankError, match="refusing to overwrite"):
         simulate(gauss, 10, workers=1, bank=path, overwrite=True, progress=False)
     assert path.read_text() == "not a bank"
+
+
+@sbitk.simulator(
+    "runner_crash",
+    parameters={"a": sbitk.BoxUniform(-1.0, 1.0)},
+    outputs={"y": ()},
+    register=False,
+)
+def crash(theta, generator):
+    os._exit(3)  # a crash that no try/except catches, like a segfault in native code
+
+
+def test_a_worker_that_dies_is_a_clear_error(tmp_path):
+    path = tmp_path / "crash.zarr"
+    with pytest.raises(SimulatorError, match=r"worker process died .* 'runner_crash' on batch"):
+        simulate(crash, 400, workers=2, batch_size=100, bank=path, progress=False)
+    assert len(Bank.open(path)) == 0 and Bank.open(path).planned == 400  # resumable
