@@ -69,6 +69,9 @@ class TrainConfig:
         max_nan_recoveries: How often a non-finite loss is recovered from before giving up.
         nan_lr_factor: Learning-rate factor applied on each recovery.
         min_improvement: Relative validation improvement that counts as progress.
+        ema_decay: Validate and keep an exponential moving average of the weights with this
+            decay (``None``: the raw weights). Averaging smooths the optimiser's noise and
+            overfits less on small banks.
         seed: Seeds the split, the shuffling and any randomness inside ``loss``.
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
         progress: Show a progress bar (also off when ``TQDM_DISABLE=1`` or not a terminal).
@@ -91,6 +94,7 @@ class TrainConfig:
     max_nan_recoveries: int = 3
     nan_lr_factor: float = 0.3
     min_improvement: float = 0.0
+    ema_decay: float | None = None
     seed: int = 0
     device: str = "auto"
     progress: bool = True
@@ -118,6 +122,10 @@ class TrainConfig:
                 raise SbitkError(
                     f"TrainConfig.{name} must be {expected}, got {getattr(self, name)!r}"
                 )
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise SbitkError(
+                f"TrainConfig.ema_decay must be in (0, 1) or None, got {self.ema_decay!r}"
+            )
         if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
             raise SbitkError(
                 f"TrainConfig.clip_grad_norm must be > 0 or None, got {self.clip_grad_norm!r}"
@@ -342,6 +350,8 @@ def train(
             model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
         )
         lr = config.learning_rate
+        params = [p for p in model.parameters() if p.requires_grad]
+        ema = _EMA(params, config.ema_decay) if config.ema_decay else None
         best_state = copy.deepcopy(model.state_dict())
         best_val = math.inf
         stalled = stalled_lr = 0
@@ -367,11 +377,15 @@ def train(
                 if config.clip_grad_norm is not None:
                     nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
                 optimizer.step()
+                if ema is not None:
+                    ema.update(params)
                 finite = finite & torch.isfinite(loss.detach())
                 total = total + loss.detach() * a.shape[0]
                 count += a.shape[0]
                 step += 1
             model.eval()
+            if ema is not None:
+                ema.swap(params)  # validate (and keep) the averaged weights
             with torch.no_grad():
                 val = _mean_loss(model, val_a, val_c, val_size)
             # One synchronisation per epoch: the flag, the two means.
@@ -391,6 +405,8 @@ def train(
                         "learning_rate or clip_grad_norm"
                     )
                 model.load_state_dict(best_state)
+                if ema is not None:
+                    ema = _EMA(params, config.ema_decay)
                 lr *= config.nan_lr_factor
                 optimizer = torch.optim.AdamW(
                     model.parameters(), lr=lr, weight_decay=config.weight_decay
@@ -408,6 +424,8 @@ def train(
             else:
                 stalled += 1
                 stalled_lr += 1
+            if ema is not None:
+                ema.swap(params)
             progress.update(1)
             progress.set_postfix(train=f"{train_mean:.4g}", val=f"{val_mean:.4g}", lr=f"{lr:.2g}")
             epoch += 1
@@ -431,6 +449,27 @@ def train(
     history.best_val_loss = best_val
     history.time_s = time.perf_counter() - start_time
     return history
+
+
+class _EMA:
+    """Exponential moving average of parameters, with a warm-up of the decay."""
+
+    def __init__(self, params: list[Tensor], decay: float):
+        self.decay, self.steps = decay, 0
+        self.shadow = [p.detach().clone() for p in params]
+
+    @torch.no_grad()
+    def update(self, params: list[Tensor]) -> None:
+        self.steps += 1
+        decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in params], 1 - decay)
+
+    @torch.no_grad()
+    def swap(self, params: list[Tensor]) -> None:
+        for p, s in zip(params, self.shadow, strict=True):
+            tmp = p.detach().clone()
+            p.copy_(s)
+            s.copy_(tmp)
 
 
 def _to(t: Tensor | None, device: torch.device, dtype: torch.dtype) -> Tensor | None:

@@ -1,0 +1,206 @@
+"""Neural likelihood estimation (NLE): learn a surrogate likelihood :math:`q(x \\mid \\theta)`.
+
+Minimising
+
+.. math::
+    \\mathcal{L}(\\phi) = \\mathbb{E}_{p(\\theta)\\,p(x \\mid \\theta)}
+    \\left[-\\log q_\\phi(x \\mid f(\\theta))\\right]
+
+over simulated pairs makes :math:`q_\\phi` approach the simulator's likelihood wherever the prior
+puts mass (:math:`f` is the prior's bijection to unconstrained space, used as the context). The
+posterior for an observation is then prior × surrogate, sampled by vectorized MCMC; unlike NPE,
+several i.i.d. observations of one θ combine by summing their log-likelihoods.
+
+Failed simulations are a choice here, not a default: excluding them trains
+:math:`q(x \\mid \\theta, \\text{valid})`, which biases the posterior wherever failures depend on
+θ. ``invalid="error"`` refuses such data, ``invalid="exclude"`` drops the rows with a warning.
+
+References:
+    Papamakarios, Sterratt & Murray (2019), Sequential neural likelihood: fast likelihood-free
+    inference with autoregressive flows, arXiv:1805.07226.
+
+Example:
+    >>> import torch
+    >>> from sbitk.simulation.priors import Normal
+    >>> prior = Normal(0.0, 1.0, dim=1)
+    >>> theta = prior.sample(2000, torch.Generator().manual_seed(0))
+    >>> x = theta + 0.5 * torch.randn(2000, 1, generator=torch.Generator().manual_seed(1))
+    >>> nle = NLE(prior, estimator="gaussian", config=TrainConfig(max_epochs=10, progress=False),
+    ...           mcmc=MCMCConfig(num_chains=20, warmup=20, progress=False))
+    >>> posterior = nle.fit(theta, x)
+    >>> posterior.likelihood.sample(3, torch.zeros(1), seed=0).shape
+    torch.Size([3, 1])
+    >>> posterior.sample(40, x=torch.zeros(1), seed=0).shape
+    torch.Size([40, 1])
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from sbitk.errors import SbitkError
+from sbitk.inference.data import (
+    BankChunks,
+    RowReport,
+    bank_arrays,
+    bank_info,
+    bank_nbytes,
+    check_pair,
+    clean_rows,
+    memory_limit_bytes,
+)
+from sbitk.inference.estimators import build_estimator
+from sbitk.inference.training import History, TrainConfig, train
+from sbitk.posteriors.likelihood import MCMCPosterior, SurrogateLikelihood
+from sbitk.posteriors.mcmc import MCMCConfig
+from sbitk.simulation.priors import Prior, as_prior, prior_from_spec
+
+INVALID_CHOICES = ("error", "exclude")
+
+
+class NLE:
+    """Neural likelihood estimation: trains :math:`q(x \\mid \\theta)`, samples by MCMC.
+
+    Args:
+        prior: The prior the training θ were drawn from (read from the bank when ``None``).
+        estimator: A name from :func:`~sbitk.inference.estimators.estimator_classes` or a ready
+            ``nn.Module`` with ``features = D_x`` and ``context = D_θ``.
+        invalid: What to do with failed simulations: ``"error"`` (refuse; the default) or
+            ``"exclude"`` (drop them with a warning that the likelihood is then conditioned on
+            success).
+        config: Training settings.
+        mcmc: Settings of the posterior's MCMC.
+        parameter_names, output_names, simulator_name: Carried into the posterior and files.
+        **estimator_kwargs: Passed to the estimator's constructor.
+    """
+
+    role = "nle"
+
+    def __init__(
+        self,
+        prior: Prior | None = None,
+        estimator: str | nn.Module = "nsf",
+        *,
+        invalid: str = "error",
+        config: TrainConfig | None = None,
+        mcmc: MCMCConfig | None = None,
+        parameter_names: Sequence[str] | None = None,
+        output_names: Sequence[str] | None = None,
+        simulator_name: str | None = None,
+        **estimator_kwargs,
+    ):
+        if invalid not in INVALID_CHOICES:
+            raise SbitkError(f"invalid must be one of {INVALID_CHOICES}, got {invalid!r}")
+        self.prior = None if prior is None else as_prior(prior)
+        self.estimator = estimator
+        self.estimator_kwargs = estimator_kwargs
+        self.invalid = invalid
+        self.config = config or TrainConfig()
+        self.mcmc = mcmc or MCMCConfig()
+        self.parameter_names = parameter_names
+        self.output_names = output_names
+        self.simulator_name = simulator_name
+        self.history: History | None = None
+        self.report: RowReport | None = None
+
+    def _build(self, features: int, context: int) -> nn.Module:
+        if isinstance(self.estimator, nn.Module):
+            cfg = self.estimator.config
+            if (cfg.features, cfg.context) != (features, context):
+                raise SbitkError(
+                    f"the estimator was built for {cfg.features} features and {cfg.context} "
+                    f"context, NLE needs {features} (D_x) and {context} (D_θ)"
+                )
+            return self.estimator
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed)
+            return build_estimator(self.estimator, features, context, **self.estimator_kwargs)
+
+    def _handle(self, report: RowReport) -> None:
+        if report.n_excluded == 0:
+            return
+        if self.invalid == "error" and report.n_failed + report.n_non_finite > 0:
+            raise SbitkError(
+                f"{report.message()}; NLE does not drop failed simulations silently: pass "
+                "invalid='exclude' to train on successful ones only (this biases the "
+                "posterior where failures depend on theta), or fix the simulator"
+            )
+        warnings.warn(
+            f"{report.message()}; the surrogate models x given theta *and* a successful "
+            "simulation, which biases the posterior where the failure rate depends on theta",
+            stacklevel=3,
+        )
+
+    def _pair(self, theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        return x, self.prior.bijection().forward(theta)[0]
+
+    def fit(self, theta, x: Tensor | None = None, *, stream: bool | None = None) -> MCMCPosterior:
+        """Train on (θ, x) tensors or a bank; return the MCMC posterior (``.likelihood`` too).
+
+        Args:
+            theta: Parameters (N, D_θ), or a simulation bank (then ``x`` is ``None``).
+            x: Simulated data (N, D_x).
+            stream: For a bank, read it chunk by chunk; ``None`` streams when it would take more
+                than half of the memory.
+        """
+        source, valid = None, None
+        if hasattr(theta, "iter_chunks") and hasattr(theta, "theta"):
+            bank = theta
+            if x is not None:
+                raise SbitkError("fit(bank) takes no x: the bank holds both theta and x")
+            info = bank_info(bank)
+            if self.prior is None:
+                if "prior" not in info:
+                    raise SbitkError("no prior given and the bank stores no prior spec")
+                self.prior = prior_from_spec(info["prior"])
+            self.parameter_names = self.parameter_names or info.get("parameter_names")
+            self.output_names = self.output_names or info.get("output_names")
+            self.simulator_name = self.simulator_name or info.get("simulator_name")
+            if stream is None:
+                stream = bank_nbytes(bank) > memory_limit_bytes()
+            if stream:
+                source = BankChunks(bank, self.prior, self._pair)
+            else:
+                theta, x, valid = bank_arrays(bank)
+        elif x is None:
+            raise SbitkError("fit(theta, x) needs x, or pass a bank as the only argument")
+        if self.prior is None:
+            raise SbitkError("NLE needs a prior: NLE(prior, ...)")
+
+        if source is None:
+            theta, x = check_pair(theta, x, self.prior.dim)
+            theta, x, self.report = clean_rows(theta, x, valid, self.prior)
+            self._handle(self.report)
+            if self.report.n_used < 2:
+                raise SbitkError(f"need at least 2 valid rows to train, got {self.report.n_used}")
+            model = self._build(x.shape[1], self.prior.dim)
+            inputs, context = self._pair(theta, x)
+            self.history = train(model, inputs, context, self.config)
+        else:
+            first_x, _ = source.load(0)
+            model = self._build(first_x.shape[1], self.prior.dim)
+            if self.invalid == "error":
+                # Streaming sees failures only chunk by chunk: check them all before training.
+                for i in range(source.n_chunks):
+                    source.load(i)
+                self._handle(source.report)
+            self.history = train(model, source, None, self.config)
+            self.report = source.report
+            if self.invalid == "exclude":
+                self._handle(self.report)
+        likelihood = SurrogateLikelihood(
+            model,
+            self.prior,
+            parameter_names=self.parameter_names,
+            output_names=self.output_names,
+            simulator_name=self.simulator_name,
+            history=self.history,
+        )
+        return MCMCPosterior(likelihood, self.mcmc)
+
+
+__all__ = ["NLE"]

@@ -1,0 +1,373 @@
+"""Model files: a trained posterior or likelihood in one safetensors file, never a pickle.
+
+The file is an ordinary safetensors file. Its tensors are the estimator's ``state_dict``
+(weights and the standardisation buffers); its ``__metadata__`` header holds one JSON document
+under the key ``"sbitk"``:
+
+========================  ===================================================================
+``format``                ``"sbitk-model"``
+``format_version``        integer, :data:`FORMAT_VERSION` for files this version writes
+``sbitk_version``         the package version that wrote it
+``role``                  ``"npe"`` (a direct posterior) or ``"nle"`` (a surrogate likelihood)
+``estimator``             ``{"name": <estimator table name>, "config": {...}}``
+``unconstrained``         NPE: whether the estimator models the prior's unconstrained θ
+``prior``                 the prior's JSON spec
+``parameter_names``       names of θ's columns
+``output_names``          names of x's columns
+``simulator_name``        the simulator of the training data, or null
+``training``              training summary and loss curves, or null
+``mcmc``                  NLE: the posterior's MCMC settings
+``tensors``               name → ``[dtype, shape]`` of every tensor
+``checksum``              SHA-256 over the JSON above and every tensor's bytes
+========================  ===================================================================
+
+Loading parses the header with safetensors (no code runs), checks the JSON against this schema,
+the checksum against the content, and every tensor's name, dtype and shape against a model
+rebuilt from the estimator table, so a truncated, corrupted or hand-edited file is refused
+with a :class:`~sbitk.errors.ModelFileError` saying what is wrong. Files are written to a
+temporary file next to the target and renamed into place, so a crash never leaves half a file.
+
+Example:
+    >>> import tempfile, torch
+    >>> from pathlib import Path
+    >>> from sbitk.inference.estimators import ConditionalGaussian
+    >>> from sbitk.posteriors.direct import DirectPosterior
+    >>> from sbitk.simulation.priors import Normal
+    >>> posterior = DirectPosterior(ConditionalGaussian(2, 3), Normal(0.0, 1.0, dim=2))
+    >>> path = Path(tempfile.mkdtemp()) / "posterior.safetensors"
+    >>> save_model(path, posterior)
+    >>> loaded = load_model(path)
+    >>> theta, x = torch.zeros(4, 2), torch.ones(3)
+    >>> torch.equal(loaded.log_prob(theta, x=x), posterior.log_prob(theta, x=x))
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from sbitk.errors import ModelFileError, SbitkError
+
+FORMAT = "sbitk-model"
+#: Format version this sbitk writes; it reads this one and the versions in READABLE_VERSIONS.
+FORMAT_VERSION = 1
+READABLE_VERSIONS = (1,)
+METADATA_KEY = "sbitk"
+
+_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+    torch.uint8: "U8", torch.bool: "BOOL",
+}  # fmt: skip
+
+
+def _version() -> str:
+    from sbitk import __version__
+
+    return __version__
+
+
+def _checksum(header: dict, tensors: dict[str, Tensor]) -> str:
+    digest = hashlib.sha256()
+    digest.update(json.dumps(header, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(name.encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def _history_json(history) -> dict | None:
+    if history is None:
+        return None
+    if isinstance(history, dict):
+        return history
+    out = dict(history.summary())
+    out["train_loss"] = list(history.train_loss)
+    out["val_loss"] = list(history.val_loss)
+    return out
+
+
+def _parts(obj) -> tuple[str, nn.Module, dict]:
+    """The role, estimator and descriptive fields of a posterior or likelihood."""
+    from sbitk.posteriors.direct import DirectPosterior
+    from sbitk.posteriors.likelihood import MCMCPosterior, SurrogateLikelihood
+
+    if isinstance(obj, DirectPosterior):
+        return "npe", obj.estimator, {"unconstrained": obj.unconstrained, "source": obj}
+    if isinstance(obj, MCMCPosterior):
+        mcmc = dataclasses.asdict(obj.config)
+        return "nle", obj.likelihood.estimator, {"mcmc": mcmc, "source": obj.likelihood}
+    if isinstance(obj, SurrogateLikelihood):
+        return "nle", obj.estimator, {"mcmc": None, "source": obj}
+    raise SbitkError(
+        "save_model takes a DirectPosterior (NPE), an MCMCPosterior or a SurrogateLikelihood "
+        f"(NLE), got {type(obj).__name__}"
+    )
+
+
+def save_model(path: str | os.PathLike, posterior_or_likelihood) -> None:
+    """Write a trained posterior or likelihood to ``path`` as one safetensors file.
+
+    Args:
+        path: Target file (conventionally ``*.safetensors``); replaced atomically if it exists.
+        posterior_or_likelihood: A :class:`~sbitk.posteriors.direct.DirectPosterior`, an
+            :class:`~sbitk.posteriors.likelihood.MCMCPosterior` or a
+            :class:`~sbitk.posteriors.likelihood.SurrogateLikelihood`.
+
+    Raises:
+        ModelFileError: The estimator is not in the estimator table or cannot be rebuilt from
+            its config (for example it holds a user-defined embedding net).
+    """
+    from safetensors.torch import save_file
+
+    from sbitk.inference.estimators import estimator_config, estimator_name
+
+    role, estimator, extra = _parts(posterior_or_likelihood)
+    source = extra.pop("source")
+    try:
+        name = estimator_name(estimator)
+    except SbitkError as exc:
+        raise ModelFileError(f"cannot save this model: {exc}") from exc
+    config = estimator_config(estimator)
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in estimator.state_dict().items()}
+    _check_rebuildable(name, config, tensors)
+    header = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "sbitk_version": _version(),
+        "role": role,
+        "estimator": {"name": name, "config": config},
+        "prior": source.prior.spec(),
+        "parameter_names": list(source.parameter_names),
+        "output_names": list(source.output_names),
+        "simulator_name": source.simulator_name,
+        "training": _history_json(source.history),
+        "tensors": {k: [_DTYPES[t.dtype], list(t.shape)] for k, t in tensors.items()},
+        **extra,
+    }
+    header["checksum"] = _checksum(header, tensors)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(header)})
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _check_rebuildable(name: str, config: dict, tensors: dict[str, Tensor]) -> None:
+    try:
+        rebuilt = _build(name, config)
+    except ModelFileError as exc:
+        raise ModelFileError(f"cannot save this model: {exc}") from exc
+    if set(rebuilt.state_dict()) != set(tensors):
+        raise ModelFileError(
+            "cannot save this model: an estimator rebuilt from its config has other tensors "
+            "than the trained one (a user-defined embedding net?)"
+        )
+
+
+def _build(name: str, config: dict) -> nn.Module:
+    from sbitk.inference.estimators import estimator_classes
+
+    table = estimator_classes()
+    if name not in table:
+        raise ModelFileError(
+            f"estimator name {name!r} is not one this sbitk knows ({sorted(table)})"
+        )
+    try:
+        return table[name].from_config(config)
+    except (SbitkError, TypeError, ValueError, KeyError) as exc:
+        raise ModelFileError(f"estimator config for {name!r} is invalid: {exc}") from exc
+
+
+# ---- reading ---------------------------------------------------------------------------------
+_SCHEMA = {
+    "format": str,
+    "format_version": int,
+    "sbitk_version": str,
+    "role": str,
+    "estimator": dict,
+    "prior": dict,
+    "parameter_names": list,
+    "output_names": list,
+    "simulator_name": (str, type(None)),
+    "training": (dict, type(None)),
+    "tensors": dict,
+    "checksum": str,
+}
+
+
+def _read_header(path: Path) -> tuple[dict, dict[str, Tensor]]:
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise ModelFileError(f"model file {str(path)!r} does not exist or is not a file")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            metadata = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:  # safetensors raises its own error types for malformed files
+        raise ModelFileError(
+            f"{str(path)!r} is not a readable safetensors file (truncated or corrupted?): "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    if METADATA_KEY not in metadata:
+        raise ModelFileError(
+            f"{str(path)!r} is a safetensors file without sbitk metadata: not an sbitk model file"
+        )
+    try:
+        header = json.loads(metadata[METADATA_KEY])
+    except json.JSONDecodeError as exc:
+        raise ModelFileError(
+            f"{str(path)!r}: the sbitk metadata is not valid JSON: {exc}"
+        ) from exc
+    if not isinstance(header, dict):
+        raise ModelFileError(
+            f"{str(path)!r}: the sbitk metadata must be a JSON object, got {type(header).__name__}"
+        )
+    return header, tensors
+
+
+def _validate(header: dict, where: str) -> None:
+    if header.get("format") != FORMAT:
+        raise ModelFileError(f"{where}: format must be {FORMAT!r}, got {header.get('format')!r}")
+    version = header.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ModelFileError(f"{where}: format_version must be an integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{where}: written in model format version {version} by sbitk "
+            f"{header.get('sbitk_version', '?')}; this sbitk ({_version()}) reads versions up to "
+            f"{FORMAT_VERSION}: upgrade sbitk"
+        )
+    if version not in READABLE_VERSIONS:
+        raise ModelFileError(
+            f"{where}: model format version {version} is no longer supported (this sbitk reads "
+            f"versions {list(READABLE_VERSIONS)}); retrain the model or load it with the sbitk "
+            "version that wrote it"
+        )
+    for key, kind in _SCHEMA.items():
+        if key not in header:
+            raise ModelFileError(f"{where}: the metadata lacks the field {key!r}")
+        if not isinstance(header[key], kind) or (isinstance(header[key], bool) and kind is int):
+            names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            raise ModelFileError(
+                f"{where}: field {key!r} must be {names}, got {type(header[key]).__name__}"
+            )
+    if header["role"] not in ("npe", "nle"):
+        raise ModelFileError(f"{where}: role must be 'npe' or 'nle', got {header['role']!r}")
+    est = header["estimator"]
+    if not isinstance(est.get("name"), str) or not isinstance(est.get("config"), dict):
+        raise ModelFileError(f"{where}: estimator must be {{'name': str, 'config': object}}")
+    for key in ("parameter_names", "output_names"):
+        if not all(isinstance(n, str) for n in header[key]):
+            raise ModelFileError(f"{where}: {key} must be a list of strings")
+    if header["role"] == "npe" and not isinstance(header.get("unconstrained"), bool):
+        raise ModelFileError(f"{where}: an NPE model needs a boolean 'unconstrained' field")
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The validated JSON metadata of a model file, without building the model."""
+    path = Path(path)
+    header, _ = _read_header(path)
+    _validate(header, str(path))
+    return header
+
+
+def load_model(path: str | os.PathLike, *, device: str = "cpu"):
+    """Read a model file written by :func:`save_model`.
+
+    Args:
+        path: The file.
+        device: Where to put the estimator (``"auto"``: CUDA when present).
+
+    Returns:
+        A :class:`~sbitk.posteriors.direct.DirectPosterior` for an NPE file, an
+        :class:`~sbitk.posteriors.likelihood.MCMCPosterior` (its ``.likelihood`` is the
+        surrogate) for an NLE file.
+
+    Raises:
+        ModelFileError: The file is missing, truncated, corrupted, edited by hand, of a format
+            version this sbitk does not read, or inconsistent with the estimator it names.
+    """
+    from sbitk.inference.training import resolve_device
+    from sbitk.posteriors.direct import DirectPosterior
+    from sbitk.posteriors.likelihood import MCMCPosterior, SurrogateLikelihood
+    from sbitk.posteriors.mcmc import MCMCConfig
+    from sbitk.simulation.priors import prior_from_spec
+
+    path = Path(path)
+    where = str(path)
+    header, tensors = _read_header(path)
+    _validate(header, where)
+    expected = header.pop("checksum")
+    if _checksum(header, tensors) != expected:
+        raise ModelFileError(
+            f"{where}: checksum mismatch: the file's metadata or weights were changed after it "
+            "was written (hand-edited or corrupted)"
+        )
+    declared = header["tensors"]
+    if set(declared) != set(tensors):
+        raise ModelFileError(
+            f"{where}: the metadata lists tensors {sorted(set(declared) ^ set(tensors))} that "
+            "the file does not hold, or the reverse"
+        )
+    est = header["estimator"]
+    model = _build(est["name"], est["config"])
+    state = model.state_dict()
+    missing, extra = set(state) - set(tensors), set(tensors) - set(state)
+    if missing or extra:
+        raise ModelFileError(
+            f"{where}: tensors do not match estimator {est['name']!r}: missing {sorted(missing)}, "
+            f"unexpected {sorted(extra)}"
+        )
+    for name, ref in state.items():
+        t = tensors[name]
+        if t.shape != ref.shape or t.dtype != ref.dtype:
+            raise ModelFileError(
+                f"{where}: tensor {name!r} has {t.dtype} {tuple(t.shape)}, estimator "
+                f"{est['name']!r} expects {ref.dtype} {tuple(ref.shape)}"
+            )
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ModelFileError(f"{where}: tensor {name!r} holds NaN or Inf values")
+    model.load_state_dict(tensors, strict=True)
+    try:
+        prior = prior_from_spec(header["prior"])
+    except SbitkError as exc:
+        raise ModelFileError(f"{where}: invalid prior spec: {exc}") from exc
+    common = {
+        "parameter_names": header["parameter_names"],
+        "output_names": header["output_names"],
+        "simulator_name": header["simulator_name"],
+        "history": header["training"],
+    }
+    try:
+        if header["role"] == "npe":
+            obj = DirectPosterior(model, prior, unconstrained=header["unconstrained"], **common)
+        else:
+            likelihood = SurrogateLikelihood(model, prior, **common)
+            mcmc = header.get("mcmc")
+            config = MCMCConfig(**mcmc) if isinstance(mcmc, dict) else None
+            obj = MCMCPosterior(likelihood, config)
+    except (SbitkError, TypeError) as exc:
+        raise ModelFileError(f"{where}: metadata does not fit the estimator: {exc}") from exc
+    model.to(resolve_device(device))
+    return obj
+
+
+__all__ = ["FORMAT_VERSION", "load_model", "read_metadata", "save_model"]

@@ -1,0 +1,317 @@
+"""A surrogate likelihood (NLE) and the posterior it gives with the prior, sampled by MCMC.
+
+A trained estimator of :math:`q(x \\mid \\theta)` stands in for the simulator: it draws synthetic
+data (:meth:`SurrogateLikelihood.sample`) and, unlike the simulator, evaluates a density. With
+the prior it gives an unnormalised log posterior for observations :math:`x_1, \\dots, x_T` drawn
+i.i.d. at one θ,
+
+.. math::
+    \\log \\tilde p(\\theta \\mid x_{1:T})
+    = \\log p(\\theta) + \\sum_{t=1}^{T} \\log q(x_t \\mid \\theta),
+
+which :class:`MCMCPosterior` samples with vectorized slice sampling in the prior's unconstrained
+space :math:`u = f(\\theta)`, where the target gains the log-determinant of :math:`f^{-1}`.
+
+Example:
+    >>> import torch
+    >>> from sbitk.inference.estimators import ConditionalGaussian
+    >>> from sbitk.simulation.priors import BoxUniform
+    >>> prior = BoxUniform(-1.0, 1.0, dim=2)
+    >>> likelihood = SurrogateLikelihood(ConditionalGaussian(3, 2), prior)
+    >>> likelihood.sample(5, torch.zeros(4, 2), seed=0).shape
+    torch.Size([5, 4, 3])
+    >>> posterior = MCMCPosterior(likelihood, MCMCConfig(num_chains=20, warmup=10,
+    ...                                                  sir_candidates=200, progress=False))
+    >>> samples = posterior.sample(100, x=torch.zeros(3), seed=0)
+    >>> samples.shape, bool(prior.support_contains(samples).all())
+    (torch.Size([100, 2]), True)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from sbitk.errors import SbitkError
+from sbitk.posteriors.direct import _names, seeded
+from sbitk.posteriors.mcmc import MCMCConfig, MCMCResult, slice_sample
+from sbitk.simulation.priors import Prior
+
+
+class SurrogateLikelihood:
+    """A trained :math:`q(x \\mid \\theta)`, conditioned on the unconstrained :math:`f(\\theta)`.
+
+    Args:
+        estimator: Module with ``estimator(context)`` a distribution over x batched over
+            contexts; its context is u (D_θ columns).
+        prior: The prior of the training θ (gives the bijection f and the support).
+        parameter_names, output_names, simulator_name, history: Carried into model files.
+    """
+
+    role = "nle"
+
+    def __init__(
+        self,
+        estimator: nn.Module,
+        prior: Prior,
+        *,
+        parameter_names: Sequence[str] | None = None,
+        output_names: Sequence[str] | None = None,
+        simulator_name: str | None = None,
+        history=None,
+    ):
+        self.estimator = estimator.eval()
+        self.prior = prior
+        self.bijection = prior.bijection()
+        self.theta_dim = prior.dim
+        self.x_dim = int(estimator.config.features)
+        if int(estimator.config.context) != prior.dim:
+            raise SbitkError(
+                f"estimator takes a context of {estimator.config.context} columns but the prior "
+                f"has dim {prior.dim}"
+            )
+        self.parameter_names = _names(parameter_names, self.theta_dim, "theta")
+        self.output_names = _names(output_names, self.x_dim, "x")
+        self.simulator_name = simulator_name
+        self.history = history
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.estimator.buffers(), next(self.estimator.parameters())).device
+
+    def _theta(self, theta: Tensor) -> tuple[Tensor, bool]:
+        theta = torch.as_tensor(theta)
+        single = theta.dim() == 1
+        theta = theta.unsqueeze(0) if single else theta
+        if theta.dim() != 2 or theta.shape[-1] != self.theta_dim:
+            raise SbitkError(
+                f"theta must have shape ({self.theta_dim},) or (B, {self.theta_dim}), got "
+                f"{tuple(theta.shape)}"
+            )
+        if not self.prior.support_contains(theta).all():
+            raise SbitkError("theta must lie inside the prior's support")
+        return theta.to(self.device, torch.get_default_dtype()), single
+
+    def observations(self, x: Tensor) -> Tensor:
+        """Check x and return it as i.i.d. trials (T, D_x) on the device."""
+        x = torch.as_tensor(x)
+        x = x.unsqueeze(0) if x.dim() == 1 else x
+        if x.dim() != 2 or x.shape[-1] != self.x_dim:
+            raise SbitkError(
+                f"x must have shape ({self.x_dim},) or (n_trials, {self.x_dim}), got "
+                f"{tuple(x.shape)}"
+            )
+        if not torch.isfinite(x).all():
+            raise SbitkError("x must be finite, found NaN or Inf")
+        return x.to(self.device, torch.get_default_dtype())
+
+    @torch.no_grad()
+    def sample(self, n: int, theta: Tensor, *, seed: int | None = None) -> Tensor:
+        """Simulate with the surrogate: ``n`` draws of x for each θ.
+
+        Args:
+            n: Draws per θ.
+            theta: One θ (D_θ,) or a batch (B, D_θ), inside the prior's support.
+            seed: Seeds the draws.
+
+        Returns:
+            x of shape (n, D_x) for one θ, (n, B, D_x) for a batch; on the CPU.
+        """
+        theta, single = self._theta(theta)
+        u = self.bijection.forward(theta)[0]
+        with seeded(seed, self.device):
+            x = self.estimator(u).sample((n,)).cpu()
+        return x[:, 0] if single else x
+
+    def log_prob_u(self, x: Tensor, u: Tensor) -> Tensor:
+        """Summed log-likelihood of trials x (T, D_x) at unconstrained u (C, D_θ): shape (C,)."""
+        c, t = u.shape[0], x.shape[0]
+        ctx = u.repeat_interleave(t, dim=0)
+        lp = self.estimator(ctx).log_prob(x.repeat(c, 1))
+        return lp.reshape(c, t).sum(-1)
+
+    def log_prob(self, x: Tensor, theta: Tensor) -> Tensor:
+        """Surrogate :math:`\\sum_t \\log q(x_t \\mid \\theta)` for θ (*, D_θ): shape (*)."""
+        xs = self.observations(x)
+        theta = torch.as_tensor(theta).to(self.device, torch.get_default_dtype())
+        if theta.shape[-1] != self.theta_dim:
+            raise SbitkError(
+                f"theta must have shape (*, {self.theta_dim}), got {tuple(theta.shape)}"
+            )
+        flat = theta.reshape(-1, self.theta_dim)
+        inside = self.prior.support_contains(flat)
+        u = self.bijection.forward(flat)[0]
+        lp = self.log_prob_u(xs, u)
+        lp = torch.where(inside, lp, torch.full_like(lp, -math.inf))
+        return lp.reshape(theta.shape[:-1])
+
+    def posterior(self, config: MCMCConfig | None = None) -> MCMCPosterior:
+        """The posterior surrogate × prior, sampled by MCMC."""
+        return MCMCPosterior(self, config)
+
+    def __repr__(self) -> str:
+        return (
+            f"SurrogateLikelihood(estimator={type(self.estimator).__name__}, "
+            f"theta_dim={self.theta_dim}, x_dim={self.x_dim}, simulator={self.simulator_name!r})"
+        )
+
+
+class MCMCPosterior:
+    """The posterior :math:`p(\\theta) \\prod_t q(x_t \\mid \\theta)`, sampled by slice sampling.
+
+    Args:
+        likelihood: The surrogate likelihood.
+        config: MCMC settings (chains, warm-up, thinning, initialisation).
+    """
+
+    role = "nle"
+
+    def __init__(self, likelihood: SurrogateLikelihood, config: MCMCConfig | None = None):
+        self.likelihood = likelihood
+        self.prior = likelihood.prior
+        self.bijection = likelihood.bijection
+        self.config = config or MCMCConfig()
+        #: Diagnostics of the last :meth:`sample` call (R-hat, ESS, evaluations, time).
+        self.last_result: MCMCResult | None = None
+
+    def __getattr__(self, name: str):
+        # Names, simulator and history are the likelihood's.
+        if name in (
+            "parameter_names",
+            "output_names",
+            "simulator_name",
+            "history",
+            "theta_dim",
+            "x_dim",
+            "estimator",
+            "device",
+        ):
+            return getattr(self.likelihood, name)
+        raise AttributeError(name)
+
+    def _target(self, xs: Tensor):
+        def log_target(u: Tensor) -> Tensor:
+            theta = self.bijection.inverse(u)
+            logdet = self.bijection.forward(theta)[1]
+            lp = self.likelihood.log_prob_u(xs, u) + self.prior.log_prob(theta) - logdet
+            return lp
+
+        return log_target
+
+    def _init(self, xs: Tensor, config: MCMCConfig, gen: torch.Generator) -> Tensor:
+        dtype = torch.get_default_dtype()
+        if config.init == "prior":
+            theta = self.prior.sample(config.num_chains, gen).to(self.likelihood.device, dtype)
+            return self.bijection.forward(theta)[0]
+        theta = self.prior.sample(config.sir_candidates, gen).to(self.likelihood.device, dtype)
+        u = self.bijection.forward(theta)[0]
+        log_w = torch.cat(
+            [self.likelihood.log_prob_u(xs, chunk) for chunk in u.split(max(1, 50_000 // len(xs)))]
+        )
+        log_w = torch.where(torch.isnan(log_w), torch.full_like(log_w, -math.inf), log_w)
+        if not torch.isfinite(log_w).any():
+            raise SbitkError(
+                f"none of the {config.sir_candidates} prior draws has a finite likelihood for "
+                "this x: the observation is far outside the training data"
+            )
+        probs = torch.softmax(log_w.double(), 0).cpu()
+        idx = torch.multinomial(probs, config.num_chains, replacement=True, generator=gen)
+        return u[idx.to(u.device)]
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        x: Tensor | None = None,
+        *,
+        seed: int | None = None,
+        config: MCMCConfig | None = None,
+    ) -> Tensor:
+        """Draw ``n`` posterior samples of θ by MCMC.
+
+        Args:
+            n: Samples in all (spread over the chains; ``ceil(n / num_chains)`` draws each).
+            x: One observation (D_x,) or i.i.d. trials of one θ (n_trials, D_x).
+            seed: Seeds initialisation and chains (``config.seed`` when omitted).
+            config: Overrides the posterior's MCMC settings for this call.
+
+        Returns:
+            θ of shape (n, D_θ) on the CPU. :attr:`last_result` holds the chains (in θ space),
+            R-hat and ESS.
+        """
+        if x is None:
+            raise SbitkError("pass the observation: x=x_o of shape (D_x,) or (n_trials, D_x)")
+        if n < 1:
+            raise SbitkError(f"n must be >= 1, got {n}")
+        config = config or self.config
+        seed = config.seed if seed is None else seed
+        xs = self.likelihood.observations(x)
+        gen = torch.Generator().manual_seed(seed)
+        init = self._init(xs, config, gen)
+        draws = math.ceil(n / config.num_chains)
+        result = slice_sample(
+            self._target(xs),
+            init,
+            draws,
+            warmup=config.warmup,
+            thin=config.thin,
+            max_step_out=config.max_step_out,
+            max_shrink=config.max_shrink,
+            seed=seed,
+            progress=config.progress,
+        )
+        theta_chains = self.bijection.inverse(result.samples)
+        self.last_result = MCMCResult(
+            samples=theta_chains.cpu(),
+            rhat=result.rhat,
+            ess=result.ess,
+            n_evaluations=result.n_evaluations,
+            time_s=result.time_s,
+            stuck=result.stuck,
+        )
+        flat = theta_chains.transpose(0, 1).reshape(-1, self.likelihood.theta_dim)
+        return flat[:n].cpu()
+
+    def log_prob(self, theta: Tensor, x: Tensor | None = None) -> Tensor:
+        """Unnormalised log posterior: log prior plus the summed surrogate log-likelihood."""
+        if x is None:
+            raise SbitkError("pass the observation: x=x_o")
+        lik = self.likelihood.log_prob(x, theta)
+        theta = torch.as_tensor(theta).to(lik.device, lik.dtype)
+        return lik + self.prior.log_prob(theta)
+
+    def map(
+        self,
+        x: Tensor | None = None,
+        *,
+        steps: int = 200,
+        learning_rate: float = 0.05,
+        seed: int | None = 0,
+    ) -> Tensor:
+        """The maximum a posteriori θ: best MCMC sample, refined by gradient ascent in u."""
+        samples = self.sample(self.config.num_chains * 10, x, seed=seed)
+        xs = self.likelihood.observations(x)
+        with torch.no_grad():
+            lp = self.log_prob(samples, x)
+            best = samples[lp.argmax()].to(xs.device, xs.dtype)
+        u = self.bijection.forward(best.unsqueeze(0))[0].clone().requires_grad_(True)
+        target = self._target(xs)
+        opt = torch.optim.Adam([u], lr=learning_rate)
+        for _ in range(steps):
+            (grad,) = torch.autograd.grad(target(u).sum(), u)
+            u.grad = -grad
+            opt.step()
+        with torch.no_grad():
+            theta = self.bijection.inverse(u)[0]
+            if self.log_prob(theta, x) < lp.max():
+                theta = best
+        return theta.detach().cpu()
+
+    def __repr__(self) -> str:
+        return f"MCMCPosterior({self.likelihood!r}, {self.config})"
+
+
+__all__ = ["MCMCPosterior", "SurrogateLikelihood"]
