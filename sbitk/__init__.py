@@ -34,7 +34,17 @@ def simulate(*args, **kwargs):
     return _simulate(*args, **kwargs)
 
 
+def __getattr__(name: str):
+    # Heavy pieces load on first use, so that `import sbitk` stays light (zarr, dask, ...).
+    if name == "Bank":
+        from sbitk.simulation.bank import Bank
+
+        return Bank
+    raise AttributeError(f"module 'sbitk' has no attribute {name!r}")
+
+
 __all__ = [
+    "Bank",
     "BoxUniform",
     "LogNormal",
     "MultivariateNormal",
