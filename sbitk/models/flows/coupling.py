@@ -114,8 +114,13 @@ class Coupling(Transform):
 
 
 def coupling_steps(flow: Flow, make_map, prefix=lambda i: []) -> list[Transform]:
-    """``transforms`` coupling steps with alternating split and the configured permutations."""
+    """``transforms`` coupling steps separated by the configured permutations.
+
+    Without permutations (``"none"``) the split alternates instead, so that every dimension is
+    transformed; with them it stays fixed (alternating on top of a swap would undo it).
+    """
     cfg, steps = flow.config, []
+    alternate = cfg.permutation == "none"
     for i in range(cfg.transforms):
         if i > 0:
             steps += flow.permutation()
@@ -127,7 +132,7 @@ def coupling_steps(flow: Flow, make_map, prefix=lambda i: []) -> list[Transform]
                 make_map(),
                 cfg.hidden_features,
                 cfg.activation,
-                flip=bool(i % 2),
+                flip=alternate and bool(i % 2),
             )
         )
     return steps
@@ -221,7 +226,7 @@ class RealNVP(Flow):
 
 @dataclasses.dataclass(frozen=True)
 class GlowConfig(FlowConfig):
-    """Config of :class:`Glow`: :class:`FlowConfig` and ``scale_bound``; ``permutation`` unused."""
+    """Config of :class:`Glow`: :class:`FlowConfig`, ``scale_bound``; no permutation (LU mixes)."""
 
     scale_bound: float = 3.0
     permutation: str = "none"

@@ -119,10 +119,16 @@ class ReversePermutation(Permutation):
 
 
 class RandomPermutation(Permutation):
-    """A random permutation drawn once from ``generator`` (or the global generator)."""
+    """A random permutation other than the identity, drawn from ``generator`` (or the global one).
+
+    The identity is redrawn: between two couplings it would leave the same half untouched twice.
+    """
 
     def __init__(self, features: int, generator: torch.Generator | None = None):
-        super().__init__(torch.randperm(features, generator=generator))
+        perm = torch.randperm(features, generator=generator)
+        while features > 1 and torch.equal(perm, torch.arange(features)):
+            perm = torch.randperm(features, generator=generator)
+        super().__init__(perm)
 
 
 class ActNorm(Transform):
