@@ -125,11 +125,19 @@ def _temp_name(path: Path) -> str:
     return f".{path.name}."
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _mkstemp(path: Path) -> Path:
     try:
         fd, name = tempfile.mkstemp(prefix=_temp_name(path), suffix=_TMP_SUFFIX, dir=path.parent)
     except OSError as err:
         raise OutputError(f"cannot write output {path}: {err.strerror}") from None
+    # mkstemp makes the file private (0600); an output gets the permissions of any new file
+    os.chmod(fd, 0o666 & ~_umask())
     os.close(fd)
     return Path(name)
 
@@ -250,6 +258,7 @@ def atomic_directory(path: str | os.PathLike, *, force: bool = False) -> Iterato
         tmp = Path(tempfile.mkdtemp(prefix=_temp_name(path), suffix=_TMP_SUFFIX, dir=path.parent))
     except OSError as err:
         raise OutputError(f"cannot write output {path}: {err.strerror}") from None
+    os.chmod(tmp, 0o777 & ~_umask())
     old: Path | None = None
     try:
         yield tmp

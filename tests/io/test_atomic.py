@@ -39,6 +39,18 @@ def test_write_then_refuse_then_force(tmp_path):
     assert _leftovers(tmp_path) == []
 
 
+def test_outputs_get_ordinary_permissions(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        out = write_text(tmp_path / "a.txt", "x")
+        with atomic_directory(tmp_path / "d") as d:
+            (d / "f").write_text("y")
+    finally:
+        os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+
+
 def test_creates_missing_parents(tmp_path):
     out = tmp_path / "runs" / "demo" / "x.bin"
     write_bytes(out, b"\x00\x01")
