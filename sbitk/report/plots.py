@@ -50,7 +50,7 @@ def pair_plot(
     *,
     truth: Any | None = None,
     title: str | None = None,
-    bins: int = 50,
+    bins: int | None = None,
     size: float = 2.2,
 ) -> Figure:
     """Corner plot of posterior draws: marginal histograms and pairwise 2-D histograms.
@@ -60,7 +60,7 @@ def pair_plot(
         names: parameter names (default ``theta[0]``, ...).
         truth: a parameter value to mark, shape ``(D,)`` (e.g. the true one of a test case).
         title: figure title.
-        bins: histogram bins per axis.
+        bins: histogram bins per axis (default: from 10 to 50, growing with ``sqrt(n)``).
         size: inches per panel.
 
     Returns:
@@ -71,6 +71,7 @@ def pair_plot(
         >>> fig = pair_plot(np.random.default_rng(0).normal(size=(500, 3)), ["a", "b", "c"])
         >>> len([ax for ax in fig.axes if ax.get_visible()])
         6
+        >>> import matplotlib.pyplot as plt; plt.close(fig)
     """
     x = _numpy(samples)
     if x.ndim == 1:
@@ -81,6 +82,8 @@ def pair_plot(
     if len(x) == 0:
         raise PlotInputError("pair_plot samples hold no finite draw")
     dim = x.shape[1]
+    if bins is None:
+        bins = int(np.clip(np.sqrt(len(x)) / 2, 10, 50))
     names = list(names) if names is not None else [f"theta[{d}]" for d in range(dim)]
     if len(names) != dim:
         raise PlotInputError(f"pair_plot got {len(names)} names for {dim} parameters")
@@ -144,6 +147,7 @@ def plot_training(history: Mapping[str, Sequence[float]]) -> Figure:
     if val.size and np.isfinite(val).any():
         best = int(np.nanargmin(np.where(np.isfinite(val), val, np.nan)))
         ax.axvline(best + 1, color="0.5", ls="--", lw=0.8, label=f"best epoch {best + 1}")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.legend(fontsize=8)

@@ -128,6 +128,7 @@ def test_check_line_and_status_validation():
 
 
 def test_full_report_structure_and_escaping(calibrated):
+    plt.close("all")
     sections = report_sections(**calibrated)
     titles = [s.title for s in sections]
     assert titles == [
