@@ -112,6 +112,9 @@ def _check_columns(path: Path, found: list[str], expected: tuple[str, ...]) -> N
         parts.append(f"expected {len(expected)} columns ({_names(expected)}), found {len(found)}")
     if missing and all(_is_number(c) for c in found):
         parts.append("the file seems to have no header row")
+    separators = [sep for sep in (";", "\t", "|") if any(sep in c for c in found)]
+    if missing and separators:
+        parts.append(f"the file seems to separate values by {separators[0]!r}; expected ','")
     raise ObservationError(f"observed data {path}: " + "; ".join(parts))
 
 
@@ -137,6 +140,7 @@ def _read_csv(path: Path, expected: tuple[str, ...], iid: bool) -> np.ndarray:
             keep_default_na=False,
             skipinitialspace=True,
             skip_blank_lines=True,
+            encoding="utf-8-sig",  # spreadsheets often start UTF-8 files with a byte-order mark
         )
     except pd.errors.EmptyDataError:
         raise ObservationError(f"observed data {path}: the file is empty") from None
@@ -191,7 +195,7 @@ def _csv_header(path: Path) -> list[str]:
     import gzip
 
     opener = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8", newline="") as f:
+    with opener(path, "rt", encoding="utf-8-sig", newline="") as f:
         for row in csv.reader(f, skipinitialspace=True):
             if any(cell.strip() for cell in row):
                 return [cell.strip() for cell in row]

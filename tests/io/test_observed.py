@@ -83,6 +83,14 @@ def test_missing_and_extra_columns_are_listed(tmp_path):
     assert "duplicate columns 'x[0]'" in msg
 
 
+def test_spreadsheet_exports(tmp_path):
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes("x[0],x[1],x[2]\r\n1,2,3\r\n".encode("utf-8-sig"))
+    assert torch.equal(read_observed(bom, NAMES), torch.tensor([[1.0, 2.0, 3.0]]))
+    msg = _error(_csv(tmp_path, "x[0];x[1];x[2]\n1;2;3\n"))
+    assert "separate values by ';'" in msg and "extra columns 'x[0];x[1];x[2]'" in msg
+
+
 def test_headerless_file_is_recognised(tmp_path):
     msg = _error(_csv(tmp_path, "1,2,3\n4,5,6\n"))
     assert "no header row" in msg and "missing columns 'x[0]', 'x[1]', 'x[2]'" in msg
