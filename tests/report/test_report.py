@@ -3,6 +3,8 @@
 import base64
 import io
 import re
+import subprocess
+import sys
 from html.parser import HTMLParser
 
 import matplotlib.image as mpimg
@@ -217,3 +219,15 @@ def test_write_report_is_atomic_and_refuses_overwrite(tmp_path):
     write_report(path, [Section("B")], force=True)
     assert "<h2>B</h2>" in path.read_text()
     assert sorted(p.name for p in path.parent.iterdir()) == ["report.html"]
+
+
+def test_importing_io_and_report_loads_no_heavy_dependency():
+    code = (
+        "import sys\n"
+        "import sbitk.io.arviz, sbitk.io.atomic, sbitk.io.observed, sbitk.report\n"
+        "heavy = ('matplotlib', 'arviz', 'xarray', 'pandas', 'pyarrow', 'h5netcdf')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
