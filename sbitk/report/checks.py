@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -92,10 +92,23 @@ def overall_status(checks: Sequence[Check]) -> Status | None:
     return max((c.status for c in checks), key=_RANK.__getitem__)
 
 
-def training_check(history: Mapping[str, Sequence[float]]) -> Check:
-    """Training ran to finite losses; reports the best validation epoch."""
-    train = np.asarray(history.get("train_loss", []), dtype=np.float64)
-    val = np.asarray(history.get("val_loss", []), dtype=np.float64)
+def history_losses(history: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per-epoch ``(train_loss, val_loss)`` of a dict of lists or a training ``History``."""
+    if isinstance(history, Mapping):
+        train, val = history.get("train_loss", []), history.get("val_loss", [])
+    else:
+        train, val = getattr(history, "train_loss", []), getattr(history, "val_loss", [])
+    return np.asarray(train, dtype=np.float64), np.asarray(val, dtype=np.float64)
+
+
+def training_check(history: Mapping[str, Sequence[float]] | Any) -> Check:
+    """Training ran to finite losses; reports the best validation epoch.
+
+    Args:
+        history: per-epoch ``train_loss`` and ``val_loss`` lists, as a dict or as the
+            attributes of a training history object.
+    """
+    train, val = history_losses(history)
     watched = val if val.size else train
     if not watched.size:
         return Check("training", "warn", "no epochs recorded", "finite losses")

@@ -330,7 +330,7 @@ def _posterior_sections(
 
 def report_sections(
     *,
-    history: Mapping[str, Sequence[float]] | None = None,
+    history: Mapping[str, Sequence[float]] | Any | None = None,
     posterior: Any | None = None,
     parameter_names: Sequence[str] | None = None,
     truths: Any | None = None,
@@ -351,7 +351,8 @@ def report_sections(
     misspecification, then C2ST and local C2ST when given.
 
     Args:
-        history: per-epoch ``train_loss`` and ``val_loss`` lists.
+        history: per-epoch ``train_loss`` and ``val_loss`` lists (a dict, or a training
+            ``History`` with those attributes).
         posterior: draws ``(n, D)`` for one observation, ``(n, B, D)`` for several, or a mapping
             label → ``(n, D)``.
         parameter_names: names of the ``D`` parameters.

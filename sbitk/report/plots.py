@@ -51,6 +51,7 @@ def pair_plot(
     truth: Any | None = None,
     title: str | None = None,
     bins: int | None = None,
+    max_scatter: int = 5000,
     size: float = 2.2,
 ) -> Figure:
     """Corner plot of posterior draws: marginal histograms and pairwise 2-D histograms.
@@ -60,7 +61,9 @@ def pair_plot(
         names: parameter names (default ``theta[0]``, ...).
         truth: a parameter value to mark, shape ``(D,)`` (e.g. the true one of a test case).
         title: figure title.
-        bins: histogram bins per axis (default: from 10 to 50, growing with ``sqrt(n)``).
+        bins: histogram bins per axis (default: ``sqrt(n)`` clipped to 20 ... 60).
+        max_scatter: up to this many draws the pairs are a scatter plot (fine shapes stay
+            visible); above it, a 2-D histogram.
         size: inches per panel.
 
     Returns:
@@ -83,7 +86,7 @@ def pair_plot(
         raise PlotInputError("pair_plot samples hold no finite draw")
     dim = x.shape[1]
     if bins is None:
-        bins = int(np.clip(np.sqrt(len(x)) / 2, 10, 50))
+        bins = int(np.clip(np.sqrt(len(x)), 20, 60))
     names = list(names) if names is not None else [f"theta[{d}]" for d in range(dim)]
     if len(names) != dim:
         raise PlotInputError(f"pair_plot got {len(names)} names for {dim} parameters")
@@ -107,9 +110,12 @@ def pair_plot(
                 if mark is not None:
                     ax.axvline(mark[i], color="C3", lw=1)
             else:
-                ax.hist2d(
-                    x[:, j], x[:, i], bins=bins, range=[[lo[j], hi[j]], [lo[i], hi[i]]], cmin=1
-                )
+                if len(x) <= max_scatter:
+                    alpha = float(np.clip(200 / len(x), 0.05, 0.8))
+                    ax.scatter(x[:, j], x[:, i], s=2, alpha=alpha, color="C0", linewidths=0)
+                else:
+                    extent = [[lo[j], hi[j]], [lo[i], hi[i]]]
+                    ax.hist2d(x[:, j], x[:, i], bins=bins, range=extent, cmin=1)
                 ax.set_ylim(lo[i], hi[i])
                 if mark is not None:
                     ax.plot(mark[j], mark[i], "+", color="C3", ms=10, mew=2)
@@ -128,22 +134,24 @@ def pair_plot(
     return fig
 
 
-def plot_training(history: Mapping[str, Sequence[float]]) -> Figure:
+def plot_training(history: Mapping[str, Sequence[float]] | Any) -> Figure:
     """Training and validation loss per epoch, the best validation epoch marked.
 
     Args:
-        history: lists per epoch under ``train_loss`` and (optionally) ``val_loss``.
+        history: lists per epoch under ``train_loss`` and (optionally) ``val_loss``, as a dict
+            or as the attributes of a training history object.
 
     Returns:
         A matplotlib Figure.
     """
+    from sbitk.report.checks import history_losses
+
+    train, val = history_losses(history)
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for key, label in (("train_loss", "training"), ("val_loss", "validation")):
-        values = _numpy(history.get(key, []))
+    for values, label in ((train, "training"), (val, "validation")):
         if values.size:
             ax.plot(np.arange(1, values.size + 1), values, label=label)
-    val = _numpy(history.get("val_loss", []))
     if val.size and np.isfinite(val).any():
         best = int(np.nanargmin(np.where(np.isfinite(val), val, np.nan)))
         ax.axvline(best + 1, color="0.5", ls="--", lw=0.8, label=f"best epoch {best + 1}")

@@ -120,6 +120,14 @@ def test_training_check_edge_cases():
     improving = ch.training_check({"train_loss": [2.0, 1.0], "val_loss": [2.0, 1.5]})
     assert improving.status == "pass" and "still improving" in improving.detail
     assert "epoch 2 of 2" in improving.statistic
+    from sbitk.inference.training import History
+
+    history = History(train_loss=[2.0, 1.0, 0.9], val_loss=[2.1, 1.2, 1.3])
+    check = ch.training_check(history)
+    assert check.status == "pass" and "1.2 at epoch 2 of 3" in check.statistic
+    sections = report_sections(history=history)
+    assert sections[0].checks == (check,) and len(sections[0].figures) == 1
+    plt.close("all")
 
 
 def test_check_line_and_status_validation():
