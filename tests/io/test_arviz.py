@@ -206,3 +206,7 @@ def test_reading_a_missing_or_corrupt_file(tmp_path):
     (tmp_path / "bad.nc").write_bytes(b"not netcdf")
     with pytest.raises(ResultFileError, match="unreadable"):
         read_inference_data(tmp_path / "bad.nc")
+    path = write_inference_data(to_inference_data(np.zeros((1, 10, 2)), NAMES), tmp_path / "t.nc")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ResultFileError, match="unreadable as NetCDF"):
+        read_inference_data(path)
