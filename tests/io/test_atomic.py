@@ -87,6 +87,20 @@ def test_read_only_directory_is_a_clear_error(tmp_path):
         ro.chmod(0o700)
 
 
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs Linux sysfs")
+def test_unwritable_filesystem_is_a_clear_error():
+    # sysfs refuses new files even to root, unlike a chmod-ed directory
+    for out in (Path("/sys/sbitk-output.txt"), Path("/sys/sbitk-output.d")):
+        with pytest.raises(OutputError) as info:
+            if out.suffix:
+                write_text(out, "x")
+            else:
+                with atomic_directory(out):
+                    pass
+        assert str(out) in str(info.value) and "\n" not in str(info.value)
+        assert not out.exists()
+
+
 def test_exception_inside_block_keeps_old_content_and_cleans_up(tmp_path):
     out = tmp_path / "a.txt"
     out.write_text("old")
