@@ -22,6 +22,7 @@ LAYERS = [
     "diagnostics",
     "io",
     "report",
+    "workflow",
     "cli",
 ]
 
