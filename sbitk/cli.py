@@ -14,6 +14,7 @@ import hashlib
 import importlib
 import importlib.util
 import json
+import math
 import sys
 import warnings
 from collections.abc import Callable
@@ -281,6 +282,298 @@ def _dask_client(address: str):
         raise SbitkError(f"cannot reach the Dask scheduler at {address!r}: {exc}") from exc
 
 
+# ---- train, sample, diagnose, run ------------------------------------------------------------
+def _estimator_names() -> list[str]:
+    # Kept in sync with the estimator table by a test; listed here so that --help needs no torch.
+    return ["nsf", "maf", "realnvp", "glow", "nice", "gaussian"]
+
+
+def _device_option(f):
+    return click.option(
+        "--device", default="auto", show_default=True,
+        help="Where to run: auto (CUDA when present), cpu, cuda, cuda:1, ...",
+    )(f)  # fmt: skip
+
+
+def _seed_option(f):
+    return click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)(f)
+
+
+def _force_option(f):
+    return click.option("--force", is_flag=True, help="Overwrite an existing output.")(f)
+
+
+def _progress() -> bool:
+    return sys.stderr.isatty()
+
+
+def _simulator_or_none(spec: str | None):
+    return None if spec is None else load_simulator(spec)
+
+
+def _warn_flagged(result) -> None:
+    mis = result.misspecification
+    if mis is None:
+        return
+    for i in result.flagged:
+        verdict = mis.observations[i]
+        click.echo(
+            f"warning: observation {i} looks misspecified ({mis.test} p-value "
+            f"{verdict.p_value:.3g} < {mis.alpha}): the simulator may not be able to produce it; "
+            "recorded in the result file",
+            err=True,
+        )
+
+
+@main.command()
+@click.argument("bank", type=click.Path(path_type=Path))
+@click.option("--method", type=click.Choice(["npe", "nle"]), default="npe", show_default=True,
+              help="npe: learn the posterior; nle: the likelihood (MCMC).")  # fmt: skip
+@click.option("--estimator", type=click.Choice(_estimator_names()), default="nsf",
+              show_default=True, help="The conditional density estimator.")  # fmt: skip
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Model file to write (.safetensors).")  # fmt: skip
+@click.option("--epochs", "--max-epochs", "max_epochs", type=click.IntRange(min=1), default=200,
+              show_default=True, help="Most passes over the bank.")  # fmt: skip
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=2e-3,
+              show_default=True)  # fmt: skip
+@_seed_option
+@_device_option
+@_force_option
+def train(
+    bank: Path,
+    method: str,
+    estimator: str,
+    output: Path,
+    max_epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    device: str,
+    force: bool,
+) -> None:
+    """Train a posterior (NPE) or likelihood (NLE) estimator on BANK; write a model file.
+
+    \b
+    Example:
+      sbitk train runs/demo/bank.zarr --method npe --estimator nsf -o runs/demo/model.safetensors
+      sbitk train bank.zarr --method nle --estimator maf -o nle.safetensors --device cuda
+    """
+    from sbitk import workflow
+    from sbitk.inference.training import TrainConfig
+
+    config = TrainConfig(
+        max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+        device=device, progress=_progress(),
+    )  # fmt: skip
+    posterior = workflow.train(
+        bank, output, method=method, estimator=estimator, config=config, force=force
+    )
+    history = posterior.history
+    click.echo(
+        f"trained {method.upper()} ({estimator}) in {history.epochs} epochs "
+        f"({history.time_s:.1f} s, {history.stop_reason or 'done'}); best validation loss "
+        f"{history.best_val_loss:.4g} at epoch {history.best_epoch + 1}; wrote {output}"
+    )
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--observed", type=click.Path(path_type=Path), required=True,
+              help="CSV or Parquet file, one column per simulator output.")  # fmt: skip
+@click.option("-n", "--num-samples", "n", type=click.IntRange(min=1), default=1000,
+              show_default=True, help="Posterior draws per observation.")  # fmt: skip
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Result file to write (ArviZ InferenceData, NetCDF .nc).")  # fmt: skip
+@click.option("--iid", is_flag=True,
+              help="The rows are i.i.d. trials of one observation (NLE models).")  # fmt: skip
+@click.option("--bank", type=click.Path(path_type=Path), default=None,
+              help="The training bank: its rows give the prior draws and the misspecification "
+              "reference.")  # fmt: skip
+@click.option("--predictive", is_flag=True,
+              help="Simulate x for every draw (a posterior_predictive group).")  # fmt: skip
+@click.option("--no-misspecification-check", "skip_check", is_flag=True,
+              help="Skip the misspecification test that runs by default.")  # fmt: skip
+@click.option("--simulator", "simulator_spec", metavar="NAME|FILE.py:NAME", default=None,
+              help="The simulator, when it is not registered [default: the model's].")  # fmt: skip
+@_seed_option
+@_device_option
+@_force_option
+def sample(
+    model: Path,
+    observed: Path,
+    n: int,
+    output: Path,
+    iid: bool,
+    bank: Path | None,
+    predictive: bool,
+    skip_check: bool,
+    simulator_spec: str | None,
+    seed: int,
+    device: str,
+    force: bool,
+) -> None:
+    """Sample the posterior of MODEL at the observed data; write ArviZ InferenceData.
+
+    The misspecification check (MMD against prior-predictive simulations) runs by default: a
+    flagged observation prints a warning and is recorded in the file's attributes.
+
+    \b
+    Example:
+      sbitk sample runs/demo/model.safetensors --observed examples/two_moons_observed.csv \\
+          -n 2000 -o runs/demo/posterior.nc --bank runs/demo/bank.zarr
+    """
+    from sbitk import workflow
+
+    result = workflow.sample(
+        model, observed, output, n=n, iid=iid, seed=seed, device=device, force=force,
+        predictive=predictive, bank=bank, simulator=_simulator_or_none(simulator_spec),
+        check_misspecification=not skip_check, progress=_progress(),
+    )  # fmt: skip
+    _warn_flagged(result)
+    shape = dict(result.idata.posterior.theta.sizes)
+    dims = ", ".join(f"{k}={v}" for k, v in shape.items())
+    click.echo(f"wrote {output}: posterior theta ({dims})")
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--bank", type=click.Path(path_type=Path), required=True,
+              help="The bank the model was trained on.")  # fmt: skip
+@click.option("--observed", type=click.Path(path_type=Path), default=None,
+              help="Observed data: adds predictive and misspecification checks.")  # fmt: skip
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="HTML report to write.")  # fmt: skip
+@click.option(
+    "--iid", is_flag=True, help="The observed rows are i.i.d. trials of one observation."
+)
+@click.option("--num-simulations", type=click.IntRange(min=10), default=300, show_default=True,
+              help="Fresh simulations for the calibration checks.")  # fmt: skip
+@click.option("--num-posterior-samples", type=click.IntRange(min=10), default=500,
+              show_default=True, help="Posterior draws per simulation.")  # fmt: skip
+@click.option("--simulator", "simulator_spec", metavar="NAME|FILE.py:NAME", default=None,
+              help="The simulator, when it is not registered [default: the bank's].")  # fmt: skip
+@_seed_option
+@_device_option
+@_force_option
+def diagnose(
+    model: Path,
+    bank: Path,
+    observed: Path | None,
+    output: Path,
+    iid: bool,
+    num_simulations: int,
+    num_posterior_samples: int,
+    simulator_spec: str | None,
+    seed: int,
+    device: str,
+    force: bool,
+) -> None:
+    """Check a model's calibration and write an HTML report; exit 1 when a check fails.
+
+    SBC, expected coverage, TARP and z-score/contraction run on fresh simulations (never the
+    training rows); with --observed, also posterior predictive and misspecification checks.
+
+    \b
+    Example:
+      sbitk diagnose runs/demo/model.safetensors --bank runs/demo/bank.zarr \\
+          --observed examples/two_moons_observed.csv -o runs/demo/report.html
+    """
+    from sbitk import workflow
+
+    result = workflow.diagnose(
+        model, bank, output, observed=observed, iid=iid, n_simulations=num_simulations,
+        n_posterior_samples=num_posterior_samples, seed=seed, device=device, force=force,
+        simulator=_simulator_or_none(simulator_spec), progress=_progress(),
+    )  # fmt: skip
+    for check in result.checks:
+        click.echo(check.line())
+    click.echo(f"wrote {output}")
+    if result.failed:
+        click.get_current_context().exit(EXIT_CHECK_FAILED)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--observed", type=click.Path(path_type=Path), required=True,
+              help="CSV or Parquet file, one column per simulator output.")  # fmt: skip
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Run directory (bank, model, result, report and manifest).")  # fmt: skip
+@click.option("-n", "--num-simulations", type=click.IntRange(min=10), default=10_000,
+              show_default=True)  # fmt: skip
+@click.option("--method", type=click.Choice(["npe", "nle"]), default="npe", show_default=True)
+@click.option("--estimator", type=click.Choice(_estimator_names()), default="nsf",
+              show_default=True)  # fmt: skip
+@click.option("--epochs", "--max-epochs", "max_epochs", type=click.IntRange(min=1), default=200,
+              show_default=True)  # fmt: skip
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--num-samples", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="Posterior draws per observation.")  # fmt: skip
+@click.option("--diagnose-simulations", type=click.IntRange(min=10), default=300,
+              show_default=True, help="Fresh simulations for the calibration checks.")  # fmt: skip
+@click.option("--diagnose-samples", type=click.IntRange(min=10), default=500, show_default=True,
+              help="Posterior draws per fresh simulation.")  # fmt: skip
+@click.option(
+    "--iid", is_flag=True, help="The observed rows are i.i.d. trials of one observation."
+)
+@click.option("--predictive", is_flag=True, help="Add posterior predictive draws to the result.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Local simulation processes [default: the available cores].")  # fmt: skip
+@_seed_option
+@_device_option
+@click.option("--force", is_flag=True, help="Recompute everything, even what could be reused.")
+def run(
+    name: str,
+    observed: Path,
+    output: Path,
+    num_simulations: int,
+    method: str,
+    estimator: str,
+    max_epochs: int,
+    batch_size: int,
+    num_samples: int,
+    diagnose_simulations: int,
+    diagnose_samples: int,
+    iid: bool,
+    predictive: bool,
+    workers: int | None,
+    seed: int,
+    device: str,
+    force: bool,
+) -> None:
+    """Run the whole chain for simulator NAME: simulate, train, sample, diagnose.
+
+    Writes bank.zarr, model.safetensors, posterior.nc, report.html and manifest.json into the
+    output directory. A rerun reuses the bank and the model when the manifest shows they were
+    made with the same inputs, and recomputes what changed. Exit 1 when a check fails.
+
+    \b
+    Example:
+      sbitk run two_moons --observed examples/two_moons_observed.csv -o runs/demo
+      sbitk run slcp --observed obs.csv -o runs/slcp -n 50000 --method nle --estimator maf
+    """
+    from sbitk import workflow
+
+    options = workflow.RunOptions(
+        num_simulations=num_simulations, method=method, estimator=estimator,
+        max_epochs=max_epochs, batch_size=batch_size, n_samples=num_samples,
+        n_diagnose=diagnose_simulations, n_diagnose_samples=diagnose_samples, iid=iid,
+        predictive=predictive, seed=seed, device=device, workers=workers,
+    )  # fmt: skip
+    result = workflow.run(
+        load_simulator(name), observed, output, options, force=force, progress=_progress(),
+        log=lambda line: click.echo(line, err=True),
+    )  # fmt: skip
+    _warn_flagged(result.sample)
+    for check in result.diagnose.checks:
+        click.echo(check.line())
+    click.echo(f"posterior samples: {result.result}")
+    click.echo(f"report: {result.report}")
+    if result.diagnose.failed:
+        click.get_current_context().exit(EXIT_CHECK_FAILED)
+
+
 # ---- inspect ---------------------------------------------------------------------------------
 def _zarr_attrs(path: Path) -> dict | None:
     try:
@@ -303,21 +596,111 @@ def _describe_bank(path: Path) -> str:
     return Bank.open(path).summary()
 
 
+def _is_model(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    if path.suffix == ".safetensors":
+        return True
+    try:  # a safetensors file starts with an 8-byte header length, then a JSON header
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and path.suffix not in (".nc", ".h5")
+
+
+def _describe_model(path: Path) -> str:
+    from sbitk.io.modelfile import load_model, read_metadata
+
+    meta = read_metadata(path)
+    load_model(path)  # checks the checksum and the weights, not only the header
+    est = meta["estimator"]
+    training = meta.get("training") or {}
+    kind = "posterior" if meta["role"] == "npe" else "likelihood"
+    lines = [
+        f"model file {path} (format {meta['format_version']}, sbitk {meta['sbitk_version']})",
+        f"  method: {meta['role'].upper()} ({kind} estimator {est['name']})",
+        f"  simulator: {meta['simulator_name']}",
+        f"  parameters: {', '.join(meta['parameter_names'])}",
+        f"  outputs: {', '.join(meta['output_names'])}",
+        f"  prior: {_format_spec(meta['prior'])}",
+    ]
+    if training:
+        lines.append(
+            f"  training: {training.get('epochs')} epochs, best validation loss "
+            f"{training.get('best_val_loss', float('nan')):.4g} at epoch "
+            f"{(training.get('best_epoch') or 0) + 1}, {training.get('n_train')} training rows, "
+            f"{training.get('time_s')} s on {training.get('device')}"
+        )
+    n_weights = sum(math.prod(shape) for _, shape in meta["tensors"].values())
+    lines.append(f"  weights: {len(meta['tensors'])} tensors, {n_weights} values")
+    return "\n".join(lines)
+
+
+def _is_result(path: Path) -> bool:
+    return path.is_file() and path.suffix in (".nc", ".netcdf", ".h5")
+
+
+def _describe_result(path: Path) -> str:
+    import numpy as np
+
+    from sbitk.io.arviz import read_inference_data
+
+    idata = read_inference_data(path)
+    attrs = dict(idata.attrs) if hasattr(idata, "attrs") and idata.attrs else {}
+    if not attrs and "posterior" in idata.groups():
+        attrs = dict(idata.posterior.attrs)
+    lines = [f"result file {path} (ArviZ InferenceData)"]
+    for group in idata.groups():
+        ds = getattr(idata, group)
+        parts = []
+        for name, var in ds.data_vars.items():
+            dims = ", ".join(f"{d}={n}" for d, n in var.sizes.items())
+            parts.append(f"{name} ({dims})")
+        lines.append(f"  {group}: {'; '.join(parts)}")
+    if "posterior" in idata.groups() and "parameter" in idata.posterior.coords:
+        theta = idata.posterior.theta
+        names = [str(v) for v in idata.posterior.parameter.values]
+        mean = theta.mean([d for d in theta.dims if d in ("chain", "draw")])
+        sd = theta.std([d for d in theta.dims if d in ("chain", "draw")])
+        if "observation" not in theta.dims:
+            stats = ", ".join(
+                f"{n} {float(m):.4g} ± {float(s):.3g}"
+                for n, m, s in zip(names, mean.values, sd.values)
+            )
+            lines.append(f"  posterior mean ± sd: {stats}")
+    for key in ("simulator", "method", "seed", "model_sha256", "sbitk_version", "created_at"):
+        if key in attrs:
+            lines.append(f"  {key}: {attrs[key]}")
+    if "misspecification_flagged" in attrs:
+        flagged = np.atleast_1d(attrs["misspecification_flagged"]).astype(int)
+        which = [str(i) for i, f in enumerate(flagged) if f]
+        lines.append(
+            f"  misspecification ({attrs.get('misspecification_test', '?')}): "
+            + (f"flagged observation(s) {', '.join(which)}" if which else "nothing flagged")
+        )
+    return "\n".join(lines)
+
+
 #: What `sbitk inspect` recognises, tried in order: (kind, test, describe). A new file type
-#: (model file, results) is one more row.
+#: is one more row.
 INSPECTORS: list[tuple[str, Callable[[Path], bool], Callable[[Path], str]]] = [
     ("simulation bank", _is_bank, _describe_bank),
+    ("model file", _is_model, _describe_model),
+    ("result file", _is_result, _describe_result),
 ]
 
 
 @main.command()
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 def inspect(path: Path) -> None:
-    """Say what a file holds: for a simulation bank, its summary.
+    """Say what a file holds: a simulation bank, a model file or a result (.nc) file.
 
     \b
     Example:
       sbitk inspect runs/demo/bank.zarr
+      sbitk inspect runs/demo/model.safetensors
+      sbitk inspect runs/demo/posterior.nc
     """
     for _, test, describe in INSPECTORS:
         if test(path):
