@@ -112,14 +112,18 @@ def bank_info(bank) -> dict:
     return info
 
 
+def is_bank(obj) -> bool:
+    """Whether ``obj`` looks like a simulation bank (checked on the class: reads no data)."""
+    return hasattr(type(obj), "iter_chunks") and hasattr(type(obj), "theta")
+
+
 def bank_nbytes(bank) -> int:
-    """Bytes θ and x of a bank take in memory as float32."""
-    rows = len(bank) if hasattr(bank, "__len__") else int(bank_arrays(bank)[0].shape[0])
-    theta_dim = int(getattr(bank, "theta_dim", 0) or 0)
-    x_dim = int(getattr(bank, "x_dim", 0) or 0)
-    if not (theta_dim and x_dim):
+    """Bytes θ and x of a bank take in memory as float32 (0 when unknown)."""
+    attrs = dict(getattr(bank, "attrs", {}) or {})
+    names = attrs.get("parameter_names"), attrs.get("output_names")
+    if not all(isinstance(n, list) for n in names) or not hasattr(bank, "__len__"):
         return 0
-    return 4 * rows * (theta_dim + x_dim)
+    return 4 * len(bank) * (len(names[0]) + len(names[1]))
 
 
 class BankChunks:
@@ -129,29 +133,27 @@ class BankChunks:
     ``(inputs, context)`` pair a role trains on by ``to_pair(theta, x)``.
 
     Args:
-        bank: A bank with ``iter_chunks()`` yielding ``(theta, x, valid)`` and, for random
-            access, ``n_chunks`` and ``read_chunk(i)``; without random access the chunks are
-            read in order once and kept (only for banks that fit in memory).
+        bank: A bank with ``num_chunks`` and ``iter_chunks(order=[i, ...])`` yielding
+            ``(theta, x, valid)`` for the chunks asked for.
         prior: Used to drop θ outside its support.
         to_pair: Maps clean ``(theta, x)`` to ``(inputs, context)``.
     """
 
     def __init__(self, bank, prior, to_pair: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]):
         self.bank, self.prior, self.to_pair = bank, prior, to_pair
-        self._cache: list | None = None
-        if hasattr(bank, "n_chunks") and hasattr(bank, "read_chunk"):
-            self.n_chunks = int(bank.n_chunks)
-        else:
-            self._cache = list(bank.iter_chunks())
-            self.n_chunks = len(self._cache)
+        if not hasattr(bank, "num_chunks"):
+            raise BankError(f"cannot stream {type(bank).__name__}: it has no num_chunks")
+        self.n_chunks = int(bank.num_chunks)
         self._reports: dict[int, RowReport] = {}
 
     def load(self, index: int) -> tuple[Tensor, Tensor]:
         if not 0 <= index < self.n_chunks:
             raise BankError(f"chunk index must be in [0, {self.n_chunks}), got {index}")
-        theta, x, valid = (
-            self._cache[index] if self._cache is not None else self.bank.read_chunk(index)
-        )
+        chunk = next(iter(self.bank.iter_chunks(order=[index])), None)
+        if chunk is None:  # a chunk with no finished rows
+            d = len(getattr(self.bank, "output_names", [])) or 1
+            chunk = (torch.zeros(0, self.prior.dim), torch.zeros(0, d), None)
+        theta, x, valid = chunk
         theta, x = torch.as_tensor(theta), torch.as_tensor(x)
         valid = None if valid is None else torch.as_tensor(valid)
         theta, x, report = clean_rows(theta.float(), x.float(), valid, self.prior)
@@ -186,6 +188,8 @@ __all__ = [
     "RowReport",
     "bank_arrays",
     "bank_info",
+    "bank_nbytes",
+    "is_bank",
     "check_pair",
     "clean_rows",
     "memory_limit_bytes",

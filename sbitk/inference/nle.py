@@ -51,6 +51,7 @@ from sbitk.inference.data import (
     bank_nbytes,
     check_pair,
     clean_rows,
+    is_bank,
     memory_limit_bytes,
 )
 from sbitk.inference.estimators import build_estimator
@@ -148,7 +149,7 @@ class NLE:
                 than half of the memory.
         """
         source, valid = None, None
-        if hasattr(theta, "iter_chunks") and hasattr(theta, "theta"):
+        if is_bank(theta):
             bank = theta
             if x is not None:
                 raise SbitkError("fit(bank) takes no x: the bank holds both theta and x")

@@ -44,6 +44,7 @@ from sbitk.inference.data import (
     bank_nbytes,
     check_pair,
     clean_rows,
+    is_bank,
     memory_limit_bytes,
     warn_excluded,
 )
@@ -51,10 +52,6 @@ from sbitk.inference.estimators import build_estimator
 from sbitk.inference.training import History, TrainConfig, train
 from sbitk.posteriors.direct import DirectPosterior
 from sbitk.simulation.priors import Prior, as_prior, prior_from_spec
-
-
-def _is_bank(obj) -> bool:
-    return hasattr(obj, "iter_chunks") and hasattr(obj, "theta")
 
 
 class NPE:
@@ -134,7 +131,7 @@ class NPE:
             :attr:`report` and announced by a warning.
         """
         source = None
-        if _is_bank(theta):
+        if is_bank(theta):
             bank = theta
             if x is not None:
                 raise SbitkError("fit(bank) takes no x: the bank holds both theta and x")

@@ -367,29 +367,38 @@ def train(
             total = torch.zeros((), device=device)
             count = 0
             finite = torch.ones((), dtype=torch.bool, device=device)
-            for a, c in epoch_batches():
-                scale = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * scale
-                loss = model.loss(a, c).mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.clip_grad_norm is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
-                optimizer.step()
+            try:
+                for a, c in epoch_batches():
+                    scale = (
+                        min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1
+                    )
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr * scale
+                    loss = model.loss(a, c).mean()
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if config.clip_grad_norm is not None:
+                        nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
+                    optimizer.step()
+                    if ema is not None:
+                        ema.update(params)
+                    finite = finite & torch.isfinite(loss.detach())
+                    total = total + loss.detach() * a.shape[0]
+                    count += a.shape[0]
+                    step += 1
+                model.eval()
                 if ema is not None:
-                    ema.update(params)
-                finite = finite & torch.isfinite(loss.detach())
-                total = total + loss.detach() * a.shape[0]
-                count += a.shape[0]
-                step += 1
-            model.eval()
-            if ema is not None:
-                ema.swap(params)  # validate (and keep) the averaged weights
-            with torch.no_grad():
-                val = _mean_loss(model, val_a, val_c, val_size)
-            # One synchronisation per epoch: the flag, the two means.
-            ok = bool(finite & torch.isfinite(val))
+                    ema.swap(params)  # validate (and keep) the averaged weights
+                with torch.no_grad():
+                    val = _mean_loss(model, val_a, val_c, val_size)
+                # One synchronisation per epoch: the flag and the validation loss.
+                ok = bool(finite & torch.isfinite(val))
+            except (ValueError, RuntimeError):
+                # Weights turned NaN by an earlier step make some models raise (argument
+                # validation of torch distributions, say): that is the same event.
+                if all(bool(torch.isfinite(p).all()) for p in params):
+                    raise
+                ok = False
             if history.n_train < 0:
                 history.n_train = count
             if not ok:

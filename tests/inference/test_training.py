@@ -1,0 +1,280 @@
+"""The training engine: early stopping, determinism, NaN recovery, streaming, configuration."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from sbitk.errors import SbitkError, TrainingError
+from sbitk.inference.estimators import ConditionalGaussian
+from sbitk.inference.training import ChunkSource, History, TrainConfig, resolve_device, train
+
+FAST = dict(progress=False, max_epochs=40, batch_size=256)
+
+
+def linear_data(n: int, seed: int = 0, noise: float = 0.5):
+    g = torch.Generator().manual_seed(seed)
+    c = torch.randn(n, 2, generator=g)
+    a = c @ torch.tensor([[1.0], [-2.0]]) + noise * torch.randn(n, 1, generator=g)
+    return a, c
+
+
+def ideal_loss(noise: float = 0.5) -> float:
+    """Expected negative log density of N(mean, noise²) at its own draws."""
+    return 0.5 * math.log(2 * math.pi * noise**2) + 0.5
+
+
+def held_out_loss(model, a, c) -> float:
+    with torch.no_grad():
+        return float(model.loss(a, c).mean())
+
+
+def test_training_reaches_the_ideal_loss_and_fills_the_history():
+    a, c = linear_data(2000)
+    model = ConditionalGaussian(1, 2)
+    history = train(model, a, c, TrainConfig(**FAST))
+    test_a, test_c = linear_data(4000, seed=1)
+    # The estimator's family holds the truth: held-out loss within 0.05 nats of the entropy.
+    assert held_out_loss(model, test_a, test_c) == pytest.approx(ideal_loss(), abs=0.05)
+    assert isinstance(history, History)
+    assert history.epochs == len(history.val_loss) == len(history.learning_rate)
+    assert history.best_val_loss == min(history.val_loss)
+    assert history.n_train + history.n_val == 2000
+    assert history.time_s > 0 and history.stop_reason
+    assert not model.training
+
+
+class Drifting(nn.Module):
+    """Training pulls w towards a target that sweeps 0 → 10; validation wants w = 3.
+
+    So the validation loss falls while w passes 3, then rises: the best epoch is in the middle.
+    Every validation call records the weights it saw.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(()))
+        self.steps = 0
+        self.snapshots = []
+
+    def loss(self, inputs, context):
+        if self.training:
+            self.steps += 1
+            target = min(10.0, self.steps / 10)
+            return 0.5 * (self.w - target) ** 2 * torch.ones(inputs.shape[0])
+        self.snapshots.append(self.w.detach().clone())
+        return 0.5 * (self.w - 3.0) ** 2 * torch.ones(inputs.shape[0])
+
+
+def test_early_stopping_restores_the_weights_of_the_best_epoch():
+    model = Drifting()
+    a = torch.zeros(1000, 1)
+    cfg = TrainConfig(
+        progress=False,
+        max_epochs=100,
+        patience=5,
+        lr_patience=100,
+        weight_decay=0.0,
+        learning_rate=0.2,
+        warmup_steps=0,
+        batch_size=100,
+    )
+    history = train(model, a, None, cfg)
+    assert "no validation improvement in 5 epochs" in history.stop_reason
+    assert history.epochs == history.best_epoch + 1 + 5
+    assert history.val_loss[-1] > history.best_val_loss + 0.1
+    assert float(model.w.detach()) == pytest.approx(3.0, abs=0.5)
+    assert torch.equal(model.w.detach(), model.snapshots[history.best_epoch])
+    assert not torch.equal(model.w.detach(), model.snapshots[-1])
+
+
+def test_validation_loss_is_best_at_the_reported_epoch_for_a_real_model():
+    a, c = linear_data(600)
+    model = ConditionalGaussian(1, 2, hidden_features=(128, 128))
+    history = train(model, a, c, TrainConfig(**FAST, patience=4))
+    assert history.val_loss[history.best_epoch] == history.best_val_loss
+
+
+def test_the_same_seed_gives_the_same_model_and_another_seed_does_not():
+    a, c = linear_data(1000)
+
+    def run(seed):
+        torch.manual_seed(123)  # the engine must not depend on the caller's global RNG
+        model = ConditionalGaussian(1, 2)
+        torch.manual_seed(999)
+        history = train(model, a, c, TrainConfig(**FAST | {"max_epochs": 5}, seed=seed))
+        return model.state_dict(), history
+
+    s1, h1 = run(0)
+    s2, h2 = run(0)
+    _, h3 = run(1)
+    assert h1.val_loss == h2.val_loss
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    assert h1.val_loss != h3.val_loss
+
+
+def test_training_leaves_the_global_rng_alone():
+    a, c = linear_data(300)
+    model = ConditionalGaussian(1, 2)
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    train(model, a, c, TrainConfig(**FAST | {"max_epochs": 2}))
+    assert torch.equal(torch.rand(3), expected)
+
+
+class NaNAt(ConditionalGaussian):
+    """A real Gaussian estimator whose loss is NaN at the training steps listed."""
+
+    def __init__(self, steps, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.bad_steps, self.step = set(steps), 0
+
+    def loss(self, inputs, context=None):
+        out = super().loss(inputs, context)
+        if self.training:
+            self.step += 1
+            if self.step in self.bad_steps or (-1 in self.bad_steps and self.step > 20):
+                out = out * torch.tensor(float("nan"))
+        return out
+
+
+def test_a_nan_loss_is_recovered_from_by_restoring_and_lowering_the_learning_rate():
+    a, c = linear_data(2000)
+    model = NaNAt({40}, 1, 2)
+    cfg = TrainConfig(**FAST)
+    history = train(model, a, c, cfg)
+    assert history.nan_recoveries == 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert all(math.isfinite(v) for v in history.val_loss)
+    # The epochs after the recovery ran with a lowered rate.
+    assert min(history.learning_rate) <= cfg.learning_rate * cfg.nan_lr_factor
+    test_a, test_c = linear_data(2000, seed=1)
+    assert held_out_loss(model, test_a, test_c) == pytest.approx(ideal_loss(), abs=0.1)
+
+
+def test_a_persistent_nan_loss_raises_a_training_error_naming_the_epoch():
+    a, c = linear_data(1000)
+    model = NaNAt({-1}, 1, 2)
+    with pytest.raises(TrainingError, match=r"epoch \d+") as info:
+        train(model, a, c, TrainConfig(**FAST, max_nan_recoveries=2))
+    assert "recoveries" in str(info.value)
+    # The weights left behind are the best finite ones, not NaN.
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+class ListChunks:
+    """A chunk source over tensors held in memory (what a bank provides, minus the disk)."""
+
+    def __init__(self, a, c, size):
+        self.parts = list(zip(a.split(size), c.split(size)))
+        self.n_chunks = len(self.parts)
+        self.loaded = []
+
+    def load(self, index):
+        self.loaded.append(index)
+        return self.parts[index]
+
+
+def test_streaming_from_chunks_trains_as_well_as_in_memory():
+    a, c = linear_data(3000)
+    test_a, test_c = linear_data(4000, seed=1)
+    source = ListChunks(a, c, 250)
+    assert isinstance(source, ChunkSource)
+    streamed = ConditionalGaussian(1, 2)
+    history = train(streamed, source, None, TrainConfig(**FAST))
+    in_memory = ConditionalGaussian(1, 2)
+    train(in_memory, a, c, TrainConfig(**FAST))
+    assert held_out_loss(streamed, test_a, test_c) == pytest.approx(ideal_loss(), abs=0.05)
+    assert held_out_loss(streamed, test_a, test_c) == pytest.approx(
+        held_out_loss(in_memory, test_a, test_c), abs=0.03
+    )
+    # One chunk in ten held out, the other nine visited every epoch in a shuffled order.
+    assert history.n_val == 250 and history.n_train == 2750
+    # Loads: the validation chunk, four chunks for standardisation, then epochs of 11 chunks.
+    val_chunk = source.loaded[0]
+    epochs = [source.loaded[5 + 11 * k : 5 + 11 * (k + 1)] for k in range(2)]
+    assert all(sorted(e) == sorted(set(range(12)) - {val_chunk}) for e in epochs)
+    assert epochs[0] != epochs[1] and epochs[0] != sorted(epochs[0])
+
+
+def test_streaming_needs_two_chunks_and_no_separate_context():
+    a, c = linear_data(100)
+    with pytest.raises(SbitkError, match="at least 2 chunks"):
+        train(ConditionalGaussian(1, 2), ListChunks(a, c, 100), None, TrainConfig(**FAST))
+    with pytest.raises(SbitkError, match="context comes from the chunks"):
+        train(ConditionalGaussian(1, 2), ListChunks(a, c, 10), c, TrainConfig(**FAST))
+
+
+def test_ema_weights_train_to_the_same_quality():
+    a, c = linear_data(2000)
+    model = ConditionalGaussian(1, 2)
+    train(model, a, c, TrainConfig(**FAST, ema_decay=0.95))
+    test_a, test_c = linear_data(4000, seed=1)
+    assert held_out_loss(model, test_a, test_c) == pytest.approx(ideal_loss(), abs=0.05)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("batch_size", 0),
+        ("learning_rate", -1.0),
+        ("schedule", "step"),
+        ("lr_decay", 1.5),
+        ("validation_fraction", 1.0),
+        ("clip_grad_norm", 0.0),
+        ("ema_decay", 1.0),
+    ],
+)
+def test_bad_config_values_are_refused_by_name(field, value):
+    with pytest.raises(SbitkError, match=rf"TrainConfig\.{field}"):
+        TrainConfig(**{field: value})
+
+
+def test_bad_data_is_refused_with_clear_errors():
+    a, c = linear_data(50)
+    model = ConditionalGaussian(1, 2)
+    with pytest.raises(SbitkError, match="as many rows"):
+        train(model, a, c[:-1], TrainConfig(**FAST))
+    bad = a.clone()
+    bad[3] = float("nan")
+    with pytest.raises(SbitkError, match="1 rows with NaN"):
+        train(model, bad, c, TrainConfig(**FAST))
+    with pytest.raises(SbitkError, match="no loss"):
+        train(nn.Linear(2, 1), a, c, TrainConfig(**FAST))
+
+
+def test_cosine_and_constant_schedules_run():
+    a, c = linear_data(500)
+    for schedule in ("cosine", "constant"):
+        h = train(
+            ConditionalGaussian(1, 2),
+            a,
+            c,
+            TrainConfig(**FAST | {"max_epochs": 6}, schedule=schedule, warmup_steps=0),
+        )
+        if schedule == "constant":
+            assert set(h.learning_rate) == {TrainConfig().learning_rate}
+        else:
+            assert h.learning_rate == sorted(h.learning_rate, reverse=True)
+
+
+def test_device_resolution():
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(SbitkError, match="device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(SbitkError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_training_on_cuda_keeps_the_model_there():
+    a, c = linear_data(1000)
+    model = ConditionalGaussian(1, 2)
+    history = train(model, a, c, TrainConfig(**FAST, device="auto"))
+    assert history.device.startswith("cuda")
+    assert next(model.parameters()).is_cuda
