@@ -157,6 +157,14 @@ def _read_csv(path: Path, expected: tuple[str, ...], iid: bool) -> np.ndarray:
         ) from None
     except (OSError, ValueError) as err:
         raise ObservationError(f"observed data {path}: unreadable ({err})") from None
+    if not isinstance(frame.index, pd.RangeIndex):
+        # Every row one value longer than the header: pandas would silently take the first
+        # column as an index and shift the values by one column.
+        raise ObservationError(
+            f"observed data {path}: wrong number of values in a row (row 1 has "
+            f"{frame.shape[1] + 1} values, the header {frame.shape[1]} columns); "
+            f"expected {len(expected)} per row ({_names(expected)})"
+        )
     header = _csv_header(path)
     _check_columns(path, header, expected)
     frame.columns = header
