@@ -58,8 +58,8 @@ class MCMCConfig:
         progress: Show a progress bar over sweeps.
     """
 
-    num_chains: int = 100
-    warmup: int = 100
+    num_chains: int = 256
+    warmup: int = 50
     thin: int = 1
     init: str = "sir"
     sir_candidates: int = 10_000

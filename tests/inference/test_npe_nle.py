@@ -1,0 +1,198 @@
+"""NPE and NLE on small problems: support, shapes, invalid rows, banks, i.i.d. trials."""
+
+import math
+
+import pytest
+import torch
+
+import sbitk
+from sbitk.errors import SbitkError
+from sbitk.inference.estimators import ConditionalGaussian
+from sbitk.inference.nle import NLE
+from sbitk.inference.npe import NPE
+from sbitk.inference.training import TrainConfig
+from sbitk.posteriors.mcmc import MCMCConfig
+from sbitk.simulation.priors import BoxUniform, LogNormal, Normal, Product
+
+QUICK = TrainConfig(progress=False, max_epochs=15, batch_size=256)
+MCMC = MCMCConfig(num_chains=64, warmup=30, sir_candidates=2000, progress=False)
+
+
+def shifted(theta, generator):
+    return theta + 0.3 * torch.randn(theta.shape, generator=generator)
+
+
+def sometimes_failing(theta, generator):
+    """x = θ + noise, NaN where θ_0 > 0.6 (a failure region in parameter space)."""
+    x = shifted(theta, generator)
+    x[theta[:, 0] > 0.6] = math.nan
+    return x
+
+
+def box_data(n=3000, seed=0, fn=shifted):
+    prior = BoxUniform([-1.0, 0.0], [1.0, 2.0])
+    g = torch.Generator().manual_seed(seed)
+    theta = prior.sample(n, g)
+    return prior, theta, fn(theta, g)
+
+
+def test_npe_samples_never_leave_a_box_prior_even_for_far_away_observations():
+    prior, theta, x = box_data()
+    posterior = NPE(prior, "gaussian", config=QUICK).fit(theta, x)
+    far = torch.tensor([[50.0, -50.0], [0.0, 1.0], [-3.0, 9.0]])
+    samples = posterior.sample(2000, x=far, seed=0)
+    assert samples.shape == (2000, 3, 2)
+    assert prior.support_contains(samples).all()
+    assert posterior.acceptance_rate == 1.0
+
+
+def test_npe_with_a_flow_stays_inside_a_product_prior_with_a_positive_parameter():
+    prior = Product([BoxUniform(-1.0, 1.0), LogNormal(0.0, 0.5)])
+    g = torch.Generator().manual_seed(1)
+    theta = prior.sample(2000, g)
+    x = torch.cat([theta[:, :1], theta[:, 1:].log()], -1) + 0.2 * torch.randn(2000, 2, generator=g)
+    posterior = NPE(prior, "nsf", config=QUICK, transforms=2, hidden_features=(32, 32)).fit(
+        theta, x
+    )
+    samples = posterior.sample(3000, x=torch.tensor([[5.0, 5.0], [-5.0, -5.0]]), seed=0)
+    assert prior.support_contains(samples).all()
+
+
+def test_direct_posterior_density_integrates_to_one_over_the_box():
+    prior = BoxUniform(-1.0, 1.0)
+    g = torch.Generator().manual_seed(0)
+    theta = prior.sample(2000, g)
+    x = theta + 0.5 * torch.randn(2000, 1, generator=g)
+    posterior = NPE(prior, "gaussian", config=QUICK).fit(theta, x)
+    grid = torch.linspace(-1, 1, 20001)[1:-1].unsqueeze(-1)
+    density = posterior.log_prob(grid, x=torch.tensor([0.3])).exp()
+    # The log-determinant of the logit map is included: the density in θ integrates to 1.
+    assert float(density.detach().sum() * (2 / 20000)) == pytest.approx(1.0, abs=2e-3)
+    assert posterior.log_prob(torch.tensor([[1.5]]), x=torch.tensor([0.3])).item() == -math.inf
+
+
+def test_direct_posterior_batched_shapes_and_map():
+    prior = Normal(0.0, 1.0, dim=2)
+    g = torch.Generator().manual_seed(0)
+    theta = prior.sample(3000, g)
+    x = theta + 0.3 * torch.randn(3000, 2, generator=g)
+    posterior = NPE(prior, "gaussian", config=QUICK).fit(theta, x)
+    xo = torch.tensor([[0.5, -0.5], [1.0, 1.0], [0.0, 0.0]])
+    assert posterior.sample(7, x=xo, seed=0).shape == (7, 3, 2)
+    assert posterior.sample(7, x=xo[0], seed=0).shape == (7, 2)
+    assert posterior.log_prob(torch.zeros(5, 3, 2), x=xo).shape == (5, 3)
+    assert posterior.log_prob(torch.zeros(5, 2), x=xo[0]).shape == (5,)
+    with pytest.raises(SbitkError, match=r"\(\*, 3, 2\)"):
+        posterior.log_prob(torch.zeros(5, 2), x=xo)
+    # The exact posterior mode is x / (1 + 0.3²).
+    modes = posterior.map(x=xo)
+    assert modes.shape == (3, 2)
+    assert torch.allclose(modes, xo / 1.09, atol=0.1)
+    assert torch.equal(posterior.sample(5, x=xo, seed=3), posterior.sample(5, x=xo, seed=3))
+
+
+def test_wrong_observations_are_refused_by_name():
+    prior, theta, x = box_data(500)
+    posterior = NPE(prior, "gaussian", config=QUICK).fit(theta, x)
+    with pytest.raises(SbitkError, match=r"x must have shape \(2,\) or \(B, 2\)"):
+        posterior.sample(3, x=torch.zeros(3))
+    with pytest.raises(SbitkError, match="finite"):
+        posterior.sample(3, x=torch.tensor([math.nan, 0.0]))
+    with pytest.raises(SbitkError, match="pass the observation"):
+        posterior.sample(3)
+    with pytest.raises(SbitkError, match="unknown estimator"):
+        NPE(prior, "nope").fit(theta, x)
+
+
+def test_rejection_sampling_reports_its_acceptance_rate_and_gives_up_in_time():
+    prior, theta, x = box_data(2000)
+    posterior = NPE(prior, "gaussian", unconstrained=False, config=QUICK).fit(theta, x)
+    samples = posterior.sample(500, x=torch.tensor([0.9, 1.9]), seed=0)
+    assert prior.support_contains(samples).all()
+    assert 0.05 < posterior.acceptance_rate < 1.0
+    # An estimator with all its mass far outside the box: refused after the cap, not a hang.
+    estimator = ConditionalGaussian(2, 2)
+    estimator.input_mean.fill_(100.0)
+    from sbitk.posteriors.direct import DirectPosterior
+
+    hopeless = DirectPosterior(
+        estimator, prior, unconstrained=False, max_rejection_attempts=5, max_rejection_time=5
+    )
+    with pytest.raises(SbitkError, match=r"acceptance rate of 0\.00%"):
+        hopeless.sample(10, x=torch.zeros(2))
+
+
+def test_invalid_rows_are_excluded_and_reported():
+    prior, theta, x = box_data(3000, fn=sometimes_failing)
+    theta[0, 0] = 7.0  # outside the support
+    x[0] = 0.0
+    n_bad = int((~torch.isfinite(x).all(-1)).sum())
+    assert n_bad > 100
+    npe = NPE(prior, "gaussian", config=QUICK)
+    with pytest.warns(UserWarning, match=f"{n_bad + 1} of 3000 rows excluded"):
+        npe.fit(theta, x)
+    assert npe.report.n_non_finite == n_bad and npe.report.n_outside_support == 1
+    assert npe.history.n_train + npe.history.n_val == 3000 - n_bad - 1
+
+
+@pytest.mark.filterwarnings("ignore::sbitk.simulation.runner.SimulationFailureWarning")
+def test_npe_and_nle_train_from_a_bank_in_memory_and_streamed(tmp_path):
+    sim = sbitk.simulator(
+        "npe_bank_test",
+        parameters={"theta": BoxUniform([-1.0, 0.0], [1.0, 2.0])},
+        outputs={"x": (2,)},
+        register=False,
+    )(sometimes_failing)
+    bank = sbitk.simulate(
+        sim, 2000, seed=0, workers=1, batch_size=200, progress=False, bank=tmp_path / "bank.zarr"
+    )
+    n_bad = int((~bank.valid).sum())
+    assert n_bad > 50
+    for stream in (False, True):
+        npe = NPE(estimator="gaussian", config=QUICK)
+        with pytest.warns(UserWarning, match=f"{n_bad} of 2000 rows excluded"):
+            posterior = npe.fit(bank, stream=stream)
+        assert npe.report.n_failed == n_bad
+        assert posterior.parameter_names == ["theta[0]", "theta[1]"]
+        assert posterior.simulator_name == "npe_bank_test"
+        samples = posterior.sample(200, x=torch.tensor([0.0, 1.0]), seed=0)
+        assert samples.mean(0) == pytest.approx(torch.tensor([0.0, 1.0]), abs=0.15)
+    with pytest.raises(SbitkError, match="invalid='exclude'"):
+        NLE(estimator="gaussian", config=QUICK).fit(bank)
+    with pytest.warns(UserWarning, match="biases the posterior"):
+        NLE(estimator="gaussian", config=QUICK, invalid="exclude").fit(bank, stream=True)
+
+
+def test_nle_surrogate_simulates_and_its_posterior_combines_iid_trials():
+    prior = Normal(0.0, 1.0, dim=1)
+    g = torch.Generator().manual_seed(0)
+    theta = prior.sample(3000, g)
+    x = theta + 0.5 * torch.randn(3000, 1, generator=g)
+    posterior = NLE(prior, "gaussian", config=QUICK, mcmc=MCMC).fit(theta, x)
+    likelihood = posterior.likelihood
+    sims = likelihood.sample(4000, torch.tensor([[1.0], [-2.0]]), seed=0)
+    assert sims.shape == (4000, 2, 1)
+    assert sims.mean(0).squeeze() == pytest.approx(torch.tensor([1.0, -2.0]), abs=0.1)
+    assert sims.std(0).squeeze() == pytest.approx(torch.tensor([0.5, 0.5]), abs=0.08)
+    # T trials at θ: posterior N(T x̄ / (T + 0.25), 0.25 / (T + 0.25)) for a N(0, 1) prior.
+    trials = torch.full((10, 1), 0.8)
+    samples = posterior.sample(3000, x=trials, seed=0)
+    result = posterior.last_result
+    assert samples.shape == (3000, 1)
+    assert result.rhat.max() < 1.05 and result.ess.min() > 500
+    # MCMC against the surrogate posterior computed on a grid: within Monte Carlo error.
+    grid = torch.linspace(-1, 3, 4001).unsqueeze(-1)
+    with torch.no_grad():
+        weights = torch.softmax(posterior.log_prob(grid, x=trials), 0)
+    mean = (weights * grid[:, 0]).sum()
+    sd = (weights * (grid[:, 0] - mean) ** 2).sum().sqrt()
+    assert abs(samples.mean() - mean) < 4 * sd / result.ess[0].sqrt()
+    assert samples.std().item() == pytest.approx(sd.item(), rel=4 * math.sqrt(0.5 / 500))
+    # And the surrogate posterior near the exact one (the surrogate's own error dominates).
+    assert mean.item() == pytest.approx(8 / 10.25, abs=0.1)
+    assert sd.item() == pytest.approx(math.sqrt(0.25 / 10.25), rel=0.2)
+    single = posterior.sample(3000, x=torch.tensor([0.8]), seed=0)
+    assert single.std().item() > 2 * samples.std().item()
+    assert posterior.map(x=trials).item() == pytest.approx(grid[weights.argmax()].item(), abs=0.01)
+    lp = posterior.log_prob(torch.tensor([[0.8], [0.0]]), x=trials)
+    assert lp.shape == (2,) and lp[0] > lp[1]
