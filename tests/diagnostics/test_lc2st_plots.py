@@ -49,6 +49,7 @@ def test_local_c2st_verdicts_match_theory(case):
     assert result.null.shape == (99,)
 
 
+@pytest.mark.slow
 def test_local_c2st_false_alarms_at_nominal_rate():
     # The permutation null is exact: p-values are uniform on {1/100, ..., 1} for the exact
     # posterior, so the flag rate is 5% within binomial error.
