@@ -1,0 +1,222 @@
+"""Model files: round trips, and refusals of truncated, corrupted, edited or foreign files."""
+
+import json
+import pickle
+import struct
+
+import pytest
+import torch
+
+from sbitk.errors import ModelFileError
+from sbitk.inference.estimators import ConditionalGaussian
+from sbitk.inference.nle import NLE
+from sbitk.inference.npe import NPE
+from sbitk.inference.training import TrainConfig
+from sbitk.io.modelfile import FORMAT_VERSION, load_model, read_metadata, save_model
+from sbitk.posteriors.direct import DirectPosterior
+from sbitk.posteriors.likelihood import MCMCPosterior, SurrogateLikelihood
+from sbitk.posteriors.mcmc import MCMCConfig
+from sbitk.simulation.priors import BoxUniform, LogNormal, Product
+
+QUICK = TrainConfig(progress=False, max_epochs=3, batch_size=256)
+PRIOR = Product([BoxUniform([-1.0, 0.0], [1.0, 2.0]), LogNormal(0.0, 0.5)])
+
+
+def data(n=1000):
+    g = torch.Generator().manual_seed(0)
+    theta = PRIOR.sample(n, g)
+    x = torch.cat([theta[:, :2], theta[:, 2:].log()], -1) + 0.2 * torch.randn(n, 3, generator=g)
+    return theta, x
+
+
+@pytest.fixture(scope="module")
+def npe_posterior():
+    theta, x = data()
+    return NPE(
+        PRIOR,
+        "nsf",
+        config=QUICK,
+        parameter_names=["a", "b", "scale"],
+        output_names=["u", "v", "w"],
+        simulator_name="toy",
+        transforms=2,
+        hidden_features=(16,),
+    ).fit(theta, x)
+
+
+@pytest.fixture
+def saved(tmp_path, npe_posterior):
+    path = tmp_path / "model.safetensors"
+    save_model(path, npe_posterior)
+    return path
+
+
+def header_of(path):
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    return json.loads(raw[8 : 8 + n]), raw, n
+
+
+def rewrite(path, edit):
+    """Edit the sbitk JSON inside the safetensors header, keeping the file well-formed."""
+    header, raw, n = header_of(path)
+    meta = json.loads(header["__metadata__"]["sbitk"])
+    edit(meta)
+    header["__metadata__"]["sbitk"] = json.dumps(meta)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n :])
+
+
+def test_npe_round_trip_gives_identical_log_prob_and_samples(saved, npe_posterior):
+    loaded = load_model(saved)
+    assert isinstance(loaded, DirectPosterior)
+    xo = torch.tensor([[0.1, 1.0, 0.2], [0.5, 0.5, -0.3]])
+    theta = npe_posterior.sample(50, x=xo, seed=0)
+    assert torch.equal(loaded.log_prob(theta, x=xo), npe_posterior.log_prob(theta, x=xo))
+    assert torch.equal(loaded.sample(50, x=xo, seed=0), theta)
+    assert loaded.parameter_names == ["a", "b", "scale"]
+    assert loaded.output_names == ["u", "v", "w"]
+    assert loaded.simulator_name == "toy"
+    assert loaded.prior == PRIOR
+    meta = read_metadata(saved)
+    assert meta["role"] == "npe" and meta["estimator"]["name"] == "nsf"
+    assert meta["format_version"] == FORMAT_VERSION and meta["sbitk_version"]
+    assert meta["training"]["epochs"] == npe_posterior.history.epochs
+    assert len(meta["training"]["val_loss"]) == npe_posterior.history.epochs
+    # Saving what was loaded gives the same file content (training summary included).
+    again = saved.with_name("again.safetensors")
+    save_model(again, loaded)
+    assert read_metadata(again) == meta
+
+
+def test_nle_round_trip_gives_identical_likelihood_and_mcmc_settings(tmp_path):
+    theta, x = data()
+    mcmc = MCMCConfig(num_chains=16, warmup=5, sir_candidates=100, progress=False)
+    posterior = NLE(PRIOR, "gaussian", config=QUICK, mcmc=mcmc).fit(theta, x)
+    path = tmp_path / "nle.safetensors"
+    save_model(path, posterior)
+    loaded = load_model(path)
+    assert isinstance(loaded, MCMCPosterior) and loaded.config == mcmc
+    xo = torch.tensor([0.1, 1.0, 0.2])
+    th = PRIOR.sample(20, torch.Generator().manual_seed(1))
+    assert torch.equal(loaded.log_prob(th, x=xo), posterior.log_prob(th, x=xo))
+    assert torch.equal(loaded.sample(32, x=xo, seed=0), posterior.sample(32, x=xo, seed=0))
+    # A bare likelihood saves too, and loads as its posterior.
+    save_model(tmp_path / "lik.safetensors", posterior.likelihood)
+    assert isinstance(load_model(tmp_path / "lik.safetensors").likelihood, SurrogateLikelihood)
+
+
+def test_truncated_files_are_refused(saved):
+    raw = saved.read_bytes()
+    for cut in (4, 100, len(raw) // 2, len(raw) - 1):
+        saved.write_bytes(raw[:cut])
+        with pytest.raises(ModelFileError, match="not a readable safetensors file"):
+            load_model(saved)
+
+
+def test_corrupted_weights_are_refused_by_the_checksum(saved):
+    raw = bytearray(saved.read_bytes())
+    raw[-10] ^= 0xFF
+    saved.write_bytes(bytes(raw))
+    with pytest.raises(ModelFileError, match="checksum mismatch"):
+        load_model(saved)
+
+
+def test_corrupted_header_bytes_are_refused(saved):
+    raw = bytearray(saved.read_bytes())
+    raw[20] = ord("{")
+    saved.write_bytes(bytes(raw))
+    with pytest.raises(ModelFileError):
+        load_model(saved)
+
+
+def test_hand_edited_metadata_is_refused(saved):
+    rewrite(saved, lambda m: m.update(simulator_name="other"))
+    with pytest.raises(ModelFileError, match="checksum mismatch"):
+        load_model(saved)
+
+
+def test_an_edit_that_fixes_the_checksum_is_still_checked_against_the_estimator(saved):
+    from sbitk.io import modelfile
+
+    def edit(meta):
+        meta["estimator"]["config"]["hidden_features"] = [32]
+        del meta["checksum"]
+        _, tensors = modelfile._read_header(saved)
+        meta["checksum"] = modelfile._checksum(meta, tensors)
+
+    rewrite(saved, edit)
+    with pytest.raises(ModelFileError, match="expects"):
+        load_model(saved)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: m.update(format_version=FORMAT_VERSION + 1), "format version 2 .* upgrade"),
+        (lambda m: m.update(format_version=0), "format version 0 is no longer supported"),
+        (lambda m: m.update(format_version="1"), "format_version must be an integer"),
+        (lambda m: m.pop("prior"), "lacks the field 'prior'"),
+        (lambda m: m.update(role="ratio"), "role must be 'npe' or 'nle'"),
+        (lambda m: m.update(format="other"), "format must be 'sbitk-model'"),
+        (lambda m: m.update(parameter_names="a"), "parameter_names' must be list"),
+    ],
+)
+def test_schema_and_version_violations_say_what_is_wrong(saved, edit, message):
+    rewrite(saved, edit)
+    with pytest.raises(ModelFileError, match=message):
+        load_model(saved)
+
+
+def test_foreign_and_missing_files_are_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    with pytest.raises(ModelFileError, match="does not exist"):
+        load_model(tmp_path / "nothing.safetensors")
+    plain = tmp_path / "plain.safetensors"
+    save_file({"w": torch.zeros(2)}, plain)
+    with pytest.raises(ModelFileError, match="not an sbitk model file"):
+        load_model(plain)
+    pickled = tmp_path / "pickled.safetensors"
+    pickled.write_bytes(pickle.dumps({"w": torch.zeros(2)}))
+    with pytest.raises(ModelFileError, match="not a readable safetensors file"):
+        load_model(pickled)
+
+
+def test_loading_never_unpickles(saved, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("pickle was used")
+
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "Unpickler", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    assert isinstance(load_model(saved), DirectPosterior)
+
+
+def test_writes_are_atomic_and_unsavable_models_are_refused(tmp_path, npe_posterior):
+    path = tmp_path / "m.safetensors"
+    save_model(path, npe_posterior)
+    save_model(path, npe_posterior)  # replaces in place
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+
+    class Custom(ConditionalGaussian):
+        pass
+
+    custom = DirectPosterior(Custom(3, 3), PRIOR)
+    with pytest.raises(ModelFileError, match="not in the estimator table"):
+        save_model(tmp_path / "c.safetensors", custom)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+    with pytest.raises(Exception, match="save_model takes"):
+        save_model(path, object())
+
+
+def test_nan_weights_are_refused(tmp_path):
+    model = ConditionalGaussian(3, 3)
+    with torch.no_grad():
+        model.net[0].weight[0, 0] = float("nan")
+    path = tmp_path / "nan.safetensors"
+    save_model(path, DirectPosterior(model, PRIOR))
+    with pytest.raises(ModelFileError, match="NaN or Inf"):
+        load_model(path)
