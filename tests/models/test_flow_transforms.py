@@ -269,3 +269,11 @@ def test_buffers_follow_dtype_and_module_state():
     assert names["transforms.0.perm"].dtype == torch.long  # indices stay integers
     assert names["transforms.1.permutation"].dtype == torch.float64
     assert names["transforms.2.standardize.mean"].dtype == torch.float64
+
+
+def test_lu_linear_can_start_at_a_random_rotation():
+    t = LULinear(4, torch.Generator().manual_seed(0), identity_init=False).double()
+    w = t.weight()
+    assert torch.allclose(w @ w.T, torch.eye(4, dtype=torch.float64), atol=1e-6)
+    assert not torch.allclose(w, torch.eye(4, dtype=torch.float64), atol=0.1)
+    assert torch.equal(LULinear(3).weight(), torch.eye(3))
