@@ -282,3 +282,19 @@ def test_density_integrates_to_one_in_1d_after_training(name):
     for c in (-1.0, 0.5):
         total = integral_1d(flow, torch.tensor([c], dtype=torch.float64), -25.0, 25.0, 20001)
         assert abs(total - 1) < 1e-5, (c, total)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", VARIANTS)
+def test_flows_run_on_cuda(name):
+    cls, options = VARIANTS[name]
+    flow = cls(3, 2, **SMALL, **options).cuda()
+    x, c = torch.randn(64, 3, device="cuda"), torch.randn(64, 2, device="cuda")
+    flow.fit_standardization(x, c)
+    flow.loss(x, c).mean().backward()
+    assert all(p.grad.is_cuda for p in flow.parameters())
+    samples, log_q = flow(c[:4]).sample_and_log_prob((5,))
+    assert samples.is_cuda and log_q.shape == (5, 4)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    assert flow(c[0]).sample((2,), g).is_cuda
+    assert flow(c[0]).sample((2,), torch.Generator().manual_seed(0)).is_cuda

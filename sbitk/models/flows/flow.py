@@ -138,7 +138,10 @@ class FlowDistribution:
     def _latent(self, shape: Sequence[int], generator: torch.Generator | None) -> Tensor:
         ref = self.flow.input_standardization.mean
         full = torch.Size(shape) + self.batch_shape + self.event_shape
-        return torch.randn(full, generator=generator, dtype=ref.dtype, device=ref.device)
+        # a generator draws on its own device; one on the model's device avoids the copy
+        device = ref.device if generator is None else generator.device
+        z = torch.randn(full, generator=generator, dtype=ref.dtype, device=device)
+        return z.to(ref.device)
 
     def rsample(
         self, shape: Sequence[int] = (), generator: torch.Generator | None = None
