@@ -152,18 +152,19 @@ def _update_coordinate(
     j = torch.floor(m * _uniform(c, z, gen))
     k = (m - 1) - j
 
-    for end, budget, sign in ((left, j, -1.0), (right, k, 1.0)):
-        active = (budget > 0).nonzero().squeeze(-1)
-        while active.numel():
-            probe = z[active].clone()
-            probe[:, d] = end[active]
-            above = f(probe) > height[active]
-            active = active[above]
-            if not active.numel():
-                break
-            end[active] += sign * width
-            budget[active] -= 1
-            active = active[budget[active] > 0]
+    # Both ends step out in the same batched call of the log density.
+    act_l = (j > 0).nonzero().squeeze(-1)
+    act_r = (k > 0).nonzero().squeeze(-1)
+    while act_l.numel() or act_r.numel():
+        probe = torch.cat([z[act_l], z[act_r]])
+        probe[:, d] = torch.cat([left[act_l], right[act_r]])
+        above = f(probe) > torch.cat([height[act_l], height[act_r]])
+        act_l, act_r = act_l[above[: act_l.numel()]], act_r[above[act_l.numel() :]]
+        left[act_l] -= width
+        right[act_r] += width
+        j[act_l] -= 1
+        k[act_r] -= 1
+        act_l, act_r = act_l[j[act_l] > 0], act_r[k[act_r] > 0]
 
     active = torch.arange(c, device=z.device)
     for _ in range(config.max_shrink):
