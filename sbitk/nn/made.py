@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sbitk.errors import SbitkError
 from sbitk.nn.mlp import make_activation
 
 
@@ -51,8 +52,9 @@ def made_degrees(features: int, hidden_features: Sequence[int], context: int = 0
 class MADE(nn.Module):
     """Autoregressive masked perceptron ``(*, D), (*, C) -> (*, D, P)``, P outputs per dimension.
 
-    The context enters the first layer through an unmasked weight, so its contribution can be
-    computed once (:meth:`context_term`) and reused across the D sequential passes of sampling.
+    The first layer reads ``cat(x, context)`` through one masked weight whose context columns are
+    unmasked, so the context's share can also be computed once (:meth:`context_term`) and reused
+    across the D sequential passes of sampling.
 
     Args:
         features: Number of dimensions D.
@@ -60,8 +62,11 @@ class MADE(nn.Module):
         context: Number of context features C (0: none).
         hidden_features: Hidden layer sizes.
         activation: Name of the activation.
+        order: The autoregressive rank (1..D) of each input position; ``1..D`` by default.
+            A reversed or shuffled order replaces a permutation between flow steps, at no cost.
 
     Example:
+        >>> import torch
         >>> made = MADE(3, 2, hidden_features=(8,))
         >>> x = torch.randn(5, 3)
         >>> out = made(x)
@@ -79,37 +84,45 @@ class MADE(nn.Module):
         context: int = 0,
         hidden_features: Sequence[int] = (64, 64),
         activation: str = "relu",
+        order: Sequence[int] | Tensor | None = None,
     ):
         super().__init__()
         self.features, self.params, self.context = int(features), int(params), int(context)
+        d = self.features
         hidden = [int(h) for h in hidden_features]
-        degrees = made_degrees(self.features, hidden, self.context)
-        out_degrees = torch.arange(1, self.features + 1).repeat_interleave(self.params)
+        degrees = made_degrees(d, hidden, self.context)
+        if order is not None:
+            order = torch.as_tensor(order, dtype=torch.long).reshape(-1)
+            if not torch.equal(order.sort().values, torch.arange(1, d + 1)):
+                raise SbitkError(
+                    f"MADE: expected an order that permutes 1..{d}, found {order.tolist()}"
+                )
+            degrees[0] = order
+        out_degrees = degrees[0].repeat_interleave(self.params)
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
-        sizes = [self.features, *hidden, self.features * self.params]
+        sizes = [d + self.context, *hidden, d * self.params]
         for i, (a, b) in enumerate(itertools.pairwise(sizes)):
             layer = nn.Linear(a, b)
             self.weights.append(layer.weight)
             self.biases.append(layer.bias)
-            if i + 1 < len(sizes) - 1:
-                mask = degrees[i + 1][:, None] >= degrees[i][None, :]
+            if i == 0:  # context columns have degree 0: every hidden unit may read them
+                inputs = torch.cat([degrees[0], torch.zeros(self.context, dtype=torch.long)])
             else:
-                mask = out_degrees[:, None] > degrees[i][None, :]
+                inputs = degrees[i]
+            if i + 1 < len(sizes) - 1:
+                mask = degrees[i + 1][:, None] >= inputs[None, :]
+            else:
+                mask = out_degrees[:, None] > inputs[None, :]
             self.register_buffer(f"mask{i}", mask.to(torch.get_default_dtype()))
-        self.context_weight = (
-            nn.Parameter(nn.Linear(self.context, sizes[1], bias=False).weight)
-            if self.context
-            else None
-        )
         self.act = make_activation(activation)
 
     def context_term(self, context: Tensor | None) -> Tensor:
         """First-layer pre-activation due to the context and bias, (*, H) or (H,)."""
         bias = self.biases[0]
-        if self.context_weight is None or context is None:
+        if not self.context or context is None:
             return bias
-        return F.linear(context, self.context_weight, bias)
+        return F.linear(context, self.weights[0][:, self.features :], bias)
 
     def forward(
         self, x: Tensor, context: Tensor | None = None, *, context_term: Tensor | None = None
@@ -121,15 +134,20 @@ class MADE(nn.Module):
             context: Context, broadcastable with ``x`` in the leading dimensions.
             context_term: A precomputed :meth:`context_term`, which takes precedence.
         """
-        if context_term is None:
-            context_term = self.context_term(context)
-        n = len(self.weights)
         w0 = self.weights[0] * self.mask0
-        if x.dim() == 2 and context_term.dim() <= 2:
-            h = torch.addmm(context_term, x, w0.T)  # fused matmul + add
+        if context_term is not None:
+            wx = w0[:, : self.features]
+            if x.dim() == 2 and context_term.dim() <= 2:
+                h = torch.addmm(context_term, x, wx.T)  # fused matmul + add
+            else:
+                h = F.linear(x, wx) + context_term
+        elif self.context and context is not None:
+            shape = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
+            xc = torch.cat([x.expand(*shape, -1), context.expand(*shape, -1)], dim=-1)
+            h = F.linear(xc, w0, self.biases[0])
         else:
-            h = F.linear(x, w0) + context_term
-        for i in range(1, n):
+            h = F.linear(x, w0[:, : self.features], self.biases[0])
+        for i in range(1, len(self.weights)):
             h = F.linear(self.act(h), self.weights[i] * getattr(self, f"mask{i}"), self.biases[i])
         return h.unflatten(-1, (self.features, self.params))
 

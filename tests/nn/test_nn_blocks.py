@@ -26,7 +26,8 @@ def test_mlp_shapes_and_activation_names():
 @pytest.mark.parametrize(("features", "context"), [(1, 0), (1, 2), (4, 0), (4, 3)])
 def test_made_output_i_depends_only_on_inputs_before_i(features, context):
     torch.manual_seed(0)
-    made = MADE(features, 3, context, hidden_features=(16, 16)).double()
+    # tanh: no unit is switched off, so every allowed connection shows in the Jacobian
+    made = MADE(features, 3, context, hidden_features=(16, 16), activation="tanh").double()
     x = torch.randn(features, dtype=torch.float64)
     c = torch.randn(context, dtype=torch.float64) if context else None
     jac = torch.autograd.functional.jacobian(lambda v: made(v, c), x)  # (D, P, D)
@@ -38,6 +39,16 @@ def test_made_output_i_depends_only_on_inputs_before_i(features, context):
     if context:
         jc = torch.autograd.functional.jacobian(lambda v: made(x, v), c)
         assert (jc.abs().sum((1, 2)) > 0).all()  # every output sees the context
+
+
+def test_made_order_sets_which_inputs_each_output_sees():
+    torch.manual_seed(0)
+    made = MADE(3, 1, 0, hidden_features=(16,), activation="tanh", order=[3, 1, 2]).double()
+    jac = torch.autograd.functional.jacobian(made, torch.randn(3, dtype=torch.float64))[:, 0]
+    # rank 1 (position 1) sees nothing, rank 2 (position 2) sees position 1, rank 3 sees both
+    assert torch.equal(jac.abs() > 0, torch.tensor([[0, 1, 1], [0, 0, 0], [0, 1, 0]]).bool())
+    with pytest.raises(SbitkError, match=r"permutes 1..3.*\[1, 1, 2\]"):
+        MADE(3, 1, order=[1, 1, 2])
 
 
 def test_made_context_term_reuse_matches_plain_call():

@@ -10,10 +10,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 
+import torch
 from torch import Tensor, nn
 
 from sbitk.models.flows.flow import Flow, FlowConfig, make_config
-from sbitk.models.flows.transforms import AffineMap, ElementwiseMap, Transform
+from sbitk.models.flows.transforms import AffineMap, ElementwiseMap, RandomPermutation, Transform
 from sbitk.nn.made import MADE
 
 
@@ -26,13 +27,13 @@ class MaskedAutoregressive(Transform):
         map: The elementwise monotone map g.
         hidden_features: Hidden layer sizes of the MADE.
         activation: Activation of the MADE.
+        order: Autoregressive rank (1..D) of each position; ``1..D`` by default.
 
     References:
         Papamakarios, Pavlakou and Murray, "Masked autoregressive flow for density estimation"
         (2017), arXiv:1705.07057.
 
     Example:
-        >>> import torch
         >>> t = MaskedAutoregressive(3, 0, AffineMap(), hidden_features=(16,))
         >>> x = torch.randn(5, 3)
         >>> z, ld = t(x)
@@ -47,10 +48,11 @@ class MaskedAutoregressive(Transform):
         map: ElementwiseMap,
         hidden_features: Sequence[int] = (64, 64),
         activation: str = "relu",
+        order: Sequence[int] | Tensor | None = None,
     ):
         super().__init__()
         self.map, self.features = map, int(features)
-        self.made = MADE(features, map.params, context, hidden_features, activation)
+        self.made = MADE(features, map.params, context, hidden_features, activation, order)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         p = self.made(x, context)
@@ -64,7 +66,7 @@ class MaskedAutoregressive(Transform):
         # the context's share of the first layer is the same in all D passes
         term = self.made.context_term(context)
         x = z.new_zeros(())
-        for _ in range(self.features):  # after pass k, x_1..x_k are exact
+        for _ in range(self.features):  # after pass k, the dimensions of rank <= k are exact
             x, ld = self.map.inverse(z, self.made(x.expand_as(z), context_term=term))
         return x, ld.sum(-1)
 
@@ -91,7 +93,6 @@ class MAF(Flow):
         (2017), arXiv:1705.07057.
 
     Example:
-        >>> import torch
         >>> flow = MAF(2, 1, transforms=2, hidden_features=(8,))
         >>> x, log_q = flow(torch.zeros(1)).sample_and_log_prob((4,))
         >>> x.shape, log_q.shape
@@ -115,11 +116,19 @@ class MAF(Flow):
 
 
 def autoregressive_steps(flow: Flow, make_map) -> list[Transform]:
-    """``transforms`` autoregressive steps with the configured permutations between them."""
+    """``transforms`` autoregressive steps whose orders follow the configured permutation.
+
+    The permutation between steps is folded into each MADE's order (reversed or shuffled
+    ranks), which is equivalent to a permutation transform and costs no indexing.
+    """
     cfg, steps = flow.config, []
+    order = torch.arange(1, cfg.features + 1)
     for i in range(cfg.transforms):
-        if i > 0:
-            steps += flow.permutation()
+        if i > 0 and cfg.features > 1:
+            if cfg.permutation == "reverse":
+                order = order.flip(0)
+            elif cfg.permutation == "random":
+                order = order[RandomPermutation(cfg.features, flow.generator).perm]
         steps.append(
             MaskedAutoregressive(
                 cfg.features,
@@ -127,6 +136,7 @@ def autoregressive_steps(flow: Flow, make_map) -> list[Transform]:
                 make_map(),
                 cfg.hidden_features,
                 cfg.activation,
+                order=order.clone(),
             )
         )
     return steps
