@@ -277,3 +277,14 @@ def test_lu_linear_can_start_at_a_random_rotation():
     assert torch.allclose(w @ w.T, torch.eye(4, dtype=torch.float64), atol=1e-6)
     assert not torch.allclose(w, torch.eye(4, dtype=torch.float64), atol=0.1)
     assert torch.equal(LULinear(3).weight(), torch.eye(3))
+
+
+def test_bijection_transform_moves_its_own_copy_of_the_constants():
+    bijection = LogitBijection(torch.zeros(2), torch.ones(2))
+    t = BijectionTransform(StackBijection([bijection])).double()
+    assert t.bijection.parts[0].low.dtype == torch.float64
+    t.float()
+    assert t.bijection.parts[0].low.dtype == torch.float32
+    assert bijection.low.dtype == torch.float64  # the caller's bijection is untouched
+    z, _ = t(torch.tensor([[0.5, 0.25]]))
+    assert torch.allclose(z, torch.tensor([[0.0, -1.0986]]), atol=1e-4)

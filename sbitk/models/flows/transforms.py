@@ -16,6 +16,7 @@ parameters, so "affine vs spline" is a constructor argument.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -329,7 +330,14 @@ class BijectionTransform(Transform):
 
     def __init__(self, bijection: Bijection):
         super().__init__()
-        self.bijection = bijection
+        # a private copy: moving this module to a device moves the copy's constants, so the
+        # forward pass makes no host-device copies and the caller's bijection stays where it is
+        self.bijection = copy.deepcopy(bijection)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        _apply_to_tensors(self.bijection, fn)
+        return self
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self.bijection.forward(x)
@@ -339,6 +347,17 @@ class BijectionTransform(Transform):
     ) -> tuple[Tensor, Tensor]:
         x = self.bijection.inverse(z)
         return x, self.bijection.forward(x)[1]
+
+
+def _apply_to_tensors(obj: object, fn) -> None:
+    """Apply a module's ``_apply`` function to the tensors a plain bijection object holds."""
+    for name, value in vars(obj).items():
+        if isinstance(value, Tensor):
+            setattr(obj, name, fn(value))
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, Bijection):
+                    _apply_to_tensors(item, fn)
 
 
 # --- elementwise monotone maps with external parameters (*, d, P) -------------------------
