@@ -98,6 +98,7 @@ class MADE(nn.Module):
                     f"MADE: expected an order that permutes 1..{d}, found {order.tolist()}"
                 )
             degrees[0] = order
+        self.order = tuple(degrees[0].tolist())
         out_degrees = degrees[0].repeat_interleave(self.params)
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()

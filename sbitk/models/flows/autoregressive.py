@@ -54,6 +54,9 @@ class MaskedAutoregressive(Transform):
         self.map, self.features = map, int(features)
         self.made = MADE(features, map.params, context, hidden_features, activation, order)
 
+    def extra_repr(self) -> str:
+        return f"order={list(self.made.order)}, map={self.map!r}"
+
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         p = self.made(x, context)
         x = x.expand(*p.shape[:-2], -1)

@@ -82,6 +82,9 @@ class Coupling(Transform):
             self.conditioner = None
             self.constant = nn.Parameter(0.1 * torch.randn(out))
 
+    def extra_repr(self) -> str:
+        return f"split={self.split}, flip={self.flip}, map={self.map!r}"
+
     def _parts(self, x: Tensor) -> tuple[Tensor, Tensor]:
         lo, hi = x[..., : self.split], x[..., self.split :]
         return (hi, lo) if self.flip else (lo, hi)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -102,6 +103,9 @@ class Permutation(Transform):
             )
         self.register_buffer("perm", permutation)
         self.register_buffer("inverse_perm", torch.argsort(permutation))
+
+    def extra_repr(self) -> str:
+        return f"{self.perm.tolist()}"
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return x[..., self.perm], x.new_zeros(()).expand(x.shape[:-1])
@@ -363,10 +367,28 @@ def _apply_to_tensors(obj: object, fn) -> None:
 # --- elementwise monotone maps with external parameters (*, d, P) -------------------------
 
 
+class ElementwiseMap(Protocol):
+    """What couplings and autoregressive transforms accept: a monotone map of each element.
+
+    ``params`` is the number P of parameters per element; ``forward(x, p)`` and
+    ``inverse(y, p)`` take values (*, d) and parameters (*, d, P) and return the outputs and the
+    forward map's elementwise ``log|dy/dx|`` (*, d), at the input and at the output respectively.
+    """
+
+    params: int
+
+    def forward(self, x: Tensor, p: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    def inverse(self, y: Tensor, p: Tensor) -> tuple[Tensor, Tensor]: ...
+
+
 class AdditiveMap:
     """``y = x + t``: one parameter, volume preserving (NICE)."""
 
     params = 1
+
+    def __repr__(self) -> str:
+        return "AdditiveMap()"
 
     def forward(self, x: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
         return x + p[..., 0], torch.zeros_like(x)
@@ -386,6 +408,9 @@ class AffineMap:
 
     def __init__(self, scale_bound: float = 3.0):
         self.scale_bound = float(scale_bound)
+
+    def __repr__(self) -> str:
+        return f"AffineMap(scale_bound={self.scale_bound})"
 
     def _log_scale(self, p: Tensor) -> Tensor:
         return self.scale_bound * torch.tanh(p[..., 1] / self.scale_bound)
@@ -411,6 +436,9 @@ class SplineMap:
         self.bins, self.bound = int(bins), float(bound)
         self.params = spline_params(self.bins)
 
+    def __repr__(self) -> str:
+        return f"SplineMap(bins={self.bins}, bound={self.bound})"
+
     def forward(self, x: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
         return rational_quadratic_spline(x, *split_spline_params(p, self.bins), bound=self.bound)
 
@@ -418,9 +446,6 @@ class SplineMap:
         return rational_quadratic_spline(
             y, *split_spline_params(p, self.bins), bound=self.bound, inverse=True
         )
-
-
-ElementwiseMap = AdditiveMap | AffineMap | SplineMap
 
 
 __all__ = [
