@@ -116,6 +116,20 @@ def test_save_and_load_through_config_and_safetensors(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", VARIANTS)
+def test_train_and_eval_modes_agree(name):
+    flow = make(name, 3, 2)
+    x, c = randn(6, 3), randn(6, 2)
+    lp_eval = flow.eval()(c).log_prob(x)
+    assert torch.equal(flow.train()(c).log_prob(x), lp_eval)
+
+
+def test_distribution_reports_its_shapes():
+    dist = make("maf", 2, 1)(randn(4, 1))
+    assert dist.batch_shape == (4,) and dist.event_shape == (2,) and dist.has_rsample
+    assert "batch_shape=(4,)" in repr(dist)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
 def test_float32_default_and_float64(name):
     cls, options = VARIANTS[name]
     flow = cls(2, 1, **SMALL, **options)
