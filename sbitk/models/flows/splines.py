@@ -103,7 +103,7 @@ def rational_quadratic_spline(
     cw = _knots(widths, bound, MIN_BIN_WIDTH)
     ch = _knots(heights, bound, MIN_BIN_HEIGHT)
     d = _derivatives(derivatives)
-    inside = (inputs >= -bound) & (inputs <= bound)
+    inside = inputs.abs() <= bound
     v = inputs.clamp(-bound, bound)
 
     knots = ch if inverse else cw
@@ -129,9 +129,8 @@ def rational_quadratic_spline(
 
     xi1 = xi * (1 - xi)
     num = s.square() * (d1 * xi.square() + 2 * s * xi1 + d0 * (1 - xi).square())
-    den = s + c * xi1
-    logdet = torch.log(num) - 2 * torch.log(den)
-    return torch.where(inside, out, inputs), torch.where(inside, logdet, torch.zeros_like(logdet))
+    logdet = torch.log(num / (s + c * xi1).square())
+    return torch.where(inside, out, inputs), torch.where(inside, logdet, 0.0)
 
 
 def spline_params(bins: int) -> int:
