@@ -288,3 +288,15 @@ def test_bijection_transform_moves_its_own_copy_of_the_constants():
     assert bijection.low.dtype == torch.float64  # the caller's bijection is untouched
     z, _ = t(torch.tensor([[0.5, 0.25]]))
     assert torch.allclose(z, torch.tensor([[0.0, -1.0986]]), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_state_dict_round_trip_restores_the_transform(name):
+    t, c, inputs = build(name)
+    torch.manual_seed(123)  # a copy with different initial weights and random orders
+    fresh = (BOUNDED[name]() if name in BOUNDED else TRANSFORMS[name][0]()).double().eval()
+    fresh.load_state_dict(t.state_dict())
+    x, ctx = inputs(16), _context(c, 16)
+    z, ld = t(x, ctx)
+    z2, ld2 = fresh(x, ctx)
+    assert torch.equal(z, z2) and torch.equal(ld, ld2)
