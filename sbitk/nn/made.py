@@ -125,8 +125,17 @@ class MADE(nn.Module):
             return bias
         return F.linear(context, self.weights[0][:, self.features :], bias)
 
+    def masked_weights(self) -> list[Tensor]:
+        """The weights with their masks applied, one per layer (reusable across passes)."""
+        return [w * getattr(self, f"mask{i}") for i, w in enumerate(self.weights)]
+
     def forward(
-        self, x: Tensor, context: Tensor | None = None, *, context_term: Tensor | None = None
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        *,
+        context_term: Tensor | None = None,
+        weights: list[Tensor] | None = None,
     ) -> Tensor:
         """Parameters (*, D, P) for inputs ``x`` (*, D) and context (*, C).
 
@@ -134,8 +143,11 @@ class MADE(nn.Module):
             x: Inputs.
             context: Context, broadcastable with ``x`` in the leading dimensions.
             context_term: A precomputed :meth:`context_term`, which takes precedence.
+            weights: Precomputed :meth:`masked_weights`.
         """
-        w0 = self.weights[0] * self.mask0
+        if weights is None:
+            weights = self.masked_weights()
+        w0 = weights[0]
         if context_term is not None:
             wx = w0[:, : self.features]
             if x.dim() == 2 and context_term.dim() <= 2:
@@ -148,8 +160,8 @@ class MADE(nn.Module):
             h = F.linear(xc, w0, self.biases[0])
         else:
             h = F.linear(x, w0[:, : self.features], self.biases[0])
-        for i in range(1, len(self.weights)):
-            h = F.linear(self.act(h), self.weights[i] * getattr(self, f"mask{i}"), self.biases[i])
+        for i in range(1, len(weights)):
+            h = F.linear(self.act(h), weights[i], self.biases[i])
         return h.unflatten(-1, (self.features, self.params))
 
 

@@ -68,9 +68,10 @@ class MaskedAutoregressive(Transform):
     ) -> tuple[Tensor, Tensor]:
         # the context's share of the first layer is the same in all D passes
         term = self.made.context_term(context)
-        x = z.new_zeros(())
+        weights = self.made.masked_weights()  # the same in every pass, too
+        x = torch.zeros_like(z)
         for _ in range(self.features):  # after pass k, the dimensions of rank <= k are exact
-            x, ld = self.map.inverse(z, self.made(x.expand_as(z), context_term=term))
+            x, ld = self.map.inverse(z, self.made(x, context_term=term, weights=weights))
         return x, ld.sum(-1)
 
 
