@@ -220,6 +220,10 @@ def test_bad_calls_name_the_thing_expected_and_found():
         NSF(2, width=3)
     with pytest.raises(FlowError, match="features >= 1"):
         NSF(0)
+    with pytest.raises(FlowError, match="reading 3 context features, found one reading 2"):
+        NSF(2, 3, embedding=MLPEmbedding(2, 2))
+    with pytest.raises(FlowError, match=r"bins >= 1 and bound > 0.*bound=0.0"):
+        NSF(2, bound=0.0)
     with pytest.raises(FlowError, match="embedding net needs a context"):
         NSF(2, embedding=MLPEmbedding(2, 2))
     assert issubclass(FlowError, SbitkError)

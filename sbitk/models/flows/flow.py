@@ -181,6 +181,21 @@ class Flow(nn.Module):
         config: The flow's config.
         embedding: A built-in embedding net or its spec, any ``nn.Module`` with ``out_features``
             (then not rebuildable from the config), or None.
+
+    Example:
+        A conditional flow trained through its loss, then sampled for two contexts:
+
+        >>> import torch
+        >>> from sbitk.models.flows import NSF
+        >>> theta, x = torch.randn(256, 2), torch.randn(256, 3)
+        >>> flow = NSF(2, 3, transforms=2, hidden_features=(16,)).fit_standardization(theta, x)
+        >>> opt = torch.optim.AdamW(flow.parameters(), lr=1e-3)
+        >>> for _ in range(3):
+        ...     opt.zero_grad()
+        ...     flow.loss(theta, x).mean().backward()
+        ...     opt.step()
+        >>> flow(x[:2]).sample((100,)).shape
+        torch.Size([100, 2, 2])
     """
 
     config_class: ClassVar[type[FlowConfig]] = FlowConfig
@@ -213,6 +228,12 @@ class Flow(nn.Module):
                 raise FlowError(
                     "flow: expected the embedding net to have an integer attribute "
                     f"'out_features', found {embedded!r}"
+                )
+            expects = getattr(embedding, "in_features", config.context)
+            if expects != config.context:
+                raise FlowError(
+                    f"flow: expected an embedding net reading {config.context} context "
+                    f"features, found one reading {expects}"
                 )
             spec = embedding.spec() if hasattr(embedding, "spec") else None
             if spec is None:

@@ -9,7 +9,7 @@ from torch import nn
 
 from sbitk.models.flows.autoregressive import autoregressive_steps
 from sbitk.models.flows.coupling import coupling_steps
-from sbitk.models.flows.flow import Flow, FlowConfig, make_config
+from sbitk.models.flows.flow import Flow, FlowConfig, FlowError, make_config
 from sbitk.models.flows.transforms import SplineMap, Transform
 
 
@@ -68,6 +68,10 @@ class NSF(Flow):
 
     def build(self) -> list[Transform]:
         cfg = self.config
+        if cfg.bins < 1 or not cfg.bound > 0:
+            raise FlowError(
+                f"NSF: expected bins >= 1 and bound > 0, found bins={cfg.bins}, bound={cfg.bound}"
+            )
         steps = autoregressive_steps if cfg.autoregressive else coupling_steps
         return steps(self, lambda: SplineMap(cfg.bins, cfg.bound))
 
