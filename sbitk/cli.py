@@ -24,6 +24,7 @@ import click
 
 from sbitk import __version__
 from sbitk.errors import SbitkError, SimulatorError
+from sbitk.workflow import RunOptions
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
@@ -318,9 +319,9 @@ def _warn_flagged(result) -> None:
     for i in result.flagged:
         verdict = mis.observations[i]
         click.echo(
-            f"warning: observation {i} looks misspecified ({mis.test} p-value "
-            f"{verdict.p_value:.3g} < {mis.alpha}): the simulator may not be able to produce it; "
-            "recorded in the result file",
+            f"warning: observation {i} looks misspecified ({verdict.test} p-value "
+            f"{verdict.p_value:.3g} < {verdict.alpha}): the simulator may not be able to produce "
+            "it; recorded in the result file",
             err=True,
         )
 
@@ -494,25 +495,33 @@ def diagnose(
         click.get_current_context().exit(EXIT_CHECK_FAILED)
 
 
+#: Defaults of `sbitk run`, shared with the Python API.
+_RUN = RunOptions()
+
+
 @main.command()
 @click.argument("name")
 @click.option("--observed", type=click.Path(path_type=Path), required=True,
               help="CSV or Parquet file, one column per simulator output.")  # fmt: skip
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="Run directory (bank, model, result, report and manifest).")  # fmt: skip
-@click.option("-n", "--num-simulations", type=click.IntRange(min=10), default=10_000,
+@click.option("-n", "--num-simulations", type=click.IntRange(min=10), default=_RUN.num_simulations,
               show_default=True)  # fmt: skip
-@click.option("--method", type=click.Choice(["npe", "nle"]), default="npe", show_default=True)
-@click.option("--estimator", type=click.Choice(_estimator_names()), default="nsf",
+@click.option("--method", type=click.Choice(["npe", "nle"]), default=_RUN.method,
               show_default=True)  # fmt: skip
-@click.option("--epochs", "--max-epochs", "max_epochs", type=click.IntRange(min=1), default=200,
+@click.option("--estimator", type=click.Choice(_estimator_names()), default=_RUN.estimator,
               show_default=True)  # fmt: skip
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--num-samples", type=click.IntRange(min=1), default=2000, show_default=True,
+@click.option("--epochs", "--max-epochs", "max_epochs", type=click.IntRange(min=1),
+              default=_RUN.max_epochs, show_default=True)  # fmt: skip
+@click.option("--batch-size", type=click.IntRange(min=1), default=_RUN.batch_size,
+              show_default=True)  # fmt: skip
+@click.option("--num-samples", type=click.IntRange(min=1), default=_RUN.n_samples,
+              show_default=True,
               help="Posterior draws per observation.")  # fmt: skip
-@click.option("--diagnose-simulations", type=click.IntRange(min=10), default=300,
+@click.option("--diagnose-simulations", type=click.IntRange(min=10), default=_RUN.n_diagnose,
               show_default=True, help="Fresh simulations for the calibration checks.")  # fmt: skip
-@click.option("--diagnose-samples", type=click.IntRange(min=10), default=500, show_default=True,
+@click.option("--diagnose-samples", type=click.IntRange(min=10),
+              default=_RUN.n_diagnose_samples, show_default=True,
               help="Posterior draws per fresh simulation.")  # fmt: skip
 @click.option(
     "--iid", is_flag=True, help="The observed rows are i.i.d. trials of one observation."
