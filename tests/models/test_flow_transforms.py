@@ -243,6 +243,13 @@ def test_actnorm_initialises_from_first_training_batch_only():
     fresh.train()
     fresh(x + 10)
     assert torch.equal(fresh.shift, before)
+    # nor does one whose tensors were copied in place (as an EMA of the weights does)
+    other = ActNorm(2).double()
+    for mine, theirs in zip(other.state_dict().values(), t.state_dict().values()):
+        mine.copy_(theirs)
+    other.train()
+    other(x + 10)
+    assert torch.equal(other.shift, before)
 
 
 def test_lu_linear_weight_has_the_stated_determinant():

@@ -172,8 +172,13 @@ class ActNorm(Transform):
         self._initialized = True
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if self.training and not self._initialized and x[..., 0].numel() > 1:
-            self.initialize(x.detach())
+        if self.training and not self._initialized:
+            # the buffer may have been set behind our back (copied in by an EMA or a copy_):
+            # read it, a device synchronisation that happens until the first initialisation only
+            if bool(self.initialized):
+                self._initialized = True
+            elif x[..., 0].numel() > 1:
+                self.initialize(x.detach())
         z = (x - self.shift) * torch.exp(-self.log_scale)
         return z, -self.log_scale.sum().expand(z.shape[:-1])
 
