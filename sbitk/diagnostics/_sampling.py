@@ -44,6 +44,9 @@ def as_tensor(value: Any, name: str, ndim: int | None = None) -> Tensor:
 
 def check_finite_tensor(value: Tensor, name: str) -> None:
     """Raise when ``value`` holds NaN or infinite entries, saying how many."""
+    # Fast path: NaN and ±inf propagate into the sum; only a non-finite sum needs the count.
+    if value.numel() == 0 or bool(torch.isfinite(value.sum())):
+        return
     bad = ~torch.isfinite(value)
     if bool(bad.any()):
         raise DiagnosticInputError(
@@ -115,17 +118,24 @@ def randomized_ranks(stat_draws: Tensor, stat_true: Tensor, generator: torch.Gen
     """Rank of the true statistic among the draws' statistics, ties broken at random.
 
     Args:
-        stat_draws: statistic of each draw, shape ``(L, B)``.
-        stat_true: statistic of the true value, shape ``(B,)``.
+        stat_draws: statistic of each draw, shape ``(L, *B)``.
+        stat_true: statistic of the true value, shape ``(*B,)``.
         generator: source of the tie-breaking randomness.
 
     Returns:
-        Integer ranks in ``{0, ..., L}``, shape ``(B,)``: uniform when the true value is
+        Integer ranks in ``{0, ..., L}``, shape ``(*B,)``: uniform when the true value is
         exchangeable with the draws, whatever the ties.
     """
-    less = (stat_draws < stat_true).sum(0)
-    ties = (stat_draws == stat_true).sum(0)
-    u = torch.rand(less.shape, generator=generator, dtype=torch.float64)
+    # Counting in cache-sized slices of draws with byte-wide booleans summed into int32 is
+    # several times faster than one int64 reduction over the whole (L, *B) comparison.
+    less = torch.zeros(stat_true.shape, dtype=torch.int32, device=stat_true.device)
+    ties = torch.zeros_like(less)
+    for start in range(0, stat_draws.shape[0], 128):
+        chunk = stat_draws[start : start + 128]
+        less += (chunk < stat_true).view(torch.uint8).sum(0, dtype=torch.int32)
+        ties += (chunk == stat_true).view(torch.uint8).sum(0, dtype=torch.int32)
+    less, ties = less.long(), ties.long()
+    u = torch.rand(less.shape, generator=generator, dtype=torch.float64).to(less.device)
     return less + torch.floor(u * (ties + 1).to(torch.float64)).to(less.dtype)
 
 

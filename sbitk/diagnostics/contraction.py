@@ -140,7 +140,7 @@ def zscore_contraction(
         >>> r.verdict, round(r.parameters[0].mean_contraction, 2)
         ('calibrated', 0.99)
     """
-    theta_t = as_tensor(theta, "theta", ndim=2).to(torch.float64)
+    theta_t = as_tensor(theta, "theta", ndim=2).to("cpu", torch.float64)
     x_t = as_tensor(x, "x", ndim=2)
     if theta_t.shape[0] != x_t.shape[0]:
         raise DiagnosticInputError(
@@ -158,7 +158,7 @@ def zscore_contraction(
     if prior_variance is None:
         var0 = theta_t.var(0)
     else:
-        var0 = as_tensor(prior_variance, "prior_variance", ndim=1).to(torch.float64)
+        var0 = as_tensor(prior_variance, "prior_variance", ndim=1).to("cpu", torch.float64)
         if var0.shape[0] != dim or bool((var0 <= 0).any()):
             raise DiagnosticInputError(
                 f"prior_variance must hold {dim} positive values, found {var0.tolist()}"
@@ -173,7 +173,7 @@ def zscore_contraction(
         if L < 2:
             raise DiagnosticInputError(f"z-scores need at least 2 posterior draws, found {L}")
         d64 = draws.to(torch.float64)
-        mean, var = d64.mean(0), d64.var(0)
+        mean, var = d64.mean(0).cpu(), d64.var(0).cpu()
         sd = var.clamp_min(1e-300).sqrt() * (1.0 + 1.0 / L) ** 0.5
         z[start:stop] = ((mean - theta_t[start:stop]) / sd).numpy()
         c[start:stop] = (1.0 - var / var0).numpy()

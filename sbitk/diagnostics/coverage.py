@@ -254,11 +254,11 @@ def expected_coverage(
         posterior, x_t, n_posterior_samples, batch_size, dim, progress, "coverage"
     ):
         n_draws = draws.shape[0]
-        xb = x_t[start:stop]
+        xb = x_t[start:stop].to(draws.device)
         with torch.no_grad():
             lp_draws = evaluate_quantity(log_prob, draws, xb, "log_prob")
             lp_true = evaluate_quantity(
-                log_prob, theta_t[start:stop].to(draws.dtype)[None], xb, "log_prob"
+                log_prob, theta_t[start:stop].to(draws.device, draws.dtype)[None], xb, "log_prob"
             )[0]
         u[start:stop] = _fractional(lp_draws, lp_true.to(lp_draws.dtype), generator)
     return coverage_from_ranks(u, levels=levels, alpha=alpha, n_posterior_samples=n_draws)
@@ -275,7 +275,7 @@ def _fractional(stat_draws: Tensor, stat_true: Tensor, generator: torch.Generato
         raise DiagnosticInputError(
             "log_prob of a true parameter is not finite: is the posterior's support too small?"
         )
-    r = randomized_ranks(stat_draws, stat_true, generator).to(torch.float64)
+    r = randomized_ranks(stat_draws, stat_true, generator).cpu().to(torch.float64)
     v = torch.rand(r.shape, generator=generator, dtype=torch.float64)
     return ((r + v) / (stat_draws.shape[0] + 1)).cpu().numpy()
 
@@ -351,6 +351,7 @@ def tarp(
         z = (theta64 - mean) / std
         lo, hi = z.min(0).values, z.max(0).values
         u = torch.rand(n, dim, generator=stream(seed, "references"), dtype=torch.float64)
+        u = u.to(z.device)
         ref_fixed = lo + (hi - lo) * u  # already standardised
     elif not callable(references):
         ref = as_tensor(references, "references", ndim=2).to(torch.float64)
@@ -359,7 +360,7 @@ def tarp(
                 f"references must have shape ({n}, {dim}), found {tuple(ref.shape)}"
             )
         check_finite_tensor(ref, "references")
-        ref_fixed = (ref - mean) / std
+        ref_fixed = (ref.to(mean.device) - mean) / std
 
     f = np.empty(n)
     n_draws = 0
@@ -377,9 +378,11 @@ def tarp(
                     f"references(x) must return shape ({stop - start}, {dim}), found "
                     f"{tuple(ref_b.shape)}"
                 )
-            ref_b = (ref_b.to(torch.float64) - mean) / std
-        dz = (draws.to(torch.float64) - mean) / std
-        tz = (theta64[start:stop] - mean) / std
+            ref_b = (ref_b.to(mean.device, torch.float64) - mean) / std
+        dev = draws.device
+        mean_d, std_d, ref_b = mean.to(dev), std.to(dev), ref_b.to(dev)
+        dz = (draws.to(torch.float64) - mean_d) / std_d
+        tz = (theta64[start:stop].to(dev) - mean_d) / std_d
         d_draws = torch.linalg.vector_norm(dz - ref_b, dim=-1)
         d_true = torch.linalg.vector_norm(tz - ref_b, dim=-1)
         f[start:stop] = _fractional(d_draws, d_true, generator)

@@ -143,7 +143,7 @@ class TypicalityResult:
 
 
 def _rows(value: Any, name: str) -> Tensor:
-    t = as_tensor(value, name).to(torch.float64)
+    t = as_tensor(value, name).to("cpu", torch.float64)
     if t.dim() == 1:
         t = t[None]
     if t.dim() != 2:
@@ -183,7 +183,8 @@ def mmd_test(
         observations: observed data, shape ``(m, D_x)`` or ``(D_x,)``.
         simulations: data simulated from the prior predictive, shape ``(M, D_x)``.
         embedding: optional learned summary ``s(x (n, D_x)) -> (n, S)`` (for instance an
-            estimator's embedding net); the test runs on standardised summaries.
+            estimator's embedding net), called on CPU tensors of the default dtype; the test
+            runs on standardised summaries.
         per_observation: test each observation on its own against a held-out calibration
             set (default), or the whole set at once by permutation.
         n_reference: size of the reference set (default: half the simulations, at most
@@ -380,7 +381,7 @@ def typicality_test(
         with torch.no_grad():
             for s in range(0, x.shape[0], batch_size):
                 out = as_tensor(log_prob(x[s : s + batch_size].to(dtype)), name)
-                parts.append(out.reshape(-1).to(torch.float64))
+                parts.append(out.reshape(-1).to("cpu", torch.float64))
         lp = torch.cat(parts)
         if lp.shape[0] != x.shape[0]:
             raise DiagnosticInputError(

@@ -122,7 +122,7 @@ def posterior_predictive_check(
         raise DiagnosticInputError(
             f"simulator must return shape ({draws.shape[0]}, {dx}), found {tuple(reps.shape)}"
         )
-    reps = reps.to(torch.float64)
+    reps = reps.to("cpu", torch.float64)
     ok = torch.isfinite(reps).all(1)
     n_failed = int((~ok).sum())
     reps = reps[ok]

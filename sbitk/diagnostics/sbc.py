@@ -315,39 +315,45 @@ def sbc(
     names = list(parameter_names) if parameter_names is not None else None
     if names is not None and len(names) != dim:
         raise DiagnosticInputError(f"parameter_names must have {dim} entries, found {len(names)}")
+    marginal_names = (
+        [names[d] if names else f"theta[{d}]" for d in range(dim)] if marginals else []
+    )
     quantities: dict[str, TestQuantity] = {}
-    if marginals:
-        for d in range(dim):
-            quantities[names[d] if names else f"theta[{d}]"] = functools.partial(_marginal, d=d)
     for key, fn in (test_quantities or {}).items():
-        if key in quantities:
+        if key in quantities or key in marginal_names:
             raise DiagnosticInputError(f"test quantity name {key!r} is used twice")
         if not callable(fn):
             raise DiagnosticInputError(
                 f"test quantity {key!r} must be callable, found {type(fn).__name__}"
             )
         quantities[key] = fn
-    if not quantities:
+    if not quantities and not marginal_names:
         raise DiagnosticInputError("sbc needs at least one test quantity, found none")
 
     generator = stream(seed, "ranks")
-    ranks = {key: np.empty(n, dtype=np.int64) for key in quantities}
+    ranks = {key: np.empty(n, dtype=np.int64) for key in [*marginal_names, *quantities]}
     n_draws = None
     for start, stop, draws in posterior_chunks(
         posterior, x_t, n_posterior_samples, batch_size, dim, progress, "SBC"
     ):
         n_draws = draws.shape[0]
-        th_true = theta_t[start:stop].to(draws.dtype).unsqueeze(0)
-        xb = x_t[start:stop]
+        # Work where the draws live (a CUDA posterior stays on the GPU); results come back.
+        th_true = theta_t[start:stop].to(draws.device, draws.dtype).unsqueeze(0)
+        xb = x_t[start:stop].to(draws.device)
         with torch.no_grad():
+            if marginal_names:
+                # All marginals in one pass over the (L, B, D) draws.
+                r = randomized_ranks(draws, th_true[0], generator).cpu().numpy()
+                for d, key in enumerate(marginal_names):
+                    ranks[key][start:stop] = r[:, d]
             for key, fn in quantities.items():
                 f_draws = evaluate_quantity(fn, draws, xb, key)
                 f_true = evaluate_quantity(fn, th_true, xb, key)[0]
                 r = randomized_ranks(f_draws, f_true.to(f_draws.dtype), generator)
                 ranks[key][start:stop] = r.cpu().numpy()
-    level = 1.0 - alpha / len(quantities)
+    level = 1.0 - alpha / len(ranks)
     results = tuple(
-        rank_calibration(ranks[key], n_draws, name=key, level=level) for key in quantities
+        rank_calibration(values, n_draws, name=key, level=level) for key, values in ranks.items()
     )
     ok = all(q.verdict == "calibrated" for q in results)
     return SBCResult(
@@ -357,7 +363,3 @@ def sbc(
         alpha=float(alpha),
         verdict="calibrated" if ok else "miscalibrated",
     )
-
-
-def _marginal(theta: Tensor, x: Tensor, d: int) -> Tensor:
-    return theta[..., d]
