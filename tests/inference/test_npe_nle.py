@@ -163,6 +163,7 @@ def test_npe_and_nle_train_from_a_bank_in_memory_and_streamed(tmp_path):
         NLE(estimator="gaussian", config=QUICK, invalid="exclude").fit(bank, stream=True)
 
 
+@pytest.mark.slow
 def test_nle_surrogate_simulates_and_its_posterior_combines_iid_trials():
     prior = Normal(0.0, 1.0, dim=1)
     g = torch.Generator().manual_seed(0)

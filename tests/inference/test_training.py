@@ -177,6 +177,7 @@ class ListChunks:
         return self.parts[index]
 
 
+@pytest.mark.slow
 def test_streaming_from_chunks_trains_as_well_as_in_memory():
     a, c = linear_data(3000)
     test_a, test_c = linear_data(4000, seed=1)
