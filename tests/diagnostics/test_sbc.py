@@ -143,3 +143,21 @@ def test_bad_inputs_raise(kwargs, match):
     theta, x, posterior = args.pop("theta"), args.pop("x"), args.pop("posterior")
     with pytest.raises(DiagnosticInputError, match=match):
         sbc(theta, x, posterior, **args)
+
+
+def test_log_density_quantity_needs_the_likelihood_to_catch_the_prior():
+    # Ranks of log q(θ | x) catch a too-narrow q, but when q is the prior they are ranks of
+    # log p(θ), uniform like the marginals: only a quantity that involves x through the
+    # likelihood exposes the prior (as in the verdict table above).
+    g = torch.Generator().manual_seed(3)
+    theta, x = PROBLEM.simulate(500, g)
+    for case, verdict in [("narrow", "miscalibrated"), ("prior", "calibrated")]:
+        r = sbc(
+            theta,
+            x,
+            PROBLEM.sampler(case, g),
+            n_posterior_samples=200,
+            marginals=False,
+            test_quantities={"log_q": PROBLEM.log_prob(case)},
+        )
+        assert r["log_q"].verdict == verdict, case
