@@ -218,6 +218,8 @@ def test_bad_calls_name_the_thing_expected_and_found():
         NSF(2, permutation="shuffle")
     with pytest.raises(FlowError, match=r"options among.*\['width'\]"):
         NSF(2, width=3)
+    with pytest.raises(FlowError, match="hidden_features as a tuple of positive ints, found 64"):
+        NSF(2, hidden_features=64)
     with pytest.raises(FlowError, match="features >= 1"):
         NSF(0)
     with pytest.raises(FlowError, match="reading 3 context features, found one reading 2"):

@@ -81,6 +81,12 @@ def make_config(
             f"{config_class.__name__}: expected options among {sorted(known)}, found {unknown}"
         )
     options = {k: _tuples(v) for k, v in options.items()}
+    hidden = options.get("hidden_features", ())
+    if not isinstance(hidden, tuple) or not all(isinstance(h, int) and h > 0 for h in hidden):
+        raise FlowError(
+            f"{config_class.__name__}: expected hidden_features as a tuple of positive ints, "
+            f"found {hidden!r}"
+        )
     return config_class(int(features), int(context), **options)
 
 
