@@ -116,7 +116,7 @@ class MADE(nn.Module):
             else:
                 mask = out_degrees[:, None] > inputs[None, :]
             self.register_buffer(f"mask{i}", mask.to(torch.get_default_dtype()))
-        self.act = make_activation(activation)
+        self.act = make_activation(activation, inplace=True)  # on fresh linear outputs
 
     def context_term(self, context: Tensor | None) -> Tensor:
         """First-layer pre-activation due to the context and bias, (*, H) or (H,)."""

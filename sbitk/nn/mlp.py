@@ -19,17 +19,21 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
-def make_activation(name: str) -> nn.Module:
+def make_activation(name: str, inplace: bool = False) -> nn.Module:
     """Return a fresh activation module by its name in :data:`ACTIVATIONS`.
 
     Args:
         name: One of ``relu``, ``elu``, ``gelu``, ``silu``, ``tanh``.
+        inplace: Overwrite the input where the activation supports it (relu, elu, silu). Only
+            safe on a fresh tensor that nothing else needs, such as a linear layer's output.
 
     Returns:
         The activation module.
     """
     if name not in ACTIVATIONS:
         raise SbitkError(f"activation: expected one of {sorted(ACTIVATIONS)}, found {name!r}")
+    if inplace and name in ("relu", "elu", "silu"):
+        return ACTIVATIONS[name](inplace=True)
     return ACTIVATIONS[name]()
 
 
@@ -59,8 +63,8 @@ class MLP(nn.Sequential):
         sizes = [int(in_features), *map(int, hidden_features), int(out_features)]
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(itertools.pairwise(sizes)):
-            if i > 0:
-                layers.append(make_activation(activation))
+            if i > 0:  # in place: each activation reads a linear layer's fresh output
+                layers.append(make_activation(activation, inplace=True))
             layers.append(nn.Linear(a, b))
         super().__init__(*layers)
         self.in_features = sizes[0]
