@@ -108,3 +108,14 @@ def test_embeddings_rebuild_from_spec(emb):
 def test_unknown_embedding_spec_is_named():
     with pytest.raises(SbitkError, match=r"custom.*cannot be rebuilt"):
         embedding_from_spec({"type": "custom", "out_features": 3})
+
+
+@pytest.mark.parametrize("name", ["relu", "elu", "silu", "gelu", "tanh"])
+def test_in_place_activations_keep_gradients_exact(name):
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(4, 2, dtype=torch.float64)
+    mlp = MLP(3, 2, (8, 8), name).double()
+    made = MADE(3, 2, 2, (8, 8), name).double()
+    assert torch.autograd.gradcheck(mlp, (x,))
+    assert torch.autograd.gradcheck(lambda v: made(v, c), (x,))
