@@ -46,7 +46,8 @@ test: setup lint
 # printing where the NetCDF result and the HTML report are. A rerun reuses the bank and the model
 # (see runs/demo/manifest.json). Exit 1 means a check failed: the report says which.
 demo: setup
-	$(VENV)/bin/sbitk run two_moons --observed examples/two_moons_observed.csv -o runs/demo --seed 0
+	$(VENV)/bin/sbitk run two_moons --observed examples/two_moons_observed.csv -o runs/demo --seed 0 \
+		|| { test $$? -eq 1 && echo "a check failed: see runs/demo/report.html"; }
 
 bench: setup
 	$(PY) benchmarks/simulate.py

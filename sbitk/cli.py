@@ -313,11 +313,8 @@ def _simulator_or_none(spec: str | None):
 
 
 def _warn_flagged(result) -> None:
-    mis = result.misspecification
-    if mis is None:
-        return
     for i in result.flagged:
-        verdict = mis.observations[i]
+        verdict = result.verdicts[i]
         click.echo(
             f"warning: observation {i} looks misspecified ({verdict.test} p-value "
             f"{verdict.p_value:.3g} < {verdict.alpha}): the simulator may not be able to produce "

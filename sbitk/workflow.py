@@ -48,6 +48,8 @@ METHODS = ("npe", "nle")
 MAX_PRIOR_DRAWS = 4000
 MAX_REFERENCE_SIMULATIONS = 4000
 MANIFEST = "manifest.json"
+#: Fewest MCMC draws per chain in a result file.
+DRAWS_PER_CHAIN = 20
 
 
 def options_hash(options: dict) -> str:
@@ -146,12 +148,41 @@ def train(
 # ---- sample ----------------------------------------------------------------------------------
 @dataclass
 class SampleResult:
-    """What :func:`sample` wrote: the file, the data, and the flagged observations."""
+    """What :func:`sample` wrote: the file, the data, and the flagged observations.
+
+    ``verdicts`` has one misspecification verdict per observation (one for i.i.d. trials);
+    ``flagged`` the indices of the flagged ones; ``misspecification`` the raw test result.
+    """
 
     path: Path
     idata: Any
     flagged: list[int] = field(default_factory=list)
     misspecification: Any = None
+    verdicts: list = field(default_factory=list)
+
+
+def _combine_trials(verdicts: list):
+    """One verdict for i.i.d. trials of one observation, from a test of each trial.
+
+    Each trial on its own is a draw of the prior predictive when the model is right, so each is
+    tested; the trials are then one observation, flagged by the Bonferroni-corrected smallest
+    p-value (a set test against the prior predictive would flag correct data, since trials that
+    share one θ are closer to each other than prior-predictive draws are).
+    """
+    from sbitk.diagnostics.misspecification import ObservationVerdict
+
+    worst = min(verdicts, key=lambda v: v.p_value)
+    p_value = min(1.0, worst.p_value * len(verdicts))
+    flagged = p_value < worst.alpha
+    return ObservationVerdict(
+        index=0,
+        test=worst.test,
+        statistic=worst.statistic,
+        p_value=p_value,
+        alpha=worst.alpha,
+        flagged=flagged,
+        verdict=f"trial {worst.index} atypical" if flagged else "well-specified",
+    )
 
 
 def _mcmc_config(posterior, progress: bool):
@@ -168,6 +199,10 @@ def _draw(posterior, x, n: int, *, iid: bool, seed: int, progress: bool) -> dict
             lp = posterior.log_prob(theta, x).cpu()  # (n, B)
         return {"posterior": theta[None].numpy(), "log_prob": lp[None].numpy()}
     config = _mcmc_config(posterior, progress)
+    # Enough draws per chain for R-hat and ESS to mean something (ArviZ wants 4 at least), as
+    # many chains as the model's settings allow otherwise: chains run in parallel, draws do not.
+    chains = max(1, min(config.num_chains, n // DRAWS_PER_CHAIN))
+    config = dataclasses.replace(config, num_chains=chains)
     groups = [x] if iid else [row for row in x]
     chains, lps, rhat, ess = [], [], [], []
     for b, xb in enumerate(groups):
@@ -285,6 +320,7 @@ def sample(
         prior = posterior.prior.sample(MAX_PRIOR_DRAWS, gen).numpy()
 
     mis = None
+    verdicts = None
     flagged: list[int] = []
     if check_misspecification:
         reference = _reference_simulations(source, simulator, MAX_REFERENCE_SIMULATIONS, seed)
@@ -296,7 +332,10 @@ def sample(
             )
         else:
             mis = mmd_test(obs.x, reference, seed=seed)
-            flagged = [i for i, v in enumerate(mis.observations) if v.flagged]
+            verdicts = list(mis.observations)
+            if iid:
+                verdicts = [_combine_trials(verdicts)]
+            flagged = [i for i, v in enumerate(verdicts) if v.flagged]
 
     pp = None
     if predictive:
@@ -321,7 +360,7 @@ def sample(
         r_hat=draws.get("r_hat"),
         ess=draws.get("ess"),
         posterior_predictive=pp,
-        misspecification=mis,
+        misspecification=verdicts,
         simulator=posterior.simulator_name,
         seed=seed,
         model_sha256=model_hash,
@@ -329,7 +368,9 @@ def sample(
         attrs={"model_file": Path(model).name, "observed_file": Path(observed).name},
     )
     write_inference_data(idata, output, force=force)
-    return SampleResult(path=output, idata=idata, flagged=flagged, misspecification=mis)
+    return SampleResult(
+        path=output, idata=idata, flagged=flagged, misspecification=mis, verdicts=verdicts or []
+    )
 
 
 # ---- diagnose --------------------------------------------------------------------------------

@@ -140,8 +140,10 @@ def test_inspect_sample_diagnose_train_on_the_run_outputs(demo_run, tmp_path):
 
     # An existing output is not replaced without --force, and is left as it was.
     before = result.read_bytes()
-    again = sbitk_cli("sample", model, "--observed", obs, "-n", "50", "-o", result)
-    assert again.returncode == 2 and "--force" in again.stderr
+    again = CliRunner().invoke(
+        main, ["sample", str(model), "--observed", str(obs), "-n", "50", "-o", str(result)]
+    )
+    assert again.exit_code == 2 and "--force" in again.stderr
     assert result.read_bytes() == before
 
     report = tmp_path / "report.html"
@@ -161,12 +163,15 @@ def test_inspect_sample_diagnose_train_on_the_run_outputs(demo_run, tmp_path):
     assert "trained NLE (maf) in 2 epochs" in trained.stdout
     trials = _write_csv(tmp_path / "trials.csv", "x[0],x[1]", "0.1,0.2", "0.12,0.18", "0.09,0.21")
     iid_nc = tmp_path / "iid.nc"
-    iid = sbitk_cli("sample", nle, "--observed", trials, "--iid", "-n", "200", "-o", iid_nc)
+    iid = sbitk_cli("sample", nle, "--observed", trials, "--iid", "-n", "40", "-o", iid_nc)
     assert iid.returncode == 0, iid.stderr
     idata = az.from_netcdf(iid_nc)
     assert idata.posterior.theta.dims == ("chain", "draw", "parameter")
+    assert idata.posterior.theta.shape == (2, 20, 2)  # 20 draws per chain at least
     assert idata.observed_data.x.dims == ("trial", "output")
     assert {"r_hat", "ess"} <= set(idata.sample_stats.data_vars)
+    # The three trials are one observation: one misspecification verdict.
+    assert np.atleast_1d(idata.posterior.attrs["misspecification_flagged"]).tolist() == [0]
 
 
 @pytest.mark.slow

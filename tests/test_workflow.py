@@ -48,6 +48,7 @@ def test_run_defaults_give_the_two_moons_posterior(tmp_path):
     assert result.accuracy < 0.6, result
 
 
+@pytest.mark.slow
 def test_run_reuses_what_matches_and_recomputes_what_changed(tmp_path):
     """The manifest records the inputs; a different budget rebuilds the bank and the model."""
     sim = get_simulator("gaussian_linear")
