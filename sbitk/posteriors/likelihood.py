@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -39,6 +40,9 @@ from sbitk.errors import SbitkError
 from sbitk.posteriors.direct import _names, seeded
 from sbitk.posteriors.mcmc import MCMCConfig, MCMCResult, slice_sample
 from sbitk.simulation.priors import Prior
+
+#: Fewest kept draws per chain: fewer chains are run when ``n`` is small.
+MIN_DRAWS = 10
 
 
 class SurrogateLikelihood:
@@ -233,7 +237,7 @@ class MCMCPosterior:
         """Draw ``n`` posterior samples of θ by MCMC.
 
         Args:
-            n: Samples in all (spread over the chains; ``ceil(n / num_chains)`` draws each).
+            n: Samples in all, spread over ``min(num_chains, n / 10)`` chains (at least 4).
             x: One observation (D_x,) or i.i.d. trials of one θ (n_trials, D_x).
             seed: Seeds initialisation and chains (``config.seed`` when omitted).
             config: Overrides the posterior's MCMC settings for this call.
@@ -249,9 +253,12 @@ class MCMCPosterior:
         config = config or self.config
         seed = config.seed if seed is None else seed
         xs = self.likelihood.observations(x)
+        # At least MIN_DRAWS kept draws per chain, so that R-hat and ESS mean something.
+        chains = min(config.num_chains, max(4, math.ceil(n / MIN_DRAWS)))
+        config = dataclasses.replace(config, num_chains=chains)
         gen = torch.Generator().manual_seed(seed)
         init = self._init(xs, config, gen)
-        draws = math.ceil(n / config.num_chains)
+        draws = math.ceil(n / chains)
         result = slice_sample(
             self._target(xs),
             init,

@@ -46,6 +46,10 @@ LogProb = Callable[[Tensor], Tensor]
 class MCMCConfig:
     """Settings of posterior sampling by MCMC.
 
+    Many chains and a short warm-up are the fast default: one batched call of the log density
+    costs nearly the same for 100 or 1,000 chains, and chains initialised by importance
+    resampling start close to the posterior.
+
     Args:
         num_chains: Chains run in parallel.
         warmup: Sweeps (one update of every coordinate) discarded while widths are tuned.
@@ -58,8 +62,8 @@ class MCMCConfig:
         progress: Show a progress bar over sweeps.
     """
 
-    num_chains: int = 256
-    warmup: int = 50
+    num_chains: int = 1000
+    warmup: int = 25
     thin: int = 1
     init: str = "sir"
     sir_candidates: int = 10_000
