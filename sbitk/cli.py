@@ -51,7 +51,13 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", "-V", prog_name="sbitk")
-def main() -> None:
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              envvar="SBITK_THREADS",
+              help="CPU threads for torch in train, sample, diagnose and run (env SBITK_THREADS). "
+              "The networks here are small: one thread is usually fastest, and more threads "
+              "on a busy machine can be many times slower.")  # fmt: skip
+@click.pass_context
+def main(ctx: click.Context, threads: int) -> None:
     """sbitk: simulation-based inference from the command line.
 
     \b
@@ -60,6 +66,17 @@ def main() -> None:
       sbitk simulate two_moons -n 20000 -o runs/demo/bank.zarr --seed 0
       sbitk inspect runs/demo/bank.zarr
     """
+    ctx.meta["sbitk.threads"] = threads
+
+
+def _use_threads() -> None:
+    """Apply --threads to torch in this process (the CLI owns its process; the library never
+    changes torch's global settings)."""
+    import torch
+
+    ctx = click.get_current_context(silent=True)
+    threads = ctx.meta.get("sbitk.threads", 1) if ctx is not None else 1
+    torch.set_num_threads(threads)
 
 
 # ---- simulators ------------------------------------------------------------------------------
@@ -361,6 +378,8 @@ def train(
     from sbitk import workflow
     from sbitk.inference.training import TrainConfig
 
+    _use_threads()
+
     config = TrainConfig(
         max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
         device=device, progress=_progress(),
@@ -424,6 +443,7 @@ def sample(
     """
     from sbitk import workflow
 
+    _use_threads()
     result = workflow.sample(
         model, observed, output, n=n, iid=iid, seed=seed, device=device, force=force,
         predictive=predictive, bank=bank, simulator=_simulator_or_none(simulator_spec),
@@ -480,6 +500,7 @@ def diagnose(
     """
     from sbitk import workflow
 
+    _use_threads()
     result = workflow.diagnose(
         model, bank, output, observed=observed, iid=iid, n_simulations=num_simulations,
         n_posterior_samples=num_posterior_samples, seed=seed, device=device, force=force,
@@ -561,6 +582,7 @@ def run(
     """
     from sbitk import workflow
 
+    _use_threads()
     options = workflow.RunOptions(
         num_simulations=num_simulations, method=method, estimator=estimator,
         max_epochs=max_epochs, batch_size=batch_size, n_samples=num_samples,

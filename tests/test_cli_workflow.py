@@ -207,6 +207,11 @@ def test_new_commands_have_help_with_an_example(command):
     assert "Example:" in result.output and f"sbitk {command} " in result.output
 
 
+def test_threads_option_is_checked():
+    result = CliRunner().invoke(main, ["--threads", "0", "inspect", "."])
+    assert result.exit_code == 2 and "--threads" in result.output
+
+
 def test_estimator_choices_match_the_estimator_table():
     from sbitk.inference.estimators import estimator_classes
 
