@@ -397,6 +397,8 @@ def _batched_draws(posterior, x, n: int, seed: int, progress: bool):
         ]  # bounded memory per call
         return torch.cat(parts, 1)
     config = _mcmc_config(posterior, progress=False)
+    chains = max(1, min(config.num_chains, n // DRAWS_PER_CHAIN))
+    config = dataclasses.replace(config, num_chains=chains)
     out = []
     rows = x
     if progress:

@@ -315,6 +315,12 @@ def test_corrupt_or_truncated_model_file_is_a_one_line_error(trained, tmp_path, 
     assert not (tmp_path / "o.nc").exists()
 
 
+def test_corrupt_result_file_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "bad.nc"
+    bad.write_bytes(b"CDF\x01 truncated")
+    _one_line_error(CliRunner().invoke(main, ["inspect", str(bad)]), str(bad))
+
+
 def test_unwritable_output_path_is_a_one_line_error(trained, tmp_path):
     _, bank, model, _ = trained
     blocker = tmp_path / "a_file"
