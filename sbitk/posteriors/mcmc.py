@@ -63,7 +63,7 @@ class MCMCConfig:
     """
 
     num_chains: int = 1000
-    warmup: int = 25
+    warmup: int = 20
     thin: int = 1
     init: str = "sir"
     sir_candidates: int = 10_000
@@ -277,7 +277,7 @@ def slice_sample(
                 if new is not None:
                     shift, chol = z.mean(0), new
                     v = torch.linalg.solve_triangular(chol, (z - shift).T, upper=False).T
-                    w = torch.full_like(w, 2.0)
+                    w = torch.full_like(w, 3.0)
             elif sweep < warmup and sweep >= 4 and c > 1:
                 # Widths near the spread keep stepping-out and shrinking short.
                 spread = 2.0 * v.std(0)
