@@ -1,6 +1,7 @@
 """The Python-level workflow: the defaults of ``run`` give the right two_moons posterior."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,8 @@ from sbitk.diagnostics import c2st
 from sbitk.io.observed import read_observed
 from sbitk.simulation.registry import get_simulator
 from sbitk.simulation.runner import simulate
+
+OBSERVED = Path(__file__).resolve().parents[1] / "examples" / "two_moons_observed.csv"
 
 
 def test_options_hash_ignores_key_order_and_sees_values():
@@ -41,7 +44,7 @@ def test_run_defaults_give_the_two_moons_posterior(tmp_path):
         bank, tmp_path / "model.safetensors", method=options.method,
         estimator=options.estimator, config=options.train_config(progress=False),
     )  # fmt: skip
-    x_o = read_observed("examples/two_moons_observed.csv", sim.output_names)[0]
+    x_o = read_observed(OBSERVED, sim.output_names)[0]
     reference = sim.reference_posterior(x_o, 2000, torch.Generator().manual_seed(0))
     draws = posterior.sample(2000, x_o, seed=1)
     result = c2st(reference, draws, seed=0)
