@@ -10,6 +10,7 @@ Exit codes: 0 success, 1 a check that failed, 2 a usage or input error. Every
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -67,6 +68,23 @@ def main(ctx: click.Context, threads: int) -> None:
       sbitk inspect runs/demo/bank.zarr
     """
     ctx.meta["sbitk.threads"] = threads
+
+
+@contextlib.contextmanager
+def _warnings_as_lines():
+    """Print each warning raised inside (about the data or the run, not library deprecations)
+    as one line ``warning: ...`` on stderr, once the step has succeeded; an error is then the
+    only line."""
+    noise = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    seen = set()
+    for w in caught:
+        text = " ".join(str(w.message).split())
+        if not issubclass(w.category, noise) and text not in seen:
+            seen.add(text)
+            click.echo(f"warning: {text}", err=True)
 
 
 def _use_threads() -> None:
@@ -384,9 +402,10 @@ def train(
         max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
         device=device, progress=_progress(),
     )  # fmt: skip
-    posterior = workflow.train(
-        bank, output, method=method, estimator=estimator, config=config, force=force
-    )
+    with _warnings_as_lines():
+        posterior = workflow.train(
+            bank, output, method=method, estimator=estimator, config=config, force=force
+        )
     history = posterior.history
     click.echo(
         f"trained {method.upper()} ({estimator}) in {history.epochs} epochs "
@@ -444,11 +463,12 @@ def sample(
     from sbitk import workflow
 
     _use_threads()
-    result = workflow.sample(
-        model, observed, output, n=n, iid=iid, seed=seed, device=device, force=force,
-        predictive=predictive, bank=bank, simulator=_simulator_or_none(simulator_spec),
-        check_misspecification=not skip_check, progress=_progress(),
-    )  # fmt: skip
+    with _warnings_as_lines():
+        result = workflow.sample(
+            model, observed, output, n=n, iid=iid, seed=seed, device=device, force=force,
+            predictive=predictive, bank=bank, simulator=_simulator_or_none(simulator_spec),
+            check_misspecification=not skip_check, progress=_progress(),
+        )  # fmt: skip
     _warn_flagged(result)
     shape = dict(result.idata.posterior.theta.sizes)
     dims = ", ".join(f"{k}={v}" for k, v in shape.items())
@@ -501,11 +521,12 @@ def diagnose(
     from sbitk import workflow
 
     _use_threads()
-    result = workflow.diagnose(
-        model, bank, output, observed=observed, iid=iid, n_simulations=num_simulations,
-        n_posterior_samples=num_posterior_samples, seed=seed, device=device, force=force,
-        simulator=_simulator_or_none(simulator_spec), progress=_progress(),
-    )  # fmt: skip
+    with _warnings_as_lines():
+        result = workflow.diagnose(
+            model, bank, output, observed=observed, iid=iid, n_simulations=num_simulations,
+            n_posterior_samples=num_posterior_samples, seed=seed, device=device, force=force,
+            simulator=_simulator_or_none(simulator_spec), progress=_progress(),
+        )  # fmt: skip
     for check in result.checks:
         click.echo(check.line())
     click.echo(f"wrote {output}")
@@ -589,10 +610,11 @@ def run(
         n_diagnose=diagnose_simulations, n_diagnose_samples=diagnose_samples, iid=iid,
         predictive=predictive, seed=seed, device=device, workers=workers,
     )  # fmt: skip
-    result = workflow.run(
-        load_simulator(name), observed, output, options, force=force, progress=_progress(),
-        log=lambda line: click.echo(line, err=True),
-    )  # fmt: skip
+    with _warnings_as_lines():
+        result = workflow.run(
+            load_simulator(name), observed, output, options, force=force, progress=_progress(),
+            log=lambda line: click.echo(line, err=True),
+        )  # fmt: skip
     _warn_flagged(result.sample)
     for check in result.diagnose.checks:
         click.echo(check.line())
