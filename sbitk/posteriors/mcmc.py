@@ -40,6 +40,8 @@ from torch import Tensor
 from sbitk.errors import SbitkError
 
 LogProb = Callable[[Tensor], Tensor]
+#: Slice width, in units of the median move of a coordinate, tuned during warm-up.
+WIDTH_PER_MOVE = 3.0
 
 
 @dataclass(frozen=True)
@@ -156,38 +158,64 @@ def _update_coordinate(
     j = torch.floor(m * _uniform(c, z, gen))
     k = (m - 1) - j
 
-    # Both ends step out in the same batched call of the log density.
+    # Both ends step out in the same batched call of the log density. When few chains are
+    # still stepping out, each probes its next several ends in that call: the ends form a
+    # fixed sequence, so evaluating more of it than needed changes nothing but the cost.
     act_l = (j > 0).nonzero().squeeze(-1)
     act_r = (k > 0).nonzero().squeeze(-1)
     while act_l.numel() or act_r.numel():
-        probe = torch.cat([z[act_l], z[act_r]])
-        probe[:, d] = torch.cat([left[act_l], right[act_r]])
-        above = f(probe) > torch.cat([height[act_l], height[act_r]])
-        act_l, act_r = act_l[above[: act_l.numel()]], act_r[above[act_l.numel() :]]
-        left[act_l] -= width
-        right[act_r] += width
-        j[act_l] -= 1
-        k[act_r] -= 1
-        act_l, act_r = act_l[j[act_l] > 0], act_r[k[act_r] > 0]
+        n_act = act_l.numel() + act_r.numel()
+        per = max(1, min(m, c // n_act))
+        steps = torch.arange(per, dtype=z.dtype, device=z.device)
+        ends = torch.cat([left[act_l, None] - steps * width, right[act_r, None] + steps * width])
+        rows = torch.cat([act_l, act_r])
+        probe = z[rows].repeat_interleave(per, 0)
+        probe[:, d] = ends.reshape(-1)
+        above = (f(probe).reshape(n_act, per) > height[rows, None]).to(z.dtype)
+        # Extensions: the leading probes above the slice, within each chain's budget.
+        budget = torch.cat([j[act_l], k[act_r]])
+        ext = torch.minimum(torch.cumprod(above, 1).sum(1), budget)
+        nl = act_l.numel()
+        left[act_l] -= ext[:nl] * width
+        right[act_r] += ext[nl:] * width
+        j[act_l] -= ext[:nl]
+        k[act_r] -= ext[nl:]
+        going = (ext == per) & (budget - ext > 0)
+        act_l, act_r = act_l[going[:nl]], act_r[going[nl:]]
 
+    # Shrinkage. When few chains are left, each draws several candidates from its interval in
+    # one call and takes them in order: a candidate outside the interval as shrunk by the
+    # earlier ones is skipped, which leaves the rest uniform on the shrunk interval.
     active = torch.arange(c, device=z.device)
     for _ in range(config.max_shrink):
+        na = active.numel()
+        per = max(1, min(8, c // na))
         lo, hi = left[active], right[active]
-        cand = lo + (hi - lo) * _uniform(active.numel(), z, gen)
-        probe = z[active].clone()
-        probe[:, d] = cand
-        lp_new = f(probe)
-        ok = lp_new > height[active]
-        acc = active[ok]
-        z[acc, d] = cand[ok]
-        lp[acc] = lp_new[ok]
-        rej = ~ok
-        active, cand = active[rej], cand[rej]
+        cand = lo[:, None] + (hi - lo)[:, None] * _uniform((na, per), z, gen)
+        probe = z[active].repeat_interleave(per, 0)
+        probe[:, d] = cand.reshape(-1)
+        lp_new = f(probe).reshape(na, per)
+        ok = lp_new > height[active, None]
+        x0 = z[active, d]
+        done = torch.zeros(na, dtype=torch.bool, device=z.device)
+        new_x, new_lp = x0.clone(), lp[active].clone()
+        for i in range(per):
+            ci = cand[:, i]
+            inside = (ci > lo) & (ci < hi) & ~done
+            acc = inside & ok[:, i]
+            new_x = torch.where(acc, ci, new_x)
+            new_lp = torch.where(acc, lp_new[:, i], new_lp)
+            done = done | acc
+            rej = inside & ~ok[:, i]
+            below = ci < x0
+            lo = torch.where(rej & below, ci, lo)
+            hi = torch.where(rej & ~below, ci, hi)
+        z[active, d] = new_x
+        lp[active] = new_lp
+        left[active], right[active] = lo, hi
+        active = active[~done]
         if not active.numel():
             return 0
-        below = cand < z[active, d]
-        left[active] = torch.where(below, cand, left[active])
-        right[active] = torch.where(below, right[active], cand)
     return int(active.numel())
 
 
@@ -270,7 +298,15 @@ def slice_sample(
         )
         for sweep in range(total):
             for d in range(dim):
+                before = v[:, d].clone()
                 stuck += _update_coordinate(f_v, v, lp, d, w[d], config, gen)
+                if sweep < warmup and sweep >= 2:
+                    # A width of a few typical moves keeps stepping out and shrinking short,
+                    # which matters more than for one chain: the slowest chain sets the number
+                    # of batched calls.
+                    step = (v[:, d] - before).abs().median()
+                    if step > 0:
+                        w[d] = 0.5 * w[d] + 0.5 * WIDTH_PER_MOVE * step
             if precondition and sweep < warmup and sweep >= 4 and sweep % 5 == 4 and c > dim:
                 z = shift + v @ chol.T
                 new = _whitening(z)
@@ -278,10 +314,6 @@ def slice_sample(
                     shift, chol = z.mean(0), new
                     v = torch.linalg.solve_triangular(chol, (z - shift).T, upper=False).T
                     w = torch.full_like(w, 3.0)
-            elif sweep < warmup and sweep >= 4 and c > 1:
-                # Widths near the spread keep stepping-out and shrinking short.
-                spread = 2.0 * v.std(0)
-                w = torch.where(spread > 0, 0.7 * w + 0.3 * spread, w)
             after = sweep - warmup
             if after >= 0 and after % thin == thin - 1:
                 kept[:, after // thin] = shift + v @ chol.T
