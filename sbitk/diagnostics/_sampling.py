@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from sbitk.diagnostics._checks import DiagnosticInputError
+from sbitk.diagnostics._checks import DiagnosticInputError, check_min_count
 
 
 class BatchedSampler(Protocol):
@@ -40,6 +40,21 @@ def as_tensor(value: Any, name: str, ndim: int | None = None) -> Tensor:
             f"{name} must have {ndim} dimension(s), found shape {tuple(value.shape)}"
         )
     return value
+
+
+def check_pairs(theta: Any, x: Any, what: str, minimum: int = 2) -> tuple[Tensor, Tensor]:
+    """``theta`` (N, D) and ``x`` (N, D_x) as finite tensors with the same N >= ``minimum``."""
+    theta_t = as_tensor(theta, "theta", ndim=2)
+    x_t = as_tensor(x, "x", ndim=2)
+    if theta_t.shape[0] != x_t.shape[0]:
+        raise DiagnosticInputError(
+            f"theta and x must have the same number of rows, found {theta_t.shape[0]} and "
+            f"{x_t.shape[0]}"
+        )
+    check_finite_tensor(theta_t, "theta")
+    check_finite_tensor(x_t, "x")
+    check_min_count(theta_t.shape[0], minimum, what)
+    return theta_t, x_t
 
 
 def check_finite_tensor(value: Tensor, name: str) -> None:

@@ -32,11 +32,11 @@ import numpy as np
 import torch
 from scipy import stats
 
-from sbitk.diagnostics._checks import DiagnosticInputError, check_level, check_min_count
+from sbitk.diagnostics._checks import DiagnosticInputError, check_level
 from sbitk.diagnostics._sampling import (
     BatchedSampler,
     as_tensor,
-    check_finite_tensor,
+    check_pairs,
     posterior_chunks,
 )
 
@@ -140,16 +140,8 @@ def zscore_contraction(
         >>> r.verdict, round(r.parameters[0].mean_contraction, 2)
         ('calibrated', 0.99)
     """
-    theta_t = as_tensor(theta, "theta", ndim=2).to("cpu", torch.float64)
-    x_t = as_tensor(x, "x", ndim=2)
-    if theta_t.shape[0] != x_t.shape[0]:
-        raise DiagnosticInputError(
-            f"theta and x must have the same number of rows, found {theta_t.shape[0]} and "
-            f"{x_t.shape[0]}"
-        )
-    check_finite_tensor(theta_t, "theta")
-    check_finite_tensor(x_t, "x")
-    check_min_count(theta_t.shape[0], 3, "zscore_contraction")
+    theta_t, x_t = check_pairs(theta, x, "zscore_contraction", minimum=3)
+    theta_t = theta_t.to("cpu", torch.float64)
     check_level(alpha)
     n, dim = theta_t.shape
     names = list(parameter_names) if parameter_names is not None else None

@@ -46,6 +46,7 @@ from sbitk.diagnostics._sampling import (
     BatchedSampler,
     as_tensor,
     check_finite_tensor,
+    check_pairs,
     evaluate_quantity,
     posterior_chunks,
     randomized_ranks,
@@ -121,20 +122,6 @@ class TARPResult:
     n_posterior_samples: int
     alpha: float
     verdict: str
-
-
-def _check_pairs(theta: Any, x: Any) -> tuple[Tensor, Tensor]:
-    theta_t = as_tensor(theta, "theta", ndim=2)
-    x_t = as_tensor(x, "x", ndim=2)
-    if theta_t.shape[0] != x_t.shape[0]:
-        raise DiagnosticInputError(
-            f"theta and x must have the same number of rows, found {theta_t.shape[0]} and "
-            f"{x_t.shape[0]}"
-        )
-    check_finite_tensor(theta_t, "theta")
-    check_finite_tensor(x_t, "x")
-    check_min_count(theta_t.shape[0], 2, "coverage")
-    return theta_t, x_t
 
 
 def coverage_from_ranks(
@@ -243,7 +230,7 @@ def expected_coverage(
         >>> expected_coverage(theta, x, narrow, log_q, n_posterior_samples=100).verdict
         'overconfident'
     """
-    theta_t, x_t = _check_pairs(theta, x)
+    theta_t, x_t = check_pairs(theta, x, "coverage")
     if not callable(log_prob):
         raise DiagnosticInputError(f"log_prob must be callable, found {type(log_prob).__name__}")
     n, dim = theta_t.shape
@@ -332,7 +319,7 @@ def tarp(
         >>> tarp(theta, x, exact, n_posterior_samples=100).verdict
         'calibrated'
     """
-    theta_t, x_t = _check_pairs(theta, x)
+    theta_t, x_t = check_pairs(theta, x, "coverage")
     check_level(alpha)
     if int(n_grid) < 2:
         raise DiagnosticInputError(f"n_grid must be at least 2, found {n_grid}")

@@ -43,8 +43,7 @@ from torch import Tensor
 from sbitk.diagnostics._checks import DiagnosticInputError, check_level, check_min_count
 from sbitk.diagnostics._sampling import (
     BatchedSampler,
-    as_tensor,
-    check_finite_tensor,
+    check_pairs,
     evaluate_quantity,
     posterior_chunks,
     randomized_ranks,
@@ -300,16 +299,7 @@ def sbc(
         >>> sbc(theta, x, exact, n_posterior_samples=99).verdict
         'calibrated'
     """
-    theta_t = as_tensor(theta, "theta", ndim=2)
-    x_t = as_tensor(x, "x", ndim=2)
-    if theta_t.shape[0] != x_t.shape[0]:
-        raise DiagnosticInputError(
-            f"theta and x must have the same number of rows, found {theta_t.shape[0]} and "
-            f"{x_t.shape[0]}"
-        )
-    check_finite_tensor(theta_t, "theta")
-    check_finite_tensor(x_t, "x")
-    check_min_count(theta_t.shape[0], 2, "sbc")
+    theta_t, x_t = check_pairs(theta, x, "sbc")
     check_level(alpha)
     n, dim = theta_t.shape
     names = list(parameter_names) if parameter_names is not None else None
