@@ -220,3 +220,19 @@ def test_nan_weights_are_refused(tmp_path):
     save_model(path, DirectPosterior(model, PRIOR))
     with pytest.raises(ModelFileError, match="NaN or Inf"):
         load_model(path)
+
+
+@pytest.mark.parametrize("estimator", ["nsf", "maf", "realnvp", "nice", "glow", "gaussian"])
+def test_every_estimator_in_the_table_round_trips(tmp_path, estimator):
+    prior = BoxUniform(-1.0, 1.0, dim=2)
+    g = torch.Generator().manual_seed(0)
+    theta = prior.sample(300, g)
+    x = theta + 0.1 * torch.randn(300, 2, generator=g)
+    config = TrainConfig(progress=False, max_epochs=2, batch_size=128)
+    posterior = NPE(prior, estimator, config=config).fit(theta, x)
+    save_model(tmp_path / "m.safetensors", posterior)
+    loaded = load_model(tmp_path / "m.safetensors")
+    th = posterior.sample(10, x=torch.zeros(2), seed=0)
+    assert torch.equal(
+        loaded.log_prob(th, x=torch.zeros(2)), posterior.log_prob(th, x=torch.zeros(2))
+    )
