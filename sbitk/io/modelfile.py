@@ -48,7 +48,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -127,9 +126,10 @@ def save_model(path: str | os.PathLike, posterior_or_likelihood) -> None:
         ModelFileError: The estimator is not in the estimator table or cannot be rebuilt from
             its config (for example it holds a user-defined embedding net).
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from sbitk.inference.estimators import estimator_config, estimator_name
+    from sbitk.io.atomic import write_bytes
 
     role, estimator, extra = _parts(posterior_or_likelihood)
     source = extra.pop("source")
@@ -157,16 +157,7 @@ def save_model(path: str | os.PathLike, posterior_or_likelihood) -> None:
     header["checksum"] = _checksum(header, tensors)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(header)})
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes(path, save(tensors, metadata={METADATA_KEY: json.dumps(header)}), force=True)
 
 
 def _check_rebuildable(name: str, config: dict, tensors: dict[str, Tensor]) -> None:

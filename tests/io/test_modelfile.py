@@ -1,6 +1,7 @@
 """Model files: round trips, and refusals of truncated, corrupted, edited or foreign files."""
 
 import json
+import os
 import pickle
 import struct
 
@@ -200,6 +201,10 @@ def test_writes_are_atomic_and_unsavable_models_are_refused(tmp_path, npe_poster
     save_model(path, npe_posterior)
     save_model(path, npe_posterior)  # replaces in place
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+    umask = os.umask(0)
+    os.umask(umask)
+    # ordinary permissions, like every other output (a temporary file's are owner-only)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
 
     class Custom(ConditionalGaussian):
         pass
