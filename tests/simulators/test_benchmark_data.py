@@ -1,7 +1,6 @@
 """The shipped benchmark data: loaders, errors, identity with sbibm's files, packaging."""
 
 import bz2
-import importlib.util
 import tomllib
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from sbitk_simulators import observations
+from simulator_stats import sbibm_tasks_dir
 
 from sbitk.errors import ObservationError
 
@@ -25,13 +25,6 @@ TASKS = [
 PACKAGE = Path(observations.__file__).parent
 
 
-def _sbibm_tasks() -> Path:
-    spec = importlib.util.find_spec("sbibm")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("sbibm is not installed")
-    return Path(next(iter(spec.submodule_search_locations))) / "tasks"
-
-
 def _csv(path: Path) -> np.ndarray:
     with (bz2.open if path.suffix == ".bz2" else open)(path, "rt") as f:
         return np.loadtxt(f, delimiter=",", skiprows=1, ndmin=2)
@@ -46,7 +39,7 @@ def test_every_task_has_ten_observations():
 
 @pytest.mark.parametrize("task", TASKS)
 def test_observations_are_sbibms(task):
-    root = _sbibm_tasks() / task / "files"
+    root = sbibm_tasks_dir() / task / "files"
     for k in (1, 7, 10):
         folder = root / f"num_observation_{k}"
         expected_x = _csv(folder / "observation.csv")[0].astype(np.float32)
@@ -59,7 +52,7 @@ def test_observations_are_sbibms(task):
 
 @pytest.mark.parametrize("task", ["two_moons", "slcp"])
 def test_reference_posteriors_are_sbibms(task):
-    folder = _sbibm_tasks() / task / "files" / "num_observation_4"
+    folder = sbibm_tasks_dir() / task / "files" / "num_observation_4"
     expected = _csv(folder / "reference_posterior_samples.csv.bz2").astype(np.float32)
     got = observations.load_reference_posterior(task, 4)
     assert got.dtype == torch.float32

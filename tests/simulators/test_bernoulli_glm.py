@@ -1,29 +1,18 @@
 """bernoulli_glm: sbibm's stimulus and prior, sufficient statistics, moments given θ."""
 
-import importlib.util
-from pathlib import Path
-
-import pytest
 import torch
 from sbitk_simulators import observations
 from sbitk_simulators.bernoulli_glm import design_matrix, filter_covariance, stimulus
 from scipy import stats
-from simulator_stats import assert_covariance, assert_mean
+from simulator_stats import assert_covariance, assert_mean, sbibm_tasks_dir
 
 from sbitk import get_simulator
 
 N = 20_000
 
 
-def _sbibm_files() -> Path:
-    spec = importlib.util.find_spec("sbibm")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("sbibm is not installed")
-    return Path(next(iter(spec.submodule_search_locations))) / "tasks" / "bernoulli_glm" / "files"
-
-
 def test_stimulus_and_design_matrix_are_sbibms():
-    files = _sbibm_files()
+    files = sbibm_tasks_dir() / "bernoulli_glm" / "files"
     assert torch.equal(stimulus(), torch.load(files / "stimulus_I.pt"))
     assert torch.equal(design_matrix().float(), torch.load(files / "design_matrix.pt"))
 
