@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml simulators/pyproject.toml
 	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
 		echo "CUDA driver found: installing the CUDA build of torch"; \
 		$(PIP) install -q "torch>=2.2"; \
-	elif $(PIP) download -q --no-deps --no-index -d /tmp/sbitk-torch-probe "torch==2.13.0" >/dev/null 2>&1; then \
+	elif $(PIP) download -q --no-deps --no-index -d "$$(mktemp -d)" "torch==2.13.0" >/dev/null 2>&1; then \
 		echo "No CUDA driver: installing the local CPU build of torch"; \
 		$(PIP) install -q "torch==2.13.0"; \
 	else \
