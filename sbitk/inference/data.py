@@ -195,3 +195,45 @@ __all__ = [
     "memory_limit_bytes",
     "warn_excluded",
 ]
+
+
+def prepare_fit(estimation, theta, x, stream: bool | None, pair):
+    """Resolve what ``NPE.fit`` / ``NLE.fit`` were given: (θ, x) tensors or a bank.
+
+    From a bank, the prior (when the estimation has none) and the parameter, output and simulator
+    names are filled in on ``estimation``; the bank is either loaded or, when ``stream`` asks for
+    it (``None``: when it would take more than half of the memory), wrapped as chunks mapped by
+    ``pair(θ, x) -> (inputs, context)``.
+
+    Returns:
+        ``(source, theta, x, valid)``: ``source`` is the chunk stream or None; otherwise the
+        tensors and the bank's validity mask (None for tensors).
+    """
+    from sbitk.errors import SbitkError
+    from sbitk.simulation.priors import prior_from_spec
+
+    source, valid = None, None
+    if is_bank(theta):
+        bank = theta
+        if x is not None:
+            raise SbitkError("fit(bank) takes no x: the bank holds both theta and x")
+        info = bank_info(bank)
+        if estimation.prior is None:
+            if "prior" not in info:
+                raise SbitkError("no prior given and the bank stores no prior spec")
+            estimation.prior = prior_from_spec(info["prior"])
+        estimation.parameter_names = estimation.parameter_names or info.get("parameter_names")
+        estimation.output_names = estimation.output_names or info.get("output_names")
+        estimation.simulator_name = estimation.simulator_name or info.get("simulator_name")
+        if stream is None:
+            stream = bank_nbytes(bank) > memory_limit_bytes()
+        if stream:
+            source = BankChunks(bank, estimation.prior, pair)
+        else:
+            theta, x, valid = bank_arrays(bank)
+    elif x is None:
+        raise SbitkError("fit(theta, x) needs x, or pass a bank as the only argument")
+    if estimation.prior is None:
+        name = type(estimation).__name__
+        raise SbitkError(f"{name} needs a prior: {name}(prior, ...)")
+    return source, theta, x, valid

@@ -44,21 +44,16 @@ from torch import Tensor, nn
 
 from sbitk.errors import SbitkError
 from sbitk.inference.data import (
-    BankChunks,
     RowReport,
-    bank_arrays,
-    bank_info,
-    bank_nbytes,
     check_pair,
     clean_rows,
-    is_bank,
-    memory_limit_bytes,
+    prepare_fit,
 )
 from sbitk.inference.estimators import build_estimator
 from sbitk.inference.training import History, TrainConfig, train
 from sbitk.posteriors.likelihood import MCMCPosterior, SurrogateLikelihood
 from sbitk.posteriors.mcmc import MCMCConfig
-from sbitk.simulation.priors import Prior, as_prior, prior_from_spec
+from sbitk.simulation.priors import Prior, as_prior
 
 INVALID_CHOICES = ("error", "exclude")
 
@@ -148,29 +143,7 @@ class NLE:
             stream: For a bank, read it chunk by chunk; ``None`` streams when it would take more
                 than half of the memory.
         """
-        source, valid = None, None
-        if is_bank(theta):
-            bank = theta
-            if x is not None:
-                raise SbitkError("fit(bank) takes no x: the bank holds both theta and x")
-            info = bank_info(bank)
-            if self.prior is None:
-                if "prior" not in info:
-                    raise SbitkError("no prior given and the bank stores no prior spec")
-                self.prior = prior_from_spec(info["prior"])
-            self.parameter_names = self.parameter_names or info.get("parameter_names")
-            self.output_names = self.output_names or info.get("output_names")
-            self.simulator_name = self.simulator_name or info.get("simulator_name")
-            if stream is None:
-                stream = bank_nbytes(bank) > memory_limit_bytes()
-            if stream:
-                source = BankChunks(bank, self.prior, self._pair)
-            else:
-                theta, x, valid = bank_arrays(bank)
-        elif x is None:
-            raise SbitkError("fit(theta, x) needs x, or pass a bank as the only argument")
-        if self.prior is None:
-            raise SbitkError("NLE needs a prior: NLE(prior, ...)")
+        source, theta, x, valid = prepare_fit(self, theta, x, stream, self._pair)
 
         if source is None:
             theta, x = check_pair(theta, x, self.prior.dim)

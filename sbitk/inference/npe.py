@@ -37,21 +37,16 @@ from torch import Tensor, nn
 
 from sbitk.errors import SbitkError
 from sbitk.inference.data import (
-    BankChunks,
     RowReport,
-    bank_arrays,
-    bank_info,
-    bank_nbytes,
     check_pair,
     clean_rows,
-    is_bank,
-    memory_limit_bytes,
+    prepare_fit,
     warn_excluded,
 )
 from sbitk.inference.estimators import build_estimator
 from sbitk.inference.training import History, TrainConfig, train
 from sbitk.posteriors.direct import DirectPosterior
-from sbitk.simulation.priors import Prior, as_prior, prior_from_spec
+from sbitk.simulation.priors import Prior, as_prior
 
 
 class NPE:
@@ -130,31 +125,9 @@ class NPE:
             simulations, NaN/Inf, θ outside the support) are excluded, counted in
             :attr:`report` and announced by a warning.
         """
-        source = None
-        if is_bank(theta):
-            bank = theta
-            if x is not None:
-                raise SbitkError("fit(bank) takes no x: the bank holds both theta and x")
-            info = bank_info(bank)
-            if self.prior is None:
-                if "prior" not in info:
-                    raise SbitkError("no prior given and the bank stores no prior spec")
-                self.prior = prior_from_spec(info["prior"])
-            self.parameter_names = self.parameter_names or info.get("parameter_names")
-            self.output_names = self.output_names or info.get("output_names")
-            self.simulator_name = self.simulator_name or info.get("simulator_name")
-            if stream is None:
-                stream = bank_nbytes(bank) > memory_limit_bytes()
-            if stream:
-                source = BankChunks(bank, self.prior, lambda t, xx: (self._inputs(t), xx))
-            else:
-                theta, x, valid = bank_arrays(bank)
-        else:
-            valid = None
-            if x is None:
-                raise SbitkError("fit(theta, x) needs x, or pass a bank as the only argument")
-        if self.prior is None:
-            raise SbitkError("NPE needs a prior: NPE(prior, ...)")
+        source, theta, x, valid = prepare_fit(
+            self, theta, x, stream, lambda t, xx: (self._inputs(t), xx)
+        )
         self.bijection = self.prior.bijection() if self.unconstrained else None
 
         if source is None:
