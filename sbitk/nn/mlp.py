@@ -5,7 +5,9 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from sbitk.errors import SbitkError
 
@@ -35,6 +37,33 @@ def make_activation(name: str, inplace: bool = False) -> nn.Module:
     if inplace and name in ("relu", "elu", "silu"):
         return ACTIVATIONS[name](inplace=True)
     return ACTIVATIONS[name]()
+
+
+def compact(t: Tensor | None) -> Tensor | None:
+    """``t`` with every expanded (stride-0) leading dimension narrowed to size 1.
+
+    A context expanded over samples, ``(n, B, C)`` with stride 0 along ``n``, then costs one
+    matrix product per context rather than per sample; the result broadcasts back.
+
+    Example:
+        >>> import torch
+        >>> compact(torch.zeros(4, 3).expand(100, 4, 3)).shape
+        torch.Size([1, 4, 3])
+    """
+    if t is None:
+        return None
+    for dim in range(t.dim() - 1):
+        if t.stride(dim) == 0 and t.shape[dim] > 1:
+            t = t.narrow(dim, 0, 1)
+    return t
+
+
+def _broadcast_rows(x: Tensor, context: Tensor | None) -> Tensor:
+    """``x`` expanded to the leading shape it and ``context`` broadcast to."""
+    if context is None:
+        return x
+    shape = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
+    return x.expand(*shape, x.shape[-1])
 
 
 class MLP(nn.Sequential):
@@ -69,6 +98,28 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
         self.in_features = sizes[0]
         self.out_features = sizes[-1]
+
+    def forward_pair(self, x: Tensor, context: Tensor | None) -> Tensor:
+        """The MLP of ``cat([x, context], -1)`` without building the concatenation.
+
+        The first layer is split into its ``x`` and ``context`` columns, and the context part
+        is computed once per distinct context (see :func:`compact`): sampling n draws for each
+        of B contexts costs B context products, not n·B.
+
+        Args:
+            x: Inputs (*, A).
+            context: Context (*, C) with ``A + C == in_features``, or None (then ``A`` must be
+                ``in_features``).
+        """
+        if context is None:
+            return self(x)
+        first, a = self[0], x.shape[-1]
+        h = F.linear(compact(context), first.weight[:, a:], first.bias)
+        if a > 0:
+            h = F.linear(x, first.weight[:, :a]) + h
+        for layer in list(self)[1:]:  # in-place activations are safe: h is a fresh result
+            h = layer(h)
+        return h.expand(*_broadcast_rows(x, context).shape[:-1], h.shape[-1])
 
 
 class _ResidualBlock(nn.Module):
@@ -128,4 +179,10 @@ class ResidualMLP(nn.Module):
         return self.output(self.blocks(self.input(x)))
 
 
-__all__ = ["ACTIVATIONS", "MLP", "ResidualMLP", "make_activation"]
+__all__ = [
+    "ACTIVATIONS",
+    "MLP",
+    "ResidualMLP",
+    "compact",
+    "make_activation",
+]

@@ -91,6 +91,28 @@ def test_direct_posterior_batched_shapes_and_map():
     assert torch.equal(posterior.sample(5, x=xo, seed=3), posterior.sample(5, x=xo, seed=3))
 
 
+def test_flow_posterior_draws_in_small_chunks_follow_the_same_distribution():
+    prior = Normal(0.0, 1.0, dim=2)
+    g = torch.Generator().manual_seed(0)
+    theta = prior.sample(1000, g)
+    x = theta + 0.3 * torch.randn(1000, 2, generator=g)
+    posterior = NPE(prior, "nsf", config=QUICK, transforms=2, hidden_features=(16,)).fit(theta, x)
+    xo = torch.randn(3, 2, generator=g)
+    n = 4000
+    whole = posterior.sample(n, x=xo, seed=1, chunk_rows=100_000)
+    # 7 rows per call: 2 draws for each of the 3 observations, then a remainder
+    chunked = posterior.sample(n, x=xo, seed=2, chunk_rows=7)
+    assert chunked.shape == (n, 3, 2)
+    assert torch.equal(chunked, posterior.sample(n, x=xo, seed=2, chunk_rows=7))
+    # two independent sample means differ by sqrt(2) sd / sqrt(n); allow 4 of those
+    tolerance = 4 * 2**0.5 * whole.std(0) / n**0.5
+    assert ((chunked.mean(0) - whole.mean(0)).abs() < tolerance).all()
+    # a sample sd has relative error 1 / sqrt(2n); the same 4 * sqrt(2) margin
+    assert torch.allclose(chunked.std(0), whole.std(0), rtol=4 * 2**0.5 / (2 * n) ** 0.5)
+    with pytest.raises(SbitkError, match="chunk_rows must be >= 1"):
+        posterior.sample(5, x=xo, chunk_rows=0)
+
+
 def test_wrong_observations_are_refused_by_name():
     prior, theta, x = box_data(500)
     posterior = NPE(prior, "gaussian", config=QUICK).fit(theta, x)

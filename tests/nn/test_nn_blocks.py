@@ -14,6 +14,7 @@ from sbitk.nn import (
     embedding_from_spec,
     made_degrees,
 )
+from sbitk.nn.mlp import compact
 
 
 def test_mlp_shapes_and_activation_names():
@@ -21,6 +22,31 @@ def test_mlp_shapes_and_activation_names():
     assert ResidualMLP(3, 2, 8, blocks=3)(torch.zeros(7, 3)).shape == (7, 2)
     with pytest.raises(SbitkError, match=r"activation.*'swish'"):
         MLP(3, 2, activation="swish")
+
+
+@pytest.mark.parametrize("n_inputs", [0, 3])
+def test_mlp_pair_call_equals_the_call_on_the_concatenation(n_inputs):
+    torch.manual_seed(0)
+    net = MLP(n_inputs + 4, 5, (8, 8)).double()
+    x = torch.randn(6, 2, n_inputs, dtype=torch.float64)
+    c = torch.randn(2, 4, dtype=torch.float64)
+    expanded = c.expand(6, 2, 4)  # as a flow expands one context per observation over draws
+    want = net(torch.cat([x, expanded], -1))
+    got = net.forward_pair(x, expanded)
+    assert got.shape == (6, 2, 5)
+    assert torch.allclose(got, want, atol=1e-12)
+    assert torch.allclose(net.forward_pair(x, c), want, atol=1e-12)  # broadcast, not expanded
+    plain = MLP(3, 2)
+    inputs = torch.randn(5, 3)
+    assert torch.equal(plain.forward_pair(inputs, None), plain(inputs))  # no context: plain call
+
+
+def test_compact_narrows_only_expanded_leading_dimensions():
+    c = torch.randn(4, 3)
+    assert compact(c.expand(100, 4, 3)).shape == (1, 4, 3)
+    assert compact(c).shape == (4, 3)  # a real batch is kept
+    assert compact(c[:, :1].expand(4, 3)).shape == (4, 3)  # the feature dimension is kept
+    assert compact(None) is None
 
 
 @pytest.mark.parametrize(("features", "context"), [(1, 0), (1, 2), (4, 0), (4, 3)])

@@ -27,16 +27,6 @@ from sbitk.models.flows.transforms import (
 from sbitk.nn.mlp import MLP
 
 
-def with_context(h: Tensor, context: Tensor | None) -> Tensor:
-    """Concatenate ``h`` (*, a) and ``context`` (*, c) after broadcasting the leading shapes."""
-    if context is None:
-        return h
-    shape = torch.broadcast_shapes(h.shape[:-1], context.shape[:-1])
-    return torch.cat(
-        [h.expand(*shape, h.shape[-1]), context.expand(*shape, context.shape[-1])], dim=-1
-    )
-
-
 class Coupling(Transform):
     """Coupling transform: ``y_B = g(x_B; θ(x_A, c))``, ``y_A = x_A``.
 
@@ -98,7 +88,7 @@ class Coupling(Transform):
             shape = identity.shape[:-1] if context is None else context.shape[:-1]
             p = self.constant.expand(*torch.broadcast_shapes(identity.shape[:-1], shape), -1)
         else:
-            p = self.conditioner(with_context(identity, context))
+            p = self.conditioner.forward_pair(identity, context)
         return p.unflatten(-1, (self.n_transformed, self.map.params))
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -114,6 +104,15 @@ class Coupling(Transform):
         p = self._params(identity, context)
         x, ld = self.map.inverse(transformed.expand(*p.shape[:-2], -1), p)
         return self._join(identity.expand(*x.shape[:-1], -1), x), ld.sum(-1)
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        inverse_value = getattr(self.map, "inverse_value", None)
+        if inverse_value is None:
+            return self.inverse_and_log_det(z, context)[0]
+        identity, transformed = self._parts(z)
+        p = self._params(identity, context)
+        x = inverse_value(transformed.expand(*p.shape[:-2], -1), p)
+        return self._join(identity.expand(*x.shape[:-1], -1), x)
 
 
 def coupling_steps(flow: Flow, make_map, prefix=lambda i: []) -> list[Transform]:
@@ -286,5 +285,4 @@ __all__ = [
     "NICEConfig",
     "RealNVP",
     "RealNVPConfig",
-    "with_context",
 ]

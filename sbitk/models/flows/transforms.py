@@ -85,6 +85,11 @@ class Composite(Transform):
             total = total + ld
         return z, total.expand(z.shape[:-1])
 
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        for t in reversed(self.transforms):
+            z = t.inverse(z, context)
+        return z
+
 
 class Permutation(Transform):
     """A fixed permutation of the last dimension, its indices a buffer (volume preserving).
@@ -378,6 +383,8 @@ class ElementwiseMap(Protocol):
     ``params`` is the number P of parameters per element; ``forward(x, p)`` and
     ``inverse(y, p)`` take values (*, d) and parameters (*, d, P) and return the outputs and the
     forward map's elementwise ``log|dy/dx|`` (*, d), at the input and at the output respectively.
+    A map may also have ``inverse_value(y, p)``, the inverse without its log-determinant, which
+    sampling uses when it is cheaper.
     """
 
     params: int
@@ -451,6 +458,12 @@ class SplineMap:
         return rational_quadratic_spline(
             y, *split_spline_params(p, self.bins), bound=self.bound, inverse=True
         )
+
+    def inverse_value(self, y: Tensor, p: Tensor) -> Tensor:
+        """The inverse without its log-determinant (about a fifth less work)."""
+        return rational_quadratic_spline(
+            y, *split_spline_params(p, self.bins), bound=self.bound, inverse=True, log_det=False
+        )[0]
 
 
 __all__ = [
