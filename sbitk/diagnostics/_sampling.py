@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -11,6 +12,7 @@ import torch
 from torch import Tensor
 
 from sbitk.diagnostics._checks import DiagnosticInputError, check_min_count
+from sbitk.posteriors.direct import default_chunk_rows
 
 
 class BatchedSampler(Protocol):
@@ -155,17 +157,31 @@ def randomized_ranks(stat_draws: Tensor, stat_true: Tensor, generator: torch.Gen
 
 
 def evaluate_quantity(
-    fn: Callable[[Tensor, Tensor], Tensor], theta: Tensor, x: Tensor, name: str
+    fn: Callable[[Tensor, Tensor], Tensor],
+    theta: Tensor,
+    x: Tensor,
+    name: str,
+    chunk_rows: int | None = None,
 ) -> Tensor:
-    """Call a test quantity ``f(θ (L, B, D), x (B, D_x)) -> (L, B)`` and check its shape."""
-    out = fn(theta, x)
-    out = as_tensor(out, f"test quantity {name!r}")
-    if tuple(out.shape) != tuple(theta.shape[:-1]):
-        raise DiagnosticInputError(
-            f"test quantity {name!r} must map θ of shape {tuple(theta.shape)} to shape "
-            f"{tuple(theta.shape[:-1])}, found {tuple(out.shape)}"
-        )
-    return out
+    """Call a test quantity ``f(θ (L, B, D), x (B, D_x)) -> (L, B)`` and check its shape.
+
+    The draws are passed in slices along ``L`` of at most ``chunk_rows`` rows (``None``: the
+    device's :func:`~sbitk.posteriors.direct.default_chunk_rows`), since a density network
+    evaluated on 10⁵ rows at once runs out of cache on the CPU.
+    """
+    rows = chunk_rows or default_chunk_rows(theta.device)
+    step = max(1, rows // max(1, math.prod(theta.shape[1:-1])))
+    parts = []
+    for start in range(0, max(theta.shape[0], 1), step):
+        part = theta[start : start + step]
+        out = as_tensor(fn(part, x), f"test quantity {name!r}")
+        if tuple(out.shape) != tuple(part.shape[:-1]):
+            raise DiagnosticInputError(
+                f"test quantity {name!r} must map θ of shape {tuple(part.shape)} to shape "
+                f"{tuple(part.shape[:-1])}, found {tuple(out.shape)}"
+            )
+        parts.append(out)
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 _STREAMS = {"ranks": 1, "references": 2, "simulator": 3, "split": 4, "permutations": 5}

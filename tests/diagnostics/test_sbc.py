@@ -161,3 +161,20 @@ def test_log_density_quantity_needs_the_likelihood_to_catch_the_prior():
             test_quantities={"log_q": PROBLEM.log_prob(case)},
         )
         assert r["log_q"].verdict == verdict, case
+
+
+def test_test_quantities_are_evaluated_in_slices_of_draws_with_the_same_result():
+    from sbitk.diagnostics._sampling import evaluate_quantity
+
+    theta, x = torch.randn(50, 3, 2), torch.randn(3, 4)
+    sizes = []
+
+    def quantity(th, xb):
+        sizes.append(th.shape[0] * th.shape[1])
+        return (th**2).sum(-1) + xb[:, 0]
+
+    out = evaluate_quantity(quantity, theta, x, "q", chunk_rows=7)
+    assert torch.equal(out, (theta**2).sum(-1) + x[:, 0])
+    assert max(sizes) <= 7 and sum(sizes) == 150  # 2 draws × 3 observations per call
+    with pytest.raises(DiagnosticInputError, match=r"test quantity 'bad' must map"):
+        evaluate_quantity(lambda th, xb: th.sum(-1)[:1], theta, x, "bad", chunk_rows=7)
