@@ -38,31 +38,44 @@ MIN_BIN_HEIGHT = 1e-3
 MIN_DERIVATIVE = 1e-3
 
 
-def _knots(unnormalized: Tensor, bound: float, minimum: float) -> Tensor:
-    r"""Knot positions (*, K+1) from K unnormalised bin sizes, spanning [-bound, bound].
+def _cumulative(unnormalized: Tensor) -> Tensor:
+    r"""Cumulative bin sizes (*, K) before normalisation: :math:`C_k = \sum_{j<k} e^{u_j - \max u}`
+    for k = 1..K (and :math:`C_0 = 0`, not stored).
 
     Bin sizes are :math:`m + (1 - mK)\,\mathrm{softmax}(u)`, so knot k sits at
-    :math:`2B (m k + (1 - mK) C_k / C_K) - B` with :math:`C` the cumulative sum of
-    :math:`e^{u - \max u}`: one exponential and one cumulative sum, no explicit softmax (which is
-    slow on CPU for a short last dimension), and exact end points.
+    :math:`2B (m k + (1 - mK) C_k / C_K) - B`: one exponential and one cumulative sum, no
+    explicit softmax (which is slow on CPU for a short last dimension), and exact end points.
     """
-    k = unnormalized.shape[-1]
     # softmax is shift invariant: no gradient flows through the max
     e = torch.exp(unnormalized - unnormalized.detach().amax(-1, keepdim=True))
-    # the cumulative sum goes into positions 1..K of the result; position 0 is the left end
-    c = F.pad(e, (1, 0)).cumsum_(-1)
-    steps = torch.arange(0, k + 1, dtype=c.dtype, device=c.device)
+    # in place only when no gradient is recorded: exp's backward reads its output
+    return e.cumsum_(-1) if not e.requires_grad else e.cumsum(-1)
+
+
+def _interior_knots(c: Tensor, bound: float, minimum: float) -> Tensor:
+    """Knots 1..K-1 (*, K-1) from cumulative sizes ``c`` (the ends are ±bound)."""
+    k = c.shape[-1]
+    steps = torch.arange(1, k, dtype=c.dtype, device=c.device)
     offset = (2 * bound * minimum) * steps - bound
-    return torch.addcdiv(offset, c, c[..., -1:], value=2 * bound * (1 - minimum * k))
+    return torch.addcdiv(offset, c[..., :-1], c[..., -1:], value=2 * bound * (1 - minimum * k))
 
 
-def _derivatives(unnormalized: Tensor) -> Tensor:
-    """Knot derivatives (*, K+1) from K-1 interior unnormalised ones; 1 at both ends."""
-    return F.pad(MIN_DERIVATIVE + F.softplus(unnormalized), (1, 1), value=1.0)
+def _knots_at(c: Tensor, index: Tensor, bound: float, minimum: float) -> Tensor:
+    """The knots at positions ``index`` (*, m) in 0..K only: the work is on m values."""
+    k = c.shape[-1]
+    cum = torch.gather(c, -1, (index - 1).clamp_min(0))
+    cum = torch.where(index == 0, 0.0, cum)
+    offset = (2 * bound * minimum) * index.to(c.dtype) - bound
+    return torch.addcdiv(offset, cum, c[..., -1:], value=2 * bound * (1 - minimum * k))
 
 
-def _take(t: Tensor, idx: Tensor) -> Tensor:
-    return torch.gather(t, -1, idx).squeeze(-1)
+def _derivatives_at(unnormalized: Tensor, index: Tensor) -> Tensor:
+    """Knot derivatives at positions ``index`` (*, m) in 0..K, from the K-1 interior
+    unnormalised ones; exactly 1 at both ends."""
+    k = unnormalized.shape[-1] + 1
+    inner = torch.gather(unnormalized, -1, (index - 1).clamp(0, max(k - 2, 0)))
+    d = MIN_DERIVATIVE + F.softplus(inner)
+    return torch.where((index == 0) | (index == k), 1.0, d)
 
 
 def rational_quadratic_spline(
@@ -103,20 +116,22 @@ def rational_quadratic_spline(
     # strided views make every elementwise kernel several times slower on CPU
     inputs, widths = inputs.contiguous(), widths.contiguous()
     heights, derivatives = heights.contiguous(), derivatives.contiguous()
-    cw = _knots(widths, bound, MIN_BIN_WIDTH)
-    ch = _knots(heights, bound, MIN_BIN_HEIGHT)
-    d = _derivatives(derivatives)
     inside = inputs.abs() <= bound
     v = inputs.clamp(-bound, bound)
-
-    knots = ch if inverse else cw
-    # bin k holds (knot k, knot k+1]: count the interior knots below v (for K + 1 sorted
-    # knots a comparison and a sum beat a per-element binary search several times over)
-    idx = (v.unsqueeze(-1) > knots[..., 1:-1]).sum(-1, keepdim=True)
+    # All knots on the side v lives on (to find its bin); the other side's knots and the
+    # derivatives only at the bin's two ends.
+    searched = (heights, MIN_BIN_HEIGHT) if inverse else (widths, MIN_BIN_WIDTH)
+    other = (widths, MIN_BIN_WIDTH) if inverse else (heights, MIN_BIN_HEIGHT)
+    c_searched = _cumulative(searched[0])
+    interior = _interior_knots(c_searched, bound, searched[1])
+    # bin k holds (knot k, knot k+1]: k is the number of interior knots below v
+    idx = torch.searchsorted(interior, v.unsqueeze(-1))
     pair = torch.cat([idx, idx + 1], -1)
-    x0, x1 = torch.gather(cw, -1, pair).unbind(-1)
-    y0, y1 = torch.gather(ch, -1, pair).unbind(-1)
-    d0, d1 = torch.gather(d, -1, pair).unbind(-1)
+    ends_searched = _knots_at(c_searched, pair, bound, searched[1])
+    ends_other = _knots_at(_cumulative(other[0]), pair, bound, other[1])
+    x0, x1 = (ends_other if inverse else ends_searched).unbind(-1)
+    y0, y1 = (ends_searched if inverse else ends_other).unbind(-1)
+    d0, d1 = _derivatives_at(derivatives, pair).unbind(-1)
     w, h = x1 - x0, y1 - y0
     s = h / w
     c = d1 + d0 - 2 * s
