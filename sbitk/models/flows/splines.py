@@ -124,8 +124,9 @@ def rational_quadratic_spline(
     other = (widths, MIN_BIN_WIDTH) if inverse else (heights, MIN_BIN_HEIGHT)
     c_searched = _cumulative(searched[0])
     interior = _interior_knots(c_searched, bound, searched[1])
-    # bin k holds (knot k, knot k+1]: k is the number of interior knots below v
-    idx = torch.searchsorted(interior, v.unsqueeze(-1))
+    # bin k holds (knot k, knot k+1]: k is the number of interior knots below v (for a
+    # handful of knots a comparison and a sum take half the time of a binary search)
+    idx = (v.unsqueeze(-1) > interior).sum(-1, keepdim=True)
     pair = torch.cat([idx, idx + 1], -1)
     ends_searched = _knots_at(c_searched, pair, bound, searched[1])
     ends_other = _knots_at(_cumulative(other[0]), pair, bound, other[1])
