@@ -17,6 +17,17 @@ def _deterministic_default_dtype():
     torch.set_default_dtype(dtype)
 
 
+@pytest.fixture(autouse=True)
+def _seeded_global_rng():
+    """Every test starts from the same global torch RNG state.
+
+    Without it, whatever draws from the global generator (a model's initial weights, say) would
+    depend on which tests the same worker process ran before, and so on the scheduling.
+    """
+    torch.manual_seed(0)
+    yield
+
+
 @pytest.fixture
 def generator() -> torch.Generator:
     return torch.Generator().manual_seed(0)
