@@ -58,14 +58,6 @@ def compact(t: Tensor | None) -> Tensor | None:
     return t
 
 
-def _broadcast_rows(x: Tensor, context: Tensor | None) -> Tensor:
-    """``x`` expanded to the leading shape it and ``context`` broadcast to."""
-    if context is None:
-        return x
-    shape = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
-    return x.expand(*shape, x.shape[-1])
-
-
 class MLP(nn.Sequential):
     """Multi-layer perceptron ``(*, in_features) -> (*, out_features)``.
 
@@ -119,7 +111,8 @@ class MLP(nn.Sequential):
             h = F.linear(x, first.weight[:, :a]) + h
         for layer in list(self)[1:]:  # in-place activations are safe: h is a fresh result
             h = layer(h)
-        return h.expand(*_broadcast_rows(x, context).shape[:-1], h.shape[-1])
+        rows = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
+        return h.expand(*rows, h.shape[-1])
 
 
 class _ResidualBlock(nn.Module):
