@@ -24,7 +24,8 @@ under the key ``"sbitk"``:
 Loading parses the header with safetensors (no code runs), checks the JSON against this schema,
 the checksum against the content, and every tensor's name, dtype and shape against a model
 rebuilt from the estimator table, so a truncated, corrupted or hand-edited file is refused
-with a :class:`~sbitk.errors.ModelFileError` saying what is wrong. Files are written to a
+with a :class:`~sbitk.errors.ModelFileError` saying what is wrong. Files of an older readable
+version are brought to this version's meaning on reading (:func:`_upgrade`). Files are written to a
 temporary file next to the target and renamed into place, so a crash never leaves half a file.
 
 Example:
@@ -57,8 +58,8 @@ from sbitk.errors import ModelFileError, SbitkError
 
 FORMAT = "sbitk-model"
 #: Format version this sbitk writes; it reads this one and the versions in READABLE_VERSIONS.
-FORMAT_VERSION = 1
-READABLE_VERSIONS = (1,)
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 METADATA_KEY = "sbitk"
 
 _DTYPES = {
@@ -272,12 +273,28 @@ def _validate(header: dict, where: str) -> None:
         raise ModelFileError(f"{where}: an NPE model needs a boolean 'unconstrained' field")
 
 
+def _upgrade(header: dict) -> dict:
+    """Bring validated metadata of an older readable version to this version's meaning.
+
+    Version 1 to 2: the neural spline flow gained ``bin_scale`` (a factor on the unnormalised
+    bin widths and heights, 1/8 by default) and ``conditioner`` (its couplings' network, a
+    gated residual one by default). Version 1 splines had no factor, that is 1, and plain MLP
+    conditioners. The ``format_version`` field keeps the version the file was written in.
+    """
+    if header["format_version"] < 2 and header["estimator"]["name"] == "nsf":
+        config = header["estimator"]["config"]
+        config.setdefault("bin_scale", 1.0)
+        if not config.get("autoregressive", False):
+            config.setdefault("conditioner", "mlp")
+    return header
+
+
 def read_metadata(path: str | os.PathLike) -> dict:
     """The validated JSON metadata of a model file, without building the model."""
     path = Path(path)
     header, _ = _read_header(path)
     _validate(header, str(path))
-    return header
+    return _upgrade(header)
 
 
 def load_model(path: str | os.PathLike, *, device: str = "cpu"):
@@ -312,6 +329,7 @@ def load_model(path: str | os.PathLike, *, device: str = "cpu"):
             f"{where}: checksum mismatch: the file's metadata or weights were changed after it "
             "was written (hand-edited or corrupted)"
         )
+    _upgrade(header)
     declared = header["tensors"]
     if set(declared) != set(tensors):
         raise ModelFileError(

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from sbitk.nn.embeddings import EMBEDDINGS, MLPEmbedding, ResidualEmbedding, embedding_from_spec
 from sbitk.nn.made import MADE, made_degrees
-from sbitk.nn.mlp import ACTIVATIONS, MLP, ResidualMLP, make_activation
+from sbitk.nn.mlp import ACTIVATIONS, MLP, GatedResidualMLP, ResidualMLP, make_activation
 from sbitk.nn.standardize import Standardize
 
 __all__ = [
     "ACTIVATIONS",
     "EMBEDDINGS",
+    "GatedResidualMLP",
     "MADE",
     "MLP",
     "MLPEmbedding",

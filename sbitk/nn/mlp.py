@@ -1,4 +1,5 @@
-"""Dense networks: a plain multi-layer perceptron and a residual one."""
+"""Dense networks: a plain multi-layer perceptron, a residual one, and a gated residual
+conditioner."""
 
 from __future__ import annotations
 
@@ -91,6 +92,39 @@ class MLP(nn.Sequential):
         self.in_features = sizes[0]
         self.out_features = sizes[-1]
 
+    @property
+    def output_layer(self) -> nn.Linear:
+        """The last linear layer (see :meth:`hidden_pair`)."""
+        return self[-1]
+
+    def hidden_pair(self, x: Tensor, context: Tensor | None) -> Tensor:
+        """The input of :attr:`output_layer` for ``cat([x, context], -1)``.
+
+        Its leading shape broadcasts against the rows of ``x`` and ``context`` but may be
+        narrower, where only the context varies (see :meth:`forward_pair`).
+        """
+        if len(self) == 1:  # no hidden layer: the output layer reads the inputs themselves
+            if context is None:
+                return x
+            rows = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
+            return torch.cat([x.expand(*rows, -1), context.expand(*rows, -1)], -1)
+        return self._through(x, context, len(self) - 1)
+
+    def _through(self, x: Tensor, context: Tensor | None, stop: int) -> Tensor:
+        """Layers ``0 .. stop-1`` of ``cat([x, context], -1)``, the context part once per
+        distinct context."""
+        if context is None:
+            h, start = x, 0
+        else:
+            first, a = self[0], x.shape[-1]
+            h = F.linear(compact(context), first.weight[:, a:], first.bias)
+            if a > 0:
+                h = F.linear(x, first.weight[:, :a]) + h
+            start = 1
+        for layer in list(self)[start:stop]:  # in-place activations are safe: h is fresh
+            h = layer(h)
+        return h
+
     def forward_pair(self, x: Tensor, context: Tensor | None) -> Tensor:
         """The MLP of ``cat([x, context], -1)`` without building the concatenation.
 
@@ -105,12 +139,7 @@ class MLP(nn.Sequential):
         """
         if context is None:
             return self(x)
-        first, a = self[0], x.shape[-1]
-        h = F.linear(compact(context), first.weight[:, a:], first.bias)
-        if a > 0:
-            h = F.linear(x, first.weight[:, :a]) + h
-        for layer in list(self)[1:]:  # in-place activations are safe: h is a fresh result
-            h = layer(h)
+        h = self._through(x, context, len(self))
         rows = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
         return h.expand(*rows, h.shape[-1])
 
@@ -172,8 +201,123 @@ class ResidualMLP(nn.Module):
         return self.output(self.blocks(self.input(x)))
 
 
+class GatedResidualMLP(nn.Module):
+    r"""Conditioner ``(x, context) -> (*, out_features)`` that starts as a linear map.
+
+    A linear layer maps ``[x, context]`` into a residual stream; each block adds a two-layer
+    update gated elementwise by the context; a linear layer reads the stream out:
+
+    .. math::
+
+        h_0 = W [x; c] + b, \qquad
+        h_{i+1} = h_i + \sigma(G_i c + g_i) \odot L_{i2}(a(L_{i1}(a(h_i)))), \qquad
+        y = V h_B + v.
+
+    The second layer of each block starts within ±10⁻³ of zero, so the network starts as a
+    linear map of its inputs and learns the non-linear part on top of it: the conditional
+    location of a flow then starts linear in the context, the shape that many posteriors are
+    close to. The context's contributions (to the stream and to the gates) are computed once
+    per distinct context, as in :meth:`MLP.forward_pair`. This is the conditioner of the
+    rational-quadratic spline couplings of Durkan et al. (2019), as implemented in nflows.
+
+    Args:
+        in_features: Size of ``x`` (may be 0).
+        context_features: Size of the context (0: none; the blocks are then ungated).
+        out_features: Output size.
+        hidden_features: The width of the residual stream, then one inner width per block, so
+            ``(64, 64)`` is a stream of 64 with one block; a single size ``(w,)`` means
+            ``(w, w)``.
+        activation: Name of the activation.
+
+    Example:
+        >>> import torch
+        >>> net = GatedResidualMLP(3, 2, 5, hidden_features=(8, 8))
+        >>> net(torch.zeros(7, 3), torch.zeros(7, 2)).shape
+        torch.Size([7, 5])
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        context_features: int,
+        out_features: int,
+        hidden_features: Sequence[int] = (64, 64),
+        activation: str = "relu",
+    ):
+        super().__init__()
+        sizes = [int(h) for h in hidden_features]
+        if not sizes or min(sizes) < 1 or in_features + context_features < 1:
+            raise SbitkError(
+                "GatedResidualMLP: expected positive hidden sizes (stream width, then one per "
+                f"block) and some input, found hidden_features={tuple(sizes)}, "
+                f"in_features={in_features}, context_features={context_features}"
+            )
+        if len(sizes) == 1:
+            sizes = sizes * 2
+        self.in_features, self.context_features = int(in_features), int(context_features)
+        self.out_features = int(out_features)
+        width = sizes[0]
+        self.input = nn.Linear(self.in_features + self.context_features, width)
+        self.blocks = nn.ModuleList()
+        self.gates = nn.ModuleList()
+        for inner in sizes[1:]:
+            block = nn.Sequential(
+                make_activation(activation),
+                nn.Linear(width, inner),
+                make_activation(activation, inplace=True),
+                nn.Linear(inner, width),
+            )
+            nn.init.uniform_(block[-1].weight, -1e-3, 1e-3)
+            nn.init.uniform_(block[-1].bias, -1e-3, 1e-3)
+            self.blocks.append(block)
+            if self.context_features:
+                self.gates.append(nn.Linear(self.context_features, width))
+        self.output = nn.Linear(width, self.out_features)
+
+    @property
+    def output_layer(self) -> nn.Linear:
+        """The last linear layer (see :meth:`hidden_pair`)."""
+        return self.output
+
+    def hidden_pair(self, x: Tensor, context: Tensor | None) -> Tensor:
+        """The residual stream after the last block, the input of :attr:`output_layer`.
+
+        Its leading shape broadcasts against the rows of ``x`` and ``context`` but may be
+        narrower, where only the context varies.
+        """
+        if (context is None) != (self.context_features == 0):
+            raise SbitkError(
+                f"GatedResidualMLP: expected a context of size {self.context_features}, found "
+                f"{'none' if context is None else tuple(context.shape)}"
+            )
+        a = x.shape[-1]
+        if context is None:
+            h = self.input(x)
+            gates: list[Tensor | None] = [None] * len(self.blocks)
+        else:
+            c = compact(context)
+            h = F.linear(c, self.input.weight[:, a:], self.input.bias)
+            if a > 0:
+                h = F.linear(x, self.input.weight[:, :a]) + h
+            gates = [torch.sigmoid(g(c)) for g in self.gates]
+        for block, gate in zip(self.blocks, gates, strict=True):
+            update = block(h)
+            h = h + update if gate is None else torch.addcmul(h, update, gate)
+        return h
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """Map ``x`` (*, in_features) and ``context`` (*, context_features) to the output."""
+        y = self.output(self.hidden_pair(x, context))
+        if context is None:
+            return y
+        return y.expand(*torch.broadcast_shapes(x.shape[:-1], context.shape[:-1]), y.shape[-1])
+
+    forward_pair = forward
+
+
 __all__ = [
     "ACTIVATIONS",
+    "GatedResidualMLP",
     "MLP",
     "ResidualMLP",
     "compact",

@@ -152,10 +152,50 @@ def test_an_edit_that_fixes_the_checksum_is_still_checked_against_the_estimator(
         load_model(saved)
 
 
+@pytest.mark.parametrize("autoregressive", [False, True])
+def test_version_1_spline_files_load_with_unscaled_bins_and_mlp_conditioners(
+    tmp_path, autoregressive
+):
+    """Format 1 predates ``bin_scale`` and ``conditioner``: its splines read the bins unscaled
+    (a factor of 1) and its couplings have plain MLP conditioners."""
+    from sbitk.io import modelfile
+    from sbitk.models.flows import NSF
+
+    old = {"bin_scale": 1.0} if autoregressive else {"bin_scale": 1.0, "conditioner": "mlp"}
+    options = {"transforms": 2, "hidden_features": (16,), "autoregressive": autoregressive}
+    flow = NSF(3, 3, **options, **old)
+    torch.nn.init.normal_(next(flow.parameters()))
+    path = tmp_path / "v1.safetensors"
+    save_model(path, DirectPosterior(flow, PRIOR))
+
+    def as_version_1(meta):
+        meta["format_version"] = 1
+        for key in old:
+            del meta["estimator"]["config"][key]
+        del meta["checksum"]
+        _, tensors = modelfile._read_header(path)
+        meta["checksum"] = modelfile._checksum(meta, tensors)
+
+    rewrite(path, as_version_1)
+    assert {k: read_metadata(path)["estimator"]["config"].get(k) for k in old} == old
+    loaded = load_model(path)
+    assert {k: getattr(loaded.estimator.config, k) for k in old} == old
+    xo, theta = torch.tensor([0.1, 1.0, 0.2]), torch.tensor([[0.3, 1.2, 0.5]])
+    expected = DirectPosterior(flow, PRIOR).log_prob(theta, x=xo)
+    assert torch.equal(loaded.log_prob(theta, x=xo), expected)
+    if autoregressive:  # the same weights read with this version's bin scale: another density
+        new = NSF(3, 3, **options)
+        new.load_state_dict(flow.state_dict())
+        assert not torch.equal(DirectPosterior(new, PRIOR).log_prob(theta, x=xo), expected)
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda m: m.update(format_version=FORMAT_VERSION + 1), "format version 2 .* upgrade"),
+        (
+            lambda m: m.update(format_version=FORMAT_VERSION + 1),
+            f"format version {FORMAT_VERSION + 1} .* upgrade",
+        ),
         (lambda m: m.update(format_version=0), "format version 0 is no longer supported"),
         (lambda m: m.update(format_version="1"), "format_version must be an integer"),
         (lambda m: m.pop("prior"), "lacks the field 'prior'"),

@@ -224,8 +224,15 @@ def test_bad_calls_name_the_thing_expected_and_found():
         NSF(0)
     with pytest.raises(FlowError, match="reading 3 context features, found one reading 2"):
         NSF(2, 3, embedding=MLPEmbedding(2, 2))
-    with pytest.raises(FlowError, match=r"bins >= 1 and bound > 0.*bound=0.0"):
+    with pytest.raises(FlowError, match=r"bins >= 1, bound > 0 .*bound=0.0"):
         NSF(2, bound=0.0)
+    with pytest.raises(FlowError, match=r"conditioner among \['mlp', 'residual'\].*'gru'"):
+        NSF(2, conditioner="gru")
+    with pytest.raises(FlowError, match="autoregressive variant's conditioner is a MADE"):
+        NSF(2, autoregressive=True, conditioner="mlp")
+    for scale in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(FlowError, match=rf"finite bin_scale > 0.*bin_scale={scale}"):
+            NSF(2, bin_scale=scale)
     with pytest.raises(FlowError, match="embedding net needs a context"):
         NSF(2, embedding=MLPEmbedding(2, 2))
     assert issubclass(FlowError, SbitkError)

@@ -19,6 +19,7 @@ from sbitk.models.flows import (
     Composite,
     Coupling,
     ElementwiseAffine,
+    FlowError,
     LULinear,
     MaskedAutoregressive,
     Permutation,
@@ -55,6 +56,19 @@ TRANSFORMS = {
     "affine-coupling-flip": (lambda: Coupling(D, C, AffineMap(), H, flip=True), True),
     "spline-coupling": (lambda: Coupling(D, C, SplineMap(6, bound=2.0), H), True),
     "spline-coupling-flip": (lambda: Coupling(D, 0, SplineMap(4, 2.0), H, flip=True), False),
+    "spline-coupling-scaled-bins": (lambda: Coupling(D, C, SplineMap(6, 2.0, 0.1), H), True),
+    "spline-coupling-residual": (
+        lambda: Coupling(D, C, SplineMap(6, 2.0), H, conditioner="residual"),
+        True,
+    ),
+    "spline-coupling-residual-1d": (
+        lambda: Coupling(1, C, SplineMap(5, 2.0), H, conditioner="residual"),
+        True,
+    ),
+    "affine-coupling-residual": (
+        lambda: Coupling(D, 0, AffineMap(), H, conditioner="residual", flip=True),
+        False,
+    ),
     "affine-coupling-1d": (lambda: Coupling(1, C, AffineMap(), H), True),
     "spline-coupling-1d-unconditional": (lambda: Coupling(1, 0, SplineMap(5, 2.0), H), False),
     "affine-autoregressive": (lambda: MaskedAutoregressive(D, C, AffineMap(), H), True),
@@ -209,6 +223,47 @@ def test_spline_matches_nflows_on_identical_knot_parameters(inverse):
     outside = x.abs() > bound
     assert 0.1 < outside.double().mean() < 0.9
     assert torch.equal(ours[outside], x[outside])  # linear (identity) tails
+
+
+def test_bin_scale_multiplies_widths_and_heights_but_not_derivatives():
+    g = torch.Generator().manual_seed(2)
+    k, scale = 5, 0.25
+    x = 2 * torch.randn(300, generator=g, dtype=torch.float64)
+    p = 3 * torch.randn(300, 3 * k - 1, generator=g, dtype=torch.float64)
+    factor = torch.cat([torch.full((2 * k,), scale), torch.ones(k - 1)]).double()
+    scaled, plain = SplineMap(k, 3.0, scale), SplineMap(k, 3.0)
+    for method in ("forward", "inverse"):
+        y, ld = getattr(scaled, method)(x, p)
+        y0, ld0 = getattr(plain, method)(x, p * factor)
+        assert torch.equal(y, y0) and torch.equal(ld, ld0)
+        assert not torch.allclose(y, getattr(plain, method)(x, p)[0])
+    assert torch.equal(scaled.inverse_value(x, p), plain.inverse_value(x, p * factor))
+
+
+@pytest.mark.parametrize("conditioner", ["mlp", "residual"])
+def test_coupling_computes_spline_parameters_parameter_first_like_the_plain_layout(conditioner):
+    """A spline coupling has its output layer write the parameters parameter-first (the
+    layout the spline runs fastest in); the result equals the map on the plain output."""
+    torch.manual_seed(3)
+    t = Coupling(D, C, SplineMap(6, 2.0, 0.5), H, conditioner=conditioner).double()
+    torch.nn.init.normal_(t.conditioner.output_layer.weight)
+    x = 1.5 * torch.randn(7, 3, D, dtype=torch.float64)
+    c = torch.randn(3, C, dtype=torch.float64)
+    identity, transformed = t._parts(x)
+    p = t._params(identity, c)  # (7, 3, n_transformed, params): the conditioner's own order
+    want, want_ld = t.map.forward(transformed, p)
+    z, ld = t(x, c)
+    assert torch.allclose(t._parts(z)[1], want, atol=1e-12)
+    assert torch.allclose(ld, want_ld.sum(-1), atol=1e-12)
+    back, back_ld = t.map.inverse(t._parts(z)[1], p)
+    assert torch.allclose(t.inverse(z, c), x, atol=1e-10)
+    assert torch.allclose(t.inverse_and_log_det(z, c)[1], back_ld.sum(-1), atol=1e-12)
+    assert torch.allclose(back, transformed, atol=1e-10)
+
+
+def test_unknown_conditioner_is_named():
+    with pytest.raises(FlowError, match=r"conditioner among \['mlp', 'residual'\].*'gru'"):
+        Coupling(D, C, SplineMap(4), H, conditioner="gru")
 
 
 def test_spline_is_continuous_at_the_bounds():

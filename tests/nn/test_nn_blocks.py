@@ -7,6 +7,7 @@ from sbitk.errors import SbitkError
 from sbitk.nn import (
     MADE,
     MLP,
+    GatedResidualMLP,
     MLPEmbedding,
     ResidualEmbedding,
     ResidualMLP,
@@ -39,6 +40,42 @@ def test_mlp_pair_call_equals_the_call_on_the_concatenation(n_inputs):
     plain = MLP(3, 2)
     inputs = torch.randn(5, 3)
     assert torch.equal(plain.forward_pair(inputs, None), plain(inputs))  # no context: plain call
+
+
+@pytest.mark.parametrize("n_inputs", [0, 3])
+def test_gated_residual_mlp_reuses_context_terms_and_starts_near_linear(n_inputs):
+    torch.manual_seed(0)
+    net = GatedResidualMLP(n_inputs, 4, 5, (8, 6, 7)).double()
+    assert len(net.blocks) == len(net.gates) == 2
+    x = torch.randn(6, 2, n_inputs, dtype=torch.float64)
+    c = torch.randn(2, 4, dtype=torch.float64)
+    got = net(x, c.expand(6, 2, 4))
+    assert got.shape == (6, 2, 5)
+    # the same network written out on the concatenation, once per row
+    z = torch.cat([x, c.expand(6, 2, 4)], -1)
+    h = net.input(z)
+    for block, gate in zip(net.blocks, net.gates, strict=True):
+        h = h + torch.sigmoid(gate(c)) * block(h)
+    assert torch.allclose(got, net.output(h), atol=1e-12)
+    assert torch.allclose(net(x, c), got, atol=1e-12)  # broadcast context, not expanded
+    # at initialisation the blocks add almost nothing: a linear map of the inputs
+    linear = net.output(net.input(z))
+    assert (got - linear).abs().max() < 0.05 * linear.abs().max()
+    assert torch.allclose(net.output_layer(net.hidden_pair(x, c)).expand(6, 2, 5), got)
+
+
+def test_gated_residual_mlp_without_context_and_bad_calls():
+    net = GatedResidualMLP(3, 0, 2, (8,))
+    assert len(net.blocks) == 1 and len(net.gates) == 0
+    assert net(torch.zeros(4, 3)).shape == (4, 2)
+    with pytest.raises(SbitkError, match="context of size 0, found \\(4, 1\\)"):
+        net(torch.zeros(4, 3), torch.zeros(4, 1))
+    with pytest.raises(SbitkError, match="context of size 2, found none"):
+        GatedResidualMLP(3, 2, 2)(torch.zeros(4, 3))
+    with pytest.raises(SbitkError, match="positive hidden sizes"):
+        GatedResidualMLP(3, 2, 2, ())
+    with pytest.raises(SbitkError, match="some input"):
+        GatedResidualMLP(0, 0, 2)
 
 
 def test_compact_narrows_only_expanded_leading_dimensions():

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from sbitk.models.flows.flow import Flow, FlowConfig, make_config
+from sbitk.models.flows.flow import Flow, FlowConfig, FlowError, make_config
 from sbitk.models.flows.transforms import (
     ActNorm,
     AdditiveMap,
@@ -24,7 +24,10 @@ from sbitk.models.flows.transforms import (
     Scale,
     Transform,
 )
-from sbitk.nn.mlp import MLP
+from sbitk.nn.mlp import MLP, GatedResidualMLP
+
+#: Conditioner networks of a coupling, by the names configs use.
+CONDITIONERS = ("mlp", "residual")
 
 
 class Coupling(Transform):
@@ -41,6 +44,8 @@ class Coupling(Transform):
         hidden_features: Hidden layer sizes of the conditioner.
         activation: Activation of the conditioner.
         flip: Transform the first part instead of the second.
+        conditioner: ``"mlp"`` (:class:`~sbitk.nn.mlp.MLP`) or ``"residual"``
+            (:class:`~sbitk.nn.mlp.GatedResidualMLP`, which starts as a linear map).
 
     Example:
         >>> t = Coupling(3, 2, AffineMap(), hidden_features=(8,))
@@ -58,15 +63,25 @@ class Coupling(Transform):
         hidden_features: Sequence[int] = (64, 64),
         activation: str = "relu",
         flip: bool = False,
+        conditioner: str = "mlp",
     ):
         super().__init__()
+        if conditioner not in CONDITIONERS:
+            raise FlowError(
+                f"coupling: expected conditioner among {list(CONDITIONERS)}, found {conditioner!r}"
+            )
         self.map, self.flip = map, bool(flip)
         self.split = features - features // 2 if flip else features // 2
         n_identity = features - self.split if flip else self.split
         self.n_transformed = features - n_identity
         out = self.n_transformed * map.params
         if n_identity + context > 0:
-            self.conditioner = MLP(n_identity + context, out, hidden_features, activation)
+            if conditioner == "residual":
+                self.conditioner = GatedResidualMLP(
+                    n_identity, context, out, hidden_features, activation
+                )
+            else:
+                self.conditioner = MLP(n_identity + context, out, hidden_features, activation)
             self.constant = None
         else:  # nothing to condition on: the parameters themselves are learned
             self.conditioner = None
@@ -91,31 +106,68 @@ class Coupling(Transform):
             p = self.conditioner.forward_pair(identity, context)
         return p.unflatten(-1, (self.n_transformed, self.map.params))
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def _param_major(self, identity: Tensor, context: Tensor | None) -> Tensor | None:
+        """The map's parameters (P, n_transformed, *rows), parameter index first and contiguous,
+        for maps that take them so (splines); None for the others.
+
+        The conditioner's output layer computes them in this layout directly, as the
+        transposed product ``W h^T`` with W's rows reordered, so no transposing copy is made.
+        """
+        if self.conditioner is None or not hasattr(self.map, "param_major"):
+            return None
+        rows = identity.shape[:-1]
+        if context is not None:
+            rows = torch.broadcast_shapes(rows, context.shape[:-1])
+        h = self.conditioner.hidden_pair(identity, context)
+        h = h.expand(*rows, h.shape[-1]).reshape(-1, h.shape[-1])
+        layer = self.conditioner.output_layer
+        order = self.param_order
+        out = torch.addmm(layer.bias[order].unsqueeze(-1), layer.weight[order], h.T)
+        return out.view(self.map.params, self.n_transformed, *rows)
+
+    @property
+    def param_order(self) -> Tensor:
+        """Output rows in (parameter, dimension) order; the conditioner's are (dimension,
+        parameter)."""
+        n, p = self.n_transformed, self.map.params
+        device = self.conditioner.output_layer.weight.device
+        return torch.arange(n * p, device=device).view(n, p).T.reshape(-1)
+
+    def _transform(self, x: Tensor, context: Tensor | None, inverse: bool, log_det: bool):
+        """(y, summed log-det or None) of the map's forward or inverse on ``x``."""
         identity, transformed = self._parts(x)
-        p = self._params(identity, context)
-        y, ld = self.map.forward(transformed.expand(*p.shape[:-2], -1), p)
-        return self._join(identity.expand(*y.shape[:-1], -1), y), ld.sum(-1)
+        pm = self._param_major(identity, context)
+        if pm is not None:
+            rows = pm.shape[2:]
+            t = transformed.expand(*rows, -1).movedim(-1, 0)
+            y, ld = self.map.param_major(t, pm, inverse=inverse, log_det=log_det)
+            y = y.movedim(0, -1)
+            ld = None if ld is None else ld.sum(0)
+        else:
+            p = self._params(identity, context)
+            t = transformed.expand(*p.shape[:-2], -1)
+            if inverse and not log_det and hasattr(self.map, "inverse_value"):
+                y, ld = self.map.inverse_value(t, p), None
+            else:
+                y, ld = (self.map.inverse if inverse else self.map.forward)(t, p)
+                ld = ld.sum(-1)
+        return self._join(identity.expand(*y.shape[:-1], -1), y), ld
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self._transform(x, context, inverse=False, log_det=True)
 
     def inverse_and_log_det(
         self, z: Tensor, context: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        identity, transformed = self._parts(z)
-        p = self._params(identity, context)
-        x, ld = self.map.inverse(transformed.expand(*p.shape[:-2], -1), p)
-        return self._join(identity.expand(*x.shape[:-1], -1), x), ld.sum(-1)
+        return self._transform(z, context, inverse=True, log_det=True)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
-        inverse_value = getattr(self.map, "inverse_value", None)
-        if inverse_value is None:
-            return self.inverse_and_log_det(z, context)[0]
-        identity, transformed = self._parts(z)
-        p = self._params(identity, context)
-        x = inverse_value(transformed.expand(*p.shape[:-2], -1), p)
-        return self._join(identity.expand(*x.shape[:-1], -1), x)
+        return self._transform(z, context, inverse=True, log_det=False)[0]
 
 
-def coupling_steps(flow: Flow, make_map, prefix=lambda i: []) -> list[Transform]:
+def coupling_steps(
+    flow: Flow, make_map, prefix=lambda i: [], conditioner: str = "mlp"
+) -> list[Transform]:
     """``transforms`` coupling steps separated by the configured permutations.
 
     Without permutations (``"none"``) the split alternates instead, so that every dimension is
@@ -135,6 +187,7 @@ def coupling_steps(flow: Flow, make_map, prefix=lambda i: []) -> list[Transform]
                 cfg.hidden_features,
                 cfg.activation,
                 flip=alternate and bool(i % 2),
+                conditioner=conditioner,
             )
         )
     return steps

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 
 from torch import nn
 
 from sbitk.models.flows.autoregressive import autoregressive_steps
-from sbitk.models.flows.coupling import coupling_steps
+from sbitk.models.flows.coupling import CONDITIONERS, coupling_steps
 from sbitk.models.flows.flow import Flow, FlowConfig, FlowError, make_config
 from sbitk.models.flows.transforms import SplineMap, Transform
 
@@ -21,11 +22,19 @@ class NSFConfig(FlowConfig):
         bins: Number of spline bins K.
         bound: Half-width B of the spline interval (in standardised units); identity outside.
         autoregressive: Use MADE autoregressive splines instead of couplings.
+        bin_scale: Factor on the conditioner's unnormalised bin widths and heights (see
+            :class:`~sbitk.models.flows.transforms.SplineMap`). The default, 1/8, keeps the knots
+            near uniform unless the data insist (see docs/benchmarks.md for what it changes).
+        conditioner: The couplings' conditioner, ``"residual"`` (the default, a
+            :class:`~sbitk.nn.mlp.GatedResidualMLP`) or ``"mlp"``. Left unset (None) for the
+            autoregressive variant, whose conditioner is a MADE.
     """
 
     bins: int = 8
     bound: float = 5.0
     autoregressive: bool = False
+    bin_scale: float = 1 / 8
+    conditioner: str | None = None
 
 
 class NSF(Flow):
@@ -39,7 +48,8 @@ class NSF(Flow):
         context: Dimension C of the context (0: unconditional).
         embedding: Optional embedding net for the context (see :class:`Flow`).
         **options: Further fields of :class:`NSFConfig` (``transforms``, ``hidden_features``,
-            ``activation``, ``permutation``, ``seed``, ``bins``, ``bound``, ``autoregressive``).
+            ``activation``, ``permutation``, ``seed``, ``bins``, ``bound``, ``autoregressive``,
+            ``bin_scale``, ``conditioner``).
 
     References:
         Durkan, Bekasov, Murray and Papamakarios, "Neural spline flows" (2019), arXiv:1906.04032.
@@ -68,12 +78,27 @@ class NSF(Flow):
 
     def build(self) -> list[Transform]:
         cfg = self.config
-        if cfg.bins < 1 or not cfg.bound > 0:
+        if cfg.bins < 1 or not cfg.bound > 0 or not 0 < cfg.bin_scale < math.inf:
             raise FlowError(
-                f"NSF: expected bins >= 1 and bound > 0, found bins={cfg.bins}, bound={cfg.bound}"
+                f"NSF: expected bins >= 1, bound > 0 and a finite bin_scale > 0, found "
+                f"bins={cfg.bins}, bound={cfg.bound}, bin_scale={cfg.bin_scale}"
             )
-        steps = autoregressive_steps if cfg.autoregressive else coupling_steps
-        return steps(self, lambda: SplineMap(cfg.bins, cfg.bound))
+
+        def make_map() -> SplineMap:
+            return SplineMap(cfg.bins, cfg.bound, cfg.bin_scale)
+
+        if cfg.autoregressive:
+            if cfg.conditioner is not None:
+                raise FlowError(
+                    "NSF: the autoregressive variant's conditioner is a MADE; leave conditioner "
+                    f"unset, found {cfg.conditioner!r}"
+                )
+            return autoregressive_steps(self, make_map)
+        if cfg.conditioner not in (None, *CONDITIONERS):
+            raise FlowError(
+                f"NSF: expected conditioner among {list(CONDITIONERS)}, found {cfg.conditioner!r}"
+            )
+        return coupling_steps(self, make_map, conditioner=cfg.conditioner or "residual")
 
 
 __all__ = ["NSF", "NSFConfig"]
