@@ -91,6 +91,7 @@ def run_npe(task: str, budget: int, observations: list[int], n_c2st: int, seed: 
     return {
         "task": task, "budget": budget, "c2st_sbitk": sum(c_ours) / len(c_ours),
         "c2st_sbi": sum(c_sbi) / len(c_sbi), "time_sbitk": t_ours, "time_sbi": t_sbi,
+        "each_sbitk": c_ours, "each_sbi": c_sbi,
         "epochs_sbitk": ours.history.epochs,
         "epochs_sbi": inference._summary["epochs_trained"][-1],
     }  # fmt: skip
@@ -193,6 +194,8 @@ def main() -> None:
                         f"speed-up {r['time_sbi'] / r['time_sbitk']:.1f}×",
                         flush=True,
                     )
+                    for k, a, b in zip(observations, r["each_sbitk"], r["each_sbi"], strict=True):
+                        print(f"    observation {k:2d}: C2ST sbitk {a:.3f}  sbi {b:.3f}")
             out.append("### NPE: training time and C2ST\n\n" + npe_table(rows))
         if args.nle:
             rows = []
