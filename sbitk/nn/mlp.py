@@ -59,6 +59,14 @@ def compact(t: Tensor | None) -> Tensor | None:
     return t
 
 
+def linear_pair(layer: nn.Linear, x: Tensor, context: Tensor) -> Tensor:
+    """``layer(cat([x, context], -1))`` as two products, without the concatenation; with a
+    compacted context (:func:`compact`) its product is made once per distinct context."""
+    a = x.shape[-1]
+    h = F.linear(context, layer.weight[:, a:], layer.bias)
+    return F.linear(x, layer.weight[:, :a]) + h if a > 0 else h
+
+
 class MLP(nn.Sequential):
     """Multi-layer perceptron ``(*, in_features) -> (*, out_features)``.
 
@@ -116,11 +124,7 @@ class MLP(nn.Sequential):
         if context is None:
             h, start = x, 0
         else:
-            first, a = self[0], x.shape[-1]
-            h = F.linear(compact(context), first.weight[:, a:], first.bias)
-            if a > 0:
-                h = F.linear(x, first.weight[:, :a]) + h
-            start = 1
+            h, start = linear_pair(self[0], x, compact(context)), 1
         for layer in list(self)[start:stop]:  # in-place activations are safe: h is fresh
             h = layer(h)
         return h
@@ -290,15 +294,12 @@ class GatedResidualMLP(nn.Module):
                 f"GatedResidualMLP: expected a context of size {self.context_features}, found "
                 f"{'none' if context is None else tuple(context.shape)}"
             )
-        a = x.shape[-1]
         if context is None:
             h = self.input(x)
             gates: list[Tensor | None] = [None] * len(self.blocks)
         else:
             c = compact(context)
-            h = F.linear(c, self.input.weight[:, a:], self.input.bias)
-            if a > 0:
-                h = F.linear(x, self.input.weight[:, :a]) + h
+            h = linear_pair(self.input, x, c)
             gates = [torch.sigmoid(g(c)) for g in self.gates]
         for block, gate in zip(self.blocks, gates, strict=True):
             update = block(h)
