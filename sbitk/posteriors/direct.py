@@ -8,7 +8,9 @@ density in parameter space adds the log-determinant of :math:`f`:
 .. math:: \\log q(\\theta \\mid x) = \\log q(f(\\theta) \\mid x) + \\log |\\det J_f(\\theta)|.
 
 An estimator trained directly on θ (``unconstrained=False``) is truncated to the prior's
-support by rejection, with a cap on attempts and on time, and the acceptance rate reported.
+support by rejection, with a cap on attempts and on time, and the acceptance rate reported. An
+observation for which almost every proposal misses the support (one far from the training data)
+is completed by slice sampling the truncated estimator instead, with a warning.
 
 Example:
     >>> import torch
@@ -75,6 +77,12 @@ def _names(names: Sequence[str] | None, dim: int, what: str) -> list[str]:
     return names
 
 
+#: Below this acceptance rate (after three rounds) an observation's samples are completed by MCMC.
+MCMC_FALLBACK_RATE = 1e-3
+#: Chains and warm-up sweeps of that MCMC.
+MCMC_FALLBACK_CHAINS, MCMC_FALLBACK_WARMUP = 64, 50
+
+
 class DirectPosterior:
     """Amortized posterior :math:`q(\\theta \\mid x)` from a trained estimator.
 
@@ -129,6 +137,9 @@ class DirectPosterior:
         #: Share of proposals inside the support in the last ``sample`` call (1.0 without
         #: rejection).
         self.acceptance_rate = 1.0
+        #: Indices of the observations whose samples rejection could not complete in the last
+        #: ``sample`` call, completed by slice sampling the truncated estimator instead.
+        self.mcmc_observations: list[int] = []
 
     # ---- plumbing ----------------------------------------------------------------------------
     @property
@@ -207,42 +218,99 @@ class DirectPosterior:
         b = x.shape[0]
         out = x.new_zeros(n, b, self.theta_dim)
         filled = torch.zeros(b, dtype=torch.long)
-        proposed = accepted = 0
+        proposed, accepted = torch.zeros(b), torch.zeros(b)
+        hopeless = torch.zeros(b, dtype=torch.bool)
         start = time.perf_counter()
         want = n
-        attempt = 0
-        for attempt in range(self.max_rejection_attempts):  # noqa: B007
-            todo = (filled < n).nonzero().squeeze(-1)
+        for attempt in range(self.max_rejection_attempts):
+            todo = ((filled < n) & ~hopeless).nonzero().squeeze(-1)
             if todo.numel() == 0:
                 break
             draw = self._draw_u(want, x[todo.to(x.device)], chunk_rows)  # (want, b', D)
             inside = self.prior.support_contains(draw).cpu()
-            proposed += inside.numel()
-            accepted += int(inside.sum())
+            proposed[todo] += inside.shape[0]
+            accepted[todo] += inside.sum(0).float()
             for j, i in enumerate(todo.tolist()):
                 good = draw[inside[:, j], j]
                 take = min(n - int(filled[i]), good.shape[0])
                 out[filled[i] : filled[i] + take, i] = good[:take]
                 filled[i] += take
-            rate = max(accepted / max(proposed, 1), 1e-3)
-            want = min(int(1.2 * (n - int(filled.min())) / rate) + 1, 100 * n + 1)
+            rates = accepted / proposed.clamp_min(1)
+            # An observation whose proposals almost all miss the support would need too many
+            # rounds: it is sampled by MCMC below instead.
+            if attempt >= 2:
+                hopeless |= (filled < n) & (rates < MCMC_FALLBACK_RATE)
+            rate = max(float(rates[todo].min()), MCMC_FALLBACK_RATE)
+            want = min(int(1.2 * (n - int(filled[todo].min())) / rate) + 1, 100 * n + 1)
             if time.perf_counter() - start > self.max_rejection_time:
                 break
-        self.acceptance_rate = accepted / max(proposed, 1)
-        if (filled < n).any():
-            raise SbitkError(
-                f"rejection sampling stopped after {attempt + 1} attempts and "
-                f"{time.perf_counter() - start:.1f} s with an acceptance rate of "
-                f"{self.acceptance_rate:.2%}: {int((filled < n).sum())} observation(s) got fewer "
-                f"than {n} samples inside the prior's support; train with unconstrained=True"
+        self.acceptance_rate = float(accepted.sum() / proposed.sum().clamp_min(1))
+        short = (filled < n).nonzero().squeeze(-1).tolist()
+        self.mcmc_observations = short
+        if short:
+            for i in short:
+                k = int(filled[i])
+                out[k:, i] = self._truncated_mcmc(x[i], n - k, out[:k, i])
+            warnings.warn(
+                f"rejection sampling accepted only {self.acceptance_rate:.2%} of the proposals "
+                f"(the estimator puts its mass outside the prior's support); the missing "
+                f"samples of {len(short)} observation(s) (indices {short[:10]}) were drawn by "
+                "slice sampling the estimator truncated to the support, which gives correlated "
+                "draws. Such observations may lie outside what the training data covers.",
+                stacklevel=3,
             )
-        if self.acceptance_rate < 0.01:
+        elif self.acceptance_rate < 0.01:
             warnings.warn(
                 f"rejection sampling accepted only {self.acceptance_rate:.2%} of the proposals; "
                 "the estimator puts most of its mass outside the prior's support",
                 stacklevel=3,
             )
         return out
+
+    def _truncated_mcmc(self, x: Tensor, m: int, accepted: Tensor) -> Tensor:
+        """``m`` draws of the estimator truncated to the support for one observation ``x``, by
+        slice sampling in the prior's unconstrained coordinates.
+
+        Chains start from the samples already ``accepted`` (k, D) where there are enough, else
+        from prior draws resampled by their estimator density (sampling-importance-resampling).
+        """
+        from sbitk.posteriors.mcmc import slice_sample
+
+        bijection, dist = self.prior.bijection(), self.estimator(x.unsqueeze(0))
+
+        def log_prob(u: Tensor) -> Tensor:
+            theta = bijection.inverse(u)
+            lp = dist.log_prob(theta.unsqueeze(-2)).squeeze(-1) - bijection.forward(theta)[1]
+            return torch.where(torch.isfinite(lp), lp, torch.full_like(lp, -math.inf))
+
+        chains = min(MCMC_FALLBACK_CHAINS, m)
+        gen = torch.Generator().manual_seed(int(torch.randint(2**31 - 1, ())))
+        if accepted.shape[0] >= chains:
+            init = accepted[torch.randperm(accepted.shape[0], generator=gen)[:chains]]
+        else:
+            candidates = self.prior.sample(10 * MCMC_FALLBACK_CHAINS**2, gen).to(x)
+            # weights q / p: the truncated estimator over the prior as proposal
+            w = dist.log_prob(candidates.unsqueeze(-2)).squeeze(-1) - self.prior.log_prob(
+                candidates
+            )
+            if not torch.isfinite(w).any():
+                raise SbitkError(
+                    "rejection sampling found no samples inside the prior's support and the "
+                    "estimator's density is not finite on any prior draw; train with "
+                    "unconstrained=True"
+                )
+            w = torch.softmax(torch.nan_to_num(w, nan=-math.inf), 0).cpu()
+            init = candidates[torch.multinomial(w, chains, replacement=True, generator=gen)]
+        draws = -(-m // chains)
+        result = slice_sample(
+            log_prob,
+            bijection.forward(init.to(x))[0],
+            draws,
+            warmup=MCMC_FALLBACK_WARMUP,
+            seed=int(torch.randint(2**31 - 1, (), generator=gen)),
+        )
+        u = result.samples.transpose(0, 1).reshape(-1, self.theta_dim)[:m]
+        return bijection.inverse(u)
 
     def log_prob(self, theta: Tensor, x: Tensor | None = None) -> Tensor:
         """The log density of θ under :math:`q(\\theta \\mid x)`; ``-inf`` outside the support.

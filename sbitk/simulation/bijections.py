@@ -158,6 +158,17 @@ class TorchTransformBijection(Bijection):
         return {"type": "torch", "dim": self.dim, "transform": repr(self.transform)}
 
 
+def is_box(bijection: Bijection) -> bool:
+    """Whether a bijection maps a box: logit on some dimensions, the identity on the others."""
+    if isinstance(bijection, LogitBijection):
+        return True
+    if isinstance(bijection, StackBijection):
+        kinds = [type(p) for p in bijection.parts]
+        ok = all(k in (LogitBijection, IdentityBijection) for k in kinds)
+        return ok and LogitBijection in kinds
+    return False
+
+
 def bijection_from_spec(spec: dict) -> Bijection:
     """Rebuild a bijection from :meth:`Bijection.spec` (``torch`` ones are not rebuildable)."""
     kind = spec.get("type")
@@ -182,4 +193,5 @@ __all__ = [
     "StackBijection",
     "TorchTransformBijection",
     "bijection_from_spec",
+    "is_box",
 ]

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 import sbitk
 from sbitk.errors import SbitkError
@@ -11,6 +12,7 @@ from sbitk.inference.estimators import ConditionalGaussian
 from sbitk.inference.nle import NLE
 from sbitk.inference.npe import NPE
 from sbitk.inference.training import TrainConfig
+from sbitk.posteriors.direct import DirectPosterior
 from sbitk.posteriors.mcmc import MCMCConfig
 from sbitk.simulation.priors import BoxUniform, LogNormal, Normal, Product
 
@@ -132,16 +134,66 @@ def test_rejection_sampling_reports_its_acceptance_rate_and_gives_up_in_time():
     samples = posterior.sample(500, x=torch.tensor([0.9, 1.9]), seed=0)
     assert prior.support_contains(samples).all()
     assert 0.05 < posterior.acceptance_rate < 1.0
-    # An estimator with all its mass far outside the box: refused after the cap, not a hang.
-    estimator = ConditionalGaussian(2, 2)
-    estimator.input_mean.fill_(100.0)
-    from sbitk.posteriors.direct import DirectPosterior
-
-    hopeless = DirectPosterior(
-        estimator, prior, unconstrained=False, max_rejection_attempts=5, max_rejection_time=5
+    # Caps on attempts and time: an estimator with its mass far outside the box does not hang.
+    far = DirectPosterior(
+        far_gaussian(), prior, unconstrained=False, max_rejection_attempts=5, max_rejection_time=5
     )
-    with pytest.raises(SbitkError, match=r"acceptance rate of 0\.00%"):
-        hopeless.sample(10, x=torch.zeros(2))
+    with pytest.warns(UserWarning, match=r"accepted only 0\.00%.*slice sampling"):
+        samples = far.sample(10, x=torch.zeros(2), seed=0)
+    assert prior.support_contains(samples).all() and far.mcmc_observations == [0]
+
+
+def far_gaussian():
+    """A Gaussian q(θ | x) = N((3, 3), 0.5² I) for every x: 7e-7 of its mass is in the box."""
+    estimator = ConditionalGaussian(2, 2)
+    nn.init.zeros_(estimator.net[-1].weight)
+    nn.init.zeros_(estimator.net[-1].bias)
+    estimator.input_mean.fill_(3.0)
+    estimator.input_std.fill_(0.5)
+    return estimator
+
+
+def test_observations_rejection_cannot_serve_get_the_truncated_estimator_by_mcmc():
+    from scipy.stats import truncnorm
+
+    prior = BoxUniform([-1.0, 0.0], [1.0, 2.0])
+    posterior = DirectPosterior(far_gaussian(), prior, unconstrained=False)
+    near = ConditionalGaussian(2, 2)  # mass inside the box: rejection serves it
+    x = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    with pytest.warns(UserWarning, match=r"2 observation\(s\)"):
+        samples = posterior.sample(4000, x=x, seed=1)
+    assert prior.support_contains(samples).all() and posterior.mcmc_observations == [0, 1]
+    # The truncated N(3, 0.5²) factorises: each coordinate is a truncated normal. Its standard
+    # deviations are 0.12 and 0.33; 4,000 draws of 64 chains keep an effective size above 400,
+    # so 0.03 is more than four standard errors of either mean.
+    low, high = torch.tensor([-1.0, 0.0]), torch.tensor([1.0, 2.0])
+    for j in range(2):
+        a, b = (low[j] - 3.0) / 0.5, (high[j] - 3.0) / 0.5
+        want = truncnorm(float(a), float(b), loc=3.0, scale=0.5).mean()
+        assert samples[..., j].mean(0).sub(want).abs().max() < 0.03
+    # Within the box the estimator is served by rejection alone.
+    inside = DirectPosterior(near, prior, unconstrained=False)
+    inside.sample(100, x=x, seed=0)
+    assert inside.mcmc_observations == [] and inside.acceptance_rate > 0.05
+
+
+def test_npe_with_the_spline_flow_trains_on_theta_for_a_box_prior():
+    prior, theta, x = box_data(500)
+    quick = TrainConfig(max_epochs=1, progress=False)
+    posterior = NPE(prior, "nsf", config=quick).fit(theta, x)
+    assert not posterior.unconstrained
+    cfg = posterior.estimator.config
+    assert (cfg.bins, cfg.bound, cfg.hidden_features) == (10, 3.0, (64, 64, 64))
+    # Asked for: the logit coordinates, and the flow's own defaults.
+    posterior = NPE(prior, "nsf", unconstrained=True, config=quick, bins=6).fit(theta, x)
+    assert posterior.unconstrained and posterior.estimator.config.bins == 6
+    assert posterior.estimator.config.bound == 5.0
+    # Options given win over the box defaults; other estimators keep the logit.
+    posterior = NPE(prior, "nsf", config=quick, bins=6).fit(theta, x)
+    assert (posterior.estimator.config.bins, posterior.estimator.config.bound) == (6, 3.0)
+    assert NPE(prior, "gaussian", config=quick).fit(theta, x).unconstrained
+    with pytest.raises(SbitkError, match="True, False or None"):
+        NPE(prior, "nsf", unconstrained="yes")
 
 
 def test_invalid_rows_are_excluded_and_reported():
