@@ -82,7 +82,7 @@ class TrainConfig:
     learning_rate: float = 2e-3
     weight_decay: float = 1e-5
     max_epochs: int = 500
-    patience: int = 12
+    patience: int = 10
     schedule: str = "plateau"
     lr_patience: int = 4
     lr_decay: float = 0.3
