@@ -10,10 +10,11 @@ makes :math:`q_\\phi(\\theta \\mid x)` approach the posterior :math:`p(\\theta \
 
 For a prior bounded on a box (box-uniform) the spline flow is trained on θ itself and its samples
 are truncated to the box by rejection, which the posterior caps and reports. Otherwise (other
-estimators, other bounded priors such as log-normal) it is trained on :math:`u = f(\\theta)`, the prior's bijection to the real line,
-so that its samples, mapped back, never leave the support. On a box the logit stretches the
-posterior's mass near an edge into a long tail: two_moons, whose posteriors touch the edges, has a
-held-out log-likelihood 0.27 nats worse through the logit than on θ (docs/benchmarks.md).
+estimators, other bounded priors such as log-normal) the estimator is trained on
+:math:`u = f(\\theta)`, the prior's bijection to the real line, so that its samples, mapped back,
+never leave the support. On a box the logit stretches the posterior's mass near an edge into a
+long tail: on two_moons, whose posteriors touch the edges, the held-out log-likelihood is 0.27
+nats worse through the logit than on θ (docs/benchmarks.md).
 
 References:
     Papamakarios & Murray (2016), Fast ε-free inference of simulation models with Bayesian
