@@ -39,26 +39,20 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from sbitk.errors import SbitkError
-from sbitk.inference.data import (
-    RowReport,
-    check_pair,
-    clean_rows,
-    prepare_fit,
-)
-from sbitk.inference.estimators import build_estimator
-from sbitk.inference.training import History, TrainConfig, train
+from sbitk.inference.base import Estimation
+from sbitk.inference.data import RowReport
+from sbitk.inference.training import TrainConfig
 from sbitk.posteriors.likelihood import MCMCPosterior, SurrogateLikelihood
 from sbitk.posteriors.mcmc import MCMCConfig
-from sbitk.simulation.priors import Prior, as_prior
+from sbitk.simulation.priors import Prior
 
 INVALID_CHOICES = ("error", "exclude")
 
 
-class NLE:
+class NLE(Estimation):
     """Neural likelihood estimation: trains :math:`q(x \\mid \\theta)`, samples by MCMC.
 
     Args:
@@ -75,6 +69,7 @@ class NLE:
     """
 
     role = "nle"
+    dims = ("D_x", "D_θ")
 
     def __init__(
         self,
@@ -91,30 +86,17 @@ class NLE:
     ):
         if invalid not in INVALID_CHOICES:
             raise SbitkError(f"invalid must be one of {INVALID_CHOICES}, got {invalid!r}")
-        self.prior = None if prior is None else as_prior(prior)
-        self.estimator = estimator
-        self.estimator_kwargs = estimator_kwargs
+        super().__init__(
+            prior,
+            estimator,
+            config,
+            parameter_names,
+            output_names,
+            simulator_name,
+            estimator_kwargs,
+        )
         self.invalid = invalid
-        self.config = config or TrainConfig()
         self.mcmc = mcmc or MCMCConfig()
-        self.parameter_names = parameter_names
-        self.output_names = output_names
-        self.simulator_name = simulator_name
-        self.history: History | None = None
-        self.report: RowReport | None = None
-
-    def _build(self, features: int, context: int) -> nn.Module:
-        if isinstance(self.estimator, nn.Module):
-            cfg = self.estimator.config
-            if (cfg.features, cfg.context) != (features, context):
-                raise SbitkError(
-                    f"the estimator was built for {cfg.features} features and {cfg.context} "
-                    f"context, NLE needs {features} (D_x) and {context} (D_θ)"
-                )
-            return self.estimator
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.config.seed)
-            return build_estimator(self.estimator, features, context, **self.estimator_kwargs)
 
     def _handle(self, report: RowReport) -> None:
         if report.n_excluded == 0:
@@ -128,8 +110,17 @@ class NLE:
         warnings.warn(
             f"{report.message()}; the surrogate models x given theta *and* a successful "
             "simulation, which biases the posterior where the failure rate depends on theta",
-            stacklevel=3,
+            stacklevel=4,
         )
+
+    def _check_stream(self, source) -> bool:
+        if self.invalid != "error":
+            return False
+        # Streaming sees failures only chunk by chunk: check them all before training.
+        for i in range(source.n_chunks):
+            source.load(i)
+        self._handle(source.report)
+        return True
 
     def _pair(self, theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         return x, self.prior.bijection().forward(theta)[0]
@@ -143,29 +134,7 @@ class NLE:
             stream: For a bank, read it chunk by chunk; ``None`` streams when it would take more
                 than half of the memory.
         """
-        source, theta, x, valid = prepare_fit(self, theta, x, stream, self._pair)
-
-        if source is None:
-            theta, x = check_pair(theta, x, self.prior.dim)
-            theta, x, self.report = clean_rows(theta, x, valid, self.prior)
-            self._handle(self.report)
-            if self.report.n_used < 2:
-                raise SbitkError(f"need at least 2 valid rows to train, got {self.report.n_used}")
-            model = self._build(x.shape[1], self.prior.dim)
-            inputs, context = self._pair(theta, x)
-            self.history = train(model, inputs, context, self.config)
-        else:
-            first_x, _ = source.load(0)
-            model = self._build(first_x.shape[1], self.prior.dim)
-            if self.invalid == "error":
-                # Streaming sees failures only chunk by chunk: check them all before training.
-                for i in range(source.n_chunks):
-                    source.load(i)
-                self._handle(source.report)
-            self.history = train(model, source, None, self.config)
-            self.report = source.report
-            if self.invalid == "exclude":
-                self._handle(self.report)
+        model = self._train(theta, x, stream)
         likelihood = SurrogateLikelihood(
             model,
             self.prior,

@@ -38,22 +38,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from sbitk.errors import SbitkError
-from sbitk.inference.data import (
-    RowReport,
-    check_pair,
-    clean_rows,
-    prepare_fit,
-    warn_excluded,
-)
-from sbitk.inference.estimators import build_estimator
-from sbitk.inference.training import History, TrainConfig, train
+from sbitk.inference.base import Estimation
+from sbitk.inference.data import RowReport, warn_excluded
+from sbitk.inference.training import TrainConfig
 from sbitk.posteriors.direct import DirectPosterior
 from sbitk.simulation.bijections import is_box
-from sbitk.simulation.priors import Prior, as_prior
+from sbitk.simulation.priors import Prior
 
 #: Spline options for θ on a box (unless given): the standardised box spans ±√3, so an interval of
 #: ±3 puts most of the 10 bins on it, where the default ±5 leaves it about three of 8; a second
@@ -62,7 +55,7 @@ from sbitk.simulation.priors import Prior, as_prior
 BOX_NSF_OPTIONS = {"bins": 10, "bound": 3.0, "hidden_features": (64, 64, 64)}
 
 
-class NPE:
+class NPE(Estimation):
     """Neural posterior estimation: trains an estimator of :math:`q(\\theta \\mid x)`.
 
     Args:
@@ -80,6 +73,7 @@ class NPE:
     """
 
     role = "npe"
+    dims = ("D_θ", "D_x")
 
     def __init__(
         self,
@@ -93,42 +87,38 @@ class NPE:
         simulator_name: str | None = None,
         **estimator_kwargs,
     ):
-        self.prior = None if prior is None else as_prior(prior)
-        if not isinstance(estimator, str | nn.Module):
-            raise SbitkError(
-                f"estimator must be a name or an nn.Module, got {type(estimator).__name__}"
-            )
-        self.estimator = estimator
-        self.estimator_kwargs = estimator_kwargs
+        super().__init__(
+            prior,
+            estimator,
+            config,
+            parameter_names,
+            output_names,
+            simulator_name,
+            estimator_kwargs,
+        )
         if unconstrained is not None and not isinstance(unconstrained, bool):
             raise SbitkError(f"unconstrained must be True, False or None, got {unconstrained!r}")
         self.unconstrained = unconstrained
         self.trains_unconstrained, self.box_nsf = True, False
-        self.config = config or TrainConfig()
-        self.parameter_names = parameter_names
-        self.output_names = output_names
-        self.simulator_name = simulator_name
-        self.history: History | None = None
-        self.report: RowReport | None = None
 
-    def _build(self, features: int, context: int) -> nn.Module:
-        if isinstance(self.estimator, nn.Module):
-            cfg = self.estimator.config
-            if (cfg.features, cfg.context) != (features, context):
-                raise SbitkError(
-                    f"the estimator was built for {cfg.features} features and {cfg.context} "
-                    f"context, the data needs {features} and {context}"
-                )
-            return self.estimator
-        options = dict(self.estimator_kwargs)
+    def _resolve(self) -> None:
+        # the spline flow on a box trains on θ by default (see BOX_NSF_OPTIONS)
+        self.box_nsf = self.estimator == "nsf" and is_box(self.prior.bijection())
+        self.trains_unconstrained = (
+            not self.box_nsf if self.unconstrained is None else self.unconstrained
+        )
+        self.bijection = self.prior.bijection() if self.trains_unconstrained else None
+
+    def _options(self) -> dict:
         if self.box_nsf and not self.trains_unconstrained:
-            options = {**BOX_NSF_OPTIONS, **options}
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.config.seed)
-            return build_estimator(self.estimator, features, context, **options)
+            return {**BOX_NSF_OPTIONS, **self.estimator_kwargs}
+        return dict(self.estimator_kwargs)
 
-    def _inputs(self, theta: Tensor) -> Tensor:
-        return self.bijection.forward(theta)[0] if self.trains_unconstrained else theta
+    def _pair(self, theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        return (self.bijection.forward(theta)[0] if self.trains_unconstrained else theta), x
+
+    def _handle(self, report: RowReport) -> None:
+        warn_excluded(report, stacklevel=5)
 
     def fit(
         self, theta, x: Tensor | None = None, *, stream: bool | None = None
@@ -146,30 +136,7 @@ class NPE:
             simulations, NaN/Inf, θ outside the support) are excluded, counted in
             :attr:`report` and announced by a warning.
         """
-        source, theta, x, valid = prepare_fit(
-            self, theta, x, stream, lambda t, xx: (self._inputs(t), xx)
-        )
-        # the spline flow on a box trains on θ by default (see BOX_NSF_OPTIONS)
-        self.box_nsf = self.estimator == "nsf" and is_box(self.prior.bijection())
-        self.trains_unconstrained = (
-            not self.box_nsf if self.unconstrained is None else self.unconstrained
-        )
-        self.bijection = self.prior.bijection() if self.trains_unconstrained else None
-
-        if source is None:
-            theta, x = check_pair(theta, x, self.prior.dim)
-            theta, x, self.report = clean_rows(theta, x, valid, self.prior)
-            warn_excluded(self.report)
-            if self.report.n_used < 2:
-                raise SbitkError(f"need at least 2 valid rows to train, got {self.report.n_used}")
-            model = self._build(self.prior.dim, x.shape[1])
-            self.history = train(model, self._inputs(theta), x, self.config)
-        else:
-            _, first_x = source.load(0)
-            model = self._build(self.prior.dim, first_x.shape[1])
-            self.history = train(model, source, None, self.config)
-            self.report = source.report
-            warn_excluded(self.report)
+        model = self._train(theta, x, stream)
         return DirectPosterior(
             model,
             self.prior,

@@ -1,0 +1,110 @@
+"""What NPE and NLE share: the settings, building the estimator, and one path through ``fit``.
+
+A role differs only in what it trains (:meth:`Estimation._pair` maps clean (θ, x) rows to the
+estimator's ``(inputs, context)``), in how it treats invalid rows (:meth:`Estimation._handle`) and
+in what it returns (:meth:`Estimation._result`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from sbitk.errors import SbitkError
+from sbitk.inference.data import RowReport, check_pair, clean_rows, prepare_fit
+from sbitk.inference.estimators import build_estimator
+from sbitk.inference.training import History, TrainConfig, train
+from sbitk.simulation.priors import Prior, as_prior
+
+
+class Estimation:
+    """Base of :class:`~sbitk.inference.npe.NPE` and :class:`~sbitk.inference.nle.NLE`."""
+
+    role = ""
+    #: How the two dimensions of the estimator are named in errors: (features, context).
+    dims = ("features", "context")
+
+    def __init__(
+        self,
+        prior: Prior | None,
+        estimator: str | nn.Module,
+        config: TrainConfig | None,
+        parameter_names: Sequence[str] | None,
+        output_names: Sequence[str] | None,
+        simulator_name: str | None,
+        estimator_kwargs: dict,
+    ):
+        self.prior = None if prior is None else as_prior(prior)
+        if not isinstance(estimator, str | nn.Module):
+            raise SbitkError(
+                f"estimator must be a name or an nn.Module, got {type(estimator).__name__}"
+            )
+        self.estimator = estimator
+        self.estimator_kwargs = estimator_kwargs
+        self.config = config or TrainConfig()
+        self.parameter_names = parameter_names
+        self.output_names = output_names
+        self.simulator_name = simulator_name
+        self.history: History | None = None
+        self.report: RowReport | None = None
+
+    def _options(self) -> dict:
+        """The estimator's constructor options."""
+        return dict(self.estimator_kwargs)
+
+    def _build(self, features: int, context: int) -> nn.Module:
+        if isinstance(self.estimator, nn.Module):
+            cfg = self.estimator.config
+            if (cfg.features, cfg.context) != (features, context):
+                raise SbitkError(
+                    f"the estimator was built for {cfg.features} features and {cfg.context} "
+                    f"context, {self.role.upper()} needs {features} ({self.dims[0]}) and "
+                    f"{context} ({self.dims[1]})"
+                )
+            return self.estimator
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed)
+            return build_estimator(self.estimator, features, context, **self._options())
+
+    def _pair(self, theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Clean (θ, x) rows as the estimator's ``(inputs, context)``."""
+        raise NotImplementedError
+
+    def _handle(self, report: RowReport) -> None:
+        """Warn about, or refuse, the rows ``report`` excluded."""
+        raise NotImplementedError
+
+    def _resolve(self) -> None:
+        """Settle choices that need the prior, which may come from the bank (no-op here)."""
+
+    def _check_stream(self, source) -> bool:
+        """Before streaming, look at every chunk if the role must; True when it did."""
+        return False
+
+    def _train(self, theta, x: Tensor | None, stream: bool | None) -> nn.Module:
+        """Resolve the data, exclude and report invalid rows, build the estimator and train it."""
+        source, theta, x, valid = prepare_fit(self, theta, x, stream, self._pair)
+        self._resolve()
+        if source is None:
+            theta, x = check_pair(theta, x, self.prior.dim)
+            theta, x, self.report = clean_rows(theta, x, valid, self.prior)
+            self._handle(self.report)
+            if self.report.n_used < 2:
+                raise SbitkError(f"need at least 2 valid rows to train, got {self.report.n_used}")
+            inputs, context = self._pair(theta, x)
+            model = self._build(inputs.shape[1], context.shape[1])
+            self.history = train(model, inputs, context, self.config)
+            return model
+        inputs, context = source.load(0)
+        model = self._build(inputs.shape[1], context.shape[1])
+        checked = self._check_stream(source)
+        self.history = train(model, source, None, self.config)
+        self.report = source.report
+        if not checked:
+            self._handle(self.report)
+        return model
+
+
+__all__ = ["Estimation"]
