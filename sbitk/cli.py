@@ -682,6 +682,10 @@ def _describe_model(path: Path) -> str:
             f"{(training.get('best_epoch') or 0) + 1}, {training.get('n_train')} training rows, "
             f"{training.get('time_s')} s on {training.get('device')}"
         )
+        rows = training.get("rows") or {}
+        if rows:
+            excluded = sum(v for k, v in rows.items() if k != "n_rows")
+            lines.append(f"  rows: {rows['n_rows']} offered, {excluded} excluded as invalid")
     n_weights = sum(math.prod(shape) for _, shape in meta["tensors"].values())
     lines.append(f"  weights: {len(meta['tensors'])} tensors, {n_weights} values")
     return "\n".join(lines)

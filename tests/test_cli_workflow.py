@@ -8,6 +8,7 @@ runner, which is fast.
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -123,6 +124,7 @@ def test_inspect_sample_diagnose_train_on_the_run_outputs(demo_run, tmp_path):
     assert inspected.returncode == 0, inspected.stderr
     assert "NPE (posterior estimator nsf)" in inspected.stdout
     assert "simulator: two_moons" in inspected.stdout
+    assert re.search(r"rows: \d+ offered, 0 excluded as invalid", inspected.stdout)
 
     # Three observations: an observation dim; the third is far outside the prior predictive.
     obs = _write_csv(tmp_path / "three.csv", "x[1],x[0]", "0.1,-0.5", "0.2,0.3", "40.0,-40.0")

@@ -8,6 +8,7 @@ in what it returns (:meth:`Estimation._result`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 
 import torch
 from torch import Tensor, nn
@@ -96,12 +97,14 @@ class Estimation:
             inputs, context = self._pair(theta, x)
             model = self._build(inputs.shape[1], context.shape[1])
             self.history = train(model, inputs, context, self.config)
+            self.history.rows = asdict(self.report)
             return model
         inputs, context = source.load(0)
         model = self._build(inputs.shape[1], context.shape[1])
         checked = self._check_stream(source)
         self.history = train(model, source, None, self.config)
         self.report = source.report
+        self.history.rows = asdict(self.report)
         if not checked:
             self._handle(self.report)
         return model

@@ -147,6 +147,9 @@ class History:
     n_val: int = 0
     time_s: float = 0.0
     device: str = "cpu"
+    #: The rows offered and why some were excluded (``n_rows``, ``n_failed``, ``n_non_finite``,
+    #: ``n_outside_support``), filled in by NPE and NLE; empty when ``train`` is called directly.
+    rows: dict = field(default_factory=dict)
 
     @property
     def epochs(self) -> int:
@@ -165,6 +168,7 @@ class History:
             "n_val": self.n_val,
             "time_s": round(self.time_s, 3),
             "device": self.device,
+            "rows": dict(self.rows),
         }
 
     def to_dict(self) -> dict:

@@ -207,6 +207,10 @@ def test_invalid_rows_are_excluded_and_reported():
         npe.fit(theta, x)
     assert npe.report.n_non_finite == n_bad and npe.report.n_outside_support == 1
     assert npe.history.n_train + npe.history.n_val == 3000 - n_bad - 1
+    rows = npe.history.summary()["rows"]  # what model files keep
+    assert rows == {
+        "n_rows": 3000, "n_failed": 0, "n_non_finite": n_bad, "n_outside_support": 1
+    }  # fmt: skip
 
 
 @pytest.mark.filterwarnings("ignore::sbitk.simulation.runner.SimulationFailureWarning")

@@ -85,6 +85,7 @@ def test_npe_round_trip_gives_identical_log_prob_and_samples(saved, npe_posterio
     assert meta["format_version"] == FORMAT_VERSION and meta["sbitk_version"]
     assert meta["training"]["epochs"] == npe_posterior.history.epochs
     assert len(meta["training"]["val_loss"]) == npe_posterior.history.epochs
+    assert meta["training"]["rows"]["n_rows"] == 1000
     # Saving what was loaded gives the same file content (training summary included).
     again = saved.with_name("again.safetensors")
     save_model(again, loaded)
