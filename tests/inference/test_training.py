@@ -149,7 +149,7 @@ def test_a_nan_loss_is_recovered_from_by_restoring_and_lowering_the_learning_rat
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert all(math.isfinite(v) for v in history.val_loss)
     # The epochs after the recovery ran with a lowered rate.
-    assert min(history.learning_rate) <= cfg.learning_rate * cfg.nan_lr_factor
+    assert min(history.learning_rate) <= history.learning_rate[0] * cfg.nan_lr_factor
     test_a, test_c = linear_data(2000, seed=1)
     assert held_out_loss(model, test_a, test_c) == pytest.approx(ideal_loss(), abs=0.1)
 
@@ -216,6 +216,52 @@ def test_ema_weights_train_to_the_same_quality():
     assert held_out_loss(model, test_a, test_c) == pytest.approx(ideal_loss(), abs=0.05)
 
 
+class RowRecorder(nn.Module):
+    """Records each training batch's rows, and how many batches came before each validation."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(()))
+        self.batches, self.validated_after = [], []
+
+    def loss(self, inputs, context):
+        if self.training:
+            self.batches.append(inputs[:, 0].detach().clone())
+        else:
+            self.validated_after.append(len(self.batches))
+        return 0.5 * (self.w - inputs[:, 0] / 1000) ** 2
+
+
+@pytest.mark.parametrize("epoch_rows, batches_per_epoch", [(400, 4), (None, 9), (5000, 9)])
+def test_an_epoch_is_a_full_pass_or_epoch_rows_rows_across_passes(epoch_rows, batches_per_epoch):
+    rows = torch.arange(1000.0).unsqueeze(1)  # 100 held out, 900 train: 9 batches of 100 a pass
+    model = RowRecorder()
+    cfg = TrainConfig(
+        progress=False, max_epochs=6, batch_size=100, epoch_rows=epoch_rows, patience=100,
+        schedule="constant", warmup_steps=0,
+    )  # fmt: skip
+    history = train(model, rows, None, cfg)
+    assert history.epochs == 6 and history.n_train == 900
+    assert model.validated_after == [batches_per_epoch * (k + 1) for k in range(6)]
+    # Every pass visits each training row once, in a fresh order, whatever the epochs cut.
+    passes = [torch.cat(model.batches[9 * k : 9 * (k + 1)]) for k in range(2)]
+    assert all(p.numel() == 900 and p.unique().numel() == 900 for p in passes)
+    assert torch.equal(passes[0].sort().values, passes[1].sort().values)
+    assert not torch.equal(passes[0], passes[1])
+
+
+def test_the_default_batch_and_rate_grow_with_the_bank_and_given_values_win():
+    assert TrainConfig().resolved(50_000) == (512, 2e-3)
+    assert TrainConfig().resolved(50_001) == (1024, 3e-3)
+    assert TrainConfig(batch_size=256).resolved(10**6) == (256, 2e-3)
+    assert TrainConfig(batch_size=2048).resolved(100) == (2048, 3e-3)
+    assert TrainConfig(learning_rate=1e-3).resolved(10**6) == (1024, 1e-3)
+    a, c = linear_data(600)
+    history = train(ConditionalGaussian(1, 2), a, c, TrainConfig(progress=False, max_epochs=2))
+    assert history.batch_size == 512 and history.learning_rate[0] == 2e-3
+    assert history.summary()["batch_size"] == 512
+
+
 @pytest.mark.parametrize(
     "field, value",
     [
@@ -226,6 +272,7 @@ def test_ema_weights_train_to_the_same_quality():
         ("validation_fraction", 1.0),
         ("clip_grad_norm", 0.0),
         ("ema_decay", 1.0),
+        ("epoch_rows", 0),
     ],
 )
 def test_bad_config_values_are_refused_by_name(field, value):
@@ -256,7 +303,7 @@ def test_cosine_and_constant_schedules_run():
             TrainConfig(**FAST | {"max_epochs": 6}, schedule=schedule, warmup_steps=0),
         )
         if schedule == "constant":
-            assert set(h.learning_rate) == {TrainConfig().learning_rate}
+            assert set(h.learning_rate) == {TrainConfig().resolved(h.n_train)[1]}
         else:
             assert h.learning_rate == sorted(h.learning_rate, reverse=True)
 
