@@ -60,7 +60,7 @@ class TrainConfig:
         learning_rate: Initial AdamW learning rate. ``None`` (the default): 2e-3 for batches of
             up to 512 rows, 3e-3 for larger ones.
         weight_decay: AdamW decoupled weight decay.
-        max_epochs: Hard limit on passes over the training set.
+        max_epochs: Hard limit on epochs (full passes, or ``epoch_rows`` rows on a large bank).
         patience: Epochs without validation improvement before stopping.
         schedule: ``"plateau"`` (multiply the rate by ``lr_decay`` after ``lr_patience`` stalled
             epochs), ``"cosine"`` (anneal to ``min_lr`` over ``max_epochs``) or ``"constant"``.
