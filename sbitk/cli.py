@@ -367,10 +367,14 @@ def _warn_flagged(result) -> None:
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="Model file to write (.safetensors).")  # fmt: skip
 @click.option("--epochs", "--max-epochs", "max_epochs", type=click.IntRange(min=1), default=200,
-              show_default=True, help="Most passes over the bank.")  # fmt: skip
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=2e-3,
-              show_default=True)  # fmt: skip
+              show_default=True, help="Most epochs: passes over the bank, or 50,000 rows when it "
+              "is larger.")  # fmt: skip
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Rows per gradient step [default: 512; 1,024 above 50,000 training "
+              "rows].")  # fmt: skip
+@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="AdamW's initial rate [default: 2e-3; 3e-3 for batches above "
+              "512].")  # fmt: skip
 @_seed_option
 @_device_option
 @_force_option
@@ -380,8 +384,8 @@ def train(
     estimator: str,
     output: Path,
     max_epochs: int,
-    batch_size: int,
-    learning_rate: float,
+    batch_size: int | None,
+    learning_rate: float | None,
     seed: int,
     device: str,
     force: bool,
@@ -686,6 +690,12 @@ def _describe_model(path: Path) -> str:
         if rows:
             excluded = sum(v for k, v in rows.items() if k != "n_rows")
             lines.append(f"  rows: {rows['n_rows']} offered, {excluded} excluded as invalid")
+        rates = training.get("learning_rate") or []
+        if training.get("batch_size") and rates:
+            lines.append(
+                f"  optimiser: batches of {training['batch_size']}, learning rate "
+                f"{rates[0]:.3g} to {rates[-1]:.3g}"
+            )
     n_weights = sum(math.prod(shape) for _, shape in meta["tensors"].values())
     lines.append(f"  weights: {len(meta['tensors'])} tensors, {n_weights} values")
     return "\n".join(lines)

@@ -408,3 +408,25 @@ def test_sample_in_process_matches_the_seed(trained, tmp_path):
         outs.append(az.from_netcdf(tmp_path / name).posterior.theta.values)
     np.testing.assert_array_equal(outs[0], outs[1])
     assert torch.isfinite(torch.as_tensor(outs[0])).all()
+
+
+def test_train_defaults_are_the_engines_size_dependent_ones(trained, tmp_path):
+    """Without --batch-size / --learning-rate the engine's rule applies; given values win."""
+    from sbitk.io.modelfile import load_model
+
+    _, bank, _, _ = trained
+    runs = {
+        "default": ([], 512, 2e-3),
+        "given": (["--batch-size", "64", "--learning-rate", "1e-3"], 64, 1e-3),
+    }
+    for name, (extra, batch, lr) in runs.items():
+        target = tmp_path / f"{name}.safetensors"
+        args = ["train", str(bank), "-o", str(target), "--estimator", "gaussian", "--epochs",
+                "1", "--device", "cpu", *extra]  # fmt: skip
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+        history = load_model(target).history
+        assert history["batch_size"] == batch, name
+        assert history["learning_rate"] == [pytest.approx(lr)], name
+        shown = CliRunner().invoke(main, ["inspect", str(target)])
+        assert f"optimiser: batches of {batch}, learning rate {lr:.3g} to {lr:.3g}" in shown.output

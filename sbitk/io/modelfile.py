@@ -93,6 +93,7 @@ def _history_json(history) -> dict | None:
     out = dict(history.summary())
     out["train_loss"] = list(history.train_loss)
     out["val_loss"] = list(history.val_loss)
+    out["learning_rate"] = list(history.learning_rate)
     return out
 
 
