@@ -14,10 +14,12 @@ from sbitk.models.flows import FLOWS, NSF, Flow, FlowError
 from sbitk.nn import MLPEmbedding
 
 SMALL = {"transforms": 3, "hidden_features": (16, 16)}
-# every named flow, plus the autoregressive variant of NSF
+# every named flow, plus the autoregressive variant of NSF, and both with learnt LU mixing
 VARIANTS = {
     **{name: (cls, {}) for name, cls in FLOWS.items()},
     "nsf-ar": (NSF, {"autoregressive": True}),
+    "nsf-lu": (NSF, {"permutation": "lu"}),
+    "nsf-ar-lu": (NSF, {"autoregressive": True, "permutation": "lu"}),
 }
 
 

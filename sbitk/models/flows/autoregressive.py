@@ -123,13 +123,17 @@ def autoregressive_steps(flow: Flow, make_map) -> list[Transform]:
     """``transforms`` autoregressive steps whose orders follow the configured permutation.
 
     The permutation between steps is folded into each MADE's order (reversed or shuffled
-    ranks), which is equivalent to a permutation transform and costs no indexing.
+    ranks), which is equivalent to a permutation transform and costs no indexing. With
+    ``"lu"`` the orders alternate and a learnt linear map (identity at first) sits between steps.
     """
     cfg, steps = flow.config, []
     order = torch.arange(1, cfg.features + 1)
     for i in range(cfg.transforms):
         if i > 0 and cfg.features > 1:
-            if cfg.permutation == "reverse":
+            if cfg.permutation == "lu":
+                steps += flow.permutation()
+                order = order.flip(0)
+            elif cfg.permutation == "reverse":
                 order = order.flip(0)
             elif cfg.permutation == "random":
                 order = order[RandomPermutation(cfg.features, flow.generator).perm]

@@ -170,11 +170,12 @@ def coupling_steps(
 ) -> list[Transform]:
     """``transforms`` coupling steps separated by the configured permutations.
 
-    Without permutations (``"none"``) the split alternates instead, so that every dimension is
-    transformed; with them it stays fixed (alternating on top of a swap would undo it).
+    Without permutations (``"none"``, or ``"lu"`` whose linear maps start at the identity) the
+    split alternates, so that every dimension is transformed; with them it stays fixed
+    (alternating on top of a swap would undo it).
     """
     cfg, steps = flow.config, []
-    alternate = cfg.permutation == "none"
+    alternate = cfg.permutation in ("none", "lu")
     for i in range(cfg.transforms):
         if i > 0:
             steps += flow.permutation()

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from sbitk.errors import SbitkError
 from sbitk.models.flows.transforms import (
     Composite,
+    LULinear,
     Permutation,
     RandomPermutation,
     ReversePermutation,
@@ -35,6 +36,9 @@ from sbitk.models.flows.transforms import (
 )
 from sbitk.nn.embeddings import embedding_from_spec
 from sbitk.nn.standardize import Standardize
+
+#: The ``permutation`` choices of :class:`FlowConfig`.
+PERMUTATIONS = ("random", "reverse", "lu", "none")
 
 
 class FlowError(SbitkError, ValueError):
@@ -51,7 +55,9 @@ class FlowConfig:
         transforms: Number of flow steps.
         hidden_features: Hidden layer sizes of each conditioner.
         activation: Activation of the conditioners.
-        permutation: Permutation between steps: ``"random"``, ``"reverse"`` or ``"none"``.
+        permutation: What mixes the dimensions between steps: ``"random"``, ``"reverse"`` (fixed
+            permutations), ``"lu"`` (a learnt invertible linear map in LU form, starting at the
+            identity, as between nflows' spline couplings) or ``"none"``.
         seed: Seed of the fixed random parts (permutations, initial rotations).
         embedding: Spec of a built-in embedding net (see :mod:`sbitk.nn.embeddings`), or None.
     """
@@ -216,9 +222,9 @@ class Flow(nn.Module):
                 f"features={config.features}, context={config.context}, "
                 f"transforms={config.transforms}"
             )
-        if config.permutation not in ("random", "reverse", "none"):
+        if config.permutation not in PERMUTATIONS:
             raise FlowError(
-                "flow: expected permutation 'random', 'reverse' or 'none', "
+                "flow: expected permutation 'random', 'reverse', 'lu' or 'none', "
                 f"found {config.permutation!r}"
             )
         self.features, self.context_features = config.features, config.context
@@ -257,13 +263,15 @@ class Flow(nn.Module):
         """The body of transforms, data side first (implemented by the named flows)."""
         raise NotImplementedError
 
-    def permutation(self) -> list[Permutation]:
-        """The configured permutation between two steps, as a list of zero or one transform."""
+    def permutation(self) -> list[Permutation | LULinear]:
+        """The configured mixing between two steps, as a list of zero or one transform."""
         kind, d = self.config.permutation, self.features
         if kind == "none" or d < 2:
             return []
         if kind == "reverse":
             return [ReversePermutation(d)]
+        if kind == "lu":
+            return [LULinear(d, self.generator)]
         return [RandomPermutation(d, self.generator)]
 
     @property
