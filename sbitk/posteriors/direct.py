@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 import warnings
@@ -144,7 +145,8 @@ class DirectPosterior:
     # ---- plumbing ----------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return next(self.estimator.buffers(), next(self.estimator.parameters())).device
+        tensors = itertools.chain(self.estimator.buffers(), self.estimator.parameters())
+        return next((t.device for t in tensors), torch.device("cpu"))
 
     def to(self, device: str | torch.device) -> DirectPosterior:
         """Move the estimator to ``device`` (``"auto"``: CUDA when present)."""

@@ -57,7 +57,13 @@ class MCMCConfig:
         warmup: Sweeps (one update of every coordinate) discarded while widths are tuned.
         thin: Keep one sweep in ``thin``.
         init: ``"sir"`` (sampling-importance-resampling from prior draws) or ``"prior"``.
-        sir_candidates: Prior draws weighed for SIR initialisation.
+        sir_candidates: Prior draws weighed first for SIR initialisation.
+        sir_min_ess: SIR draws more candidates, doubling their number, until the effective
+            sample size of the importance weights reaches this. The chains cannot be more
+            faithful to the posterior's modes than the draws they start from: on slcp, 10,000
+            prior draws can have an effective size of 2, and the chains then fill one or two
+            of its four modes.
+        sir_max_candidates: Most candidates SIR weighs in all.
         max_step_out: Most widths an interval is stepped out by, per update.
         max_shrink: Most shrinkage steps per update before the chain stays put.
         seed: Seeds initialisation and the chains.
@@ -69,6 +75,8 @@ class MCMCConfig:
     thin: int = 1
     init: str = "sir"
     sir_candidates: int = 10_000
+    sir_min_ess: float = 20.0
+    sir_max_candidates: int = 320_000
     max_step_out: int = 10
     max_shrink: int = 50
     seed: int = 0
@@ -81,6 +89,12 @@ class MCMCConfig:
             ("thin", self.thin >= 1, ">= 1"),
             ("init", self.init in ("sir", "prior"), "'sir' or 'prior'"),
             ("sir_candidates", self.sir_candidates >= 1, ">= 1"),
+            ("sir_min_ess", self.sir_min_ess >= 1, ">= 1"),
+            (
+                "sir_max_candidates",
+                self.sir_max_candidates >= self.sir_candidates,
+                f">= sir_candidates ({self.sir_candidates})",
+            ),
             ("max_step_out", self.max_step_out >= 1, ">= 1"),
             ("max_shrink", self.max_shrink >= 1, ">= 1"),
         ]
@@ -102,6 +116,8 @@ class MCMCResult:
         n_evaluations: Rows passed to the log density in all.
         time_s: Wall-clock seconds.
         stuck: Updates that hit ``max_shrink`` and kept the old value.
+        init_candidates: Prior draws weighed to initialise the chains (0: not SIR).
+        init_ess: Effective sample size of the SIR weights (``nan``: not SIR).
     """
 
     samples: Tensor
@@ -110,6 +126,8 @@ class MCMCResult:
     n_evaluations: int
     time_s: float
     stuck: int = 0
+    init_candidates: int = 0
+    init_ess: float = math.nan
 
     def summary(self) -> dict:
         return {
@@ -120,6 +138,8 @@ class MCMCResult:
             "n_evaluations": self.n_evaluations,
             "time_s": round(self.time_s, 3),
             "stuck": self.stuck,
+            "init_candidates": self.init_candidates,
+            "init_ess": None if math.isnan(self.init_ess) else round(self.init_ess, 1),
         }
 
 
