@@ -370,8 +370,8 @@ def _warn_flagged(result) -> None:
               show_default=True, help="Most epochs: passes over the bank, or 50,000 rows when it "
               "is larger.")  # fmt: skip
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Rows per gradient step [default: 512; 1,024 above 50,000 training "
-              "rows].")  # fmt: skip
+              help="Rows per gradient step [default: 512, 1,024 above 50,000 training rows; "
+              "NLE: 256, 512].")  # fmt: skip
 @click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=None,
               help="AdamW's initial rate [default: 2e-3; 3e-3 for batches above "
               "512].")  # fmt: skip

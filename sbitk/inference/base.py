@@ -84,6 +84,10 @@ class Estimation:
         """Before streaming, look at every chunk if the role must; True when it did."""
         return False
 
+    def _train_config(self, n_rows: int) -> TrainConfig:
+        """The training settings for ``n_rows`` rows (validation included)."""
+        return self.config
+
     def _train(self, theta, x: Tensor | None, stream: bool | None) -> nn.Module:
         """Resolve the data, exclude and report invalid rows, build the estimator and train it."""
         source, theta, x, valid = prepare_fit(self, theta, x, stream, self._pair)
@@ -96,13 +100,15 @@ class Estimation:
                 raise SbitkError(f"need at least 2 valid rows to train, got {self.report.n_used}")
             inputs, context = self._pair(theta, x)
             model = self._build(inputs.shape[1], context.shape[1])
-            self.history = train(model, inputs, context, self.config)
+            self.history = train(model, inputs, context, self._train_config(len(inputs)))
             self.history.rows = asdict(self.report)
             return model
         inputs, context = source.load(0)
         model = self._build(inputs.shape[1], context.shape[1])
         checked = self._check_stream(source)
-        self.history = train(model, source, None, self.config)
+        # A source without a length streams because it is large.
+        n_rows = len(source.bank) if hasattr(source.bank, "__len__") else 2**62
+        self.history = train(model, source, None, self._train_config(n_rows))
         self.report = source.report
         self.history.rows = asdict(self.report)
         if not checked:

@@ -38,18 +38,29 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 
 from torch import Tensor, nn
 
 from sbitk.errors import SbitkError
 from sbitk.inference.base import Estimation
 from sbitk.inference.data import RowReport
-from sbitk.inference.training import TrainConfig
+from sbitk.inference.training import LARGE_BANK_ROWS, TrainConfig
 from sbitk.posteriors.likelihood import MCMCPosterior, SurrogateLikelihood
 from sbitk.posteriors.mcmc import MCMCConfig
+from sbitk.simulation.bijections import is_box
 from sbitk.simulation.priors import Prior
 
 INVALID_CHOICES = ("error", "exclude")
+#: Options of the spline flow (``"nsf"``) for NLE, under given ones: learnt linear maps (LU)
+#: between the couplings. On slcp with 10,000 simulations the held-out log-likelihood rose from
+#: -12.43 to -12.06 (sbi's spline flow, which has them too: -11.98).
+NLE_NSF_OPTIONS = {"permutation": "lu"}
+#: NLE's default batch: 256 rows, 512 above ``LARGE_BANK_ROWS`` training rows (NPE: 512 and
+#: 1,024). On slcp with 10,000 simulations a batch of 512 held out -12.88 and 256 -12.06.
+NLE_BATCH_SIZE = 256
+#: NLE's default ``patience`` and ``lr_patience`` (NPE: 10 and 4); see TrainConfig.
+NLE_PATIENCE, NLE_LR_PATIENCE = 16, 8
 
 
 class NLE(Estimation):
@@ -62,6 +73,10 @@ class NLE(Estimation):
         invalid: What to do with failed simulations: ``"error"`` (refuse; the default) or
             ``"exclude"`` (drop them with a warning that the likelihood is then conditioned on
             success).
+        unconstrained: Condition the surrogate on the prior's unconstrained
+            :math:`u = f(\\theta)` (True) or on θ (False). ``None`` (the default): θ when the
+            prior is a box, whose bounded θ is a better input than its logit (on slcp the
+            held-out log-likelihood is 0.7 nats higher), and u otherwise.
         config: Training settings.
         mcmc: Settings of the posterior's MCMC.
         parameter_names, output_names, simulator_name: Carried into the posterior and files.
@@ -77,6 +92,7 @@ class NLE(Estimation):
         estimator: str | nn.Module = "nsf",
         *,
         invalid: str = "error",
+        unconstrained: bool | None = None,
         config: TrainConfig | None = None,
         mcmc: MCMCConfig | None = None,
         parameter_names: Sequence[str] | None = None,
@@ -95,8 +111,18 @@ class NLE(Estimation):
             simulator_name,
             estimator_kwargs,
         )
+        if unconstrained is not None and not isinstance(unconstrained, bool):
+            raise SbitkError(f"unconstrained must be True, False or None, got {unconstrained!r}")
         self.invalid = invalid
+        self.unconstrained = unconstrained
+        self.conditions_unconstrained = True
         self.mcmc = mcmc or MCMCConfig()
+
+    def _resolve(self) -> None:
+        if self.unconstrained is None:
+            self.conditions_unconstrained = not is_box(self.prior.bijection())
+        else:
+            self.conditions_unconstrained = self.unconstrained
 
     def _handle(self, report: RowReport) -> None:
         if report.n_excluded == 0:
@@ -122,7 +148,26 @@ class NLE(Estimation):
         self._handle(source.report)
         return True
 
+    def _options(self) -> dict:
+        if self.estimator == "nsf":
+            return {**NLE_NSF_OPTIONS, **self.estimator_kwargs}
+        return dict(self.estimator_kwargs)
+
+    def _train_config(self, n_rows: int) -> TrainConfig:
+        config = self.config
+        if config.patience is None:
+            config = replace(config, patience=NLE_PATIENCE)
+        if config.lr_patience is None:
+            config = replace(config, lr_patience=NLE_LR_PATIENCE)
+        if config.batch_size is None:
+            n_val = min(max(1, round(config.validation_fraction * n_rows)), config.max_validation)
+            large = n_rows - n_val > LARGE_BANK_ROWS
+            config = replace(config, batch_size=2 * NLE_BATCH_SIZE if large else NLE_BATCH_SIZE)
+        return config
+
     def _pair(self, theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        if not self.conditions_unconstrained:
+            return x, theta
         return x, self.prior.bijection().forward(theta)[0]
 
     def fit(self, theta, x: Tensor | None = None, *, stream: bool | None = None) -> MCMCPosterior:
@@ -138,6 +183,7 @@ class NLE(Estimation):
         likelihood = SurrogateLikelihood(
             model,
             self.prior,
+            unconstrained=self.conditions_unconstrained,
             parameter_names=self.parameter_names,
             output_names=self.output_names,
             simulator_name=self.simulator_name,
@@ -146,4 +192,4 @@ class NLE(Estimation):
         return MCMCPosterior(likelihood, self.mcmc)
 
 
-__all__ = ["NLE"]
+__all__ = ["NLE", "NLE_BATCH_SIZE", "NLE_NSF_OPTIONS"]

@@ -10,7 +10,8 @@ under the key ``"sbitk"``:
 ``sbitk_version``         the package version that wrote it
 ``role``                  ``"npe"`` (a direct posterior) or ``"nle"`` (a surrogate likelihood)
 ``estimator``             ``{"name": <estimator table name>, "config": {...}}``
-``unconstrained``         NPE: whether the estimator models the prior's unconstrained θ
+``unconstrained``         NPE: whether the estimator models the prior's unconstrained θ;
+                          NLE: whether its context is the unconstrained θ (rather than θ)
 ``prior``                 the prior's JSON spec
 ``parameter_names``       names of θ's columns
 ``output_names``          names of x's columns
@@ -58,8 +59,8 @@ from sbitk.errors import ModelFileError, SbitkError
 
 FORMAT = "sbitk-model"
 #: Format version this sbitk writes; it reads this one and the versions in READABLE_VERSIONS.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 METADATA_KEY = "sbitk"
 
 _DTYPES = {
@@ -106,9 +107,12 @@ def _parts(obj) -> tuple[str, nn.Module, dict]:
         return "npe", obj.estimator, {"unconstrained": obj.unconstrained, "source": obj}
     if isinstance(obj, MCMCPosterior):
         mcmc = dataclasses.asdict(obj.config)
-        return "nle", obj.likelihood.estimator, {"mcmc": mcmc, "source": obj.likelihood}
+        likelihood = obj.likelihood
+        extra = {"unconstrained": likelihood.unconstrained, "mcmc": mcmc, "source": likelihood}
+        return "nle", likelihood.estimator, extra
     if isinstance(obj, SurrogateLikelihood):
-        return "nle", obj.estimator, {"mcmc": None, "source": obj}
+        extra = {"unconstrained": obj.unconstrained, "mcmc": None, "source": obj}
+        return "nle", obj.estimator, extra
     raise SbitkError(
         "save_model takes a DirectPosterior (NPE), an MCMCPosterior or a SurrogateLikelihood "
         f"(NLE), got {type(obj).__name__}"
@@ -270,8 +274,11 @@ def _validate(header: dict, where: str) -> None:
     for key in ("parameter_names", "output_names"):
         if not all(isinstance(n, str) for n in header[key]):
             raise ModelFileError(f"{where}: {key} must be a list of strings")
-    if header["role"] == "npe" and not isinstance(header.get("unconstrained"), bool):
-        raise ModelFileError(f"{where}: an NPE model needs a boolean 'unconstrained' field")
+    needed = header["role"] == "npe" or version >= 3
+    if needed and not isinstance(header.get("unconstrained"), bool):
+        raise ModelFileError(
+            f"{where}: an {header['role'].upper()} model needs a boolean 'unconstrained' field"
+        )
 
 
 def _upgrade(header: dict) -> dict:
@@ -281,12 +288,18 @@ def _upgrade(header: dict) -> dict:
     bin widths and heights, 1/8 by default) and ``conditioner`` (its couplings' network, a
     gated residual one by default). Version 1 splines had no factor, that is 1, and plain MLP
     conditioners. The ``format_version`` field keeps the version the file was written in.
+
+    Version 2 to 3: an NLE surrogate may be conditioned on θ instead of the unconstrained
+    :math:`f(\\theta)`, recorded in ``unconstrained``; version 2 NLE files were always
+    conditioned on :math:`f(\\theta)`.
     """
     if header["format_version"] < 2 and header["estimator"]["name"] == "nsf":
         config = header["estimator"]["config"]
         config.setdefault("bin_scale", 1.0)
         if not config.get("autoregressive", False):
             config.setdefault("conditioner", "mlp")
+    if header["format_version"] < 3 and header["role"] == "nle":
+        header.setdefault("unconstrained", True)
     return header
 
 
@@ -370,7 +383,8 @@ def load_model(path: str | os.PathLike, *, device: str = "cpu"):
         if header["role"] == "npe":
             obj = DirectPosterior(model, prior, unconstrained=header["unconstrained"], **common)
         else:
-            likelihood = SurrogateLikelihood(model, prior, **common)
+            unconstrained = header["unconstrained"]
+            likelihood = SurrogateLikelihood(model, prior, unconstrained=unconstrained, **common)
             mcmc = header.get("mcmc")
             config = MCMCConfig(**mcmc) if isinstance(mcmc, dict) else None
             obj = MCMCPosterior(likelihood, config)

@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -46,12 +47,14 @@ MIN_DRAWS = 10
 
 
 class SurrogateLikelihood:
-    """A trained :math:`q(x \\mid \\theta)`, conditioned on the unconstrained :math:`f(\\theta)`.
+    """A trained :math:`q(x \\mid \\theta)`, conditioned on θ or on :math:`u = f(\\theta)`.
 
     Args:
         estimator: Module with ``estimator(context)`` a distribution over x batched over
-            contexts; its context is u (D_θ columns).
+            contexts; its context has D_θ columns.
         prior: The prior of the training θ (gives the bijection f and the support).
+        unconstrained: The estimator's context is :math:`u = f(\\theta)` (True, the default) or θ
+            itself (False).
         parameter_names, output_names, simulator_name, history: Carried into model files.
     """
 
@@ -62,6 +65,7 @@ class SurrogateLikelihood:
         estimator: nn.Module,
         prior: Prior,
         *,
+        unconstrained: bool = True,
         parameter_names: Sequence[str] | None = None,
         output_names: Sequence[str] | None = None,
         simulator_name: str | None = None,
@@ -70,6 +74,7 @@ class SurrogateLikelihood:
         self.estimator = estimator.eval()
         self.prior = prior
         self.bijection = prior.bijection()
+        self.unconstrained = bool(unconstrained)
         self.theta_dim = prior.dim
         self.x_dim = int(estimator.config.features)
         if int(estimator.config.context) != prior.dim:
@@ -84,7 +89,8 @@ class SurrogateLikelihood:
 
     @property
     def device(self) -> torch.device:
-        return next(self.estimator.buffers(), next(self.estimator.parameters())).device
+        tensors = itertools.chain(self.estimator.buffers(), self.estimator.parameters())
+        return next((t.device for t in tensors), torch.device("cpu"))
 
     def _theta(self, theta: Tensor) -> tuple[Tensor, bool]:
         theta = torch.as_tensor(theta)
@@ -125,17 +131,27 @@ class SurrogateLikelihood:
             x of shape (n, D_x) for one θ, (n, B, D_x) for a batch; on the CPU.
         """
         theta, single = self._theta(theta)
-        u = self.bijection.forward(theta)[0]
         with seeded(seed, self.device):
-            x = self.estimator(u).sample((n,)).cpu()
+            x = self.estimator(self.context(theta)).sample((n,)).cpu()
         return x[:, 0] if single else x
+
+    def context(self, theta: Tensor, u: Tensor | None = None) -> Tensor:
+        """The estimator's context for θ (C, D_θ) inside the support; ``u = f(θ)`` if known."""
+        if not self.unconstrained:
+            return theta
+        return self.bijection.forward(theta)[0] if u is None else u
+
+    def log_prob_context(self, x: Tensor, context: Tensor) -> Tensor:
+        """Summed log-likelihood of trials x (T, D_x) at contexts (C, D_θ): shape (C,)."""
+        c, t = context.shape[0], x.shape[0]
+        ctx = context.repeat_interleave(t, dim=0)
+        lp = self.estimator(ctx).log_prob(x.repeat(c, 1))
+        return lp.reshape(c, t).sum(-1)
 
     def log_prob_u(self, x: Tensor, u: Tensor) -> Tensor:
         """Summed log-likelihood of trials x (T, D_x) at unconstrained u (C, D_θ): shape (C,)."""
-        c, t = u.shape[0], x.shape[0]
-        ctx = u.repeat_interleave(t, dim=0)
-        lp = self.estimator(ctx).log_prob(x.repeat(c, 1))
-        return lp.reshape(c, t).sum(-1)
+        ctx = u if self.unconstrained else self.bijection.inverse(u)
+        return self.log_prob_context(x, ctx)
 
     def log_prob(self, x: Tensor, theta: Tensor) -> Tensor:
         """Surrogate :math:`\\sum_t \\log q(x_t \\mid \\theta)` for θ (*, D_θ): shape (*)."""
@@ -147,8 +163,7 @@ class SurrogateLikelihood:
             )
         flat = theta.reshape(-1, self.theta_dim)
         inside = self.prior.support_contains(flat)
-        u = self.bijection.forward(flat)[0]
-        lp = self.log_prob_u(xs, u)
+        lp = self.log_prob_context(xs, self.context(flat))
         lp = torch.where(inside, lp, torch.full_like(lp, -math.inf))
         return lp.reshape(theta.shape[:-1])
 
@@ -200,30 +215,50 @@ class MCMCPosterior:
         def log_target(u: Tensor) -> Tensor:
             theta = self.bijection.inverse(u)
             logdet = self.bijection.forward(theta)[1]
-            lp = self.likelihood.log_prob_u(xs, u) + self.prior.log_prob(theta) - logdet
-            return lp
+            lik = self.likelihood.log_prob_context(xs, self.likelihood.context(theta, u))
+            return lik + self.prior.log_prob(theta) - logdet
 
         return log_target
 
-    def _init(self, xs: Tensor, config: MCMCConfig, gen: torch.Generator) -> Tensor:
+    def _init(
+        self, xs: Tensor, config: MCMCConfig, gen: torch.Generator
+    ) -> tuple[Tensor, int, float]:
+        """Initial chain states in u-space, the candidates weighed and the weights' ESS.
+
+        Sampling-importance-resampling from the prior, with the surrogate likelihood as the
+        weight. The candidates double in number until the weights' effective sample size
+        reaches ``sir_min_ess`` or ``sir_max_candidates`` are weighed.
+        """
         dtype = torch.get_default_dtype()
+        device = self.likelihood.device
         if config.init == "prior":
-            theta = self.prior.sample(config.num_chains, gen).to(self.likelihood.device, dtype)
-            return self.bijection.forward(theta)[0]
-        theta = self.prior.sample(config.sir_candidates, gen).to(self.likelihood.device, dtype)
-        u = self.bijection.forward(theta)[0]
-        log_w = torch.cat(
-            [self.likelihood.log_prob_u(xs, chunk) for chunk in u.split(max(1, 50_000 // len(xs)))]
-        )
-        log_w = torch.where(torch.isnan(log_w), torch.full_like(log_w, -math.inf), log_w)
+            theta = self.prior.sample(config.num_chains, gen).to(device, dtype)
+            return self.bijection.forward(theta)[0], 0, math.nan
+        us, log_ws = [], []
+        weighed, batch, ess = 0, config.sir_candidates, 0.0
+        while batch > 0:
+            theta = self.prior.sample(batch, gen).to(device, dtype)
+            u = self.bijection.forward(theta)[0]
+            ctx = self.likelihood.context(theta, u)
+            chunk = max(1, 50_000 // len(xs))
+            log_w = torch.cat([self.likelihood.log_prob_context(xs, c) for c in ctx.split(chunk)])
+            us.append(u)
+            log_ws.append(torch.where(torch.isnan(log_w), -math.inf, log_w).double())
+            weighed += batch
+            log_w = torch.cat(log_ws)
+            if torch.isfinite(log_w).any():
+                ess = float(torch.exp(2 * log_w.logsumexp(0) - (2 * log_w).logsumexp(0)))
+                if ess >= config.sir_min_ess:
+                    break
+            batch = min(weighed, config.sir_max_candidates - weighed)
         if not torch.isfinite(log_w).any():
             raise SbitkError(
-                f"none of the {config.sir_candidates} prior draws has a finite likelihood for "
-                "this x: the observation is far outside the training data"
+                f"none of the {weighed} prior draws has a finite likelihood for this x: the "
+                "observation is far outside the training data"
             )
-        probs = torch.softmax(log_w.double(), 0).cpu()
+        probs = torch.softmax(log_w, 0).cpu()
         idx = torch.multinomial(probs, config.num_chains, replacement=True, generator=gen)
-        return u[idx.to(u.device)]
+        return torch.cat(us)[idx.to(device)], weighed, ess
 
     @torch.no_grad()
     def sample(
@@ -257,7 +292,7 @@ class MCMCPosterior:
         chains = min(config.num_chains, max(4, math.ceil(n / MIN_DRAWS)))
         config = dataclasses.replace(config, num_chains=chains)
         gen = torch.Generator().manual_seed(seed)
-        init = self._init(xs, config, gen)
+        init, candidates, init_ess = self._init(xs, config, gen)
         draws = math.ceil(n / chains)
         result = slice_sample(
             self._target(xs),
@@ -278,6 +313,8 @@ class MCMCPosterior:
             n_evaluations=result.n_evaluations,
             time_s=result.time_s,
             stuck=result.stuck,
+            init_candidates=candidates,
+            init_ess=init_ess,
         )
         flat = theta_chains.transpose(0, 1).reshape(-1, self.likelihood.theta_dim)
         return flat[:n].cpu()

@@ -275,3 +275,34 @@ def test_nle_surrogate_simulates_and_its_posterior_combines_iid_trials():
     assert posterior.map(x=trials).item() == pytest.approx(grid[weights.argmax()].item(), abs=0.01)
     lp = posterior.log_prob(torch.tensor([[0.8], [0.0]]), x=trials)
     assert lp.shape == (2,) and lp[0] > lp[1]
+
+
+def test_nle_conditions_on_theta_for_a_box_prior_with_its_own_training_defaults():
+    prior, theta, x = box_data(n=1500)
+    config = TrainConfig(progress=False, max_epochs=2)
+    fast = {"transforms": 2, "hidden_features": (16,)}
+    posterior = NLE(prior, "nsf", config=config, mcmc=MCMC, **fast).fit(theta, x)
+    likelihood = posterior.likelihood
+    assert likelihood.unconstrained is False
+    assert likelihood.estimator.config.permutation == "lu"  # NLE_NSF_OPTIONS under given ones
+    assert posterior.history.batch_size == 256  # NLE's default batch below 50,000 rows
+    # The context is θ itself: the estimator's density at θ is the likelihood's.
+    xo, th = x[:1], theta[:5]
+    with torch.no_grad():
+        direct = likelihood.estimator(th).log_prob(xo.expand(5, -1))
+    assert torch.allclose(likelihood.log_prob(xo, th), direct)
+    # Chosen explicitly, or a prior that is not a box: the unconstrained f(θ).
+    explicit = NLE(prior, "gaussian", unconstrained=True, config=config, mcmc=MCMC)
+    assert explicit.fit(theta, x).likelihood.unconstrained is True
+    normal = Normal(0.0, 1.0, dim=2)
+    assert NLE(normal, "gaussian", config=config, mcmc=MCMC).fit(theta, x).likelihood.unconstrained
+
+
+def test_nle_training_defaults_apply_only_where_the_config_leaves_them_open():
+    resolved = NLE(config=TrainConfig())._train_config(10_000)
+    assert (resolved.batch_size, resolved.patience, resolved.lr_patience) == (256, 16, 8)
+    assert NLE(config=TrainConfig())._train_config(100_000).batch_size == 512
+    given = TrainConfig(batch_size=64, patience=3, lr_patience=2)
+    assert NLE(config=given)._train_config(10_000) == given
+    # NPE keeps the engine's defaults (512 rows, patience 10 and 4, resolved in training).
+    assert NPE(config=TrainConfig())._train_config(10_000) == TrainConfig()

@@ -282,3 +282,39 @@ def test_every_estimator_in_the_table_round_trips(tmp_path, estimator):
     assert torch.equal(
         loaded.log_prob(th, x=torch.zeros(2)), posterior.log_prob(th, x=torch.zeros(2))
     )
+
+
+def test_nle_context_choice_round_trips_and_version_2_files_read_as_unconstrained(tmp_path):
+    """Format 3 records whether an NLE surrogate is conditioned on θ or on f(θ); format 2
+    files predate the choice and were always conditioned on f(θ)."""
+    from sbitk.io import modelfile
+
+    box = BoxUniform([-1.0, 0.0], [1.0, 2.0])
+    g = torch.Generator().manual_seed(0)
+    theta = box.sample(600, g)
+    x = theta + 0.2 * torch.randn(600, 2, generator=g)
+    mcmc = MCMCConfig(num_chains=16, warmup=5, sir_candidates=100, progress=False)
+    xo, th = torch.tensor([0.1, 1.0]), box.sample(20, torch.Generator().manual_seed(1))
+    for unconstrained in (False, True):
+        posterior = NLE(box, "gaussian", unconstrained=unconstrained, config=QUICK, mcmc=mcmc)
+        posterior = posterior.fit(theta, x)
+        path = tmp_path / f"nle_{unconstrained}.safetensors"
+        save_model(path, posterior)
+        assert read_metadata(path)["unconstrained"] is unconstrained
+        loaded = load_model(path)
+        assert loaded.likelihood.unconstrained is unconstrained
+        assert torch.equal(loaded.log_prob(th, x=xo), posterior.log_prob(th, x=xo))
+
+    def as_version_2(meta):
+        meta["format_version"] = 2
+        del meta["unconstrained"]
+        del meta["checksum"]
+        _, tensors = modelfile._read_header(path)
+        meta["checksum"] = modelfile._checksum(meta, tensors)
+
+    rewrite(path, as_version_2)  # the file conditioned on f(θ)
+    assert torch.equal(load_model(path).log_prob(th, x=xo), posterior.log_prob(th, x=xo))
+    # A format 3 NLE file must say which.
+    rewrite(path, lambda m: m.update(format_version=3))
+    with pytest.raises(ModelFileError, match="NLE model needs a boolean 'unconstrained'"):
+        load_model(path)
