@@ -31,6 +31,7 @@ class Estimation:
         self,
         prior: Prior | None,
         estimator: str | nn.Module,
+        unconstrained: bool | None,
         config: TrainConfig | None,
         parameter_names: Sequence[str] | None,
         output_names: Sequence[str] | None,
@@ -42,7 +43,12 @@ class Estimation:
             raise SbitkError(
                 f"estimator must be a name or an nn.Module, got {type(estimator).__name__}"
             )
+        if unconstrained is not None and not isinstance(unconstrained, bool):
+            raise SbitkError(f"unconstrained must be True, False or None, got {unconstrained!r}")
         self.estimator = estimator
+        #: Work in the prior's unconstrained coordinates (True), in θ (False), or let the role
+        #: choose (None).
+        self.unconstrained = unconstrained
         self.estimator_kwargs = estimator_kwargs
         self.config = config or TrainConfig()
         self.parameter_names = parameter_names

@@ -105,16 +105,14 @@ class NLE(Estimation):
         super().__init__(
             prior,
             estimator,
+            unconstrained,
             config,
             parameter_names,
             output_names,
             simulator_name,
             estimator_kwargs,
         )
-        if unconstrained is not None and not isinstance(unconstrained, bool):
-            raise SbitkError(f"unconstrained must be True, False or None, got {unconstrained!r}")
         self.invalid = invalid
-        self.unconstrained = unconstrained
         self.conditions_unconstrained = True
         self.mcmc = mcmc or MCMCConfig()
 

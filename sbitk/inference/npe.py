@@ -40,7 +40,6 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from sbitk.errors import SbitkError
 from sbitk.inference.base import Estimation
 from sbitk.inference.data import RowReport, warn_excluded
 from sbitk.inference.training import TrainConfig
@@ -90,15 +89,13 @@ class NPE(Estimation):
         super().__init__(
             prior,
             estimator,
+            unconstrained,
             config,
             parameter_names,
             output_names,
             simulator_name,
             estimator_kwargs,
         )
-        if unconstrained is not None and not isinstance(unconstrained, bool):
-            raise SbitkError(f"unconstrained must be True, False or None, got {unconstrained!r}")
-        self.unconstrained = unconstrained
         self.trains_unconstrained, self.box_nsf = True, False
 
     def _resolve(self) -> None:
