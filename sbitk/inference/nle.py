@@ -158,8 +158,7 @@ class NLE(Estimation):
         if config.lr_patience is None:
             config = replace(config, lr_patience=NLE_LR_PATIENCE)
         if config.batch_size is None:
-            n_val = min(max(1, round(config.validation_fraction * n_rows)), config.max_validation)
-            large = n_rows - n_val > LARGE_BANK_ROWS
+            large = n_rows - config.n_validation(n_rows) > LARGE_BANK_ROWS
             config = replace(config, batch_size=2 * NLE_BATCH_SIZE if large else NLE_BATCH_SIZE)
         return config
 

@@ -116,6 +116,10 @@ class TrainConfig:
     max_time: float | None = None
     epoch_rows: int | None = 50_000
 
+    def n_validation(self, n_rows: int) -> int:
+        """Rows held out for validation when ``n_rows`` rows are given in memory."""
+        return min(max(1, round(self.validation_fraction * n_rows)), self.max_validation)
+
     def resolved(self, n_train: int) -> tuple[int, float]:
         """The batch size and learning rate for ``n_train`` training rows.
 
@@ -424,7 +428,7 @@ def train(
         else:
             _check_pair(inputs, context)
             n = inputs.shape[0]
-            n_val = min(max(1, round(config.validation_fraction * n)), config.max_validation)
+            n_val = config.n_validation(n)
             if n - n_val < 1:
                 raise SbitkError(f"need at least 2 training rows, got {n}")
             perm = torch.randperm(n, generator=generator)
