@@ -320,8 +320,10 @@ def _dask_client(address: str):
 
 # ---- train, sample, diagnose, run ------------------------------------------------------------
 def _estimator_names() -> list[str]:
-    # Kept in sync with the estimator table by a test; listed here so that --help needs no torch.
-    return ["nsf", "maf", "realnvp", "glow", "nice", "gaussian"]
+    # The registry lists names from entry-point metadata: --help imports no estimator module.
+    from sbitk.models.registry import available_estimators
+
+    return available_estimators()
 
 
 def _device_option(f):
@@ -668,12 +670,18 @@ def _describe_model(path: Path) -> str:
 
     meta = read_metadata(path)
     load_model(path)  # checks the checksum and the weights, not only the header
+    from sbitk.models.contract import density_kind
+    from sbitk.models.registry import get_estimator
+
     est = meta["estimator"]
     training = meta.get("training") or {}
     kind = "posterior" if meta["role"] == "npe" else "likelihood"
+    density = density_kind(get_estimator(est["name"]))
     lines = [
         f"model file {path} (format {meta['format_version']}, sbitk {meta['sbitk_version']})",
         f"  method: {meta['role'].upper()} ({kind} estimator {est['name']})",
+        f"  estimator: {est['name']} from {est.get('package') or 'this process'}, "
+        f"{density} density",
         f"  simulator: {meta['simulator_name']}",
         f"  parameters: {', '.join(meta['parameter_names'])}",
         f"  outputs: {', '.join(meta['output_names'])}",

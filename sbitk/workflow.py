@@ -114,7 +114,7 @@ def train(
         bank: The simulation bank (a Zarr directory).
         output: The model file to write (``*.safetensors``).
         method: ``"npe"`` (posterior estimation) or ``"nle"`` (likelihood estimation).
-        estimator: A name of the estimator table (``"nsf"``, ``"maf"``, ``"realnvp"``, ...).
+        estimator: A registered estimator name (``"nsf"``, ``"maf"``, ``"realnvp"``, ...).
         config: A :class:`~sbitk.inference.training.TrainConfig`.
         force: Replace an existing model file.
         **estimator_kwargs: Passed to the estimator's constructor.
@@ -122,17 +122,15 @@ def train(
     Returns:
         The trained posterior (a ``DirectPosterior`` or an ``MCMCPosterior``).
     """
-    from sbitk.inference.estimators import estimator_classes
     from sbitk.inference.nle import NLE
     from sbitk.inference.npe import NPE
     from sbitk.io.atomic import check_output
     from sbitk.io.modelfile import save_model
+    from sbitk.models.registry import get_estimator
 
     if method not in METHODS:
         raise SbitkError(f"method must be one of {METHODS}, got {method!r}")
-    table = estimator_classes()
-    if estimator not in table:
-        raise SbitkError(f"estimator must be one of {sorted(table)}, got {estimator!r}")
+    get_estimator(estimator)  # an unknown name fails before the bank is opened
     output = check_output(output, force=force)
     source = _open_bank(bank)
     if len(source) == 0:
@@ -193,8 +191,12 @@ def _draw(posterior, x, n: int, *, iid: bool, seed: int, progress: bool) -> dict
     """Posterior draws for every observation in ``x`` as (chains, draws, B, D) and stats."""
     import torch
 
-    if posterior.role == "npe":
+    from sbitk.models.contract import NONE
+
+    if posterior.amortized:
         theta = posterior.sample(n, x, seed=seed)  # (n, B, D)
+        if posterior.density == NONE:
+            return {"posterior": theta[None].numpy(), "log_prob": None}
         with torch.no_grad():
             lp = posterior.log_prob(theta, x).cpu()  # (n, B)
         return {"posterior": theta[None].numpy(), "log_prob": lp[None].numpy()}
@@ -305,10 +307,11 @@ def sample(
     if simulator is not None:
         _check_same_simulator(posterior.simulator_name, simulator.name, "the simulator given")
     obs = read_observed_data(observed, posterior.output_names, iid=iid)
-    if iid and posterior.role == "npe" and obs.x.shape[0] > 1:
+    if iid and not posterior.iid_trials and obs.x.shape[0] > 1:
         raise SbitkError(
             f"--iid treats the {obs.x.shape[0]} rows of {observed} as trials of one "
-            "observation, which needs an NLE model (its likelihoods multiply); this model is NPE"
+            "observation, which needs an NLE model (its likelihoods multiply); this model is "
+            f"{posterior.role.upper()}"
         )
     draws = _draw(posterior, obs.x, n, iid=iid, seed=seed, progress=progress)
     n_chain, n_draw, n_obs, dim = draws["posterior"].shape
@@ -391,7 +394,7 @@ def _batched_draws(posterior, x, n: int, seed: int, progress: bool):
     """Posterior draws (n, B, D) for every row of x (B, D_x)."""
     import torch
 
-    if posterior.role == "npe":
+    if posterior.amortized:
         parts = [
             posterior.sample(n, xb, seed=seed + k) for k, xb in enumerate(x.split(500))
         ]  # bounded memory per call
@@ -410,10 +413,15 @@ def _batched_draws(posterior, x, n: int, seed: int, progress: bool):
     return torch.stack(out, 1)
 
 
-def _batched_log_prob(posterior) -> Callable:
+def _batched_log_prob(posterior) -> Callable | None:
+    """log q(θ | x) for θ (n, B, D) and x (B, D_x); ``None`` when the posterior has no density."""
     import torch
 
-    if posterior.role == "npe":
+    from sbitk.models.contract import NONE
+
+    if posterior.density == NONE:
+        return None
+    if posterior.amortized:
 
         @torch.no_grad()
         def log_prob_npe(theta, x):
@@ -504,8 +512,8 @@ def diagnose(
     obs = None
     if observed is not None:
         obs = read_observed_data(observed, posterior.output_names, iid=iid)
-        if iid and posterior.role == "npe" and obs.x.shape[0] > 1:
-            raise SbitkError("--iid needs an NLE model; this model is NPE")
+        if iid and not posterior.iid_trials and obs.x.shape[0] > 1:
+            raise SbitkError(f"--iid needs an NLE model; this model is {posterior.role.upper()}")
 
     fresh_seed = _derived_seed(seed, "diagnose")
     if fresh_seed == source.seed:
@@ -523,7 +531,14 @@ def diagnose(
     draws = _batched_draws(posterior, x, n_posterior_samples, seed, progress)  # (L, N, D)
     log_prob = _batched_log_prob(posterior)
     sbc_result = sbc(theta, x, draws, parameter_names=names, seed=seed, progress=False)
-    cov = expected_coverage(theta, x, draws, log_prob, seed=seed, progress=False)
+    skipped = {}
+    if log_prob is None:
+        cov = None
+        skipped["coverage"] = (
+            "HPD coverage ranks draws by their density, and this estimator offers samples only"
+        )
+    else:
+        cov = expected_coverage(theta, x, draws, log_prob, seed=seed, progress=False)
     tarp_result = tarp(theta, x, draws, seed=seed, progress=False)
     contraction = zscore_contraction(
         theta, x, draws, parameter_names=names, prior_variance=_prior_variance(source),
@@ -564,6 +579,7 @@ def diagnose(
         contraction=contraction,
         ppc=ppc,
         misspecification=mis,
+        skipped=skipped,
     )
     checks = [c for s in sections for c in s.checks]
     meta = {
@@ -591,7 +607,7 @@ def _prior_variance(bank):
 
 def _draw_for_report(posterior, x, n: int, seed: int, iid: bool):
     """Draws (n, D) for one observation or for i.i.d. trials of one."""
-    if posterior.role == "npe":
+    if posterior.amortized:
         return posterior.sample(n, x[0], seed=seed)
     config = _mcmc_config(posterior, progress=False)
     return posterior.sample(n, x if iid else x[0], seed=seed, config=config)

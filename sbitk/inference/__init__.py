@@ -1,9 +1,9 @@
 """Training engine, neural posterior estimation (NPE) and neural likelihood estimation (NLE)."""
 
-from sbitk.inference.estimators import ConditionalGaussian, estimator_classes
 from sbitk.inference.nle import NLE
 from sbitk.inference.npe import NPE
 from sbitk.inference.training import ChunkSource, History, TrainConfig, train
+from sbitk.models.gaussian import ConditionalGaussian
 
 __all__ = [
     "NLE",
@@ -12,6 +12,5 @@ __all__ = [
     "ConditionalGaussian",
     "History",
     "TrainConfig",
-    "estimator_classes",
     "train",
 ]

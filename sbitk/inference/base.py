@@ -15,8 +15,9 @@ from torch import Tensor, nn
 
 from sbitk.errors import SbitkError
 from sbitk.inference.data import RowReport, check_pair, clean_rows, prepare_fit
-from sbitk.inference.estimators import build_estimator
 from sbitk.inference.training import History, TrainConfig, train
+from sbitk.models.contract import check_estimator, role_options
+from sbitk.models.registry import build_estimator, get_estimator
 from sbitk.simulation.priors import Prior, as_prior
 
 
@@ -24,6 +25,8 @@ class Estimation:
     """Base of :class:`~sbitk.inference.npe.NPE` and :class:`~sbitk.inference.nle.NLE`."""
 
     role = ""
+    #: The role's name in the estimator contract (``"posterior"`` or ``"likelihood"``).
+    contract_role = ""
     #: How the two dimensions of the estimator are named in errors: (features, context).
     dims = ("features", "context")
 
@@ -45,6 +48,10 @@ class Estimation:
             )
         if unconstrained is not None and not isinstance(unconstrained, bool):
             raise SbitkError(f"unconstrained must be True, False or None, got {unconstrained!r}")
+        if isinstance(estimator, nn.Module):
+            check_estimator(estimator)
+        else:
+            get_estimator(estimator)  # an unknown name fails here, before any data is read
         self.estimator = estimator
         #: Work in the prior's unconstrained coordinates (True), in θ (False), or let the role
         #: choose (None).
@@ -57,9 +64,21 @@ class Estimation:
         self.history: History | None = None
         self.report: RowReport | None = None
 
+    @property
+    def estimator_class(self) -> type:
+        """The class of the estimator (built or named)."""
+        if isinstance(self.estimator, nn.Module):
+            return type(self.estimator)
+        return get_estimator(self.estimator)
+
+    def _box(self) -> bool:
+        """Whether the modelled or conditioning θ lies on a box (decided in ``_resolve``)."""
+        return False
+
     def _options(self) -> dict:
-        """The estimator's constructor options."""
-        return dict(self.estimator_kwargs)
+        """The estimator's constructor options: its defaults for the role under given ones."""
+        defaults = role_options(self.estimator_class, self.contract_role, self._box())
+        return {**defaults, **self.estimator_kwargs}
 
     def _build(self, features: int, context: int) -> nn.Module:
         if isinstance(self.estimator, nn.Module):

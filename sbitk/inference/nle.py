@@ -46,16 +46,13 @@ from sbitk.errors import SbitkError
 from sbitk.inference.base import Estimation
 from sbitk.inference.data import RowReport
 from sbitk.inference.training import LARGE_BANK_ROWS, TrainConfig
+from sbitk.models.contract import density_kind, has_density
 from sbitk.posteriors.likelihood import MCMCPosterior, SurrogateLikelihood
 from sbitk.posteriors.mcmc import MCMCConfig
 from sbitk.simulation.bijections import is_box
 from sbitk.simulation.priors import Prior
 
 INVALID_CHOICES = ("error", "exclude")
-#: Options of the spline flow (``"nsf"``) for NLE, under given ones: learnt linear maps (LU)
-#: between the couplings. On slcp with 10,000 simulations the held-out log-likelihood rose from
-#: -12.43 to -12.06 (sbi's spline flow, which has them too: -11.98).
-NLE_NSF_OPTIONS = {"permutation": "lu"}
 #: NLE's default batch: 256 rows, 512 above ``LARGE_BANK_ROWS`` training rows (NPE: 512 and
 #: 1,024). On slcp with 10,000 simulations a batch of 512 held out -12.88 and 256 -12.06.
 NLE_BATCH_SIZE = 256
@@ -68,8 +65,10 @@ class NLE(Estimation):
 
     Args:
         prior: The prior the training θ were drawn from (read from the bank when ``None``).
-        estimator: A name from :func:`~sbitk.inference.estimators.estimator_classes` or a ready
-            ``nn.Module`` with ``features = D_x`` and ``context = D_θ``.
+        estimator: A registered name (:func:`~sbitk.models.registry.available_estimators`) or a
+            ready ``nn.Module`` of the estimator contract with ``features = D_x`` and
+            ``context = D_θ``. It must offer a density (MCMC evaluates it): a sample-only
+            estimator (a GAN) is refused.
         invalid: What to do with failed simulations: ``"error"`` (refuse; the default) or
             ``"exclude"`` (drop them with a warning that the likelihood is then conditioned on
             success).
@@ -84,6 +83,7 @@ class NLE(Estimation):
     """
 
     role = "nle"
+    contract_role = "likelihood"
     dims = ("D_x", "D_θ")
 
     def __init__(
@@ -112,6 +112,13 @@ class NLE(Estimation):
             simulator_name,
             estimator_kwargs,
         )
+        cls = self.estimator_class
+        if not has_density(cls):
+            raise SbitkError(
+                f"NLE samples prior × surrogate likelihood by MCMC, which evaluates the "
+                f"likelihood's density; estimator {cls.__name__} ({density_kind(cls)!r} density) "
+                "offers samples only: use it for NPE, or pick one with a density"
+            )
         self.invalid = invalid
         self.conditions_unconstrained = True
         self.mcmc = mcmc or MCMCConfig()
@@ -145,11 +152,6 @@ class NLE(Estimation):
             source.load(i)
         self._handle(source.report)
         return True
-
-    def _options(self) -> dict:
-        if self.estimator == "nsf":
-            return {**NLE_NSF_OPTIONS, **self.estimator_kwargs}
-        return dict(self.estimator_kwargs)
 
     def _train_config(self, n_rows: int) -> TrainConfig:
         config = self.config
@@ -189,4 +191,4 @@ class NLE(Estimation):
         return MCMCPosterior(likelihood, self.mcmc)
 
 
-__all__ = ["NLE", "NLE_BATCH_SIZE", "NLE_NSF_OPTIONS"]
+__all__ = ["NLE", "NLE_BATCH_SIZE"]

@@ -8,7 +8,8 @@ With pairs :math:`(\\theta_i, x_i)` drawn from :math:`p(\\theta)\\,p(x \\mid \\t
 makes :math:`q_\\phi(\\theta \\mid x)` approach the posterior :math:`p(\\theta \\mid x)` for every
 :math:`x` at once (the expected KL divergence between them is this loss up to a constant).
 
-For a prior bounded on a box (box-uniform) the spline flow is trained on θ itself and its samples
+For a prior bounded on a box (box-uniform) an estimator that asks for it (``box_on_theta``: the
+spline flow) is trained on θ itself and its samples
 are truncated to the box by rejection, which the posterior caps and reports. Otherwise (other
 estimators, other bounded priors such as log-normal) the estimator is trained on
 :math:`u = f(\\theta)`, the prior's bijection to the real line, so that its samples, mapped back,
@@ -40,18 +41,14 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from sbitk.errors import SbitkError
 from sbitk.inference.base import Estimation
 from sbitk.inference.data import RowReport, warn_excluded
 from sbitk.inference.training import TrainConfig
+from sbitk.models.contract import has_density
 from sbitk.posteriors.direct import DirectPosterior
 from sbitk.simulation.bijections import is_box
 from sbitk.simulation.priors import Prior
-
-#: Spline options for θ on a box (unless given): the standardised box spans ±√3, so an interval of
-#: ±3 puts most of the 10 bins on it, where the default ±5 leaves it about three of 8; a second
-#: residual block sharpens the thin, edge-cut posteriors of two_moons. Held-out log-likelihood of
-#: two_moons with 10,000 simulations: 3.32 with the NSF defaults, 3.52 with these (sbi: 3.55).
-BOX_NSF_OPTIONS = {"bins": 10, "bound": 3.0, "hidden_features": (64, 64, 64)}
 
 
 class NPE(Estimation):
@@ -59,12 +56,14 @@ class NPE(Estimation):
 
     Args:
         prior: The prior the training θ were drawn from (read from the bank when ``None``).
-        estimator: A name from :func:`~sbitk.inference.estimators.estimator_classes` (``"nsf"``,
-            ``"maf"``, ``"gaussian"``, ...) or a ready ``nn.Module`` of the model contract.
+        estimator: A registered name (:func:`~sbitk.models.registry.available_estimators`:
+            ``"nsf"``, ``"maf"``, ``"gaussian"``, ...) or a ready ``nn.Module`` of the estimator
+            contract (:mod:`sbitk.models.contract`).
         unconstrained: Train on the prior's unconstrained bijection of θ (True), or on θ with
             samples truncated to the support by rejection (False). ``None`` (the default) trains
-            the spline flow (``"nsf"``) on θ when the prior is bounded on a box, and every other
-            case on the bijection.
+            an estimator that declares ``box_on_theta`` (the spline flow) on θ when the prior is
+            bounded on a box, and every other case on the bijection. Truncation needs a
+            density; a sample-only estimator always trains on the bijection.
         config: Training settings.
         parameter_names, output_names, simulator_name: Carried into the posterior and model
             files (read from the bank when fitting from one).
@@ -72,6 +71,7 @@ class NPE(Estimation):
     """
 
     role = "npe"
+    contract_role = "posterior"
     dims = ("D_θ", "D_x")
 
     def __init__(
@@ -96,20 +96,25 @@ class NPE(Estimation):
             simulator_name,
             estimator_kwargs,
         )
-        self.trains_unconstrained, self.box_nsf = True, False
+        self.trains_unconstrained = True
 
     def _resolve(self) -> None:
-        # the spline flow on a box trains on θ by default (see BOX_NSF_OPTIONS)
-        self.box_nsf = self.estimator == "nsf" and is_box(self.prior.bijection())
+        cls = self.estimator_class
+        box = is_box(self.prior.bijection())
+        if self.unconstrained is False and not has_density(cls):
+            raise SbitkError(
+                f"unconstrained=False truncates samples to the prior's support, which needs a "
+                f"density; estimator {cls.__name__} offers samples only: leave unconstrained "
+                "unset"
+            )
+        on_theta = box and getattr(cls, "box_on_theta", False)
         self.trains_unconstrained = (
-            not self.box_nsf if self.unconstrained is None else self.unconstrained
+            not on_theta if self.unconstrained is None else self.unconstrained
         )
         self.bijection = self.prior.bijection() if self.trains_unconstrained else None
 
-    def _options(self) -> dict:
-        if self.box_nsf and not self.trains_unconstrained:
-            return {**BOX_NSF_OPTIONS, **self.estimator_kwargs}
-        return dict(self.estimator_kwargs)
+    def _box(self) -> bool:
+        return not self.trains_unconstrained and is_box(self.prior.bijection())
 
     def _pair(self, theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         return (self.bijection.forward(theta)[0] if self.trains_unconstrained else theta), x

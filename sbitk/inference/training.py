@@ -18,7 +18,7 @@ which :class:`~sbitk.errors.TrainingError` names the epoch.
 
 Example:
     >>> import torch
-    >>> from sbitk.inference.estimators import ConditionalGaussian
+    >>> from sbitk.models.gaussian import ConditionalGaussian
     >>> g = torch.Generator().manual_seed(0)
     >>> c = torch.randn(512, 1, generator=g)
     >>> a = 2 * c + 0.5 * torch.randn(512, 1, generator=g)

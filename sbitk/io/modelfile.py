@@ -9,7 +9,8 @@ under the key ``"sbitk"``:
 ``format_version``        integer, :data:`FORMAT_VERSION` for files this version writes
 ``sbitk_version``         the package version that wrote it
 ``role``                  ``"npe"`` (a direct posterior) or ``"nle"`` (a surrogate likelihood)
-``estimator``             ``{"name": <estimator table name>, "config": {...}}``
+``estimator``             ``{"name": <registered name>, "config": {...}, "package": <the
+                          distribution that registers it, or null>}`` (``package`` is optional)
 ``unconstrained``         NPE: whether the estimator models the prior's unconstrained θ;
                           NLE: whether its context is the unconstrained θ (rather than θ)
 ``prior``                 the prior's JSON spec
@@ -24,15 +25,16 @@ under the key ``"sbitk"``:
 
 Loading parses the header with safetensors (no code runs), checks the JSON against this schema,
 the checksum against the content, and every tensor's name, dtype and shape against a model
-rebuilt from the estimator table, so a truncated, corrupted or hand-edited file is refused
-with a :class:`~sbitk.errors.ModelFileError` saying what is wrong. Files of an older readable
-version are brought to this version's meaning on reading (:func:`_upgrade`). Files are written to a
-temporary file next to the target and renamed into place, so a crash never leaves half a file.
+rebuilt from the estimator registry (:mod:`sbitk.models.registry`), so a truncated, corrupted or
+hand-edited file is refused with a :class:`~sbitk.errors.ModelFileError` saying what is wrong.
+Files of an older readable version are brought to this version's meaning on reading
+(:func:`_upgrade`). Files are written to a temporary file next to the target and renamed into
+place, so a crash never leaves half a file.
 
 Example:
     >>> import tempfile, torch
     >>> from pathlib import Path
-    >>> from sbitk.inference.estimators import ConditionalGaussian
+    >>> from sbitk.models.gaussian import ConditionalGaussian
     >>> from sbitk.posteriors.direct import DirectPosterior
     >>> from sbitk.simulation.priors import Normal
     >>> posterior = DirectPosterior(ConditionalGaussian(2, 3), Normal(0.0, 1.0, dim=2))
@@ -134,8 +136,8 @@ def save_model(path: str | os.PathLike, posterior_or_likelihood) -> None:
     """
     from safetensors.torch import save
 
-    from sbitk.inference.estimators import estimator_config, estimator_name
     from sbitk.io.atomic import write_bytes
+    from sbitk.models.registry import estimator_config, estimator_name, estimator_package
 
     role, estimator, extra = _parts(posterior_or_likelihood)
     source = extra.pop("source")
@@ -151,7 +153,7 @@ def save_model(path: str | os.PathLike, posterior_or_likelihood) -> None:
         "format_version": FORMAT_VERSION,
         "sbitk_version": _version(),
         "role": role,
-        "estimator": {"name": name, "config": config},
+        "estimator": {"name": name, "config": config, "package": estimator_package(name)},
         "prior": source.prior.spec(),
         "parameter_names": list(source.parameter_names),
         "output_names": list(source.output_names),
@@ -168,7 +170,7 @@ def save_model(path: str | os.PathLike, posterior_or_likelihood) -> None:
 
 def _check_rebuildable(name: str, config: dict, tensors: dict[str, Tensor]) -> None:
     try:
-        rebuilt = _build(name, config)
+        rebuilt = _build(name, config, None)
     except ModelFileError as exc:
         raise ModelFileError(f"cannot save this model: {exc}") from exc
     if set(rebuilt.state_dict()) != set(tensors):
@@ -178,16 +180,15 @@ def _check_rebuildable(name: str, config: dict, tensors: dict[str, Tensor]) -> N
         )
 
 
-def _build(name: str, config: dict) -> nn.Module:
-    from sbitk.inference.estimators import estimator_classes
+def _build(name: str, config: dict, package: str | None) -> nn.Module:
+    from sbitk.models.registry import UnknownEstimatorError, get_estimator
 
-    table = estimator_classes()
-    if name not in table:
-        raise ModelFileError(
-            f"estimator name {name!r} is not one this sbitk knows ({sorted(table)})"
-        )
     try:
-        return table[name].from_config(config)
+        cls = get_estimator(name, package)
+    except UnknownEstimatorError as exc:
+        raise ModelFileError(f"this model needs {exc}") from exc
+    try:
+        return cls.from_config(config)
     except (SbitkError, TypeError, ValueError, KeyError) as exc:
         raise ModelFileError(f"estimator config for {name!r} is invalid: {exc}") from exc
 
@@ -271,6 +272,8 @@ def _validate(header: dict, where: str) -> None:
     est = header["estimator"]
     if not isinstance(est.get("name"), str) or not isinstance(est.get("config"), dict):
         raise ModelFileError(f"{where}: estimator must be {{'name': str, 'config': object}}")
+    if not isinstance(est.get("package"), str | None):
+        raise ModelFileError(f"{where}: estimator.package must be a string or null")
     for key in ("parameter_names", "output_names"):
         if not all(isinstance(n, str) for n in header[key]):
             raise ModelFileError(f"{where}: {key} must be a list of strings")
@@ -351,7 +354,7 @@ def load_model(path: str | os.PathLike, *, device: str = "cpu"):
             "the file does not hold, or the reverse"
         )
     est = header["estimator"]
-    model = _build(est["name"], est["config"])
+    model = _build(est["name"], est["config"], est.get("package"))
     state = model.state_dict()
     missing, extra = set(state) - set(tensors), set(tensors) - set(state)
     if missing or extra:

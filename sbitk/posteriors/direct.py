@@ -14,7 +14,7 @@ is completed by slice sampling the truncated estimator instead, with a warning.
 
 Example:
     >>> import torch
-    >>> from sbitk.inference.estimators import ConditionalGaussian
+    >>> from sbitk.models.gaussian import ConditionalGaussian
     >>> from sbitk.simulation.priors import BoxUniform
     >>> posterior = DirectPosterior(ConditionalGaussian(2, 3), BoxUniform(-1.0, 1.0, dim=2))
     >>> posterior.sample(100, x=torch.zeros(4, 3), seed=0).shape
@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from sbitk.errors import SbitkError
+from sbitk.models.contract import NONE, density_kind, has_density
 from sbitk.simulation.bijections import Bijection, IdentityBijection
 from sbitk.simulation.priors import Prior
 
@@ -102,6 +103,10 @@ class DirectPosterior:
     """
 
     role = "npe"
+    #: Samples a batch of observations in one call (the workflow batches its draws).
+    amortized = True
+    #: Combines i.i.d. trials of one observation (only a likelihood can).
+    iid_trials = False
 
     def __init__(
         self,
@@ -116,9 +121,15 @@ class DirectPosterior:
         max_rejection_attempts: int = 100,
         max_rejection_time: float = 60.0,
     ):
+        density_kind(estimator)  # a posterior needs the estimator's declared density kind
         self.estimator = estimator.eval()
         self.prior = prior
         self.unconstrained = bool(unconstrained)
+        if not self.unconstrained and not has_density(estimator):
+            raise SbitkError(
+                f"truncating to the prior's support (unconstrained=False) needs a density; "
+                f"estimator {type(estimator).__name__} offers samples only"
+            )
         self.bijection: Bijection = (
             prior.bijection() if unconstrained else IdentityBijection(prior.dim)
         )
@@ -143,6 +154,19 @@ class DirectPosterior:
         self.mcmc_observations: list[int] = []
 
     # ---- plumbing ----------------------------------------------------------------------------
+    @property
+    def density(self) -> str:
+        """The density :meth:`log_prob` gives: the estimator's kind (``"none"``: no log_prob)."""
+        return density_kind(self.estimator)
+
+    def _need_density(self, what: str) -> None:
+        if self.density == NONE:
+            raise SbitkError(
+                f"{what} needs a density, and estimator {type(self.estimator).__name__} offers "
+                "samples only; sample() works, and the sample-based checks (SBC, TARP, C2ST, "
+                "z-score) run on its draws"
+            )
+
     @property
     def device(self) -> torch.device:
         tensors = itertools.chain(self.estimator.buffers(), self.estimator.parameters())
@@ -323,8 +347,10 @@ class DirectPosterior:
 
         Returns:
             Log densities of shape (*); not normalised for the truncation when
-            ``unconstrained=False``.
+            ``unconstrained=False``. With an estimated density (a VAE) a Monte Carlo estimate,
+            with an unnormalised one (an energy model) up to a constant per observation.
         """
+        self._need_density("log_prob")
         x, single = self._x(x)
         theta = torch.as_tensor(theta).to(self.device, torch.get_default_dtype())
         if theta.shape[-1] != self.theta_dim:
@@ -360,6 +386,7 @@ class DirectPosterior:
         Returns:
             θ of shape (D_θ,) for one observation, (B, D_θ) for a batch; on the CPU.
         """
+        self._need_density("map")
         xb, single = self._x(x)
         with torch.no_grad():
             init = self.sample(n_init, xb, seed=seed).to(self.device)  # (n, B, D)

@@ -14,7 +14,7 @@ space :math:`u = f(\\theta)`, where the target gains the log-determinant of :mat
 
 Example:
     >>> import torch
-    >>> from sbitk.inference.estimators import ConditionalGaussian
+    >>> from sbitk.models.gaussian import ConditionalGaussian
     >>> from sbitk.simulation.priors import BoxUniform
     >>> prior = BoxUniform(-1.0, 1.0, dim=2)
     >>> likelihood = SurrogateLikelihood(ConditionalGaussian(3, 2), prior)
@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from sbitk.errors import SbitkError
+from sbitk.models.contract import UNNORMALISED, has_density
 from sbitk.posteriors.direct import _names, seeded
 from sbitk.posteriors.mcmc import MCMCConfig, MCMCResult, slice_sample
 from sbitk.simulation.priors import Prior
@@ -71,6 +72,11 @@ class SurrogateLikelihood:
         simulator_name: str | None = None,
         history=None,
     ):
+        if not has_density(estimator):
+            raise SbitkError(
+                f"a surrogate likelihood evaluates a density; estimator "
+                f"{type(estimator).__name__} offers samples only"
+            )
         self.estimator = estimator.eval()
         self.prior = prior
         self.bijection = prior.bijection()
@@ -187,6 +193,12 @@ class MCMCPosterior:
     """
 
     role = "nle"
+    #: Samples one observation per call (a chain run each).
+    amortized = False
+    #: Combines i.i.d. trials of one observation by summing their log-likelihoods.
+    iid_trials = True
+    #: :meth:`log_prob` is prior × surrogate likelihood, without the evidence.
+    density = UNNORMALISED
 
     def __init__(self, likelihood: SurrogateLikelihood, config: MCMCConfig | None = None):
         self.likelihood = likelihood

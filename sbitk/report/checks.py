@@ -10,6 +10,8 @@ own verdicts:
 * warn: not wrong but worth a look: conservative coverage, SBC inside its band with a
   significant chi-square, parameters the data barely constrain.
 * pass: everything else.
+* skip: the check could not run for this posterior (it needs a density the estimator lacks); the
+  reason is the detail. A skipped check never counts as a failure.
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ __all__ = [
     "training_check",
 ]
 
-Status = Literal["pass", "warn", "fail"]
-_RANK = {"pass": 0, "warn": 1, "fail": 2}
+Status = Literal["skip", "pass", "warn", "fail"]
+_RANK = {"skip": -1, "pass": 0, "warn": 1, "fail": 2}
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ class Check:
 
     Attributes:
         name: what was checked (``"SBC"``, ``"coverage"``, ...).
-        status: ``"pass"``, ``"warn"`` or ``"fail"``.
+        status: ``"pass"``, ``"warn"``, ``"fail"`` or ``"skip"`` (not run; ``detail`` says why).
         statistic: the measured value, as text.
         threshold: what it was compared with, as text.
         detail: a short explanation (optional).
@@ -70,7 +72,19 @@ class Check:
         if self.status not in _RANK:
             from sbitk.errors import SbitkError
 
-            raise SbitkError(f"Check.status must be 'pass', 'warn' or 'fail', got {self.status!r}")
+            raise SbitkError(
+                f"Check.status must be 'pass', 'warn', 'fail' or 'skip', got {self.status!r}"
+            )
+
+    @classmethod
+    def skipped(cls, name: str, reason: str) -> Check:
+        """A check that did not run, and why.
+
+        Example:
+            >>> Check.skipped("coverage", "the estimator offers no density").line()
+            'SKIP  coverage: skipped: the estimator offers no density'
+        """
+        return cls(name, "skip", "not run", "none", reason)
 
     def line(self) -> str:
         """The check as one line of text.
@@ -79,6 +93,8 @@ class Check:
             >>> Check("TARP", "pass", "KS 0.040", "< 0.096 (α = 0.05)").line()
             'PASS  TARP: KS 0.040; threshold < 0.096 (α = 0.05)'
         """
+        if self.status == "skip":
+            return f"SKIP  {self.name}: skipped: {self.detail}"
         text = (
             f"{self.status.upper():<5} {self.name}: {self.statistic}; threshold {self.threshold}"
         )
@@ -86,10 +102,11 @@ class Check:
 
 
 def overall_status(checks: Sequence[Check]) -> Status | None:
-    """The worst status among ``checks`` (``None`` when there is none)."""
-    if not checks:
+    """The worst status among the checks that ran (``None`` when none ran)."""
+    ran = [c.status for c in checks if c.status != "skip"]
+    if not ran:
         return None
-    return max((c.status for c in checks), key=_RANK.__getitem__)
+    return max(ran, key=_RANK.__getitem__)
 
 
 def history_losses(history: Any) -> tuple[np.ndarray, np.ndarray]:

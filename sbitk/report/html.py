@@ -110,7 +110,7 @@ td,th{border-bottom:1px solid #e5e5e5;padding:.3rem .6rem;text-align:left;vertic
 th{background:#f3f3f3}
 .badge{display:inline-block;min-width:3.2rem;text-align:center;border-radius:4px;
 font-weight:600;font-size:.8rem;padding:.1rem .4rem;color:#fff}
-.pass{background:#2e7d32}.warn{background:#b26a00}.fail{background:#c62828}.none{background:#777}
+.pass{background:#2e7d32}.warn{background:#b26a00}.fail{background:#c62828}.none,.skip{background:#777}
 .verdict{font-size:1.05rem;margin:.6rem 0}
 figure{margin:.6rem 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{color:#555;font-size:.85rem}
@@ -193,11 +193,11 @@ def build_report(
 
     out.append('<section id="summary">')
     out.append("<h2>Summary</h2>")
-    counts = {k: sum(c.status == k for c in all_checks) for k in ("pass", "warn", "fail")}
-    if status is None:
+    counts = {k: sum(c.status == k for c in all_checks) for k in ("pass", "warn", "fail", "skip")}
+    if status is None and not all_checks:
         out.append('<p class="verdict note">No checks were run.</p>')
     else:
-        tally = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+        tally = ", ".join(f"{n} {'skipped' if k == 'skip' else k}" for k, n in counts.items() if n)
         out.append(f'<p class="verdict">Overall: {_badge(status)} ({esc(tally)})</p>')
         out.append("<table>")
         out.append(
@@ -342,6 +342,7 @@ def report_sections(
     misspecification: MMDResult | TypicalityResult | None = None,
     c2st: C2STResult | None = None,
     local_c2st: LocalC2STResult | Sequence[LocalC2STResult] | None = None,
+    skipped: Mapping[str, str] | None = None,
 ) -> list[Section]:
     """The report's sections from a training history, posterior draws and diagnostics results.
 
@@ -365,6 +366,8 @@ def report_sections(
         misspecification: :func:`sbitk.diagnostics.mmd_test` or ``typicality_test`` result.
         c2st: :func:`sbitk.diagnostics.c2st` result (e.g. against a reference posterior).
         local_c2st: :func:`sbitk.diagnostics.local_c2st` result(s), one per observation.
+        skipped: check name (``"coverage"``, ...) → why it did not run for this posterior; its
+            section then shows a SKIP verdict with the reason instead of a missing part.
 
     Returns:
         The sections, to pass to :func:`build_report` or :func:`write_report`.
@@ -389,7 +392,13 @@ def report_sections(
     else:
         out.append(_missing("Posterior", "posterior samples"))
 
+    skipped = dict(skipped or {})
+
     def part(title, result, argument, plot, check, caption):
+        name = argument.removesuffix(" result")
+        if result is None and name in skipped:
+            reason = skipped[name]
+            return Section(title, checks=(Check.skipped(name, reason),), note=f"skipped: {reason}")
         if result is None:
             return _missing(title, argument)
         return Section(

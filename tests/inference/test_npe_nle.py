@@ -8,10 +8,10 @@ from torch import nn
 
 import sbitk
 from sbitk.errors import SbitkError
-from sbitk.inference.estimators import ConditionalGaussian
 from sbitk.inference.nle import NLE
 from sbitk.inference.npe import NPE
 from sbitk.inference.training import TrainConfig
+from sbitk.models.gaussian import ConditionalGaussian
 from sbitk.posteriors.direct import DirectPosterior
 from sbitk.posteriors.mcmc import MCMCConfig
 from sbitk.simulation.priors import BoxUniform, LogNormal, Normal, Product
@@ -124,7 +124,7 @@ def test_wrong_observations_are_refused_by_name():
         posterior.sample(3, x=torch.tensor([math.nan, 0.0]))
     with pytest.raises(SbitkError, match="pass the observation"):
         posterior.sample(3)
-    with pytest.raises(SbitkError, match="unknown estimator"):
+    with pytest.raises(SbitkError, match="estimator 'nope' is not installed"):
         NPE(prior, "nope").fit(theta, x)
 
 

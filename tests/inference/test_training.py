@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from sbitk.errors import SbitkError, TrainingError
-from sbitk.inference.estimators import ConditionalGaussian
 from sbitk.inference.training import ChunkSource, History, TrainConfig, resolve_device, train
+from sbitk.models.gaussian import ConditionalGaussian
 
 FAST = dict(progress=False, max_epochs=40, batch_size=256)
 

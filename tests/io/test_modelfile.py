@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from sbitk.errors import ModelFileError
-from sbitk.inference.estimators import ConditionalGaussian
 from sbitk.inference.nle import NLE
 from sbitk.inference.npe import NPE
 from sbitk.inference.training import TrainConfig
 from sbitk.io.modelfile import FORMAT_VERSION, load_model, read_metadata, save_model
+from sbitk.models.gaussian import ConditionalGaussian
 from sbitk.posteriors.direct import DirectPosterior
 from sbitk.posteriors.likelihood import MCMCPosterior, SurrogateLikelihood
 from sbitk.posteriors.mcmc import MCMCConfig
@@ -251,7 +251,7 @@ def test_writes_are_atomic_and_unsavable_models_are_refused(tmp_path, npe_poster
         pass
 
     custom = DirectPosterior(Custom(3, 3), PRIOR)
-    with pytest.raises(ModelFileError, match="not in the estimator table"):
+    with pytest.raises(ModelFileError, match="Custom is not registered"):
         save_model(tmp_path / "c.safetensors", custom)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
     with pytest.raises(Exception, match="save_model takes"):

@@ -20,6 +20,7 @@ class Squared(nn.Module):
     """The exact likelihood x ~ N(θ², 0.05²): two narrow modes at θ = ±2 for x = 4."""
 
     config = SimpleNamespace(features=1, context=1)
+    density = "exact"
 
     def __init__(self):
         super().__init__()

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from sbitk.errors import SbitkError
+from sbitk.models.contract import EXACT
 from sbitk.models.flows.transforms import (
     Composite,
     LULinear,
@@ -211,8 +212,8 @@ class Flow(nn.Module):
     """
 
     config_class: ClassVar[type[FlowConfig]] = FlowConfig
-    #: Whether ``log_prob`` is exact (it is, for every flow).
-    exact_log_prob: ClassVar[bool] = True
+    #: ``log_prob`` is exact for every flow (see :mod:`sbitk.models.contract`).
+    density: ClassVar[str] = EXACT
 
     def __init__(self, config: FlowConfig, embedding: nn.Module | Mapping | None = None):
         super().__init__()

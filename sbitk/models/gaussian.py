@@ -1,24 +1,16 @@
-"""The table of conditional density estimators NPE and NLE can train, and a Gaussian baseline.
-
-Every estimator is an ``nn.Module`` built as ``cls(features, context, **kwargs)`` that follows
-the model contract: ``loss(inputs, context) -> (B,)``, ``model(context)`` returns a distribution
-batched over the contexts, ``fit_standardization(inputs, context)`` z-scores from training data,
-``config`` is a frozen dataclass and ``cls.from_config(asdict(config))`` rebuilds it. The table
-maps the names users write (``"nsf"``, ``"maf"``, ``"gaussian"``, ...) to those classes; model
-files store the name, never a class path, so loading one can only build classes listed here.
+"""A conditional Gaussian estimator: the exact family of linear-Gaussian problems, a baseline.
 
 Example:
     >>> import torch
     >>> model = ConditionalGaussian(2, 3)
     >>> model(torch.zeros(4, 3)).sample((5,)).shape
     torch.Size([5, 4, 2])
-    >>> sorted(estimator_classes())[:1]
-    ['gaussian']
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +18,7 @@ from torch.distributions import AffineTransform, TransformedDistribution
 from torch.distributions import MultivariateNormal as TorchMVN
 
 from sbitk.errors import SbitkError
+from sbitk.models.contract import EXACT
 
 
 @dataclass(frozen=True)
@@ -51,6 +44,8 @@ class ConditionalGaussian(nn.Module):
         hidden_features: Widths of the MLP's hidden layers.
         full_covariance: A full Cholesky factor; otherwise a diagonal one.
     """
+
+    density: ClassVar[str] = EXACT
 
     def __init__(
         self,
@@ -131,50 +126,4 @@ def _safe_std(t: Tensor) -> Tensor:
     return torch.where(std > 1e-8, std, torch.ones_like(std))
 
 
-def estimator_classes() -> dict[str, type[nn.Module]]:
-    """Names users and model files may use, mapped to estimator classes."""
-    table: dict[str, type[nn.Module]] = {"gaussian": ConditionalGaussian}
-    try:
-        from sbitk.models.flows import FLOWS
-    except ImportError:  # the flow suite is optional for this table
-        FLOWS = {}
-    table.update(FLOWS)
-    return table
-
-
-def estimator_name(model: nn.Module) -> str:
-    """The table name of ``model``'s class, or an error when it is not in the table."""
-    for name, cls in estimator_classes().items():
-        if type(model) is cls:
-            return name
-    raise SbitkError(
-        f"estimator class {type(model).__name__} is not in the estimator table "
-        f"{sorted(estimator_classes())}"
-    )
-
-
-def build_estimator(name: str, features: int, context: int, **kwargs) -> nn.Module:
-    """Build the estimator called ``name`` for ``features`` given ``context`` sizes."""
-    table = estimator_classes()
-    if name not in table:
-        raise SbitkError(f"unknown estimator {name!r}; known: {sorted(table)}")
-    try:
-        return table[name](features, context, **kwargs)
-    except TypeError as exc:
-        raise SbitkError(f"bad arguments for estimator {name!r}: {exc}") from exc
-
-
-def estimator_config(model: nn.Module) -> dict:
-    """The JSON-ready constructor arguments of ``model`` (its ``config`` dataclass)."""
-    cfg = asdict(model.config)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
-
-
-__all__ = [
-    "ConditionalGaussian",
-    "GaussianConfig",
-    "build_estimator",
-    "estimator_classes",
-    "estimator_config",
-    "estimator_name",
-]
+__all__ = ["ConditionalGaussian", "GaussianConfig"]

@@ -1,0 +1,227 @@
+"""The estimator contract, run over every registered estimator: shapes batched and unbatched,
+gradients that reach every parameter, save → load with identical outputs, and a declared density
+kind that matches what the object does."""
+
+import dataclasses
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sbitk.errors import ModelFileError, SbitkError
+from sbitk.io.modelfile import load_model, save_model
+from sbitk.models.contract import (
+    DENSITY_KINDS,
+    EXACT,
+    NONE,
+    ContractError,
+    check_estimator,
+    density_kind,
+)
+from sbitk.models.registry import (
+    UnknownEstimatorError,
+    available_estimators,
+    build_estimator,
+    estimator,
+    estimator_config,
+    estimator_name,
+    get_estimator,
+    unregister,
+)
+from sbitk.posteriors.direct import DirectPosterior
+from sbitk.simulation.priors import Normal
+
+NAMES = available_estimators()
+D, C = 2, 3
+
+
+def trained_a_little(name: str, features: int = D, context: int = C):
+    """The estimator ``name`` after its standardisation and three optimiser steps."""
+    torch.manual_seed(0)
+    model = build_estimator(name, features, context)
+    g = torch.Generator().manual_seed(1)
+    inputs = torch.randn(256, features, generator=g) * 1.5 + 0.5
+    ctx = torch.randn(256, context, generator=g) if context else None
+    if hasattr(model, "fit_standardization"):
+        model.fit_standardization(inputs, ctx)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    for _ in range(3):
+        opt.zero_grad()
+        model.loss(inputs, ctx).mean().backward()
+        opt.step()
+    return model.eval(), inputs, ctx
+
+
+def test_the_built_in_estimators_are_registered():
+    assert {"nsf", "maf", "realnvp", "glow", "nice", "gaussian"} <= set(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_follows_the_contract_and_declares_a_density_kind(name):
+    model, _, _ = trained_a_little(name)
+    assert check_estimator(model) is model
+    assert density_kind(model) in DENSITY_KINDS
+    assert dataclasses.is_dataclass(model.config) and model.config.__dataclass_params__.frozen
+    assert (model.config.features, model.config.context) == (D, C)
+    assert estimator_name(model) == name
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shapes_batched_and_unbatched(name):
+    model, inputs, ctx = trained_a_little(name)
+    with torch.no_grad():
+        assert model.loss(inputs[:7], ctx[:7]).shape == (7,)
+        batched = model(ctx[:4])
+        assert batched.sample((5,)).shape == (5, 4, D)
+        single = model(ctx[0])
+        assert single.sample((5,)).shape == (5, D)
+        if density_kind(model) != NONE:
+            assert batched.log_prob(inputs[:4]).shape == (4,)
+            assert batched.log_prob(inputs[:12].reshape(3, 4, D)).shape == (3, 4)
+            assert single.log_prob(inputs[:6]).shape == (6,)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradients_reach_every_parameter(name):
+    model, inputs, ctx = trained_a_little(name)
+    model.train()
+    model.zero_grad()
+    model.loss(inputs[:64], ctx[:64]).mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert any(bool((p.grad != 0).any()) for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_rebuilt_from_its_config_gives_identical_outputs(name):
+    model, inputs, ctx = trained_a_little(name)
+    copy = get_estimator(name).from_config(estimator_config(model))
+    copy.load_state_dict(model.state_dict())
+    copy.eval()
+    with torch.no_grad():
+        torch.manual_seed(3)
+        a = model(ctx[:4]).sample((6,))
+        torch.manual_seed(3)
+        b = copy(ctx[:4]).sample((6,))
+        assert torch.equal(a, b)
+        if density_kind(model) != NONE:
+            assert torch.equal(
+                model(ctx[:4]).log_prob(inputs[:4]), copy(ctx[:4]).log_prob(inputs[:4])
+            )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_save_and_load_through_a_model_file(name, tmp_path):
+    model, _, ctx = trained_a_little(name)
+    posterior = DirectPosterior(model, Normal(0.0, 1.0, dim=D))
+    save_model(tmp_path / "m.safetensors", posterior)
+    loaded = load_model(tmp_path / "m.safetensors")
+    x = ctx[:3]
+    assert torch.equal(loaded.sample(20, x, seed=5), posterior.sample(20, x, seed=5))
+    assert loaded.density == posterior.density == density_kind(model)
+    if posterior.density != NONE:
+        theta = posterior.sample(4, x, seed=1)
+        assert torch.equal(loaded.log_prob(theta, x), posterior.log_prob(theta, x))
+    else:
+        with pytest.raises(SbitkError, match="samples only"):
+            loaded.log_prob(torch.zeros(4, 3, D), x)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_declared_density_kind_is_what_log_prob_gives(name):
+    """exact: integrates to one on a grid (1-D, float64); estimated: a Monte Carlo estimate of
+    a normalised density, within its spread of one; none: no log_prob at all."""
+    model, _, ctx = trained_a_little(name, features=1, context=1)
+    model = model.double()
+    kind = density_kind(model)
+    dist = model(ctx[:1].double())
+    if kind == NONE:
+        assert not callable(getattr(dist, "log_prob", None))
+        return
+    grid = torch.linspace(-25, 25, 20_001, dtype=torch.float64).reshape(-1, 1, 1)
+    with torch.no_grad():
+        density = dist.log_prob(grid).exp().squeeze()
+    mass = float(torch.trapezoid(density, grid.squeeze()))
+    assert math.isfinite(mass)
+    if kind == EXACT:
+        assert mass == pytest.approx(1.0, abs=2e-3)
+    elif kind == "estimated":
+        assert mass == pytest.approx(1.0, abs=0.1)
+
+
+def test_a_class_without_a_density_kind_is_refused():
+    from torch import nn
+
+    class NoKind(nn.Module):
+        @classmethod
+        def from_config(cls, config):
+            return cls()
+
+        def loss(self, inputs, context=None):
+            return inputs.sum(-1)
+
+    with pytest.raises(ContractError, match="density"):
+        estimator("no_kind")(NoKind)
+    assert "no_kind" not in available_estimators()
+
+
+def test_the_decorator_registers_and_refuses_a_second_class_under_one_name():
+    from sbitk.models.gaussian import ConditionalGaussian
+
+    @estimator("contract_test_gaussian")
+    class Mine(ConditionalGaussian):
+        pass
+
+    try:
+        assert get_estimator("contract_test_gaussian") is Mine
+        assert "contract_test_gaussian" in available_estimators()
+        assert estimator_name(Mine(2, 1)) == "contract_test_gaussian"
+        with pytest.raises(SbitkError, match="already registered"):
+
+            @estimator("contract_test_gaussian")
+            class Other(ConditionalGaussian):
+                pass
+
+        with pytest.raises(SbitkError, match="already registered"):
+            estimator("nsf")(Mine)  # an entry point's name is taken too
+    finally:
+        unregister("contract_test_gaussian")
+
+
+def test_an_unknown_estimator_is_one_line_naming_it_and_its_package():
+    with pytest.raises(UnknownEstimatorError) as info:
+        get_estimator("no_such_estimator", package="sbitk-extra")
+    text = str(info.value)
+    assert "'no_such_estimator'" in text and "'sbitk-extra'" in text and "\n" not in text
+    assert "nsf" in text  # what is known
+
+
+def test_a_model_file_whose_estimator_is_not_installed_names_it(tmp_path):
+    from sbitk.models.gaussian import ConditionalGaussian
+
+    @estimator("contract_test_gone")
+    class Gone(ConditionalGaussian):
+        pass
+
+    try:
+        save_model(
+            tmp_path / "m.safetensors", DirectPosterior(Gone(D, C), Normal(0.0, 1.0, dim=D))
+        )
+    finally:
+        unregister("contract_test_gone")
+    with pytest.raises(ModelFileError, match="'contract_test_gone' is not installed"):
+        load_model(tmp_path / "m.safetensors")
+
+
+def test_listing_estimators_imports_no_estimator_module():
+    code = (
+        "import sys; from sbitk.models.registry import available_estimators; "
+        "names = available_estimators(); assert 'nsf' in names, names; "
+        "loaded = [m for m in sys.modules if m.startswith(('sbitk.models.flows', "
+        "'sbitk.models.gaussian'))]; assert not loaded, loaded"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
