@@ -186,7 +186,7 @@ def _build(name: str, config: dict, package: str | None) -> nn.Module:
     try:
         cls = get_estimator(name, package)
     except UnknownEstimatorError as exc:
-        raise ModelFileError(f"this model needs {exc}") from exc
+        raise ModelFileError(f"cannot build the model: {exc}") from exc
     try:
         return cls.from_config(config)
     except (SbitkError, TypeError, ValueError, KeyError) as exc:
