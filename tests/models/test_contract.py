@@ -225,3 +225,15 @@ def test_listing_estimators_imports_no_estimator_module():
         "'sbitk.models.gaussian'))]; assert not loaded, loaded"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_docs_list_every_estimator_sbitk_registers():
+    from pathlib import Path
+
+    from sbitk.models.registry import estimator_package
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "estimators.md").read_text()
+    own = [n for n in NAMES if estimator_package(n) == "sbitk"]
+    assert len(own) >= 6
+    missing = [n for n in own if f"| `{n}` |" not in page]
+    assert not missing, f"docs/estimators.md does not list {missing}"
