@@ -69,7 +69,7 @@ def test_a_sample_only_posterior_samples_and_refuses_a_density_by_name(sample_on
     x = torch.zeros(2)
     draws = posterior.sample(50, x, seed=0)
     assert draws.shape == (50, 2) and posterior.prior.support_contains(draws).all()
-    with pytest.raises(SbitkError, match="log_prob needs a density.*samples only"):
+    with pytest.raises(SbitkError, match=r"log_prob needs a density.*samples only"):
         posterior.log_prob(draws, x)
     with pytest.raises(SbitkError, match="map needs a density"):
         posterior.map(x)
@@ -113,7 +113,7 @@ def test_the_command_line_prints_a_skipped_check_as_such(sample_only, bank, tmp_
 
 def test_nle_and_truncation_refuse_a_sample_only_estimator_in_one_line(sample_only):
     prior = BoxUniform(-1.0, 1.0, dim=2)
-    with pytest.raises(SbitkError, match="NLE .* offers samples only") as info:
+    with pytest.raises(SbitkError, match=r"NLE .* offers samples only") as info:
         NLE(prior, sample_only)
     assert "\n" not in str(info.value)
     with pytest.raises(SbitkError, match="needs a density"):

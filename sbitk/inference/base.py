@@ -8,7 +8,7 @@ in what it returns (:meth:`Estimation._result`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import torch
 from torch import Tensor, nn
@@ -110,8 +110,12 @@ class Estimation:
         return False
 
     def _train_config(self, n_rows: int) -> TrainConfig:
-        """The training settings for ``n_rows`` rows (validation included)."""
-        return self.config
+        """The training settings for ``n_rows`` rows (validation included): the estimator's
+        ``train_defaults`` fill the settings left unset (``None``); given ones win."""
+        hook = getattr(self.estimator_class, "train_defaults", None)
+        defaults = hook() if callable(hook) else {}
+        unset = {k: v for k, v in defaults.items() if getattr(self.config, k) is None}
+        return replace(self.config, **unset)
 
     def _train(self, theta, x: Tensor | None, stream: bool | None) -> nn.Module:
         """Resolve the data, exclude and report invalid rows, build the estimator and train it."""

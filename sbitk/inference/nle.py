@@ -154,7 +154,7 @@ class NLE(Estimation):
         return True
 
     def _train_config(self, n_rows: int) -> TrainConfig:
-        config = self.config
+        config = super()._train_config(n_rows)
         if config.patience is None:
             config = replace(config, patience=NLE_PATIENCE)
         if config.lr_patience is None:

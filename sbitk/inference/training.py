@@ -69,6 +69,7 @@ class TrainConfig:
             out -11.63 nats against -12.06 with 10 and 4).
         schedule: ``"plateau"`` (multiply the rate by ``lr_decay`` after ``lr_patience`` stalled
             epochs), ``"cosine"`` (anneal to ``min_lr`` over ``max_epochs``) or ``"constant"``.
+            ``None`` (the default): ``"plateau"``.
         lr_patience: Stalled epochs before a plateau decay. ``None`` (the default): 4, or 8 for
             NLE.
         lr_decay: Factor of a plateau decay.
@@ -98,7 +99,7 @@ class TrainConfig:
     weight_decay: float = 1e-5
     max_epochs: int = 500
     patience: int | None = None
-    schedule: str = "plateau"
+    schedule: str | None = None
     lr_patience: int | None = None
     lr_decay: float = 0.3
     min_lr: float = 1e-5
@@ -146,7 +147,7 @@ class TrainConfig:
             ("lr_patience", self.lr_patience is None or self.lr_patience >= 1, "an integer >= 1"),
             (
                 "schedule",
-                self.schedule in ("plateau", "cosine", "constant"),
+                self.schedule in (None, "plateau", "cosine", "constant"),
                 "one of 'plateau', 'cosine', 'constant'",
             ),
             ("lr_decay", 0 < self.lr_decay < 1, "in (0, 1)"),
@@ -458,6 +459,7 @@ def train(
             batch_size=batch_size,
             learning_rate=learning_rate,
             patience=PATIENCE if config.patience is None else config.patience,
+            schedule=config.schedule or "plateau",
             lr_patience=LR_PATIENCE if config.lr_patience is None else config.lr_patience,
         )
         batches.config = config

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from sbitk.errors import SbitkError
 from sbitk.models.contract import EXACT
 from sbitk.models.ode import METHODS, divergence, odeint
-from sbitk.nn.mlp import GatedResidualMLP
+from sbitk.nn.mlp import MLP, GatedResidualMLP
 from sbitk.nn.standardize import Standardize
 
 #: Seed of the fixed draws (t, ε) that make the validation loss the same function every epoch.
@@ -62,25 +62,31 @@ class FlowMatchingConfig:
         hidden_features: The vector field's residual stream width, then one width per block.
         time_features: Size of the Fourier embedding of t (sines and cosines).
         sigma_min: Width :math:`\\sigma` of the path at the data end.
-        time_exponent: :math:`\\alpha` of the training times :math:`u^{1/(1+\\alpha)}`.
+        time_exponent: :math:`\\alpha` of the training times :math:`u^{1/(1+\\alpha)}`. Near
+            the data the field must resolve the posterior's finest detail: on two_moons at
+            10,000 simulations (observations 1-2, 3,000 samples a side) C2ST was 0.73 with
+            :math:`\\alpha = 0`, 0.60 with 4 and 0.68 with 9.
         solver: ODE method for sampling and densities (:data:`sbitk.models.ode.METHODS`).
         steps: Steps of a fixed-step solver.
         rtol, atol: Tolerances of the adaptive solver (``"dopri5"``).
         divergence: ``"exact"`` or ``"hutchinson"`` (``probes`` Rademacher vectors).
+        network: ``"residual"`` (a residual stream gated by the context and time) or ``"mlp"``
+            (a perceptron over their concatenation).
     """
 
     features: int
     context: int = 0
     hidden_features: tuple[int, ...] = (128, 128, 128, 128)
-    time_features: int = 16
+    time_features: int = 8
     sigma_min: float = 1e-4
-    time_exponent: float = 0.0
+    time_exponent: float = 4.0
     solver: str = "rk4"
     steps: int = 50
     rtol: float = 1e-5
     atol: float = 1e-5
     divergence: str = "exact"
     probes: int = 1
+    network: str = "residual"
 
 
 class FlowMatching(nn.Module):
@@ -93,6 +99,8 @@ class FlowMatching(nn.Module):
     """
 
     density: ClassVar[str] = EXACT
+    #: On a box prior, model θ itself: the logit stretches mass near an edge into long tails.
+    box_on_theta: ClassVar[bool] = True
 
     def __init__(self, features: int, context: int = 0, **options):
         super().__init__()
@@ -108,9 +116,13 @@ class FlowMatching(nn.Module):
         half = cfg.time_features // 2
         # Frequencies 1/2 … 2^{half-2}: from slow trends in t to the detail near the data.
         self.register_buffer("frequencies", math.pi * 2.0 ** torch.arange(-1, half - 1).float())
-        self.field = GatedResidualMLP(
-            cfg.features, cfg.context + 2 * half, cfg.features, cfg.hidden_features, "silu"
-        )
+        if cfg.network == "mlp":
+            self.field = MLP(cfg.features + cfg.context + 2 * half, cfg.features,
+                             cfg.hidden_features, "silu")  # fmt: skip
+        else:
+            self.field = GatedResidualMLP(
+                cfg.features, cfg.context + 2 * half, cfg.features, cfg.hidden_features, "silu"
+            )
 
     @classmethod
     def from_config(cls, config: Mapping) -> FlowMatching:
@@ -141,13 +153,16 @@ class FlowMatching(nn.Module):
         if c is not None:
             shape = torch.broadcast_shapes(a.shape[:-1], c.shape[:-1], t.shape)
             emb = torch.cat([c.expand(*shape, c.shape[-1]), emb.expand(*shape, emb.shape[-1])], -1)
+        if self.config.network == "mlp":
+            return self.field(torch.cat([a, emb.expand(*a.shape[:-1], emb.shape[-1])], -1))
         return self.field(a, emb)
 
     def _matching(self, a: Tensor, c: Tensor | None, gen: torch.Generator | None) -> Tensor:
         """Per-row squared error of the velocity at random (t, ε), drawn from ``gen``."""
         z = self.inputs(a)
-        u = torch.rand(z.shape[:-1], generator=gen, device=z.device, dtype=z.dtype)
-        t = u ** (1.0 / (1.0 + self.config.time_exponent))
+        u = torch.rand((2, *z.shape[:-1]), generator=gen, device=z.device, dtype=z.dtype)
+        # half of the times uniform, half skewed towards the data end (density ∝ t^α)
+        t = torch.where(u[1] < 0.5, u[0], u[0] ** (1.0 / (1.0 + self.config.time_exponent)))
         eps = torch.randn(z.shape, generator=gen, device=z.device, dtype=z.dtype)
         s = 1.0 - self.config.sigma_min
         a_t = (1.0 - s * t.unsqueeze(-1)) * eps + t.unsqueeze(-1) * z
@@ -174,6 +189,8 @@ def _check(cfg: FlowMatchingConfig) -> None:
         problems.append(f"features >= 1 and context >= 0 (got {cfg.features}, {cfg.context})")
     if cfg.time_features < 2 or cfg.time_features % 2:
         problems.append(f"an even time_features >= 2 (got {cfg.time_features})")
+    if cfg.network not in ("residual", "mlp"):
+        problems.append(f"network 'residual' or 'mlp' (got {cfg.network!r})")
     if cfg.solver not in METHODS:
         problems.append(f"solver among {METHODS} (got {cfg.solver!r})")
     if cfg.divergence not in ("exact", "hutchinson") or cfg.probes < 1:

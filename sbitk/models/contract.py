@@ -21,6 +21,9 @@ Optional capabilities, used where present and never asked for by name:
   training loss means little for model selection (a GAN's generator loss).
 * ``optimizer_groups() -> list[dict]``: parameter groups, each ``{"params": [...],
   "lr_scale": s}``, for models whose parts learn at different rates (a GAN's critic).
+* ``train_defaults() -> dict``: a classmethod giving ``TrainConfig`` values for the settings a
+  user leaves unset (``None``), for families whose training dynamics differ from a flow's (a
+  GAN's noisy validation curve).
 * ``role_options(role, box) -> dict``: default constructor options for a role (``"posterior"``
   or ``"likelihood"``) and whether the prior is a box; given options win.
 * ``box_on_theta``: a class flag: as a posterior on a box prior it models θ itself (its samples
