@@ -37,17 +37,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from sbitk.errors import SbitkError
+from sbitk.models.base import StandardizedEstimator
 from sbitk.models.contract import EXACT
 from sbitk.models.ode import METHODS, divergence, odeint
 from sbitk.nn.mlp import MLP, GatedResidualMLP
-from sbitk.nn.standardize import Standardize
 
 #: Seed of the fixed draws (t, ε) that make the validation loss the same function every epoch.
 VALIDATION_SEED = 1234
@@ -89,7 +89,7 @@ class FlowMatchingConfig:
     network: str = "residual"
 
 
-class FlowMatching(nn.Module):
+class FlowMatching(StandardizedEstimator):
     """Flow-matching estimator (FMPE as a posterior): a vector field, sampled by an ODE.
 
     Args:
@@ -103,7 +103,7 @@ class FlowMatching(nn.Module):
     box_on_theta: ClassVar[bool] = True
 
     def __init__(self, features: int, context: int = 0, **options):
-        super().__init__()
+        super().__init__(int(features), int(context))
         options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
         try:
             cfg = FlowMatchingConfig(int(features), int(context), **options)
@@ -111,8 +111,6 @@ class FlowMatching(nn.Module):
             raise SbitkError(f"FlowMatching: {exc}") from None
         _check(cfg)
         self.config = cfg
-        self.inputs = Standardize(cfg.features)
-        self.context_standardization = Standardize(cfg.context) if cfg.context else None
         half = cfg.time_features // 2
         # Frequencies 1/2 … 2^{half-2}: from slow trends in t to the detail near the data.
         self.register_buffer("frequencies", math.pi * 2.0 ** torch.arange(-1, half - 1).float())
@@ -123,28 +121,6 @@ class FlowMatching(nn.Module):
             self.field = GatedResidualMLP(
                 cfg.features, cfg.context + 2 * half, cfg.features, cfg.hidden_features, "silu"
             )
-
-    @classmethod
-    def from_config(cls, config: Mapping) -> FlowMatching:
-        options = dict(config)
-        return cls(options.pop("features"), options.pop("context", 0), **options)
-
-    def fit_standardization(self, inputs: Tensor, context: Tensor | None = None) -> FlowMatching:
-        self.inputs.fit(inputs)
-        if self.context_standardization is not None and context is not None:
-            self.context_standardization.fit(context)
-        return self
-
-    def _context(self, context: Tensor | None) -> Tensor | None:
-        if self.context_standardization is None:
-            if context is not None:
-                raise SbitkError("FlowMatching: this estimator is unconditional; pass no context")
-            return None
-        c = self.config.context
-        if context is None or context.dim() == 0 or context.shape[-1] != c:
-            found = None if context is None else tuple(context.shape)
-            raise SbitkError(f"FlowMatching: expected a context of shape (*, {c}), found {found}")
-        return self.context_standardization(context)
 
     def velocity(self, a: Tensor, t: Tensor, c: Tensor | None) -> Tensor:
         """:math:`v_\\phi(a, t, c)` for standardised a (*, D), t (*) and c (*, C) or None."""
@@ -170,17 +146,17 @@ class FlowMatching(nn.Module):
 
     def loss(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
         """The flow-matching loss per row (B,) at fresh random times and noise."""
-        return self._matching(inputs, self._context(context), None)
+        return self._matching(inputs, self.standardized_context(context), None)
 
     def validation_loss(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
         """The mean loss at times and noise fixed once for all epochs (common random numbers),
         so that epochs are compared on the same draws."""
         gen = torch.Generator(device=inputs.device).manual_seed(VALIDATION_SEED)
-        return self._matching(inputs, self._context(context), gen).mean()
+        return self._matching(inputs, self.standardized_context(context), gen).mean()
 
     def forward(self, context: Tensor | None = None) -> FlowMatchingDistribution:
         """The distribution :math:`q(a \\mid c)`, batched over the context's leading shape."""
-        return FlowMatchingDistribution(self, self._context(context))
+        return FlowMatchingDistribution(self, self.standardized_context(context))
 
 
 def _check(cfg: FlowMatchingConfig) -> None:

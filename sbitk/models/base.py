@@ -1,0 +1,66 @@
+"""Plumbing that estimators z-scoring their inputs and context share (not part of the contract).
+
+Example:
+    >>> import torch
+    >>> class Mean(StandardizedEstimator):
+    ...     def __init__(self, features, context=0):
+    ...         super().__init__(features, context)
+    >>> model = Mean.from_config({"features": 2, "context": 1})
+    >>> model.fit_standardization(torch.randn(100, 2), torch.randn(100, 1)).standardized_context(
+    ...     torch.zeros(3, 1)).shape
+    torch.Size([3, 1])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Self
+
+from torch import Tensor, nn
+
+from sbitk.errors import SbitkError
+from sbitk.nn.standardize import Standardize
+
+
+class StandardizedEstimator(nn.Module):
+    """Base of estimators built as ``cls(features, context, **options)`` that z-score the
+    modelled vector (:attr:`inputs`) and the context (:attr:`context_standardization`)."""
+
+    def __init__(self, features: int, context: int):
+        super().__init__()
+        if features < 1 or context < 0:
+            raise SbitkError(
+                f"{type(self).__name__}: expected features >= 1 and context >= 0, found "
+                f"{features} and {context}"
+            )
+        self.inputs = Standardize(features)
+        self.context_standardization = Standardize(context) if context else None
+
+    @classmethod
+    def from_config(cls, config: Mapping) -> Self:
+        """Rebuild from a config dict (JSON lists become tuples)."""
+        options = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(config).items()}
+        return cls(options.pop("features"), options.pop("context", 0), **options)
+
+    def fit_standardization(self, inputs: Tensor, context: Tensor | None = None) -> Self:
+        """Set the z-scoring statistics from the training rows."""
+        self.inputs.fit(inputs)
+        if self.context_standardization is not None and context is not None:
+            self.context_standardization.fit(context)
+        return self
+
+    def standardized_context(self, context: Tensor | None) -> Tensor | None:
+        """The z-scored context (*, C), or None for an unconditional model; checks the shape."""
+        name = type(self).__name__
+        if self.context_standardization is None:
+            if context is not None:
+                raise SbitkError(f"{name}: this estimator is unconditional; pass no context")
+            return None
+        c = self.context_standardization.features
+        if context is None or context.dim() == 0 or context.shape[-1] != c:
+            found = None if context is None else tuple(context.shape)
+            raise SbitkError(f"{name}: expected a context of shape (*, {c}), found {found}")
+        return self.context_standardization(context)
+
+
+__all__ = ["StandardizedEstimator"]
