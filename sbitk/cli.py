@@ -326,6 +326,32 @@ def _estimator_names() -> list[str]:
     return available_estimators()
 
 
+def _estimator_option(f):
+    return click.option(
+        "-O", "--estimator-option", "estimator_options", multiple=True, metavar="KEY=VALUE",
+        help="An option of the estimator's constructor, repeatable; VALUE is read as JSON "
+        "where it parses (2, 0.5, true, [64, 64]) and as text otherwise. Example: "
+        "-O objective=wgan-gp -O hidden_features=[128,128].",
+    )(f)  # fmt: skip
+
+
+def _parse_estimator_options(items: tuple[str, ...]) -> dict:
+    """``KEY=VALUE`` strings as a dict, values read as JSON where they parse."""
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise click.BadParameter(
+                f"expected KEY=VALUE, got {item!r}", param_hint="'--estimator-option'"
+            )
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        out[key.strip()] = value
+    return out
+
+
 def _device_option(f):
     return click.option(
         "--device", default="auto", show_default=True,
@@ -377,6 +403,7 @@ def _warn_flagged(result) -> None:
 @click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=None,
               help="AdamW's initial rate [default: 2e-3; 3e-3 for batches above "
               "512].")  # fmt: skip
+@_estimator_option
 @_seed_option
 @_device_option
 @_force_option
@@ -384,6 +411,7 @@ def train(
     bank: Path,
     method: str,
     estimator: str,
+    estimator_options: tuple[str, ...],
     output: Path,
     max_epochs: int,
     batch_size: int | None,
@@ -410,8 +438,9 @@ def train(
     )  # fmt: skip
     with _warnings_as_lines():
         posterior = workflow.train(
-            bank, output, method=method, estimator=estimator, config=config, force=force
-        )
+            bank, output, method=method, estimator=estimator, config=config, force=force,
+            **_parse_estimator_options(estimator_options),
+        )  # fmt: skip
     history = posterior.history
     click.echo(
         f"trained {method.upper()} ({estimator}) in {history.epochs} epochs "
@@ -574,6 +603,7 @@ _RUN = RunOptions()
 @click.option("--predictive", is_flag=True, help="Add posterior predictive draws to the result.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Local simulation processes [default: the available cores].")  # fmt: skip
+@_estimator_option
 @_seed_option
 @_device_option
 @click.option("--force", is_flag=True, help="Recompute everything, even what could be reused.")
@@ -584,6 +614,7 @@ def run(
     num_simulations: int,
     method: str,
     estimator: str,
+    estimator_options: tuple[str, ...],
     max_epochs: int,
     batch_size: int,
     num_samples: int,
@@ -612,6 +643,7 @@ def run(
     _use_threads()
     options = workflow.RunOptions(
         num_simulations=num_simulations, method=method, estimator=estimator,
+        estimator_options=tuple(_parse_estimator_options(estimator_options).items()),
         max_epochs=max_epochs, batch_size=batch_size, n_samples=num_samples,
         n_diagnose=diagnose_simulations, n_diagnose_samples=diagnose_samples, iid=iid,
         predictive=predictive, seed=seed, device=device, workers=workers,

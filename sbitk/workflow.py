@@ -624,7 +624,8 @@ class RunOptions:
     Args:
         num_simulations: Rows of the bank.
         method: ``"npe"`` or ``"nle"``.
-        estimator: Estimator table name.
+        estimator: A registered estimator name.
+        estimator_options: The estimator's constructor options, as ``(name, value)`` pairs.
         max_epochs: Training epoch limit.
         batch_size: Training batch size.
         n_samples: Posterior draws per observation in the result file.
@@ -640,6 +641,7 @@ class RunOptions:
     num_simulations: int = 10_000
     method: str = "npe"
     estimator: str = "nsf"
+    estimator_options: tuple[tuple[str, Any], ...] = ()
     max_epochs: int = 60
     batch_size: int = 256
     n_samples: int = 2000
@@ -801,6 +803,8 @@ def run(
         "estimator": options.estimator,
         "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "progress"},
     }
+    if options.estimator_options:
+        train_inputs["estimator_options"] = dict(options.estimator_options)
     model_hash = options_hash(train_inputs)
     reused["model"] = not force and _model_reusable(
         paths["model"], steps.get("model", {}), model_hash
@@ -811,7 +815,7 @@ def run(
         say(f"training {options.method.upper()} ({options.estimator}) into {paths['model']}")
         train(
             paths["bank"], paths["model"], method=options.method, estimator=options.estimator,
-            config=config, force=True,
+            config=config, force=True, **dict(options.estimator_options),
         )  # fmt: skip
     steps["model"] = {
         "inputs": train_inputs,

@@ -433,3 +433,24 @@ def test_train_defaults_are_the_engines_size_dependent_ones(trained, tmp_path):
         assert history["learning_rate"] == [pytest.approx(lr)], name
         shown = CliRunner().invoke(main, ["inspect", str(target)])
         assert f"optimiser: batches of {batch}, learning rate {lr:.3g} to {lr:.3g}" in shown.output
+
+
+def test_estimator_options_reach_the_estimator_and_bad_ones_are_one_line(trained, tmp_path):
+    from sbitk.io.modelfile import read_metadata
+
+    _, bank, _, _ = trained
+    model = tmp_path / "m.safetensors"
+    args = ["train", str(bank), "--estimator", "nsf", "--epochs", "1", "-o", str(model)]
+    ok = CliRunner().invoke(main, [*args, "-O", "hidden_features=[16]", "-O", "transforms=2",
+                                   "-O", "activation=elu"])  # fmt: skip
+    assert ok.exit_code == 0, ok.output
+    config = read_metadata(model)["estimator"]["config"]
+    assert (config["hidden_features"], config["transforms"], config["activation"]) == (
+        [16],
+        2,
+        "elu",
+    )
+    bad = CliRunner().invoke(main, [*args, "--force", "-O", "transforms"])
+    assert bad.exit_code == 2 and "expected KEY=VALUE, got 'transforms'" in bad.output
+    unknown = CliRunner().invoke(main, [*args, "--force", "-O", "wings=2"])
+    _one_line_error(unknown, "wings")
