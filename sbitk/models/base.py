@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Self
 
@@ -38,7 +39,9 @@ class StandardizedEstimator(nn.Module):
 
     @classmethod
     def from_config(cls, config: Mapping) -> Self:
-        """Rebuild from a config dict (JSON lists become tuples)."""
+        """Rebuild from a config (or its dict: JSON lists become tuples)."""
+        if dataclasses.is_dataclass(config):
+            config = dataclasses.asdict(config)
         options = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(config).items()}
         return cls(options.pop("features"), options.pop("context", 0), **options)
 

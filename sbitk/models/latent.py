@@ -61,7 +61,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
@@ -69,6 +69,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from sbitk.errors import SbitkError
+from sbitk.models.base import StandardizedEstimator
 from sbitk.models.contract import ESTIMATED
 from sbitk.models.flows.nsf import BOX_NSF_OPTIONS, NLE_NSF_OPTIONS, NSF
 from sbitk.nn.mlp import MLP
@@ -139,7 +140,7 @@ class VAEConfig:
     seed: int = 0
 
 
-class ConditionalVAE(nn.Module):
+class ConditionalVAE(StandardizedEstimator):
     r"""Conditional VAE :math:`p(a \mid c) = \int p(a \mid z, c)\, p(z \mid c)\, dz`.
 
     One class covers the unconditional VAE (``context=0``), the conditional VAE, the β-VAE
@@ -172,7 +173,7 @@ class ConditionalVAE(nn.Module):
     box_on_theta: ClassVar[bool] = True
 
     def __init__(self, features: int, context: int = 0, **options):
-        super().__init__()
+        super().__init__(int(features), int(context))
         known = {f.name for f in dataclasses.fields(VAEConfig)} - {"features", "context"}
         unknown = sorted(set(options) - known)
         if unknown:
@@ -185,8 +186,6 @@ class ConditionalVAE(nn.Module):
         self._decoder_shift = math.log(math.expm1(cfg.decoder_scale))
         self.config = cfg
         d, c, z, hidden = cfg.features, cfg.context, cfg.latent, cfg.hidden_features
-        self.input_standardization = Standardize(d)
-        self.context_standardization = Standardize(max(c, 1))
         self.encoder = MLP(d + c, 2 * z, hidden, cfg.activation)
         flow_options = dict(
             transforms=cfg.transforms,
@@ -210,14 +209,6 @@ class ConditionalVAE(nn.Module):
             self.decoder = NSF(d, z + c, **flow_options)
 
     @classmethod
-    def from_config(cls, config: VAEConfig | Mapping) -> ConditionalVAE:
-        """Build a fresh model of the same architecture from a config or its ``asdict``."""
-        if isinstance(config, VAEConfig):
-            config = dataclasses.asdict(config)
-        options = dict(config)
-        return cls(options.pop("features"), options.pop("context", 0), **options)
-
-    @classmethod
     def role_options(cls, role: str, box: bool) -> dict:
         """Default options for a role (see :mod:`sbitk.models.contract`): the flow decoder
         takes the NSF's (learnt linear maps as a likelihood, finer splines on a box)."""
@@ -232,26 +223,6 @@ class ConditionalVAE(nn.Module):
         (10,000 simulations, observations 1-2) at C2ST 0.72, 0.74; with these after 260 epochs
         at 0.51, 0.54."""
         return {"patience": 30, "lr_patience": 10}
-
-    @torch.no_grad()
-    def fit_standardization(self, inputs: Tensor, context: Tensor | None = None) -> ConditionalVAE:
-        """Set the z-scoring statistics of the inputs (and context) from training rows."""
-        self.input_standardization.fit(inputs)
-        if self.config.context > 0 and context is not None:
-            self.context_standardization.fit(context)
-        return self
-
-    def _context(self, context: Tensor | None) -> Tensor | None:
-        """The standardised context (*, C), checked; None for an unconditional model."""
-        c = self.config.context
-        if c == 0:
-            if context is not None:
-                raise SbitkError("ConditionalVAE: this model is unconditional (context=0)")
-            return None
-        if context is None or context.dim() == 0 or context.shape[-1] != c:
-            found = None if context is None else tuple(context.shape)
-            raise SbitkError(f"ConditionalVAE: expected a context of shape (*, {c}), got {found}")
-        return self.context_standardization(context)
 
     def encode(self, a: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor]:
         """Mean and scale of :math:`q(z \\mid a, c)` for standardised a (*, D), c (*, C)."""
@@ -282,7 +253,7 @@ class ConditionalVAE(nn.Module):
         if self.config.prior == "flow":
             return self.prior_flow(c).rsample(shape, generator)
         batch = () if c is None else c.shape[:-1]
-        ref = self.input_standardization.mean
+        ref = self.inputs.mean
         eps = _randn(torch.Size(shape) + batch + (self.config.latent,), ref, generator)
         p_mu, p_sigma = self.prior_params(c, eps)
         return p_mu + p_sigma * eps
@@ -336,11 +307,11 @@ class ConditionalVAE(nn.Module):
         batch quantity, is spread equally over the rows.
         """
         cfg = self.config
-        a, c = self.input_standardization(inputs), self._context(context)
+        a, c = self.inputs(inputs), self.standardized_context(context)
         mu, sigma = self.encode(a, c)
         z = mu + sigma * torch.randn_like(mu)
         kl = self.kl(z, mu, sigma, c)
-        nll = -self.decoder_log_prob(a, z, c) - self.input_standardization.log_abs_det()
+        nll = -self.decoder_log_prob(a, z, c) - self.inputs.log_abs_det()
         if cfg.free_bits > 0:
             kl = torch.where(kl.mean() > cfg.free_bits, kl, kl.new_full((), cfg.free_bits))
         loss = nll + cfg.beta * kl
@@ -358,7 +329,7 @@ class ConditionalVAE(nn.Module):
 
     def forward(self, context: Tensor | None = None) -> LatentDistribution:
         """The distribution of a given ``context`` (*, C), batched over its leading shape."""
-        return LatentDistribution(self, self._context(context))
+        return LatentDistribution(self, self.standardized_context(context))
 
 
 def _check(cfg: VAEConfig) -> None:
@@ -397,7 +368,7 @@ class LatentDistribution:
 
     @property
     def _ref(self) -> Tensor:
-        return self.model.input_standardization.mean
+        return self.model.inputs.mean
 
     def rsample(
         self, shape: Sequence[int] = (), generator: torch.Generator | None = None
@@ -405,7 +376,7 @@ class LatentDistribution:
         """Draws ``(*shape, *batch_shape, D)``: :math:`z \\sim p(z \\mid c)`, then the decoder."""
         m, c = self.model, self.context
         a = m.decoder_sample(m.prior_sample(shape, c, generator), c, generator)
-        return m.input_standardization.inverse(a)
+        return m.inputs.inverse(a)
 
     @torch.no_grad()
     def sample(
@@ -424,7 +395,7 @@ class LatentDistribution:
         if a.dim() == 0 or a.shape[-1] != d:
             raise SbitkError(f"log_prob: expected inputs (..., {d}), found {tuple(a.shape)}")
         shape = torch.broadcast_shapes(a.shape[:-1], self.batch_shape)
-        rows = m.input_standardization(a).expand(*shape, d).reshape(-1, d)
+        rows = m.inputs(a).expand(*shape, d).reshape(-1, d)
         c = self.context
         c = None if c is None else c.expand(*shape, c.shape[-1]).reshape(rows.shape[0], -1)
         ref = self._ref
@@ -436,7 +407,7 @@ class LatentDistribution:
             ci = None if c is None else c[start : start + per]
             parts.append(_log_weights(m, rows[start : start + per], ci, eps))
         lw = torch.cat(parts, 1) if parts else rows.new_zeros(k, 0)
-        return (lw + m.input_standardization.log_abs_det()).reshape(k, *shape)
+        return (lw + m.inputs.log_abs_det()).reshape(k, *shape)
 
     def iwae(self, a: Tensor, k: int | None = None, seed: int | None = None) -> Tensor:
         """The importance-weighted bound :math:`\\log \\hat p_K(a \\mid c)` with K = ``k``."""

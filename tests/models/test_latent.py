@@ -306,7 +306,7 @@ def test_the_default_latent_carries_information_on_a_ring():
     model = ConditionalVAE(2, 0, hidden_features=(32, 32), transforms=2, iw_samples=16)
     train(model, a, None, TrainConfig(max_epochs=30, progress=False, seed=0))
     with torch.no_grad():
-        s = model.input_standardization(a[:500])
+        s = model.inputs(a[:500])
         mu, sigma = model.encode(s, None)
         z = mu + sigma * torch.randn(16, *mu.shape, generator=g)
         kl = float(model.kl(z, mu, sigma, None).mean())
@@ -328,8 +328,8 @@ def test_free_bits_leave_a_small_kl_unpenalised():
     lf = free.loss(a, c)
     torch.manual_seed(1)
     lp = plain.loss(a, c)
-    sa = plain.input_standardization(a)
-    mu, sigma = plain.encode(sa, plain._context(c))
+    sa = plain.inputs(a)
+    mu, sigma = plain.encode(sa, plain.standardized_context(c))
     kl = plain.kl(mu, mu, sigma, None).detach()
     assert float(kl.mean()) < 50.0
     assert torch.allclose(lf - lp, 50.0 - kl, atol=1e-4)
