@@ -1,8 +1,12 @@
-"""The generative model suite.
+"""The generative model suite, every family behind one estimator contract.
 
-Every model is an ``nn.Module`` with one training contract, ``loss(inputs, context) ->
-Tensor[batch]``, and ``model(context)`` returning a distribution-like object with ``sample``,
-``rsample`` and, where tractable, ``log_prob``. Normalizing flows live in
-:mod:`sbitk.models.flows` (``FLOWS`` names them). Submodules are imported on use, so importing
-this package stays cheap.
+:mod:`sbitk.models.contract` writes the contract down (``config``, ``from_config``,
+``loss(inputs, context) -> (B,)``, ``model(context)`` a distribution with ``sample``, a declared
+density kind, and the optional capabilities); :mod:`sbitk.models.registry` finds estimators by
+name, from a decorator or the entry-point group ``sbitk.estimators``. The families: normalizing
+flows (:mod:`sbitk.models.flows`), a conditional Gaussian (:mod:`~sbitk.models.gaussian`), the
+conditional VAE (:mod:`~sbitk.models.latent`), the conditional GAN
+(:mod:`~sbitk.models.adversarial`) and flow matching (:mod:`~sbitk.models.continuous`, on the ODE
+solvers of :mod:`~sbitk.models.ode`); :mod:`~sbitk.models.divergences` holds the distances that
+train and judge them. Submodules are imported on use, so importing this package stays cheap.
 """
