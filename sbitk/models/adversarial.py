@@ -24,8 +24,8 @@ pairs. Two objectives, written for one row :math:`(a, c)` with :math:`\tilde a =
       \ell_G = -D(\tilde a, c).
 
 A hybrid objective adds a strictly proper scoring rule to the generator's loss (Pacchiardi &
-Dutta 2022): with ``energy_weight`` :math:`\lambda > 0` and two independent draws
-:math:`\tilde a, \tilde a'` at :math:`c`,
+Dutta 2022): with ``energy_weight`` :math:`\lambda > 0` and (``energy_draws=2``, the default)
+two independent draws :math:`\tilde a, \tilde a'` at :math:`c`,
 
 .. math::
 
@@ -40,6 +40,21 @@ minimises the non-saturating adversarial loss plus the energy score**, the criti
 non-saturating loss with R1. The adversarial term alone (``energy_weight=0``) left the posterior
 sds of gaussian_linear 10-50 % too small after 170 epochs at 10,000 simulations (C2ST 0.91);
 the energy score alone is known to converge slowly in its higher moments, which the critic sees.
+A larger weight did not help: at 10,000 simulations (3,000 samples per side, observations 1
+and 2) :math:`\lambda = 3` gave two_moons C2ST 0.772 / 0.817 against 0.665 / 0.732 at
+:math:`\lambda = 1`. ``energy_draws`` :math:`M > 2` draws per row enter the score's unbiased
+estimator; :math:`M = 4` gave 0.668 / 0.778, so the default keeps :math:`M = 2`.
+
+The critic (three hidden layers of 256) is wider than the generator (three of 128): with a
+critic as wide as the generator, two_moons observation 2 stayed at C2ST 0.732; with 256 it
+reached 0.689 / 0.625 (observations 1 / 2) and gaussian_linear 0.567 / 0.565 (from 0.639 /
+0.573), at 46 s and 24 s of training on one CPU thread. A final learning-rate decay (a
+plateau schedule with ``lr_patience`` 20) changed nothing on two_moons (the best epoch was
+the same), and an exponential moving average of the weights (0.999) gave 0.665 / 0.698.
+On a ring of 8 Gaussians (sd 0.05, radius 2, 10,000 rows) the default puts 77.6 % of 4,000
+draws within 5 sd of a mode, each mode's count inside its binomial interval; with the narrower
+critic 62.5 %, one mode getting 119 draws of an expected 312, and without the energy score
+(``energy_weight=0``) 60.3 %, two modes starved.
 
 Updates (``updates``): the training engine makes one backward pass and one optimiser step per
 batch, and AdamW skips parameters without a gradient. With ``"alternating"`` (the default)
@@ -127,7 +142,7 @@ class GANConfig:
     objective: str = "non-saturating"
     latent_features: int = 8
     hidden_features: tuple[int, ...] = (128, 128, 128)
-    critic_hidden_features: tuple[int, ...] = (128, 128, 128)
+    critic_hidden_features: tuple[int, ...] = (256, 256, 256)
     activation: str = "relu"
     critic_lr_scale: float = 4.0
     gradient_penalty: float = 0.1
@@ -140,6 +155,12 @@ class GANConfig:
     energy_weight: float = 1.0
     validation: str = "energy"
     validation_draws: int = 16
+    energy_draws: int = 2
+
+
+def _expand(c: Tensor | None, m: int) -> Tensor | None:
+    """The context (*, C) as an expanded view (m, *, C), or None."""
+    return None if c is None else c.expand(m, *c.shape)
 
 
 class _Critic(nn.Module):
@@ -203,7 +224,8 @@ class ConditionalGAN(nn.Module):
             L < D the draws lie on an L-dimensional manifold, which a classifier tells from a
             D-dimensional density at once.
         hidden_features: Widths of the generator MLP's hidden layers.
-        critic_hidden_features: Widths of the critic MLP's hidden layers.
+        critic_hidden_features: Widths of the critic MLP's hidden layers (wider than the
+            generator's by default; see the module docstring).
         activation: Activation of both networks (a name in :data:`sbitk.nn.mlp.ACTIVATIONS`).
         critic_lr_scale: The critic's learning rate over the generator's (two time-scale rule).
         gradient_penalty: R1's :math:`\gamma` or WGAN-GP's :math:`\lambda`; ``None``:
@@ -214,6 +236,7 @@ class ConditionalGAN(nn.Module):
             the median distance; the smaller ones see narrow modes the median misses.
         validation: What :meth:`validation_loss` measures: ``"energy"`` or ``"mmd"``.
         validation_draws: Draws per held-out context of the energy-score validation.
+        energy_draws: Draws per row of the energy score in the generator's loss (M >= 2).
     """
 
     density: ClassVar[str] = NONE
@@ -226,7 +249,7 @@ class ConditionalGAN(nn.Module):
         objective: str = "non-saturating",
         latent_features: int | None = None,
         hidden_features: Sequence[int] = (128, 128, 128),
-        critic_hidden_features: Sequence[int] = (128, 128, 128),
+        critic_hidden_features: Sequence[int] = (256, 256, 256),
         activation: str = "relu",
         critic_lr_scale: float = 4.0,
         gradient_penalty: float | None = None,
@@ -239,6 +262,7 @@ class ConditionalGAN(nn.Module):
         energy_weight: float = 1.0,
         validation: str = "energy",
         validation_draws: int = 16,
+        energy_draws: int = 2,
     ):
         super().__init__()
         if latent_features is None:
@@ -268,8 +292,11 @@ class ConditionalGAN(nn.Module):
                 "ConditionalGAN needs critic_steps >= 1 and energy_weight >= 0, got "
                 f"{critic_steps}, {energy_weight}"
             )
-        if validation_draws < 2:
-            raise SbitkError(f"ConditionalGAN needs validation_draws >= 2, got {validation_draws}")
+        if validation_draws < 2 or energy_draws < 2:
+            raise SbitkError(
+                "ConditionalGAN needs validation_draws >= 2 and energy_draws >= 2, got "
+                f"{validation_draws}, {energy_draws}"
+            )
         if gradient_penalty is None:
             gradient_penalty = DEFAULT_PENALTY[objective] if objective in OBJECTIVES else 0.0
         if critic_lr_scale <= 0 or gradient_penalty < 0 or validation_rows < 2:
@@ -297,6 +324,7 @@ class ConditionalGAN(nn.Module):
             float(energy_weight),
             validation,
             int(validation_draws),
+            int(energy_draws),
         )
         cfg = self.config
         self.generator = MLP(
@@ -397,7 +425,7 @@ class ConditionalGAN(nn.Module):
         updates only that player. Otherwise (simultaneous updates, evaluation mode, no grad) it
         returns :math:`\ell_D + \ell_G`, each network getting only its own objective's
         gradient. With ``energy_weight`` :math:`\lambda > 0`, :math:`\ell_G` gains
-        :math:`\lambda\,\widehat{\mathrm{ES}}` from two draws per row.
+        :math:`\lambda\,\widehat{\mathrm{ES}}` from ``energy_draws`` draws per row.
         """
         phase = self.phase()
         if self.training and torch.is_grad_enabled():
@@ -429,8 +457,9 @@ class ConditionalGAN(nn.Module):
         on_fake = functional_call(self.critic, frozen, (fake, c))  # no gradient to the critic
         loss = F.softplus(-on_fake) if self.config.objective == "non-saturating" else -on_fake
         if self.config.energy_weight > 0:
-            other = self.generate(self.latent(a.shape[:-1]), c)
-            score = energy_score(torch.stack([fake, other]), a)
+            m = self.config.energy_draws
+            more = self.generate(self.latent((m - 1, *a.shape[:-1])), _expand(c, m - 1))
+            score = energy_score(torch.cat([fake.unsqueeze(0), more]), a)
             loss = loss + self.config.energy_weight * score
         return loss
 

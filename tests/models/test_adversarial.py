@@ -34,24 +34,21 @@ def centres() -> torch.Tensor:
 def test_an_unconditional_gan_covers_every_mode_of_a_ring_in_equal_shares():
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    # The purely adversarial GAN of the first round (simultaneous updates, MMD validation, no
-    # location-scale head): with the default energy-score term only 57 % of draws fell on a
-    # mode (the energy score blurs modes of sd 0.05), and with the energy validation 79 %.
-    model = ConditionalGAN(
-        2,
-        hidden_features=(64, 64),
-        critic_hidden_features=(64, 64),
-        updates="simultaneous",
-        energy_weight=0,
-        location_scale=False,
-        validation="mmd",
-    )
-    train(model, ring(10_000, g), None, TrainConfig(max_epochs=100, patience=100, **GAN_TRAINING))
+    # The default configuration (alternating updates, energy score in the generator's loss,
+    # location-scale head, energy-score validation), trained with its default patience of 40.
+    # With critic (128, 128, 128) only 62.5 % of draws fell on a mode and the counts left the
+    # bounds (119 to 457); the default critic of width 256 gives the figures below.
+    model = ConditionalGAN(2)
+    train(model, ring(10_000, g), None, TrainConfig(max_epochs=400, patience=40, **GAN_TRAINING))
     samples = model(None).sample((4000,), generator=torch.Generator().manual_seed(1))
     distance, nearest = torch.cdist(samples, centres()).min(-1)
     # Off-mode: farther than 5 sd from every centre (a mode spacing is 1.53, 30 sd).
     on = distance < 5 * SD
-    assert on.float().mean() > 0.75  # measured 0.868 (within 4 sd: 0.850), one seed
+    # The true mixture puts all but exp(-12.5) of its mass within 5 sd of a centre; a generator
+    # that maps a connected Gaussian onto 8 islands must leave some draws on the bridges
+    # between them, so this is a tolerance, not a sampling bound: measured 0.776 (within 3 sd:
+    # 0.558, the truth 0.989), one seed.
+    assert on.float().mean() > 0.75
     counts = torch.bincount(nearest[on], minlength=MODES)
     # Given the on-mode total, equal weights make each count Binomial(n_on, 1/8): a two-sided
     # 99.9% interval with a Bonferroni correction over the 8 modes.
@@ -268,6 +265,30 @@ def test_the_hybrid_generator_loss_adds_the_two_draw_energy_score():
     other = model.generate(model.latent((64,)), y)
     score = (fake - x).abs() / 2 + (other - x).abs() / 2 - (fake - other).abs() / 2
     term = torch.nn.functional.softplus(-model.critic(fake, y)) + 0.5 * score.squeeze(-1)
+    term.mean().backward()
+    for k, g in got.items():
+        assert torch.allclose(g, dict(model.named_parameters())[k].grad, atol=1e-6), k
+
+
+def test_the_hybrid_generator_loss_with_four_draws_per_row():
+    a, c = linear_problem(64)
+    torch.manual_seed(0)
+    model = ConditionalGAN(
+        1, 1, hidden_features=(16,), updates="simultaneous", energy_weight=0.5, energy_draws=4
+    )
+    model.fit_standardization(a, c)
+    torch.manual_seed(1)
+    model.loss(a, c).mean().backward()
+    got = {k: p.grad.clone() for k, p in model.named_parameters() if not k.startswith("critic.")}
+    model.zero_grad()
+    torch.manual_seed(1)
+    x, y = model.input_norm(a), model.context_norm(c)
+    draws = [model.generate(model.latent((64,)), y) for _ in range(4)]
+    # The unbiased 4-draw estimator: mean distance to the row minus half the mean pair distance.
+    to_row = sum((d - x).abs() for d in draws) / 4
+    pairs = sum((d - e).abs() for i, d in enumerate(draws) for e in draws[i + 1 :]) / 6
+    score = (to_row - pairs / 2).squeeze(-1)
+    term = torch.nn.functional.softplus(-model.critic(draws[0], y)) + 0.5 * score
     term.mean().backward()
     for k, g in got.items():
         assert torch.allclose(g, dict(model.named_parameters())[k].grad, atol=1e-6), k
