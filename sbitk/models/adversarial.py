@@ -102,7 +102,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -112,10 +112,10 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from sbitk.errors import SbitkError
+from sbitk.models.base import StandardizedEstimator
 from sbitk.models.contract import NONE
 from sbitk.models.divergences import energy_score, median_bandwidth, mmd
 from sbitk.nn.mlp import ACTIVATIONS, MLP
-from sbitk.nn.standardize import Standardize
 
 #: The objectives :class:`ConditionalGAN` trains with.
 OBJECTIVES = ("non-saturating", "wgan-gp")
@@ -194,7 +194,7 @@ class GANDistribution:
         c = self.context
         if c is not None:  # an expanded view: the context products are made once per context
             c = c.expand(*shape, *c.shape)
-        return self.model.input_norm.inverse(self.model.generate(z, c))
+        return self.model.inputs.inverse(self.model.generate(z, c))
 
     @torch.no_grad()
     def sample(self, shape: Sequence[int] = (), generator: torch.Generator | None = None):
@@ -202,7 +202,7 @@ class GANDistribution:
         return self.rsample(shape, generator)
 
 
-class ConditionalGAN(nn.Module):
+class ConditionalGAN(StandardizedEstimator):
     r"""A conditional generative adversarial network: samples of :math:`q(a \mid c)`, no density.
 
     One class covers the unconditional GAN (``context=0``) and the conditional one, which feeds
@@ -264,7 +264,7 @@ class ConditionalGAN(nn.Module):
         validation_draws: int = 16,
         energy_draws: int = 2,
     ):
-        super().__init__()
+        super().__init__(features, context)
         if latent_features is None:
             latent_features = max(8, features)
         if features < 1 or context < 0 or latent_features < 1:
@@ -341,19 +341,6 @@ class ConditionalGAN(nn.Module):
         else:
             self.head = nn.Parameter(torch.zeros(2 * features))
         self._steps = 0  # gradient steps taken in training mode (alternating updates)
-        self.input_norm = Standardize(features)
-        self.context_norm = Standardize(context) if context > 0 else None
-
-    @classmethod
-    def from_config(cls, config: Mapping) -> ConditionalGAN:
-        cfg = dict(config)
-        return cls(cfg.pop("features"), cfg.pop("context", 0), **cfg)
-
-    def fit_standardization(self, inputs: Tensor, context: Tensor | None = None) -> None:
-        """Set the z-scoring statistics of inputs and context from training rows."""
-        self.input_norm.fit(inputs)
-        if self.context_norm is not None and context is not None:
-            self.context_norm.fit(context)
 
     def generator_parameters(self) -> list[nn.Parameter]:
         """The generator's parameters: its MLP and the location-scale head, if any."""
@@ -376,7 +363,7 @@ class ConditionalGAN(nn.Module):
 
     def latent(self, shape: Sequence[int], generator: torch.Generator | None = None) -> Tensor:
         """Gaussian noise (*shape, L) on the model's device and dtype."""
-        ref = self.input_norm.mean
+        ref = self.inputs.mean
         size = (*shape, self.config.latent_features)
         device = ref.device if generator is None else generator.device
         z = torch.randn(size, generator=generator, device=device, dtype=ref.dtype)
@@ -396,16 +383,9 @@ class ConditionalGAN(nn.Module):
             loc, log_scale = self.head(c).split(d, dim=-1)
         return loc + log_scale.clamp(-10.0, 5.0).exp() * out
 
-    def _context(self, context: Tensor | None) -> Tensor | None:
-        if self.context_norm is None:
-            return None
-        if context is None:
-            raise SbitkError("this estimator is conditional: pass a context")
-        return self.context_norm(context)
-
     def forward(self, context: Tensor | None = None) -> GANDistribution:
         """The distribution of the modelled vector given ``context`` (*, C): batch shape (*)."""
-        return GANDistribution(self, self._context(context))
+        return GANDistribution(self, self.standardized_context(context))
 
     def phase(self) -> str:
         """Which player the next training-mode :meth:`loss` updates: ``"critic"``,
@@ -430,7 +410,7 @@ class ConditionalGAN(nn.Module):
         phase = self.phase()
         if self.training and torch.is_grad_enabled():
             self._steps += 1
-        a, c = self.input_norm(inputs), self._context(context)
+        a, c = self.inputs(inputs), self.standardized_context(context)
         total = a.new_zeros(a.shape[:-1])
         if phase in ("critic", "both"):
             if phase == "critic":
@@ -505,8 +485,8 @@ class ConditionalGAN(nn.Module):
         agree and epochs are compared with common random numbers.
         """
         n = min(inputs.shape[0], self.config.validation_rows)
-        a = self.input_norm(inputs[:n])
-        c = None if context is None else self._context(context[:n])
+        a = self.inputs(inputs[:n])
+        c = None if context is None else self.standardized_context(context[:n])
         seeded = torch.Generator().manual_seed(self.config.validation_seed)
         if self.config.validation == "energy":
             m = self.config.validation_draws
