@@ -333,3 +333,19 @@ def test_free_bits_leave_a_small_kl_unpenalised():
     kl = plain.kl(mu, mu, sigma, None).detach()
     assert float(kl.mean()) < 50.0
     assert torch.allclose(lf - lp, 50.0 - kl, atol=1e-4)
+
+
+def test_posterior_role_widens_every_network():
+    """As a posterior the networks are POSTERIOR_HIDDEN wide, on a box too (where the NSF's
+    spline options still apply); as a likelihood the config's default widths stay."""
+    from sbitk.models.flows.nsf import BOX_NSF_OPTIONS
+    from sbitk.models.latent import POSTERIOR_HIDDEN
+
+    box = ConditionalVAE.role_options("posterior", True)
+    assert box["hidden_features"] == POSTERIOR_HIDDEN == (128, 128)
+    assert box["bins"] == BOX_NSF_OPTIONS["bins"] and box["bound"] == BOX_NSF_OPTIONS["bound"]
+    assert ConditionalVAE.role_options("posterior", False) == {"hidden_features": (128, 128)}
+    assert "hidden_features" not in ConditionalVAE.role_options("likelihood", False)
+    model = ConditionalVAE(2, 3, **ConditionalVAE.role_options("posterior", True))
+    assert model.config.hidden_features == (128, 128)
+    assert model.prior_flow.config.hidden_features == (128, 128)
