@@ -71,23 +71,12 @@ starts near :math:`\mathcal{N}(0, I)` in standardised units, covering every mode
 location-scale head, :math:`G(z, c) = \mu(c) + \sigma(c) \odot (g(z, c) + z_{1:D})`, starting at
 :math:`\mu = 0, \sigma = 1`, so that each context's centre and spread are easy to learn.
 
-Model selection: neither player's loss says how good the generator is, so training keeps the
-epoch with the best :meth:`ConditionalGAN.validation_loss`, by default the energy score of 16
-draws per held-out context against its held-out :math:`a` (a joint MMD² on :math:`[a, c]` is
-kept as ``validation="mmd"``; it fell to 3e-4 while C2ST stayed above 0.9, blind to conditional
-errors). :meth:`ConditionalGAN.train_defaults` gives a cosine learning-rate decay from 1e-3 over
-``max_epochs`` (``TrainConfig``'s 500 unless set), batches of 256 and a patience of 500 epochs,
-so the whole decay runs and the best epoch is kept.
-
-Measured on all 10 reference observations of two_moons (10,000 simulations, 2,000 samples per
-side, sbibm's classifier; observations 1-2 alone had overfitted the choices above): the earlier
-constant rate with a patience of 40 gave a mean C2ST of 0.757 (0.767 with 10,000 samples per
-side), stopping after 148 epochs; cosine decays over 150, 300 and 500 epochs gave 0.747, 0.734
-and 0.723 (best epoch 291 of 500; 423 s of training on a shared CPU thread, against 69 s).
-With the constant rate, :math:`\lambda = 3` gave 0.810 (stopping early, best epoch 34) and
-``energy_draws=8`` 0.759; a generator of 256 × 3 under a 200-epoch decay gave 0.767. No
-variant reached 0.70: observations 3, 5, 7, 8 and 10 stay at 0.75-0.84. On gaussian_linear the
-500-epoch decay gave 0.611, 0.550, 0.581, 0.647, 0.552 on observations 1-5 (best epoch 33).
+Model selection: neither player's loss says how good the generator is, so early stopping watches
+:meth:`ConditionalGAN.validation_loss`, by default the energy score of 16 draws per held-out
+context against its held-out :math:`a` (a joint MMD² on :math:`[a, c]` is kept as
+``validation="mmd"``; it fell to 3e-4 while C2ST stayed above 0.9, blind to conditional errors).
+:meth:`ConditionalGAN.train_defaults` gives a constant learning rate of 1e-3, batches of 256
+and a patience of 40 epochs on that score.
 
 References:
     Goodfellow et al. (2014), "Generative adversarial nets", arXiv:1406.2661.
@@ -138,7 +127,7 @@ VALIDATIONS = ("energy", "mmd")
 #: WGAN-GP).
 DEFAULT_CRITIC_STEPS = {"non-saturating": 1, "wgan-gp": 5}
 #: Training settings of :meth:`ConditionalGAN.train_defaults`.
-TRAIN_DEFAULTS = {"schedule": "cosine", "learning_rate": 1e-3, "batch_size": 256, "patience": 500}
+TRAIN_DEFAULTS = {"schedule": "constant", "learning_rate": 1e-3, "batch_size": 256, "patience": 40}
 #: Default weight of each objective's gradient penalty: R1's :math:`\gamma` and WGAN-GP's
 #: :math:`\lambda` (Gulrajani et al.'s value).
 DEFAULT_PENALTY = {"non-saturating": 0.1, "wgan-gp": 10.0}

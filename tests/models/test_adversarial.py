@@ -35,8 +35,7 @@ def test_an_unconditional_gan_covers_every_mode_of_a_ring_in_equal_shares():
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     # The default configuration (alternating updates, energy score in the generator's loss,
-    # location-scale head, energy-score validation), trained at a constant rate with a patience
-    # of 40 (the training defaults before the cosine decay, which takes 500 epochs).
+    # location-scale head, energy-score validation), trained with its default patience of 40.
     # With critic (128, 128, 128) only 62.5 % of draws fell on a mode and the counts left the
     # bounds (119 to 457); the default critic of width 256 gives the figures below.
     model = ConditionalGAN(2)
