@@ -14,6 +14,10 @@ Protocol (Lueckmann et al. 2021, the sbibm benchmark): both sets are z-scored wi
 ``10 * D`` units is trained with Adam, and the accuracy is averaged over shuffled 5-fold cross
 validation.
 
+The classifier and its cross-validated accuracy are computed by
+:func:`sbitk.models.divergences.c2st_folds`, shared with the model suite; this module adds the
+input checks, the chance level and the verdict.
+
 References:
     Lopez-Paz & Oquab (2017), "Revisiting classifier two-sample tests", arXiv:1610.06545.
     Lueckmann et al. (2021), "Benchmarking simulation-based inference", arXiv:2101.04653.
@@ -34,6 +38,8 @@ from sbitk.diagnostics._checks import (
     check_level,
     check_min_count,
 )
+from sbitk.errors import SbitkError
+from sbitk.models.divergences.c2st import c2st_folds
 
 __all__ = ["C2STResult", "c2st"]
 
@@ -69,45 +75,6 @@ class C2STResult:
     def n(self) -> int:
         """Total number of samples the classifier was evaluated on."""
         return self.n_reference + self.n_samples
-
-
-def _classifier(classifier: str | Any, dim: int, seed: int):
-    from sklearn.base import clone
-    from sklearn.ensemble import RandomForestClassifier
-    from sklearn.neural_network import MLPClassifier
-
-    if classifier == "mlp":
-        # The configuration sbi's ``c2st(classifier="mlp")`` uses for the sbibm metric.
-        return MLPClassifier(
-            activation="relu",
-            hidden_layer_sizes=(10 * dim, 10 * dim),
-            max_iter=1000,
-            solver="adam",
-            random_state=seed,
-            early_stopping=True,
-            n_iter_no_change=50,
-        )
-    if classifier == "sbibm":
-        # The original sbibm script: no early stopping, up to 10,000 epochs (slow).
-        return MLPClassifier(
-            activation="relu",
-            hidden_layer_sizes=(10 * dim, 10 * dim),
-            max_iter=10000,
-            solver="adam",
-            random_state=seed,
-        )
-    if classifier == "rf":
-        return RandomForestClassifier(random_state=seed)
-    if isinstance(classifier, str):
-        raise DiagnosticInputError(
-            f"classifier must be 'mlp', 'sbibm', 'rf' or a scikit-learn classifier, "
-            f"found {classifier!r}"
-        )
-    if not (hasattr(classifier, "fit") and hasattr(classifier, "predict")):
-        raise DiagnosticInputError(
-            f"classifier must have fit and predict methods, found {type(classifier).__name__}"
-        )
-    return clone(classifier)
 
 
 def c2st(
@@ -168,25 +135,20 @@ def c2st(
     check_min_count(len(y), n_folds, "samples")
     check_level(alpha)
 
-    if z_score:
-        mean = x.mean(axis=0)
-        std = x.std(axis=0, ddof=1) if len(x) > 1 else np.ones(x.shape[1])
-        std[std < 1e-14] = 1.0
-        x = (x - mean) / std
-        y = (y - mean) / std
+    try:
+        scores = c2st_folds(
+            x,
+            y,
+            seed=seed,
+            n_folds=n_folds,
+            z_score=z_score,
+            classifier=classifier,
+            threads=threads,
+        )
+    except SbitkError as err:  # the core's message, as this layer's input error
+        raise DiagnosticInputError(str(err).removeprefix("c2st: ")) from None
 
-    from sklearn.model_selection import KFold, cross_val_score
-
-    data = np.concatenate([x, y])
-    target = np.concatenate([np.zeros(len(x)), np.ones(len(y))])
-    clf = _classifier(classifier, x.shape[1], seed)
-    folds = KFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(threads):
-        scores = cross_val_score(clf, data, target, cv=folds, scoring="accuracy")
-
-    n = len(data)
+    n = len(x) + len(y)
     chance = max(len(x), len(y)) / n
     accuracy = float(np.mean(scores))
     # Every sample is held out exactly once, so under "no signal" the mean accuracy has the

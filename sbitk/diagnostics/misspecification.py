@@ -50,6 +50,12 @@ from torch import Tensor
 
 from sbitk.diagnostics._checks import DiagnosticInputError, check_level, check_min_count
 from sbitk.diagnostics._sampling import as_tensor, check_finite_tensor, stream
+from sbitk.models.divergences import (
+    gaussian_kernel_means,
+    median_bandwidth,
+    mmd_from_labels,
+    sq_dist,
+)
 
 __all__ = [
     "MMDResult",
@@ -152,19 +158,6 @@ def _rows(value: Any, name: str) -> Tensor:
     return t
 
 
-def _sq_dist(a: Tensor, b: Tensor) -> Tensor:
-    d = (a * a).sum(-1)[:, None] + (b * b).sum(-1)[None, :] - 2.0 * a @ b.T
-    return d.clamp_min_(0.0)
-
-
-def _kernel_mean(a: Tensor, b: Tensor, gamma: float, chunk: int = 4096) -> Tensor:
-    """Row means of ``exp(-gamma |a_i - b_j|^2)`` over ``j``, in chunks to bound memory."""
-    out = torch.empty(a.shape[0], dtype=a.dtype)
-    for s in range(0, a.shape[0], chunk):
-        out[s : s + chunk] = torch.exp(-gamma * _sq_dist(a[s : s + chunk], b)).mean(1)
-    return out
-
-
 def mmd_test(
     observations: Any,
     simulations: Any,
@@ -251,24 +244,19 @@ def mmd_test(
     x_o = (x_o - mean) / std
 
     if bandwidth is None:
-        sub = ref[: min(n_ref, 1000)]
-        d2 = _sq_dist(sub, sub)
-        iu = torch.triu_indices(sub.shape[0], sub.shape[0], 1)
-        bw = float(d2[iu[0], iu[1]].median().sqrt())
-        bw = bw if bw > 0 else 1.0
+        bw = float(median_bandwidth(ref, max_rows=1000))
     else:
         if not bandwidth > 0:
             raise DiagnosticInputError(f"bandwidth must be positive, found {bandwidth}")
         bw = float(bandwidth)
-    gamma = 1.0 / (2.0 * bw * bw)
 
     if per_observation:
         cal = (sims[order[n_ref:]] - mean) / std
         # k(x, x) = 1 and the R-R term are shared by every unit, so they cancel in the
         # p-value; they are kept so that the reported values are the actual MMD^2.
-        k_rr = _kernel_mean(ref, ref, gamma).mean()
-        stat = 1.0 + k_rr - 2.0 * _kernel_mean(x_o, ref, gamma)
-        null = 1.0 + k_rr - 2.0 * _kernel_mean(cal, ref, gamma)
+        k_rr = gaussian_kernel_means(ref, ref, bw).mean()
+        stat = 1.0 + k_rr - 2.0 * gaussian_kernel_means(x_o, ref, bw)
+        null = 1.0 + k_rr - 2.0 * gaussian_kernel_means(cal, ref, bw)
         null_sorted = torch.sort(null).values
         n_ge = null.shape[0] - torch.searchsorted(null_sorted, stat, right=False)
         p = ((1.0 + n_ge.to(torch.float64)) / (1.0 + null.shape[0])).numpy()
@@ -276,14 +264,14 @@ def mmd_test(
         stat_np = stat.numpy()
     else:
         pooled = torch.cat([x_o, ref])
-        k = torch.exp(-gamma * _sq_dist(pooled, pooled))
+        k = torch.exp(-sq_dist(pooled, pooled) * (1.0 / (2.0 * bw * bw)))
         k.fill_diagonal_(0.0)
         n_tot = pooled.shape[0]
         labels = torch.zeros(int(n_permutations) + 1, n_tot, dtype=torch.float64)
         labels[0, :m] = 1.0
         for i in range(1, int(n_permutations) + 1):
             labels[i, torch.randperm(n_tot, generator=generator)[:m]] = 1.0
-        stats_all = _mmd2_unbiased_from_labels(k, labels, m)
+        stats_all = mmd_from_labels(k, labels, m)
         stat_np = stats_all[:1].numpy()
         null = stats_all[1:]
         p = np.array([float((1 + (null >= stats_all[0]).sum()) / (1 + null.shape[0]))])
@@ -313,21 +301,6 @@ def mmd_test(
         alpha=float(alpha),
         flagged_fraction=float(np.mean(p < alpha)),
     )
-
-
-def _mmd2_unbiased_from_labels(k: Tensor, labels: Tensor, m: int) -> Tensor:
-    """Unbiased MMD^2 for every labelling (rows of ``labels``: 1 = group A of size m).
-
-    ``k`` is the pooled kernel matrix with a zero diagonal, so quadratic forms give the
-    off-diagonal sums directly.
-    """
-    n = k.shape[0] - m
-    a, b = labels, 1.0 - labels
-    ka = a @ k
-    s_aa = (ka * a).sum(1)
-    s_ab = (ka * b).sum(1)
-    s_bb = ((b @ k) * b).sum(1)
-    return s_aa / (m * (m - 1)) + s_bb / (n * (n - 1)) - 2.0 * s_ab / (m * n)
 
 
 def typicality_test(
