@@ -118,16 +118,9 @@ class FlowMatching(StandardizedEstimator):
             raise SbitkError(f"FlowMatching: {exc}") from None
         _check(cfg)
         self.config = cfg
-        half = cfg.time_features // 2
-        # Frequencies 1/2 … 2^{half-2}: from slow trends in t to the detail near the data.
-        self.register_buffer("frequencies", math.pi * 2.0 ** torch.arange(-1, half - 1).float())
-        if cfg.network == "mlp":
-            self.field = MLP(cfg.features + cfg.context + 2 * half, cfg.features,
-                             cfg.hidden_features, "silu")  # fmt: skip
-        else:
-            self.field = GatedResidualMLP(
-                cfg.features, cfg.context + 2 * half, cfg.features, cfg.hidden_features, "silu"
-            )
+        self.register_buffer("frequencies", fourier_frequencies(cfg.time_features))
+        self.field = time_field(cfg.features, cfg.context, cfg.time_features,
+                                cfg.hidden_features, cfg.network)  # fmt: skip
 
     @classmethod
     def train_defaults(cls) -> dict:
@@ -137,16 +130,14 @@ class FlowMatching(StandardizedEstimator):
         0.71 and 0.76 after 45 epochs with them, 0.64 and 0.71 after 219 with these."""
         return {"patience": 40, "lr_patience": 15, "batch_size": 256, "learning_rate": 1e-3}
 
+    #: The ODE runs from the noise (t = 0) to the data (t = 1).
+    time_span: ClassVar[tuple[float, float]] = (0.0, 1.0)
+    #: Standard deviation of the Gaussian noise at the start of the ODE.
+    noise_std: ClassVar[float] = 1.0
+
     def velocity(self, a: Tensor, t: Tensor, c: Tensor | None) -> Tensor:
         """:math:`v_\\phi(a, t, c)` for standardised a (*, D), t (*) and c (*, C) or None."""
-        angles = t.unsqueeze(-1) * self.frequencies
-        emb = torch.cat([angles.sin(), angles.cos()], -1)
-        if c is not None:
-            shape = torch.broadcast_shapes(a.shape[:-1], c.shape[:-1], t.shape)
-            emb = torch.cat([c.expand(*shape, c.shape[-1]), emb.expand(*shape, emb.shape[-1])], -1)
-        if self.config.network == "mlp":
-            return self.field(torch.cat([a, emb.expand(*a.shape[:-1], emb.shape[-1])], -1))
-        return self.field(a, emb)
+        return evaluate_field(self.field, self.config.network, self.frequencies, a, t, c)
 
     def _matching(self, a: Tensor, c: Tensor | None, gen: torch.Generator | None) -> Tensor:
         """Per-row squared error of the velocity at random (t, ε), drawn from ``gen``."""
@@ -173,9 +164,9 @@ class FlowMatching(StandardizedEstimator):
         gen = torch.Generator(device=inputs.device).manual_seed(VALIDATION_SEED)
         return self._matching(inputs, self.standardized_context(context), gen).mean()
 
-    def forward(self, context: Tensor | None = None) -> FlowMatchingDistribution:
+    def forward(self, context: Tensor | None = None) -> ProbabilityFlowDistribution:
         """The distribution :math:`q(a \\mid c)`, batched over the context's leading shape."""
-        return FlowMatchingDistribution(self, self.standardized_context(context))
+        return ProbabilityFlowDistribution(self, self.standardized_context(context))
 
 
 def _check(cfg: FlowMatchingConfig) -> None:
@@ -199,8 +190,52 @@ def _check(cfg: FlowMatchingConfig) -> None:
         raise SbitkError("FlowMatching: expected " + "; ".join(problems))
 
 
-class FlowMatchingDistribution:
-    """:math:`q(a \\mid c)` of a flow-matching model for a fixed batch of contexts.
+def fourier_frequencies(time_features: int) -> Tensor:
+    """Angular frequencies :math:`\\pi 2^k`, k = -1 … time_features/2 - 2, of a time embedding:
+    from slow trends in t ∈ [0, 1] to the detail near the data."""
+    return math.pi * 2.0 ** torch.arange(-1, time_features // 2 - 1).float()
+
+
+def time_field(
+    features: int, context: int, time_features: int, hidden: Sequence[int], network: str
+) -> torch.nn.Module:
+    """The network of a time-dependent field of (a, t, c): ``"residual"`` (a residual stream
+    gated by the context and time) or ``"mlp"`` (a perceptron over their concatenation)."""
+    if network == "mlp":
+        return MLP(features + context + time_features, features, hidden, "silu")
+    return GatedResidualMLP(features, context + time_features, features, hidden, "silu")
+
+
+def evaluate_field(
+    field: torch.nn.Module,
+    network: str,
+    frequencies: Tensor,
+    a: Tensor,
+    t: Tensor,
+    c: Tensor | None,
+) -> Tensor:
+    """A :func:`time_field` at a (*, D), t (*) and c (*, C) or None, t embedded by sines and
+    cosines of ``frequencies``."""
+    angles = t.unsqueeze(-1) * frequencies
+    emb = torch.cat([angles.sin(), angles.cos()], -1)
+    if c is not None:
+        shape = torch.broadcast_shapes(a.shape[:-1], c.shape[:-1], t.shape)
+        emb = torch.cat([c.expand(*shape, c.shape[-1]), emb.expand(*shape, emb.shape[-1])], -1)
+    if network == "mlp":
+        return field(torch.cat([a, emb.expand(*a.shape[:-1], emb.shape[-1])], -1))
+    return field(a, emb)
+
+
+class ProbabilityFlowDistribution:
+    """:math:`q(a \\mid c)` of a continuous-time model for a fixed batch of contexts.
+
+    The model gives a velocity :math:`v(a, t, c)` in standardised coordinates, the
+    ``time_span`` (t at the noise, t at the data), the ``noise_std`` of the Gaussian at the noise
+    end and its ODE solver settings (``config.solver``, ``steps``, ``rtol``, ``atol``,
+    ``divergence``, ``probes``). Sampling carries noise along the ODE to the data; the density
+    follows from the instantaneous change of variables,
+    :math:`\\log q(a) = \\log \\mathcal{N}(a_{noise}) + \\int_{t_{data}}^{t_{noise}}
+    \\nabla \\cdot v\\,dt`, integrated backwards from the data.
 
     ``sample((n,))`` gives ``(n, *batch_shape, D)``; ``log_prob(a)`` takes a of shape
     ``(..., *batch_shape, D)`` and gives ``(..., *batch_shape)``.
@@ -208,7 +243,7 @@ class FlowMatchingDistribution:
 
     has_rsample = False
 
-    def __init__(self, model: FlowMatching, context: Tensor | None):
+    def __init__(self, model, context: Tensor | None):
         self.model, self.context = model, context
         self.batch_shape = torch.Size(() if context is None else context.shape[:-1])
         self.event_shape = torch.Size((model.config.features,))
@@ -226,16 +261,23 @@ class FlowMatchingDistribution:
         return odeint(f, y, t0, t1, method=cfg.solver, steps=cfg.steps, rtol=cfg.rtol,
                       atol=cfg.atol)  # fmt: skip
 
+    def _noise(self, shape: Sequence[int], generator: torch.Generator | None) -> Tensor:
+        """Standard normal draws ``(*shape, *batch_shape, D)`` on the model's device."""
+        ref = self.model.frequencies
+        full = torch.Size(shape) + self.batch_shape + self.event_shape
+        device = ref.device if generator is None else generator.device
+        return torch.randn(full, generator=generator, dtype=ref.dtype, device=device).to(
+            ref.device
+        )
+
     @torch.no_grad()
     def sample(
         self, shape: Sequence[int] = (), generator: torch.Generator | None = None
     ) -> Tensor:
-        """Samples ``(*shape, *batch_shape, D)``: noise carried from t = 0 to 1."""
-        ref = self.model.frequencies
-        full = torch.Size(shape) + self.batch_shape + self.event_shape
-        device = ref.device if generator is None else generator.device
-        eps = torch.randn(full, generator=generator, dtype=ref.dtype, device=device).to(ref.device)
-        z = self._solve(self._field(full[:-1]), eps, 0.0, 1.0)
+        """Samples ``(*shape, *batch_shape, D)``: noise carried along the ODE to the data."""
+        noise = self._noise(shape, generator) * self.model.noise_std
+        t_noise, t_data = self.model.time_span
+        z = self._solve(self._field(noise.shape[:-1]), noise, t_noise, t_data)
         return self.model.inputs.inverse(z)
 
     @torch.no_grad()
@@ -255,15 +297,25 @@ class FlowMatchingDistribution:
             v, div = divergence(lambda x: field(t, x), y[..., :d], probes)
             return torch.cat([v, div.unsqueeze(-1)], -1)
 
+        t_noise, t_data = self.model.time_span
         y0 = torch.cat([z, z.new_zeros(*shape, 1)], -1)
-        y1 = self._solve(augmented, y0, 1.0, 0.0)
-        noise, integral = y1[..., :d], y1[..., d]
-        base = -0.5 * noise.square().sum(-1) - 0.5 * d * math.log(2 * math.pi)
+        y1 = self._solve(augmented, y0, t_data, t_noise)
+        noise, integral = y1[..., :d] / self.model.noise_std, y1[..., d]
+        base = -0.5 * noise.square().sum(-1) - d * (
+            0.5 * math.log(2 * math.pi) + math.log(self.model.noise_std)
+        )
         return base + integral + self.model.inputs.log_abs_det()
 
     def __repr__(self) -> str:
-        d = self.model.config.features
-        return f"FlowMatchingDistribution(batch_shape={tuple(self.batch_shape)}, features={d})"
+        d, name = self.model.config.features, type(self.model).__name__
+        return f"{name}Distribution(batch_shape={tuple(self.batch_shape)}, features={d})"
 
 
-__all__ = ["FlowMatching", "FlowMatchingConfig", "FlowMatchingDistribution"]
+__all__ = [
+    "FlowMatching",
+    "FlowMatchingConfig",
+    "ProbabilityFlowDistribution",
+    "evaluate_field",
+    "fourier_frequencies",
+    "time_field",
+]
