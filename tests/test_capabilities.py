@@ -120,3 +120,9 @@ def test_nle_and_truncation_refuse_a_sample_only_estimator_in_one_line(sample_on
         NPE(prior, sample_only, unconstrained=False, config=QUICK).fit(
             prior.sample(100, torch.Generator().manual_seed(0)), torch.zeros(100, 2)
         )
+
+
+def test_nle_refuses_an_unnormalised_likelihood_in_one_line():
+    with pytest.raises(SbitkError, match=r"NLE needs q\(x \| θ\) normalised") as info:
+        NLE(BoxUniform(-1.0, 1.0, dim=2), "ebm")
+    assert "\n" not in str(info.value)

@@ -46,7 +46,7 @@ from sbitk.errors import SbitkError
 from sbitk.inference.base import Estimation
 from sbitk.inference.data import RowReport
 from sbitk.inference.training import LARGE_BANK_ROWS, TrainConfig
-from sbitk.models.contract import density_kind, has_density
+from sbitk.models.contract import UNNORMALISED, density_kind, has_density
 from sbitk.posteriors.likelihood import MCMCPosterior, SurrogateLikelihood
 from sbitk.posteriors.mcmc import MCMCConfig
 from sbitk.simulation.bijections import is_box
@@ -118,6 +118,12 @@ class NLE(Estimation):
                 f"NLE samples prior × surrogate likelihood by MCMC, which evaluates the "
                 f"likelihood's density; estimator {cls.__name__} ({density_kind(cls)!r} density) "
                 "offers samples only: use it for NPE, or pick one with a density"
+            )
+        if density_kind(cls) == UNNORMALISED:
+            raise SbitkError(
+                f"NLE needs q(x | θ) normalised for every θ: MCMC over θ compares it across θ, "
+                f"and estimator {cls.__name__}'s unknown constant changes with θ; use it for "
+                "NPE, or pick one with an exact or estimated density"
             )
         self.invalid = invalid
         self.conditions_unconstrained = True
