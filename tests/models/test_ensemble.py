@@ -1,0 +1,76 @@
+"""The ensemble against independent computations: its density is the equal mixture of its
+members', its draws come from every member equally often, and the members take their own
+defaults for a role."""
+
+import math
+
+import pytest
+import torch
+
+from sbitk.errors import SbitkError
+from sbitk.inference.npe import NPE
+from sbitk.models.ensemble import Ensemble
+from sbitk.models.flows.nsf import NSF
+from sbitk.simulation.priors import BoxUniform
+
+
+def spread_out(model: Ensemble, gap: float = 10.0) -> Ensemble:
+    """Gaussian members whose means sit ``gap`` apart (the output layer's bias)."""
+    with torch.no_grad():
+        for k, m in enumerate(model.members):
+            last = [p for n, p in m.named_parameters() if n.endswith("bias")][-1]
+            last.zero_()
+            last[: m.config.features] = gap * k
+    return model
+
+
+def test_the_density_is_the_equal_mixture_of_the_members():
+    torch.manual_seed(0)
+    model = spread_out(
+        Ensemble(2, 3, member="gaussian", members=3, options={"hidden_features": [8]})
+    )
+    c = torch.randn(5, 3)
+    a = torch.randn(7, 5, 2) * 8
+    parts = torch.stack([m(c).log_prob(a) for m in model.members])
+    # independent: log of the mean of the members' densities, in float64
+    expected = (parts.double().exp().mean(0)).log()
+    got = model(c).log_prob(a).double()
+    finite = expected.isfinite()
+    assert finite.float().mean() > 0.9
+    assert torch.allclose(got[finite], expected[finite], atol=1e-5)
+
+
+def test_draws_come_from_every_member_equally_often():
+    torch.manual_seed(0)
+    model = spread_out(
+        Ensemble(1, 1, member="gaussian", members=4, options={"hidden_features": [8]})
+    )
+    draws = model(torch.zeros(3, 1)).sample((8000,))  # (n, 3, 1)
+    member = (draws / 10).round().clamp(0, 3).long()
+    shares = torch.stack([(member == k).float().mean() for k in range(4)])
+    # each share 1/4 within 5 standard errors of a multinomial share over 24,000 draws
+    assert torch.allclose(shares, torch.full((4,), 0.25), atol=5 * math.sqrt(0.25 * 0.75 / 24000))
+    # and every context mixes: the draws of one context are not all from one member
+    assert all(len(member[:, b].unique()) == 4 for b in range(3))
+
+
+def test_the_members_take_their_own_role_defaults():
+    model = Ensemble(2, 3, role="posterior", box=True, members=2)
+    expected = NSF(2, 3, **NSF.role_options("posterior", True)).config
+    assert all(m.config == expected for m in model.members)
+    npe = NPE(BoxUniform(-1.0, 1.0, dim=2), "ensemble", members=2)
+    npe.fit(torch.rand(50, 2) * 2 - 1, torch.randn(50, 3))  # builds through the role
+    assert npe._options() == {"role": "posterior", "box": True, "members": 2}
+
+
+def test_bad_options_are_refused_by_name():
+    with pytest.raises(SbitkError, match="members >= 1"):
+        Ensemble(2, 1, members=0)
+    with pytest.raises(SbitkError, match="samples only"):
+        Ensemble(2, 1, member="gan")
+    with pytest.raises(SbitkError, match="cannot be ensembles"):
+        Ensemble(2, 1, member="ensemble")
+    with pytest.raises(SbitkError, match=r"found \['wings'\]"):
+        Ensemble(2, 1, options={"wings": 2})
+    with pytest.raises(SbitkError, match="unexpected keyword"):
+        Ensemble(2, 1, wings=2)
