@@ -25,6 +25,7 @@ import click
 
 from sbitk import __version__
 from sbitk.errors import SbitkError, SimulatorError
+from sbitk.inference.abc import DEFAULT_PARTICLES, DEFAULT_QUANTILE, ABCConfig
 from sbitk.workflow import RunOptions
 
 EXIT_OK = 0
@@ -352,6 +353,21 @@ def _parse_estimator_options(items: tuple[str, ...]) -> dict:
     return out
 
 
+def _training_options(f):
+    """--epochs, --batch-size and --learning-rate, unset unless given: the one defaults rule
+    (TrainConfig's, with the estimator's and the method's) decides the rest, as in the API."""
+    rule = " [default: TrainConfig's rule, as in the Python API; see docs/inference.md]"
+    f = click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True),
+                     default=None, help="AdamW's initial rate." + rule)(f)  # fmt: skip
+    f = click.option("--batch-size", type=click.IntRange(min=1), default=None,
+                     help="Rows per gradient step." + rule)(f)  # fmt: skip
+    return click.option(
+        "--epochs", "--max-epochs", "max_epochs", type=click.IntRange(min=1), default=None,
+        help="Most epochs: passes over the bank, or 50,000 rows when it is larger; training "
+        "stops earlier when the validation loss stops improving." + rule,
+    )(f)  # fmt: skip
+
+
 def _device_option(f):
     return click.option(
         "--device", default="auto", show_default=True,
@@ -394,15 +410,7 @@ def _warn_flagged(result) -> None:
               show_default=True, help="The conditional density estimator.")  # fmt: skip
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="Model file to write (.safetensors).")  # fmt: skip
-@click.option("--epochs", "--max-epochs", "max_epochs", type=click.IntRange(min=1), default=200,
-              show_default=True, help="Most epochs: passes over the bank, or 50,000 rows when it "
-              "is larger.")  # fmt: skip
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Rows per gradient step [default: 512, 1,024 above 50,000 training rows; "
-              "NLE: 256, 512].")  # fmt: skip
-@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="AdamW's initial rate [default: 2e-3; 3e-3 for batches above "
-              "512].")  # fmt: skip
+@_training_options
 @_estimator_option
 @_seed_option
 @_device_option
@@ -413,7 +421,7 @@ def train(
     estimator: str,
     estimator_options: tuple[str, ...],
     output: Path,
-    max_epochs: int,
+    max_epochs: int | None,
     batch_size: int | None,
     learning_rate: float | None,
     seed: int,
@@ -432,9 +440,10 @@ def train(
 
     _use_threads()
 
+    given = {"max_epochs": max_epochs} if max_epochs is not None else {}
     config = TrainConfig(
-        max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
-        device=device, progress=_progress(),
+        batch_size=batch_size, learning_rate=learning_rate, seed=seed, device=device,
+        progress=_progress(), **given,
     )  # fmt: skip
     with _warnings_as_lines():
         posterior = workflow.train(
@@ -571,6 +580,8 @@ def diagnose(
 
 #: Defaults of `sbitk run`, shared with the Python API.
 _RUN = RunOptions()
+#: Defaults of `sbitk abc`, shared with the Python API.
+_ABC = ABCConfig()
 
 
 @main.command()
@@ -585,10 +596,7 @@ _RUN = RunOptions()
               show_default=True)  # fmt: skip
 @click.option("--estimator", type=click.Choice(_estimator_names()), default=_RUN.estimator,
               show_default=True)  # fmt: skip
-@click.option("--epochs", "--max-epochs", "max_epochs", type=click.IntRange(min=1),
-              default=_RUN.max_epochs, show_default=True)  # fmt: skip
-@click.option("--batch-size", type=click.IntRange(min=1), default=_RUN.batch_size,
-              show_default=True)  # fmt: skip
+@_training_options
 @click.option("--num-samples", type=click.IntRange(min=1), default=_RUN.n_samples,
               show_default=True,
               help="Posterior draws per observation.")  # fmt: skip
@@ -615,8 +623,9 @@ def run(
     method: str,
     estimator: str,
     estimator_options: tuple[str, ...],
-    max_epochs: int,
-    batch_size: int,
+    max_epochs: int | None,
+    batch_size: int | None,
+    learning_rate: float | None,
     num_samples: int,
     diagnose_simulations: int,
     diagnose_samples: int,
@@ -644,7 +653,8 @@ def run(
     options = workflow.RunOptions(
         num_simulations=num_simulations, method=method, estimator=estimator,
         estimator_options=tuple(_parse_estimator_options(estimator_options).items()),
-        max_epochs=max_epochs, batch_size=batch_size, n_samples=num_samples,
+        max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate,
+        n_samples=num_samples,
         n_diagnose=diagnose_simulations, n_diagnose_samples=diagnose_samples, iid=iid,
         predictive=predictive, seed=seed, device=device, workers=workers,
     )  # fmt: skip
@@ -660,6 +670,95 @@ def run(
     click.echo(f"report: {result.report}")
     if result.diagnose.failed:
         click.get_current_context().exit(EXIT_CHECK_FAILED)
+
+
+# ---- abc -------------------------------------------------------------------------------------
+@main.command("abc")
+@click.argument("simulator")
+@click.option("--observed", type=click.Path(path_type=Path), required=True,
+              help="CSV or Parquet file, one column per simulator output.")  # fmt: skip
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Result file to write (ArviZ InferenceData, NetCDF .nc).")  # fmt: skip
+@click.option("--method", type=click.Choice(["rejection", "smc"]), default=_ABC.method,
+              show_default=True, help="rejection: keep the closest prior simulations; smc: "
+              "populations under shrinking tolerances.")  # fmt: skip
+@click.option("-n", "--num-simulations", type=int, default=_ABC.num_simulations,
+              show_default=True, help="Simulation budget per observation.")  # fmt: skip
+@click.option("--particles", type=int, default=None,
+              help=f"SMC particles per population [default: {DEFAULT_PARTICLES}].")  # fmt: skip
+@click.option("--quantile", type=float, default=None,
+              help="rejection: fraction of the simulations kept [default: "
+              f"{DEFAULT_QUANTILE['rejection']}]; smc: each tolerance is this quantile of the "
+              f"previous distances [default: {DEFAULT_QUANTILE['smc']}].")  # fmt: skip
+@click.option("--regression", is_flag=True,
+              help="Regression-adjust the particles (Beaumont et al. 2002).")  # fmt: skip
+@click.option("--num-samples", type=int, default=_ABC.num_samples, show_default=True,
+              help="Posterior draws per observation, resampled by weight.")  # fmt: skip
+@click.option("--workers", type=int, default=None,
+              help="Local simulation processes [default: 1, this process]; the draws do not "
+              "depend on it.")  # fmt: skip
+@_seed_option
+@_force_option
+def abc_command(
+    simulator: str,
+    observed: Path,
+    output: Path,
+    method: str,
+    num_simulations: int,
+    particles: int | None,
+    quantile: float | None,
+    regression: bool,
+    num_samples: int,
+    workers: int | None,
+    seed: int,
+    force: bool,
+) -> None:
+    """Approximate Bayesian computation for SIMULATOR at the observed data.
+
+    SIMULATOR is a registered name, or FILE.py:NAME. ABC trains nothing: for each observed
+    row, it simulates from the prior (rejection) or in SMC rounds with adaptive tolerances,
+    and writes posterior draws as ArviZ InferenceData. The file records the simulations used
+    and the tolerance schedule in its attributes.
+
+    \b
+    Example:
+      sbitk abc two_moons --observed examples/two_moons_observed.csv -o abc.nc
+      sbitk abc gaussian_linear --observed obs.csv -o abc.nc --method rejection \\
+          -n 100000 --quantile 0.005 --regression
+    """
+    from sbitk import workflow
+
+    _use_threads()
+    config = ABCConfig(
+        method=method, num_simulations=num_simulations, num_particles=particles,
+        quantile=quantile, regression=regression, num_samples=num_samples, seed=seed,
+    )  # fmt: skip
+    sim = load_simulator(simulator)
+    with _warnings_as_lines():
+        result = workflow.abc(
+            sim, observed, output, config, force=force, workers=workers, progress=_progress(),
+        )  # fmt: skip
+    _report_abc(result, method)
+
+
+def _report_abc(result, method: str) -> None:
+    """Print the simulation count, the tolerances and what was written."""
+    label = {"rejection": "rejection ABC", "smc": "SMC-ABC"}[method]
+    for b, r in enumerate(result.results):
+        rounds = f", {len(r.tolerances) - 1} rounds" if method == "smc" else ""
+        click.echo(
+            f"observation {b}: {r.num_simulations} simulations{rounds}, tolerance "
+            f"{r.tolerance:.4g}, {r.samples.shape[0]} particles (ESS "
+            f"{r.effective_sample_size:.0f})"
+        )
+    if result.failed_simulations:
+        click.echo(f"warning: {result.failed_simulations} simulations failed", err=True)
+    shape = dict(result.idata.posterior.theta.sizes)
+    dims = ", ".join(f"{k}={v}" for k, v in shape.items())
+    click.echo(
+        f"wrote {result.path}: posterior theta ({dims}) by {label} from "
+        f"{result.num_simulations} simulations"
+    )
 
 
 # ---- inspect ---------------------------------------------------------------------------------
@@ -776,6 +875,12 @@ def _describe_result(path: Path) -> str:
     for key in ("simulator", "method", "seed", "model_sha256", "sbitk_version", "created_at"):
         if key in attrs:
             lines.append(f"  {key}: {attrs[key]}")
+    if "abc_num_simulations_total" in attrs:
+        tolerance = ", ".join(f"{t:.4g}" for t in np.atleast_1d(attrs["abc_tolerance"]))
+        lines.append(
+            f"  abc: {attrs['abc_num_simulations_total']} simulations (budget "
+            f"{attrs['abc_budget']} per observation), final tolerance {tolerance}"
+        )
     if "misspecification_flagged" in attrs:
         flagged = np.atleast_1d(attrs["misspecification_flagged"]).astype(int)
         which = [str(i) for i, f in enumerate(flagged) if f]

@@ -19,9 +19,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import warnings
 from collections.abc import Callable
@@ -32,10 +34,12 @@ from typing import Any
 from sbitk.errors import SbitkError, SimulatorError
 
 __all__ = [
+    "ABCRunResult",
     "DiagnoseResult",
     "RunOptions",
     "RunResult",
     "SampleResult",
+    "abc",
     "diagnose",
     "options_hash",
     "run",
@@ -377,6 +381,26 @@ def sample(
 
 
 # ---- diagnose --------------------------------------------------------------------------------
+#: The family-wise false-alarm rate of the verdict of :func:`diagnose`: the probability that a
+#: calibrated posterior fails at least one check. Each of the m statistical checks runs at
+#: ``FAMILY_ALPHA / m`` (Bonferroni; Holm would need a p-value from every check, and SBC's
+#: simultaneous band and the coverage grid give thresholds).
+FAMILY_ALPHA = 0.05
+
+
+def _statistical_checks(density: bool, observed: bool) -> list[str]:
+    """The checks of :func:`diagnose` that test a null hypothesis, and so raise false alarms."""
+    names = ["SBC", "coverage", "TARP", "z-score / contraction"]
+    if not density:
+        names.remove("coverage")
+    return names + (["predictive check", "misspecification"] if observed else [])
+
+
+def per_check_alpha(m: int) -> float:
+    """The level of each of ``m`` checks for a family-wise level of :data:`FAMILY_ALPHA`."""
+    return FAMILY_ALPHA / max(m, 1)
+
+
 @dataclass
 class DiagnoseResult:
     """What :func:`diagnose` found and wrote."""
@@ -438,7 +462,7 @@ def _batched_log_prob(posterior) -> Callable | None:
 
 
 def diagnose(
-    model: str | os.PathLike,
+    model: str | os.PathLike | Any,
     bank: str | os.PathLike,
     output: str | os.PathLike,
     *,
@@ -461,7 +485,10 @@ def diagnose(
     calibration on training rows would look better than it is.
 
     Args:
-        model: The model file.
+        model: The model file, or a posterior object as :func:`sbitk.load_model` returns
+            (``sample``, ``log_prob`` unless its ``density`` is ``"none"``, ``amortized``,
+            ``iid_trials``, ``role``, ``parameter_names``, ``output_names``,
+            ``simulator_name`` and ``history``, which may be ``None``).
         bank: The bank the model was trained on (simulator, prior draws, reference data).
         output: The HTML report to write.
         observed: Observed data, for the posterior pair plots, predictive checks and the
@@ -497,7 +524,8 @@ def diagnose(
     from sbitk.simulation.runner import simulate
 
     output = check_output(output, force=force)
-    posterior = load_model(model, device=device)
+    is_file = isinstance(model, (str, os.PathLike))
+    posterior = load_model(model, device=device) if is_file else model
     source = _open_bank(bank)
     _check_same_simulator(posterior.simulator_name, source.simulator_name, f"bank {bank}")
     if simulator is None:
@@ -530,7 +558,9 @@ def diagnose(
     names = list(posterior.parameter_names)
     draws = _batched_draws(posterior, x, n_posterior_samples, seed, progress)  # (L, N, D)
     log_prob = _batched_log_prob(posterior)
-    sbc_result = sbc(theta, x, draws, parameter_names=names, seed=seed, progress=False)
+    alpha = per_check_alpha(len(_statistical_checks(log_prob is not None, obs is not None)))
+    sbc_result = sbc(theta, x, draws, parameter_names=names, alpha=alpha, seed=seed,
+                     progress=False)  # fmt: skip
     skipped = {}
     if log_prob is None:
         cov = None
@@ -538,11 +568,12 @@ def diagnose(
             "HPD coverage ranks draws by their density, and this estimator offers samples only"
         )
     else:
-        cov = expected_coverage(theta, x, draws, log_prob, seed=seed, progress=False)
-    tarp_result = tarp(theta, x, draws, seed=seed, progress=False)
+        cov = expected_coverage(theta, x, draws, log_prob, alpha=alpha, seed=seed,
+                                progress=False)  # fmt: skip
+    tarp_result = tarp(theta, x, draws, alpha=alpha, seed=seed, progress=False)
     contraction = zscore_contraction(
         theta, x, draws, parameter_names=names, prior_variance=_prior_variance(source),
-        progress=False,
+        alpha=alpha, progress=False,
     )  # fmt: skip
 
     posterior_draws = ppc = mis = None
@@ -560,13 +591,21 @@ def diagnose(
                 th,
                 simulator,
                 output_names=list(obs.output_names),
+                alpha=alpha,
                 seed=seed,
             )
             for xb, th in per_obs
         ]
         reference = _valid_rows(source, MAX_REFERENCE_SIMULATIONS)[1]
-        if reference.shape[0] >= 20:
-            mis = mmd_test(obs.x, reference, seed=seed)
+        rows, need = reference.shape[0], math.ceil(1 / alpha)  # calibration rows for α
+        if rows >= 20 and rows - need >= 2:
+            n_ref = min(rows // 2, rows - need)
+            mis = mmd_test(obs.x, reference, alpha=alpha, n_reference=n_ref, seed=seed)
+        else:
+            skipped["misspecification"] = (
+                f"the bank has {rows} valid rows; the MMD test at α = {alpha:.3g} needs at "
+                f"least {max(20, need + 2)}"
+            )
         posterior_draws = posterior_draws.numpy()
 
     sections = report_sections(
@@ -585,10 +624,15 @@ def diagnose(
     meta = {
         "simulator": source.simulator_name,
         "method": posterior.role,
-        "model": f"{Path(model).name} (sha256 {file_sha256(model)[:16]})",
+        "model": f"{Path(model).name} (sha256 {file_sha256(model)[:16]})"
+        if is_file
+        else type(model).__name__,
         "bank": f"{Path(bank).name} ({len(source)} rows)",
         "fresh simulations": f"{theta.shape[0]} (seed {fresh_seed})",
         "posterior draws per simulation": n_posterior_samples,
+        "false alarms": f"at most {FAMILY_ALPHA:.0%} of runs for a calibrated posterior: each "
+        f"of the {round(FAMILY_ALPHA / alpha)} statistical checks at α = {alpha:.3g} "
+        f"(Bonferroni)",
         "seed": seed,
         "sbitk": __version__,
     }
@@ -618,16 +662,19 @@ def _draw_for_report(posterior, x, n: int, seed: int, iid: bool):
 class RunOptions:
     """Options of :func:`run`; the defaults give a good two_moons posterior in a few minutes.
 
-    On two_moons, 10,000 simulations and at most 60 epochs of NSF (early stopping ended at 56;
-    about 25 s on one CPU core) give a C2ST accuracy against the exact posterior of 0.52-0.54.
+    Training settings left ``None`` follow the one rule of
+    :class:`~sbitk.inference.training.TrainConfig` (with the estimator's and the method's
+    defaults), as in the Python API and ``sbitk train``: the network trains until its
+    validation loss stops improving.
 
     Args:
         num_simulations: Rows of the bank.
         method: ``"npe"`` or ``"nle"``.
         estimator: A registered estimator name.
         estimator_options: The estimator's constructor options, as ``(name, value)`` pairs.
-        max_epochs: Training epoch limit.
-        batch_size: Training batch size.
+        max_epochs: Training epoch limit (``None``: TrainConfig's).
+        batch_size: Training batch size (``None``: TrainConfig's rule).
+        learning_rate: Initial learning rate (``None``: TrainConfig's rule).
         n_samples: Posterior draws per observation in the result file.
         n_diagnose: Fresh simulations for the calibration checks.
         n_diagnose_samples: Posterior draws per simulation in the calibration checks.
@@ -642,8 +689,9 @@ class RunOptions:
     method: str = "npe"
     estimator: str = "nsf"
     estimator_options: tuple[tuple[str, Any], ...] = ()
-    max_epochs: int = 60
-    batch_size: int = 256
+    max_epochs: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
     n_samples: int = 2000
     n_diagnose: int = 300
     n_diagnose_samples: int = 500
@@ -656,12 +704,14 @@ class RunOptions:
     def train_config(self, progress: bool):
         from sbitk.inference.training import TrainConfig
 
+        given = {"max_epochs": self.max_epochs} if self.max_epochs is not None else {}
         return TrainConfig(
-            max_epochs=self.max_epochs,
             batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
             seed=self.seed,
             device=self.device,
             progress=progress,
+            **given,
         )
 
 
@@ -857,3 +907,235 @@ def _write_manifest(path: Path, steps: dict, write_text) -> None:
 
     doc = {"format": "sbitk-run", "sbitk_version": __version__, "steps": steps}
     write_text(path, json.dumps(doc, indent=2, sort_keys=True) + "\n", force=True)
+
+
+# ---- abc -------------------------------------------------------------------------------------
+#: Rows per simulator call in :func:`abc`, each call with its own seed. Fixed by the simulator
+#: (vectorized or not), never by the workers, so the result does not depend on them.
+ABC_CHUNK_ROWS = {True: 10_000, False: 100}
+#: The simulator a worker process of :func:`abc` runs (set by :func:`_abc_init_worker`).
+_ABC_WORKER_SIMULATOR = None
+
+
+@dataclass
+class ABCRunResult:
+    """What :func:`abc` wrote: the file, its data, and the ABC result of every observation."""
+
+    path: Path
+    idata: Any
+    results: list
+    num_simulations: int
+    failed_simulations: int
+
+
+def _abc_chunk(simulator, theta, seed: int):
+    """x (N, D_x) for θ (N, D_θ) with its own generator; failed rows are NaN."""
+    import torch
+
+    return simulator.run_batch(theta, torch.Generator().manual_seed(seed)).x
+
+
+def _abc_init_worker(payload: bytes) -> None:
+    import signal
+
+    import cloudpickle
+    import torch
+
+    global _ABC_WORKER_SIMULATOR
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller handles Ctrl-C
+    torch.set_num_threads(1)
+    _ABC_WORKER_SIMULATOR = cloudpickle.loads(payload)
+
+
+def _abc_worker_chunk(theta, seed: int):
+    import torch
+
+    return _abc_chunk(_ABC_WORKER_SIMULATOR, torch.from_numpy(theta), seed).numpy()
+
+
+class _ABCSimulator:
+    """The simulator as ABC calls it: ``(θ (N, D_θ), generator) -> x (N, D_x)``.
+
+    θ goes in chunks of :data:`ABC_CHUNK_ROWS`, each simulated with a generator seeded from the
+    one ABC passes, so the draws are the same in-process and over any number of worker
+    processes. Failed simulations come back as NaN rows, which ABC never keeps; they are
+    counted, and the progress bar counts every simulation.
+    """
+
+    def __init__(self, simulator, executor, bar) -> None:
+        self.simulator, self.executor, self.bar = simulator, executor, bar
+        self.failed = 0
+
+    def __call__(self, theta, generator):
+        import torch
+
+        chunks = theta.split(ABC_CHUNK_ROWS[bool(self.simulator.vectorized)])
+        seeds = torch.randint(0, 2**62, (len(chunks),), generator=generator).tolist()
+        if self.executor is None:
+            results = (_abc_chunk(self.simulator, t, s) for t, s in zip(chunks, seeds))
+        else:
+            futures = [
+                self.executor.submit(_abc_worker_chunk, t.numpy(), s)
+                for t, s in zip(chunks, seeds)
+            ]
+            results = (torch.from_numpy(f.result()) for f in futures)
+        parts = []
+        for x in results:
+            parts.append(x)
+            self.failed += int((~torch.isfinite(x).all(-1)).sum())
+            self.bar.update(x.shape[0])
+        return torch.cat(parts)
+
+
+def _abc_executor(simulator, workers: int):
+    """A pool of ``workers`` processes that hold the simulator."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from sbitk.simulation.runner import dumps_simulator
+
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if context.get_start_method() == "forkserver":
+        context.set_forkserver_preload(["sbitk.workflow"])  # torch once, not in every worker
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=context,
+        initializer=_abc_init_worker,
+        initargs=(dumps_simulator(simulator),),
+    )
+
+
+def _abc_each_observation(simulator, x, config, workers: int, progress: bool):
+    """One ABC result per row of ``x`` (observation ``b`` seeded ``config.seed + b``)."""
+    from tqdm.auto import tqdm
+
+    total = config.num_simulations * x.shape[0]
+    desc = f"ABC ({config.method})"
+    with contextlib.ExitStack() as stack:
+        bar = stack.enter_context(
+            tqdm(total=total, desc=desc, unit="sim", disable=None if progress else True)
+        )
+        executor = None
+        if workers > 1:
+            executor = _abc_executor(simulator, workers)
+            stack.callback(executor.shutdown, wait=True, cancel_futures=True)
+        simulate = _ABCSimulator(simulator, executor, bar)
+        results = [
+            config.run(simulate, xb, prior=simulator.prior, seed=config.seed + b)
+            for b, xb in enumerate(x)
+        ]
+    return results, simulate.failed
+
+
+def _abc_attrs(config, results: list, failed: int, observed: Path) -> dict:
+    """The run's settings and every observation's simulation count and tolerance schedule."""
+    import numpy as np
+
+    attrs = {
+        "abc_method": config.method,
+        "abc_budget": config.num_simulations,
+        "abc_quantile": config.resolved_quantile,
+        "abc_regression": int(config.regression),
+        "abc_num_simulations": np.array([r.num_simulations for r in results]),
+        "abc_num_simulations_total": int(sum(r.num_simulations for r in results)),
+        "abc_failed_simulations": failed,
+        "abc_num_particles": np.array([r.samples.shape[0] for r in results]),
+        "abc_effective_sample_size": np.array([r.effective_sample_size for r in results]),
+        "abc_tolerance": np.array([r.tolerance for r in results]),
+        "observed_file": observed.name,
+    }
+    for b, r in enumerate(results):
+        attrs[f"abc_tolerances_{b}"] = np.array(r.tolerances)
+        attrs[f"abc_acceptance_rates_{b}"] = np.array(r.acceptance_rates)
+    return attrs
+
+
+def _check_not_input(output: Path, observed: Path) -> None:
+    from sbitk.io.atomic import OutputError
+
+    same = output.resolve() == observed.resolve()
+    if not same and output.exists() and observed.exists():
+        same = os.path.samefile(output, observed)
+    if same:
+        raise OutputError(
+            f"output {output} is the observed data file {observed}; choose another output"
+        )
+
+
+def abc(
+    simulator,
+    observed: str | os.PathLike,
+    output: str | os.PathLike,
+    config=None,
+    *,
+    force: bool = False,
+    workers: int | None = None,
+    progress: bool = False,
+) -> ABCRunResult:
+    """Approximate Bayesian computation at every observed row; write ArviZ InferenceData.
+
+    ABC trains nothing: for each row it simulates from the prior (rejection ABC) or in SMC
+    rounds, keeps the parameters whose simulations land closest to the row, and writes
+    ``config.num_samples`` draws resampled by weight. Each observation gets its own budget of
+    ``config.num_simulations``. Beside the usual provenance, the file's attributes record the
+    simulations each observation used (``abc_num_simulations``, and
+    ``abc_num_simulations_total``), its final tolerance (``abc_tolerance``) and its schedule of
+    tolerances and acceptance rates, one round each (``abc_tolerances_<b>``,
+    ``abc_acceptance_rates_<b>`` for observation ``b``; SMC's first, the prior population, has
+    tolerance ``inf``).
+
+    Args:
+        simulator: A :class:`~sbitk.Simulator`, or a registered simulator's name.
+        observed: CSV or Parquet file, one column per simulator output, one row per observation.
+        output: The NetCDF file to write; never the observed file.
+        config: An :class:`~sbitk.inference.abc.ABCConfig` (default: SMC-ABC, 20,000
+            simulations).
+        force: Replace an existing output.
+        workers: Local processes that simulate (default 1: in this process). The draws do not
+            depend on it.
+        progress: Show a progress bar over the simulations.
+
+    Returns:
+        An :class:`ABCRunResult`.
+    """
+    import torch
+
+    from sbitk.inference.abc import ABCConfig
+    from sbitk.io.arviz import to_inference_data, write_inference_data
+    from sbitk.io.atomic import check_output
+    from sbitk.io.observed import read_observed_data
+
+    config = ABCConfig() if config is None else config
+    sim = _load_simulator(simulator) if isinstance(simulator, str) else simulator
+    workers = 1 if workers is None else workers
+    if not isinstance(workers, int) or workers < 1:
+        raise SbitkError(f"workers must be a positive integer, got {workers!r}")
+    observed, output = Path(observed), Path(output)
+    _check_not_input(output, observed)
+    output = check_output(output, force=force)
+    obs = read_observed_data(observed, sim.output_names)
+    results, failed = _abc_each_observation(sim, obs.x, config, workers, progress)
+    draws = torch.stack(
+        [r.sample(config.num_samples, seed=config.seed + b) for b, r in enumerate(results)], 1
+    )  # (n, B, D)
+    gen = torch.Generator().manual_seed(_derived_seed(config.seed, "prior"))
+    idata = to_inference_data(
+        draws[None].numpy(),
+        sim.parameter_names,
+        observed=obs.x.numpy(),
+        output_names=list(obs.output_names),
+        prior=sim.prior.sample(MAX_PRIOR_DRAWS, gen).numpy(),
+        simulator=sim.name,
+        seed=config.seed,
+        method=f"abc-{config.method}",
+        attrs=_abc_attrs(config, results, failed, observed),
+    )
+    write_inference_data(idata, output, force=force)
+    return ABCRunResult(
+        path=output,
+        idata=idata,
+        results=results,
+        num_simulations=int(sum(r.num_simulations for r in results)),
+        failed_simulations=failed,
+    )

@@ -451,4 +451,144 @@ def smc_abc(
     )
 
 
-__all__ = ["ABCResult", "regression_adjust", "rejection_abc", "smc_abc"]
+#: The ABC methods :class:`ABCConfig` runs.
+ABC_METHODS = ("rejection", "smc")
+#: What ``quantile`` and ``num_particles`` are when left ``None``, by method.
+DEFAULT_QUANTILE = {"rejection": 0.01, "smc": 0.5}
+DEFAULT_PARTICLES = 1000
+
+
+@dataclass(frozen=True)
+class ABCConfig:
+    """Settings of an ABC run, shared by the Python API, ``sbitk abc`` and the result file.
+
+    Every value is checked when the config is made, so a bad one fails before any simulation.
+
+    Args:
+        method: ``"rejection"`` (:func:`rejection_abc`) or ``"smc"`` (:func:`smc_abc`).
+        num_simulations: The simulation budget per observation.
+        num_particles: SMC only: particles per population (``None``: 1,000). Rejection ABC
+            keeps ``quantile`` of its simulations instead and refuses this.
+        quantile: Rejection: the fraction of the simulations kept, the closest (``None``:
+            0.01). SMC: each tolerance is this weighted quantile of the previous population's
+            distances (``alpha``; ``None``: 0.5).
+        regression: Regression-adjust the final particles (:func:`regression_adjust`).
+        num_samples: Posterior draws per observation in a result file, resampled by weight.
+        max_rounds: SMC: most populations after the first.
+        min_acceptance: SMC: stop after a round whose acceptance rate fell below this.
+        kernel_scale: SMC: perturbation covariance over the population's covariance.
+        seed: Seeds the simulations (observation ``b`` of a file uses ``seed + b``).
+
+    Example:
+        >>> config = ABCConfig(method="rejection", num_simulations=5000)
+        >>> config.resolved_quantile, config.resolved_particles
+        (0.01, 50)
+        >>> ABCConfig(quantile=1.5)
+        Traceback (most recent call last):
+        ...
+        sbitk.errors.SbitkError: ABC: quantile must lie in (0, 1) for method 'smc', got 1.5
+    """
+
+    method: str = "smc"
+    num_simulations: int = 20_000
+    num_particles: int | None = None
+    quantile: float | None = None
+    regression: bool = False
+    num_samples: int = 1000
+    max_rounds: int = 30
+    min_acceptance: float = 0.01
+    kernel_scale: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in ABC_METHODS:
+            raise SbitkError(f"ABC: method must be one of {ABC_METHODS}, got {self.method!r}")
+        for name in ("num_simulations", "num_samples", "max_rounds", "seed"):
+            value = getattr(self, name)
+            least = 0 if name == "seed" else 1
+            if not isinstance(value, int) or value < least:
+                raise SbitkError(f"ABC: {name} must be an integer >= {least}, got {value!r}")
+        if self.num_simulations < 2:
+            raise SbitkError(f"ABC: needs num_simulations >= 2, got {self.num_simulations}")
+        q, upper = self.resolved_quantile, self.method == "rejection"
+        if not (0 < q <= 1 if upper else 0 < q < 1):
+            interval = "(0, 1]" if upper else "(0, 1)"
+            raise SbitkError(
+                f"ABC: quantile must lie in {interval} for method {self.method!r}, got {q!r}"
+            )
+        if self.method == "rejection" and self.num_particles is not None:
+            raise SbitkError(
+                "ABC: num_particles (--particles) is for method 'smc'; rejection ABC keeps the "
+                "closest quantile (--quantile) of its simulations"
+            )
+        n = self.resolved_particles
+        if self.method == "smc" and not 2 <= n <= self.num_simulations:
+            raise SbitkError(
+                f"ABC: SMC needs 2 <= particles <= num_simulations, got {n} particles for "
+                f"{self.num_simulations} simulations"
+            )
+        if not 0 <= self.min_acceptance < 1 or not self.kernel_scale > 0:
+            raise SbitkError(
+                f"ABC: needs 0 <= min_acceptance < 1 and kernel_scale > 0, got "
+                f"{self.min_acceptance!r} and {self.kernel_scale!r}"
+            )
+
+    @property
+    def resolved_quantile(self) -> float:
+        """``quantile``, or the method's default when it is ``None``."""
+        return DEFAULT_QUANTILE[self.method] if self.quantile is None else self.quantile
+
+    @property
+    def resolved_particles(self) -> int:
+        """Particles of the result: SMC's population, or the kept ``quantile`` of rejection."""
+        if self.method == "rejection":
+            return max(1, math.ceil(self.resolved_quantile * self.num_simulations))
+        return DEFAULT_PARTICLES if self.num_particles is None else self.num_particles
+
+    def run(
+        self,
+        simulator: SimulateFn,
+        x_o: Tensor,
+        *,
+        prior: Prior | None = None,
+        summary: Summary | None = None,
+        seed: int | None = None,
+    ) -> ABCResult:
+        """Run the configured method at one observation ``x_o`` (D_x,).
+
+        Args:
+            simulator: As for :func:`rejection_abc`.
+            x_o: The observation.
+            prior: The prior (default: the simulator's).
+            summary: Summary statistics (default: x itself).
+            seed: Overrides ``self.seed`` (one seed per observation).
+        """
+        common = {
+            "prior": prior,
+            "num_simulations": self.num_simulations,
+            "summary": summary,
+            "regression": self.regression,
+            "seed": self.seed if seed is None else seed,
+        }
+        if self.method == "rejection":
+            return rejection_abc(simulator, x_o, quantile=self.resolved_quantile, **common)
+        return smc_abc(
+            simulator,
+            x_o,
+            num_particles=self.resolved_particles,
+            alpha=self.resolved_quantile,
+            max_rounds=self.max_rounds,
+            min_acceptance=self.min_acceptance,
+            kernel_scale=self.kernel_scale,
+            **common,
+        )
+
+
+__all__ = [
+    "ABC_METHODS",
+    "ABCConfig",
+    "ABCResult",
+    "regression_adjust",
+    "rejection_abc",
+    "smc_abc",
+]
