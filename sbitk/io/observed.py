@@ -211,8 +211,14 @@ def _csv_header(path: Path) -> list[str]:
 
 
 def _read_parquet(path: Path, expected: tuple[str, ...], iid: bool) -> np.ndarray:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ObservationError(
+            f"reading the Parquet file {path} needs pyarrow: pip install 'sbitk[parquet]', or "
+            "give the data as CSV"
+        ) from None
 
     try:
         table = pq.read_table(path)

@@ -1,0 +1,78 @@
+"""What the command line needs is a core dependency: the whole chain runs with every optional
+extra made unimportable, and a missing extra is named in one line."""
+
+import os
+import re
+import subprocess
+import sys
+from importlib.metadata import requires
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+OBSERVED = ROOT / "examples" / "two_moons_observed.csv"
+#: Top-level modules of the optional extras (and of the peers compared against in benchmarks).
+EXTRAS = ("pyarrow", "dask", "distributed", "nflows", "sbi", "zuko", "sbibm")
+
+# ``sys.modules[name] = None`` is Python's own way to make a module unimportable: ``import``
+# raises ModuleNotFoundError and ``importlib.util.find_spec`` answers None, as if not installed.
+BLOCKER = f"""
+import sys
+
+for name in {EXTRAS!r}:
+    sys.modules[name] = None
+"""
+
+
+def core_requirements() -> set[str]:
+    names = set()
+    for req in requires("sbitk") or []:
+        if "extra ==" not in req:
+            names.add(re.split(r"[\s<>=!\[;~]", req, maxsplit=1)[0].lower())
+    return names
+
+
+def test_what_sample_diagnose_and_run_write_with_is_a_core_dependency():
+    assert {"arviz", "h5netcdf", "xarray", "matplotlib", "click", "zarr"} <= core_requirements()
+    assert not set(EXTRAS) & core_requirements()
+
+
+def run_without_extras(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    site = tmp_path / "blocker"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(BLOCKER)
+    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": str(site)}
+    cmd = [sys.executable, "-m", "sbitk.cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.slow
+def test_the_chain_runs_with_every_extra_unimportable_and_parquet_names_its_extra(tmp_path):
+    check = run_without_extras(tmp_path, "--help")
+    assert check.returncode == 0, check.stderr
+    probe = subprocess.run(
+        [sys.executable, "-c", "import pyarrow"], capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "blocker")},
+    )  # fmt: skip
+    assert "ModuleNotFoundError" in probe.stderr  # the blocker works
+    out = tmp_path / "run"
+    result = run_without_extras(
+        tmp_path, "run", "two_moons", "--observed", str(OBSERVED), "-o", str(out), "-n", "500",
+        "--epochs", "2", "--num-samples", "50", "--diagnose-simulations", "20",
+        "--diagnose-samples", "20", "--workers", "1", "--estimator", "gaussian",
+    )  # fmt: skip
+    assert result.returncode in (0, 1), result.stderr
+    assert "Traceback" not in result.stderr
+    assert (out / "posterior.nc").is_file() and (out / "report.html").is_file()
+
+    # Parquet needs the extra, and says so in one line
+    data = tmp_path / "obs.parquet"
+    data.write_bytes(b"PAR1")
+    result = run_without_extras(
+        tmp_path, "sample", str(out / "model.safetensors"), "--observed", str(data),
+        "-o", str(tmp_path / "o.nc"),
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "sbitk[parquet]" in lines[0], result.stderr
