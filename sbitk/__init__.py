@@ -34,6 +34,13 @@ def simulate(*args, **kwargs):
     return _simulate(*args, **kwargs)
 
 
+def check_posterior(*args, **kwargs):
+    """Check a posterior made anywhere (sbi's, say); see :func:`sbitk.workflow.check_posterior`."""
+    from sbitk.workflow import check_posterior as _check
+
+    return _check(*args, **kwargs)
+
+
 def __getattr__(name: str):
     # Heavy pieces load on first use, so that `import sbitk` stays light (zarr, dask, ...).
     if name == "Bank":
@@ -56,6 +63,7 @@ __all__ = [
     "Uniform",
     "__version__",
     "available",
+    "check_posterior",
     "get_simulator",
     "register",
     "simulate",

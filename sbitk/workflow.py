@@ -40,6 +40,7 @@ __all__ = [
     "RunResult",
     "SampleResult",
     "abc",
+    "check_posterior",
     "diagnose",
     "options_hash",
     "run",
@@ -101,6 +102,40 @@ def _valid_rows(bank, limit: int | None = None):
     return theta, x
 
 
+#: Bytes per posterior draw value held while sampling and writing: the draws, their log
+#: densities and ranks, and the NumPy and xarray copies on the way to the file.
+DRAW_BYTES_PER_VALUE = 4 * 4
+MODEL_SUFFIX = ".safetensors"
+
+
+def _check_draws(draws: int, dim: int, what: str, fix: str) -> None:
+    """Refuse, before any work, ``draws`` posterior draws of ``dim`` values that cannot be
+    held in memory."""
+    from sbitk.simulation.resources import check_memory
+
+    check_memory(draws * max(dim, 1) * DRAW_BYTES_PER_VALUE, what, fix)
+
+
+def _check_model_output(output: str | os.PathLike) -> None:
+    """A model file is written as ``*.safetensors``: the suffix is how ``inspect``, ``sample``
+    and a reader tell it from a result file or a bank."""
+    if not str(output).endswith(MODEL_SUFFIX):
+        raise SbitkError(
+            f"model output {output} must end in {MODEL_SUFFIX!r} (a safetensors model file); "
+            f"for example {Path(output).with_suffix(MODEL_SUFFIX).name}"
+        )
+
+
+def _check_bank_complete(bank, path) -> None:
+    """Warn when training on a bank whose run was interrupted (fewer rows than planned)."""
+    if len(bank) < bank.planned:
+        warnings.warn(
+            f"training on an incomplete bank: {path} holds {len(bank)} of {bank.planned} planned "
+            "rows; rerun the simulate command to finish it",
+            stacklevel=3,
+        )
+
+
 # ---- train -----------------------------------------------------------------------------------
 def train(
     bank: str | os.PathLike,
@@ -128,17 +163,20 @@ def train(
     """
     from sbitk.inference.nle import NLE
     from sbitk.inference.npe import NPE
-    from sbitk.io.atomic import check_output
+    from sbitk.io.atomic import check_not_input, check_output
     from sbitk.io.modelfile import save_model
     from sbitk.models.registry import get_estimator
 
     if method not in METHODS:
         raise SbitkError(f"method must be one of {METHODS}, got {method!r}")
     get_estimator(estimator)  # an unknown name fails before the bank is opened
+    _check_model_output(output)
+    check_not_input(output, bank=bank)
     output = check_output(output, force=force)
     source = _open_bank(bank)
     if len(source) == 0:
         raise SbitkError(f"the bank at {bank} holds no rows to train on")
+    _check_bank_complete(source, bank)
     cls = NPE if method == "npe" else NLE
     kwargs = {"invalid": "exclude"} if method == "nle" else {}
     inference = cls(estimator=estimator, config=config, **kwargs, **estimator_kwargs)
@@ -293,10 +331,11 @@ def sample(
 
     from sbitk.diagnostics.misspecification import mmd_test
     from sbitk.io.arviz import file_sha256, to_inference_data, write_inference_data
-    from sbitk.io.atomic import check_output
+    from sbitk.io.atomic import check_not_input, check_output
     from sbitk.io.modelfile import load_model
     from sbitk.io.observed import read_observed_data
 
+    check_not_input(output, model_file=model, observed_data_file=observed, bank=bank)
     output = check_output(output, force=force)
     posterior = load_model(model, device=device)
     source = None
@@ -317,6 +356,11 @@ def sample(
             "observation, which needs an NLE model (its likelihoods multiply); this model is "
             f"{posterior.role.upper()}"
         )
+    groups = 1 if iid else obs.x.shape[0]
+    _check_draws(
+        n * groups, len(posterior.parameter_names),
+        f"sampling {n} draws for each of {groups} observation(s)", "ask for fewer draws (-n)",
+    )  # fmt: skip
     draws = _draw(posterior, obs.x, n, iid=iid, seed=seed, progress=progress)
     n_chain, n_draw, n_obs, dim = draws["posterior"].shape
 
@@ -516,16 +560,22 @@ def diagnose(
         zscore_contraction,
     )
     from sbitk.io.arviz import file_sha256
-    from sbitk.io.atomic import check_output
+    from sbitk.io.atomic import check_not_input, check_output
     from sbitk.io.modelfile import load_model
     from sbitk.io.observed import read_observed_data
     from sbitk.report import report_sections, write_report
     from sbitk.report.checks import overall_status
     from sbitk.simulation.runner import simulate
 
+    check_not_input(output, model_file=model, bank=bank, observed_data_file=observed)
     output = check_output(output, force=force)
     is_file = isinstance(model, (str, os.PathLike))
     posterior = load_model(model, device=device) if is_file else model
+    _check_draws(
+        n_simulations * n_posterior_samples, len(posterior.parameter_names),
+        f"diagnosing with {n_posterior_samples} draws for each of {n_simulations} simulations",
+        "ask for fewer simulations (--num-simulations) or draws (--num-posterior-samples)",
+    )  # fmt: skip
     source = _open_bank(bank)
     _check_same_simulator(posterior.simulator_name, source.simulator_name, f"bank {bank}")
     if simulator is None:
@@ -642,6 +692,70 @@ def diagnose(
         output, sections, title=f"sbitk report: {source.simulator_name}", meta=meta, force=force
     )
     return DiagnoseResult(path=output, checks=checks, status=overall_status(checks))
+
+
+def check_posterior(
+    posterior: Any,
+    simulator,
+    output: str | os.PathLike,
+    *,
+    observed: str | os.PathLike | None = None,
+    bank: str | os.PathLike | None = None,
+    n_simulations: int = 300,
+    n_posterior_samples: int = 500,
+    n_reference: int = 1000,
+    seed: int = 0,
+    force: bool = False,
+) -> DiagnoseResult:
+    """Check a posterior made anywhere, an sbi posterior say, with sbitk's diagnostics and
+    report: :func:`diagnose` for objects that are not sbitk model files.
+
+    Args:
+        posterior: An sbitk posterior, or any object with ``sample(shape, x=...)`` and
+            ``log_prob(theta, x=...)``, sbi's for one
+            (:func:`sbitk.posteriors.external.wrap_posterior`).
+        simulator: The :class:`~sbitk.Simulator` it was trained for (or its registered name).
+        output: The HTML report to write.
+        observed: Observed data, as for :func:`diagnose`.
+        bank: A bank of the simulator for the reference data; ``None``: ``n_reference``
+            simulations into a temporary one.
+        n_simulations, n_posterior_samples, seed, force: As for :func:`diagnose`.
+        n_reference: Simulations of the temporary bank.
+
+    Example:
+        >>> from sbitk.simulation.registry import get_simulator
+        >>> import torch, tempfile, pathlib
+        >>> sim = get_simulator("two_moons")
+        >>> class Exact:  # the simulator's own reference sampler as a posterior
+        ...     def sample(self, shape, x):
+        ...         return sim.reference_posterior(x, shape[0], None)
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "report.html"
+        >>> result = check_posterior(Exact(), sim, out, n_simulations=30, n_posterior_samples=50,
+        ...                          n_reference=200)
+        >>> [c.name for c in result.checks if c.status == "skip"]
+        ['coverage']
+    """
+    import tempfile
+
+    from sbitk.posteriors.external import wrap_posterior
+    from sbitk.simulation.runner import simulate
+
+    if isinstance(simulator, str):
+        simulator = _load_simulator(simulator)
+    if not hasattr(posterior, "amortized"):
+        posterior = wrap_posterior(
+            posterior, simulator.parameter_names, simulator.output_names, simulator.name
+        )
+    with tempfile.TemporaryDirectory(prefix="sbitk-check-") as tmp:
+        if bank is None:
+            bank = Path(tmp) / "reference.zarr"
+            simulate(simulator, n_reference, seed=_derived_seed(seed, "reference"), bank=bank,
+                     workers=1, progress=False)  # fmt: skip
+        return diagnose(
+            posterior, bank, output, observed=observed, n_simulations=n_simulations,
+            n_posterior_samples=n_posterior_samples, seed=seed, force=force,
+            simulator=simulator,
+        )  # fmt: skip
 
 
 def _prior_variance(bank):
@@ -795,11 +909,13 @@ def run(
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise OutputError(f"cannot write output {directory}: it is a file, expected a directory")
+    # Check every input and option first: a bad one should fail before minutes of simulation,
+    # and before the directory is made.
+    obs = read_observed_data(observed, simulator.output_names, iid=options.iid)
+    _check_run_options(simulator, options, obs.x.shape[0], directory / "bank.zarr")
     check_output(directory / MANIFEST, force=True)  # creates the directory, checks writability
     if not os.access(directory, os.W_OK):
         raise OutputError(f"cannot write output {directory}: permission denied")
-    # Read the observed data first: a bad file should fail before minutes of simulation.
-    read_observed_data(observed, simulator.output_names, iid=options.iid)
 
     paths = {
         "bank": directory / "bank.zarr",
@@ -900,6 +1016,41 @@ def run(
         sample=sampled,
         diagnose=diagnosed,
     )
+
+
+def _check_run_options(simulator, options: RunOptions, n_observed: int, bank: Path) -> None:
+    """Every option of :func:`run` that a later step would refuse, refused before the first."""
+    from sbitk.inference.nle import NLE
+    from sbitk.inference.npe import NPE
+    from sbitk.inference.training import resolve_device
+    from sbitk.simulation.runner import existing_batch_size, check_sizes, default_batch_size
+
+    if options.method not in METHODS:
+        raise SbitkError(f"method must be one of {METHODS}, got {options.method!r}")
+    if options.iid and options.method == "npe" and n_observed > 1:
+        raise SbitkError(
+            f"--iid treats the {n_observed} observed rows as trials of one observation, which "
+            "needs an NLE model (its likelihoods multiply); pass --method nle"
+        )
+    resolve_device(options.device)
+    config = options.train_config(progress=False)  # checks the training settings
+    cls, kwargs = (NPE, {}) if options.method == "npe" else (NLE, {"invalid": "exclude"})
+    cls(estimator=options.estimator, config=config, **kwargs, **dict(options.estimator_options))
+    existing = existing_batch_size(bank)
+    size = existing or default_batch_size(options.num_simulations, simulator.vectorized)
+    check_sizes(simulator, options.num_simulations, size, bank, new_rows=existing is None)
+    dim = simulator.theta_dim
+    groups = 1 if options.iid else n_observed
+    _check_draws(
+        options.n_samples * groups, dim,
+        f"sampling {options.n_samples} draws for each of {groups} observation(s)",
+        "ask for fewer draws (--num-samples)",
+    )  # fmt: skip
+    _check_draws(
+        options.n_diagnose * options.n_diagnose_samples, dim,
+        f"diagnosing with {options.n_diagnose_samples} draws for each of {options.n_diagnose} "
+        "simulations", "ask for fewer (--diagnose-simulations, --diagnose-samples)",
+    )  # fmt: skip
 
 
 def _write_manifest(path: Path, steps: dict, write_text) -> None:
@@ -1051,18 +1202,6 @@ def _abc_attrs(config, results: list, failed: int, observed: Path) -> dict:
     return attrs
 
 
-def _check_not_input(output: Path, observed: Path) -> None:
-    from sbitk.io.atomic import OutputError
-
-    same = output.resolve() == observed.resolve()
-    if not same and output.exists() and observed.exists():
-        same = os.path.samefile(output, observed)
-    if same:
-        raise OutputError(
-            f"output {output} is the observed data file {observed}; choose another output"
-        )
-
-
 def abc(
     simulator,
     observed: str | os.PathLike,
@@ -1103,7 +1242,7 @@ def abc(
 
     from sbitk.inference.abc import ABCConfig
     from sbitk.io.arviz import to_inference_data, write_inference_data
-    from sbitk.io.atomic import check_output
+    from sbitk.io.atomic import check_not_input, check_output
     from sbitk.io.observed import read_observed_data
 
     config = ABCConfig() if config is None else config
@@ -1112,7 +1251,7 @@ def abc(
     if not isinstance(workers, int) or workers < 1:
         raise SbitkError(f"workers must be a positive integer, got {workers!r}")
     observed, output = Path(observed), Path(output)
-    _check_not_input(output, observed)
+    check_not_input(output, observed_data_file=observed)
     output = check_output(output, force=force)
     obs = read_observed_data(observed, sim.output_names)
     results, failed = _abc_each_observation(sim, obs.x, config, workers, progress)

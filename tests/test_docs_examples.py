@@ -1,0 +1,35 @@
+"""The Python examples of the docs run as written: each ```python block of a page, in order, in
+one fresh process per page (so that a page's blocks may build on each other)."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+#: Pages whose Python blocks are complete programs; a page joins when its examples are.
+RUNNABLE = ("sbi.md", "classical.md", "flows.md", "diagnostics.md", "estimators.md")
+BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+
+
+def blocks(page: str) -> list[str]:
+    return BLOCK.findall((DOCS / page).read_text())
+
+
+@pytest.mark.parametrize("page", RUNNABLE)
+def test_every_listed_page_has_examples(page):
+    assert blocks(page), f"docs/{page} has no python block"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", RUNNABLE)
+def test_the_examples_of_a_page_run(page, tmp_path):
+    script = tmp_path / "page.py"
+    script.write_text("\n\n".join(blocks(page)))
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            cwd=tmp_path, env=env, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
