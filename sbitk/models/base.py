@@ -15,12 +15,22 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Self
+from typing import Any, Self
 
 from torch import Tensor, nn
 
 from sbitk.errors import SbitkError
 from sbitk.nn.standardize import Standardize
+
+
+def build_config(config_class: type, features: int, context: int, options: Mapping) -> Any:
+    """``config_class(features, context, **options)``, JSON lists read as tuples; an unknown or
+    missing option is an :class:`SbitkError` naming the class."""
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    try:
+        return config_class(int(features), int(context), **options)
+    except TypeError as exc:
+        raise SbitkError(f"{config_class.__name__}: {exc}") from None
 
 
 class StandardizedEstimator(nn.Module):
@@ -66,4 +76,4 @@ class StandardizedEstimator(nn.Module):
         return self.context_standardization(context)
 
 
-__all__ = ["StandardizedEstimator"]
+__all__ = ["StandardizedEstimator", "build_config"]

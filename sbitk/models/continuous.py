@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from sbitk.errors import SbitkError
-from sbitk.models.base import StandardizedEstimator
+from sbitk.models.base import StandardizedEstimator, build_config
 from sbitk.models.contract import EXACT
 from sbitk.models.ode import METHODS, divergence, odeint
 from sbitk.nn.mlp import MLP, GatedResidualMLP
@@ -111,13 +111,8 @@ class FlowMatching(StandardizedEstimator):
 
     def __init__(self, features: int, context: int = 0, **options):
         super().__init__(int(features), int(context))
-        options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
-        try:
-            cfg = FlowMatchingConfig(int(features), int(context), **options)
-        except TypeError as exc:
-            raise SbitkError(f"FlowMatching: {exc}") from None
+        self.config = cfg = build_config(FlowMatchingConfig, features, context, options)
         _check(cfg)
-        self.config = cfg
         self.register_buffer("frequencies", fourier_frequencies(cfg.time_features))
         self.field = time_field(cfg.features, cfg.context, cfg.time_features,
                                 cfg.hidden_features, cfg.network)  # fmt: skip

@@ -51,7 +51,7 @@ import torch
 from torch import Tensor
 
 from sbitk.errors import SbitkError
-from sbitk.models.base import StandardizedEstimator
+from sbitk.models.base import StandardizedEstimator, build_config
 from sbitk.models.continuous import (
     VALIDATION_SEED,
     ProbabilityFlowDistribution,
@@ -129,13 +129,8 @@ class Diffusion(StandardizedEstimator):
 
     def __init__(self, features: int, context: int = 0, **options):
         super().__init__(int(features), int(context))
-        options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
-        try:
-            cfg = DiffusionConfig(int(features), int(context), **options)
-        except TypeError as exc:
-            raise SbitkError(f"Diffusion: {exc}") from None
+        self.config = cfg = build_config(DiffusionConfig, features, context, options)
         _check(cfg)
-        self.config = cfg
         self.register_buffer("frequencies", fourier_frequencies(cfg.time_features))
         self.field = time_field(cfg.features, cfg.context, cfg.time_features,
                                 cfg.hidden_features, cfg.network)  # fmt: skip

@@ -42,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from sbitk.errors import SbitkError
+from sbitk.models.base import build_config
 from sbitk.models.contract import EXACT, NONE, ROLES, density_kind, role_options
 from sbitk.models.registry import get_estimator
 
@@ -85,10 +86,7 @@ class Ensemble(nn.Module):
 
     def __init__(self, features: int, context: int = 0, **options):
         super().__init__()
-        try:
-            cfg = EnsembleConfig(int(features), int(context), **options)
-        except TypeError as exc:
-            raise SbitkError(f"Ensemble: {exc}") from None
+        cfg = build_config(EnsembleConfig, features, context, options)
         cls = _check(cfg)
         self.config = cfg
         kwargs = dict(role_options(cls, cfg.role, cfg.box)) if cfg.role else {}
