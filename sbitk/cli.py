@@ -89,13 +89,19 @@ def _warnings_as_lines():
 
 
 def _use_threads() -> None:
-    """Apply --threads to torch in this process (the CLI owns its process; the library never
-    changes torch's global settings)."""
+    """Apply --threads to torch in this process through the library's one rule
+    (:func:`~sbitk.inference.training.torch_threads`: ``SBITK_THREADS``, else 1), which the
+    Python API follows too; the CLI owns its process, so it sets the variable for good."""
+    import os
+
     import torch
 
+    from sbitk.inference.training import THREADS_ENV, torch_threads
+
     ctx = click.get_current_context(silent=True)
-    threads = ctx.meta.get("sbitk.threads", 1) if ctx is not None else 1
-    torch.set_num_threads(threads)
+    if ctx is not None and "sbitk.threads" in ctx.meta:
+        os.environ[THREADS_ENV] = str(ctx.meta["sbitk.threads"])
+    torch.set_num_threads(torch_threads())
 
 
 # ---- simulators ------------------------------------------------------------------------------

@@ -98,11 +98,6 @@ class RankCalibration:
     verdict: str
     shape: str
 
-    @property
-    def within_band(self) -> bool:
-        """Whether the ECDF stays inside the simultaneous band everywhere."""
-        return self.verdict == "calibrated"
-
 
 @dataclass(frozen=True)
 class SBCResult:

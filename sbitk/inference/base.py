@@ -7,6 +7,7 @@ in what it returns (:meth:`Estimation._result`).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 
@@ -119,6 +120,7 @@ class Estimation:
 
     def _train(self, theta, x: Tensor | None, stream: bool | None) -> nn.Module:
         """Resolve the data, exclude and report invalid rows, build the estimator and train it."""
+        _warn_if_incomplete(theta)
         source, theta, x, valid = prepare_fit(self, theta, x, stream, self._pair)
         self._resolve()
         if source is None:
@@ -143,6 +145,22 @@ class Estimation:
         if not checked:
             self._handle(self.report)
         return model
+
+
+def _warn_if_incomplete(data) -> None:
+    """Warn when ``data`` is a bank whose run was cut short (fewer rows than it planned) or
+    lost chunk files: training then sees fewer rows than the user asked to simulate."""
+    planned = getattr(data, "planned", None)
+    if not isinstance(planned, int) or not callable(getattr(data, "__len__", None)):
+        return
+    rows = len(data)
+    if rows < planned:
+        where = getattr(data, "path", None) or "the bank"
+        warnings.warn(
+            f"training on an incomplete bank: {where} holds {rows} of {planned} planned rows; "
+            "rerun the simulate command to finish it",
+            stacklevel=4,
+        )
 
 
 __all__ = ["Estimation"]

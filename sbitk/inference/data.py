@@ -8,7 +8,6 @@ not fit in memory, applying the same cleaning and transform to every chunk.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -177,10 +176,6 @@ def memory_limit_bytes() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
     except (ValueError, OSError, AttributeError):
         return 4 * 2**30
-
-
-def nan_to_none(v: float) -> float | None:
-    return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
 __all__ = [

@@ -30,11 +30,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -46,6 +48,41 @@ from sbitk.errors import SbitkError, TrainingError
 LARGE_BANK_ROWS = 50_000
 #: Default ``patience`` and ``lr_patience`` of :class:`TrainConfig` (NLE: see its docs).
 PATIENCE, LR_PATIENCE = 10, 4
+#: The environment variable that sets torch's CPU threads in sbitk's work (the CLI's --threads).
+THREADS_ENV = "SBITK_THREADS"
+
+
+def torch_threads() -> int:
+    """CPU threads torch uses while sbitk trains or samples: ``SBITK_THREADS``, else 1.
+
+    The networks here are small: one thread is usually fastest, and more on a busy machine can
+    be many times slower (NPE on 3,000 two_moons rows on two busy cores: 11 s on one thread,
+    62 s on torch's default of two). The command line's ``--threads`` sets the same variable.
+    """
+    text = os.environ.get(THREADS_ENV, "").strip()
+    if not text:
+        return 1
+    try:
+        threads = int(text)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise SbitkError(f"{THREADS_ENV} must be an integer >= 1, got {text!r}")
+    return threads
+
+
+@contextlib.contextmanager
+def thread_limit():
+    """Run the block with :func:`torch_threads` CPU threads, then restore torch's setting (the
+    library changes no global state that outlives a call)."""
+    threads, before = torch_threads(), torch.get_num_threads()
+    if threads != before:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if threads != before:
+            torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)
@@ -215,9 +252,6 @@ class History:
             "rows": dict(self.rows),
         }
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @runtime_checkable
 class ChunkSource(Protocol):
@@ -243,10 +277,23 @@ def resolve_device(device: str | torch.device) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
-    except RuntimeError as exc:
-        raise SbitkError(f"device must be 'auto', 'cpu' or 'cuda[:k]', got {device!r}") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SbitkError(f"device {device!r} was asked for, but CUDA is not available")
+    except (RuntimeError, TypeError):
+        raise SbitkError(f"device must be 'auto', 'cpu' or 'cuda[:k]', got {device!r}") from None
+    if dev.type == "cpu":
+        return dev
+    backend = getattr(torch, dev.type, None) if dev.type != "mps" else torch.backends.mps
+    available = getattr(backend, "is_available", None)
+    if not callable(available) or not available():
+        raise SbitkError(
+            f"device {device!r} was asked for, but this machine has no {dev.type} device; "
+            "pass --device cpu (or auto)"
+        )
+    count = getattr(backend, "device_count", None)
+    if dev.index is not None and callable(count) and dev.index >= count():
+        raise SbitkError(
+            f"device {device!r} was asked for, but this machine has {count()} {dev.type} "
+            f"device(s), numbered from 0"
+        )
     return dev
 
 
@@ -379,7 +426,8 @@ def train(
             (on a sample of chunks when streaming) before the first step.
         inputs: Rows to model, (N, D); or a :class:`ChunkSource` to stream from.
         context: Conditioning rows (N, C), or ``None``; must be ``None`` with a chunk source.
-        config: Settings; :class:`TrainConfig` defaults when omitted.
+        config: Settings; :class:`TrainConfig` defaults when omitted. Torch runs on
+            :func:`torch_threads` CPU threads meanwhile (``SBITK_THREADS``, else 1), as in the CLI.
 
     Returns:
         The :class:`History`. The model is left on the training device in eval mode, holding the
@@ -391,6 +439,13 @@ def train(
     config = config or TrainConfig()
     if not callable(getattr(model, "loss", None)):
         raise SbitkError(f"model {type(model).__name__} has no loss(inputs, context) method")
+    with thread_limit():
+        return _train(model, inputs, context, config)
+
+
+def _train(
+    model: nn.Module, inputs: Tensor | ChunkSource, context: Tensor | None, config: TrainConfig
+) -> History:
     device = resolve_device(config.device)
     start_time = time.perf_counter()
     history = History(device=str(device))
@@ -618,4 +673,13 @@ def _progress(config: TrainConfig):
     )
 
 
-__all__ = ["ChunkSource", "History", "TrainConfig", "resolve_device", "train"]
+__all__ = [
+    "THREADS_ENV",
+    "ChunkSource",
+    "History",
+    "TrainConfig",
+    "resolve_device",
+    "thread_limit",
+    "torch_threads",
+    "train",
+]

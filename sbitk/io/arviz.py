@@ -9,14 +9,18 @@ group                     variable    dims
 ``observed_data``         ``x``       ``([observation | trial,] output)``
 ``prior``                 ``theta``   ``(chain, draw, parameter)``, one chain of bank draws
 ``sample_stats``          ``lp``      ``(chain, draw, [observation])``: log q(θ | x_o)
-                          ``acceptance_rate``  ``(chain, [draw,] [observation])``, MCMC
-                          ``r_hat``, ``ess``   ``([observation,] parameter)``, MCMC
+                          ``r_hat``, ``ess``   ``([observation,] parameter)``: ArviZ's
 ``posterior_predictive``  ``x``       ``(chain, draw, [observation,] output)``
 ========================  ==========  ===============================================
 
 The ``observation`` dim appears only when several observations were sampled (its coordinate is
 the row index in the observed file, from 0); i.i.d. trials of one observation get a ``trial``
 dim in ``observed_data`` and none in the posterior.
+
+Independent draws (a direct posterior's, ABC's) are stored as 4 chains (:func:`iid_chains`), so
+that ``arviz.summary`` runs its multi-chain diagnostics without a warning; ``r_hat`` and ``ess``
+are ArviZ's own (rank-normalised split R-hat, bulk ESS), computed from the stored draws, so
+``arviz.summary`` shows the same values.
 
 Why one variable ``theta`` with a ``parameter`` dim rather than one variable per parameter: the
 parameters are one joint draw, and keeping them in one array keeps the joint (pair plots,
@@ -69,6 +73,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ResultFileError",
     "file_sha256",
+    "iid_chains",
     "read_inference_data",
     "to_inference_data",
     "write_inference_data",
@@ -86,6 +91,28 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+#: Chains that independent draws (a direct posterior's, ABC's) are split into.
+IID_CHAINS = 4
+
+
+def iid_chains(draws: Any, chains: int = IID_CHAINS) -> np.ndarray:
+    """Independent draws ``(n, ...)`` as ``(chains, n / chains, ...)``.
+
+    ArviZ's diagnostics compare chains, and warn on a single one; independent draws split into
+    chains are as good as any chains, and ArviZ then reports R-hat near 1 and an effective size
+    near n for them, as it should. The split uses the largest count up to ``chains`` that
+    divides n and leaves at least 4 draws a chain (one chain when none does).
+
+    Example:
+        >>> iid_chains(np.zeros((2000, 3, 2))).shape
+        (4, 500, 3, 2)
+    """
+    arr = np.asarray(draws)
+    n = arr.shape[0]
+    c = next((k for k in range(chains, 0, -1) if n % k == 0 and n // k >= 4), 1)
+    return arr.reshape(c, n // c, *arr.shape[1:])
 
 
 def _array(value: Any, name: str) -> np.ndarray:
@@ -127,10 +154,6 @@ def to_inference_data(
     iid: bool = False,
     prior: Any | None = None,
     log_prob: Any | None = None,
-    acceptance_rate: Any | None = None,
-    r_hat: Any | None = None,
-    ess: Any | None = None,
-    mcmc: bool = False,
     posterior_predictive: Any | None = None,
     misspecification: MMDResult | TypicalityResult | Sequence[ObservationVerdict] | None = None,
     simulator: str | None = None,
@@ -153,10 +176,6 @@ def to_inference_data(
         iid: the observed rows are i.i.d. trials of one observation.
         prior: prior draws from the bank, ``(N, D)``.
         log_prob: log density of each draw, ``(chains, draws[, B])``; stored as ``lp``.
-        acceptance_rate: MCMC acceptance, ``(chains, draws[, B])`` or ``(chains[, B])``.
-        r_hat: split R-hat per parameter, ``([B,] D)``.
-        ess: effective sample size per parameter, ``([B,] D)``.
-        mcmc: compute ``r_hat`` and ``ess`` with ArviZ where not given (needs 2+ chains).
         posterior_predictive: simulated data, ``(chains, draws[, B], D_x)``.
         misspecification: the misspecification result; recorded in the attributes.
         simulator: the simulator's name.
@@ -298,32 +317,9 @@ def to_inference_data(
         lp = lp[:, :, None] if lp.ndim == 2 else lp
         _expect(lp, (n_chain, n_draw, n_obs), "log_prob", "(chains, draws[, B])")
         stats["lp"] = (("chain", "draw", *obs), per_obs(lp))
-    if acceptance_rate is not None:
-        acc = _array(acceptance_rate, "acceptance_rate")
-        per_draw = acc.shape[:2] == (n_chain, n_draw) and acc.ndim in (2, 3)
-        if per_draw:
-            acc = acc[:, :, None] if acc.ndim == 2 else acc
-            _expect(acc, (n_chain, n_draw, n_obs), "acceptance_rate", "(chains, draws[, B])")
-            stats["acceptance_rate"] = (("chain", "draw", *obs), per_obs(acc))
-        else:
-            acc = acc[:, None] if acc.ndim == 1 else acc
-            _expect(acc, (n_chain, n_obs), "acceptance_rate", "(chains[, B])")
-            stats["acceptance_rate"] = (("chain", *obs), acc if several else acc[:, 0])
-    if mcmc and (r_hat is None or ess is None):
-        if n_chain < 2:
-            raise ResultFileError(f"R-hat needs at least 2 chains, got {n_chain}")
-        draws = xr.DataArray(theta, dims=("chain", "draw", "observation", "parameter"))
-        if r_hat is None:
-            r_hat = az.rhat(xr.Dataset({"t": draws}))["t"].transpose("observation", "parameter")
-        if ess is None:
-            ess = az.ess(xr.Dataset({"t": draws}))["t"].transpose("observation", "parameter")
-    for key, value in (("r_hat", r_hat), ("ess", ess)):
-        if value is None:
-            continue
-        arr = _array(value.values if hasattr(value, "values") else value, key)
-        arr = arr[None] if arr.ndim == 1 else arr
-        _expect(arr, (n_obs, dim), key, "([B,] D)")
-        stats[key] = ((*obs, "parameter"), arr if several else arr[0])
+    if n_chain >= 2 and n_draw >= 4:  # ArviZ's own, so that az.summary reproduces them
+        stats["r_hat"] = ((*obs, "parameter"), az.rhat(groups["posterior"])["theta"].values)
+        stats["ess"] = ((*obs, "parameter"), az.ess(groups["posterior"])["theta"].values)
     if stats:
         groups["sample_stats"] = dataset(stats)
 

@@ -32,7 +32,6 @@ import contextlib
 import os
 import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -45,6 +44,7 @@ __all__ = [
     "atomic_directory",
     "atomic_file",
     "atomic_path",
+    "check_not_input",
     "check_output",
     "write_bytes",
     "write_text",
@@ -103,6 +103,34 @@ def check_output(path: str | os.PathLike, *, force: bool = False) -> Path:
     return path
 
 
+def check_not_input(output: str | os.PathLike, **inputs: str | os.PathLike | None) -> None:
+    """Refuse an output that is one of the inputs, or lies inside an input directory.
+
+    ``force`` replaces an existing output; it must never replace what the step reads (a model
+    file overwritten by its own samples, a bank by a model trained on it).
+
+    Args:
+        output: The output path.
+        **inputs: The input paths by what they are (``model=...``, ``bank=...``); ``None``
+            values are skipped.
+
+    Raises:
+        OutputError: ``output`` resolves to an input, or to a path inside an input directory.
+    """
+    out = Path(output).resolve()
+    for what, value in inputs.items():
+        if value is None or not isinstance(value, str | os.PathLike):
+            continue
+        source = Path(value).resolve()
+        same = out == source or (out.exists() and source.exists() and out.samefile(source))
+        if same or (source.is_dir() and source in out.parents):
+            where = "is" if same else "lies inside"
+            raise OutputError(
+                f"output {output} {where} the {what.replace('_', ' ')} {value} this step reads; "
+                "choose another output path"
+            )
+
+
 def _fsync_directory(directory: Path) -> None:
     # Makes the rename itself durable; not every platform can open a directory.
     with contextlib.suppress(OSError):
@@ -125,21 +153,42 @@ def _temp_name(path: Path) -> str:
     return f".{path.name}."
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def _temp_sibling(path: Path) -> Path:
+    return path.parent / f"{_temp_name(path)}{secrets.token_hex(8)}{_TMP_SUFFIX}"
 
 
 def _mkstemp(path: Path) -> Path:
-    try:
-        fd, name = tempfile.mkstemp(prefix=_temp_name(path), suffix=_TMP_SUFFIX, dir=path.parent)
-    except OSError as err:
-        raise OutputError(f"cannot write output {path}: {err.strerror}") from None
-    # mkstemp makes the file private (0600); an output gets the permissions of any new file
-    os.chmod(fd, 0o666 & ~_umask())
-    os.close(fd)
-    return Path(name)
+    """Create an empty temporary sibling of ``path`` with the permissions of any new file.
+
+    The mode 0o666 is given to ``open`` itself, which applies the process umask: unlike reading
+    the umask with :func:`os.umask`, this changes no process-wide state that other threads see.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = _temp_sibling(path)
+        try:
+            fd = os.open(tmp, flags, 0o666)
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise OutputError(f"cannot write output {path}: {err.strerror}") from None
+        os.close(fd)
+        return tmp
+    raise OutputError(f"cannot write output {path}: no free temporary name in {path.parent}")
+
+
+def _mkdtemp(path: Path) -> Path:
+    """Create a temporary sibling directory of ``path``, mode 0o777 less the umask."""
+    for _ in range(100):
+        tmp = _temp_sibling(path)
+        try:
+            os.mkdir(tmp, 0o777)
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise OutputError(f"cannot write output {path}: {err.strerror}") from None
+        return tmp
+    raise OutputError(f"cannot write output {path}: no free temporary name in {path.parent}")
 
 
 def _replace(tmp: Path, path: Path) -> None:
@@ -254,11 +303,7 @@ def atomic_directory(path: str | os.PathLike, *, force: bool = False) -> Iterato
         OutputError: ``path`` cannot be written.
     """
     path = check_output(path, force=force)
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=_temp_name(path), suffix=_TMP_SUFFIX, dir=path.parent))
-    except OSError as err:
-        raise OutputError(f"cannot write output {path}: {err.strerror}") from None
-    os.chmod(tmp, 0o777 & ~_umask())
+    tmp = _mkdtemp(path)
     old: Path | None = None
     try:
         yield tmp

@@ -52,10 +52,12 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from sbitk.errors import ModelFileError, SbitkError
 
@@ -189,6 +191,8 @@ def _build(name: str, config: dict, package: str | None) -> nn.Module:
         raise ModelFileError(f"cannot build the model: {exc}") from exc
     try:
         return cls.from_config(config)
+    except ModelFileError:
+        raise
     except (SbitkError, TypeError, ValueError, KeyError) as exc:
         raise ModelFileError(f"estimator config for {name!r} is invalid: {exc}") from exc
 
@@ -213,6 +217,11 @@ _SCHEMA = {
 def _read_header(path: Path) -> tuple[dict, dict[str, Tensor]]:
     from safetensors import safe_open
 
+    if (path / "zarr.json").is_file():
+        raise ModelFileError(
+            f"{str(path)!r} is a simulation bank (a Zarr directory), not a model file; pass the "
+            "model (.safetensors) that `sbitk train` wrote from it"
+        )
     if not path.is_file():
         raise ModelFileError(f"model file {str(path)!r} does not exist or is not a file")
     try:
@@ -354,7 +363,7 @@ def load_model(path: str | os.PathLike, *, device: str = "cpu"):
             "the file does not hold, or the reverse"
         )
     est = header["estimator"]
-    model = _build(est["name"], est["config"], est.get("package"))
+    model = _build_within(est, tensors, where)
     state = model.state_dict()
     missing, extra = set(state) - set(tensors), set(tensors) - set(state)
     if missing or extra:
@@ -372,6 +381,7 @@ def load_model(path: str | os.PathLike, *, device: str = "cpu"):
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise ModelFileError(f"{where}: tensor {name!r} holds NaN or Inf values")
     model.load_state_dict(tensors, strict=True)
+    _check_structure(model, where)
     try:
         prior = prior_from_spec(header["prior"])
     except SbitkError as exc:
@@ -395,6 +405,116 @@ def load_model(path: str | os.PathLike, *, device: str = "cpu"):
         raise ModelFileError(f"{where}: metadata does not fit the estimator: {exc}") from exc
     model.to(resolve_device(device))
     return obj
+
+
+#: Values the estimator's constructor may allocate while a model file is loaded, beyond
+#: :data:`BUILD_FACTOR` times the values the file holds: room for masks, initialisations and
+#: temporaries, far below a hand-edited config's 100,000-wide layers (10^10 values).
+BUILD_SLACK = 2**24
+BUILD_FACTOR = 64
+
+
+def _requested(func, args: tuple, kwargs: dict) -> int:
+    """Values a torch factory call asks for (0 when it cannot tell)."""
+    import math
+
+    def prod(size) -> int:
+        if isinstance(size, int):
+            return size
+        if isinstance(size, Sequence) and all(isinstance(v, int) for v in size):
+            return math.prod(size)
+        return 0
+
+    if func is torch.eye:
+        n = args[0] if args else kwargs.get("n", 0)
+        m = args[1] if len(args) > 1 and isinstance(args[1], int) else kwargs.get("m", n)
+        return prod(n) * prod(m)
+    if func is torch.randperm:
+        return prod(args[0] if args else kwargs.get("n", 0))
+    if func in (torch.arange, torch.linspace):
+        return 0  # sized by values, not a size: small in every constructor here
+    if func is torch.randint:
+        return prod(kwargs.get("size", next((a for a in args if isinstance(a, Sequence)), ())))
+    size = kwargs.get("size", args[0] if len(args) == 1 or func is torch.full else args)
+    return prod(size)
+
+
+class _BuildBudget(TorchFunctionMode):
+    """Counts the values torch factories allocate inside the block; refuses the call that would
+    take the total past ``budget``, before it allocates."""
+
+    FACTORIES = frozenset(
+        {torch.empty, torch.zeros, torch.ones, torch.full, torch.rand, torch.randn,
+         torch.randint, torch.randperm, torch.eye, torch.empty_strided}
+    )  # fmt: skip
+
+    def __init__(self, budget: int, describe: str):
+        super().__init__()
+        self.budget, self.describe, self.used = budget, describe, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.FACTORIES:
+            self.used += _requested(func, args, kwargs)
+            if self.used > self.budget:
+                raise ModelFileError(
+                    f"{self.describe}: building it would allocate more than {self.budget} "
+                    "values, far more than the file's weights (a hand-edited config?)"
+                )
+        return func(*args, **kwargs)
+
+
+def _build_within(est: dict, tensors: dict[str, Tensor], where: str) -> nn.Module:
+    """Build the estimator the file names, refusing a config whose sizes would allocate far
+    more than the weights the file holds (validated before any memory is taken)."""
+    held = sum(t.numel() for t in tensors.values())
+    budget = BUILD_FACTOR * held + BUILD_SLACK
+    describe = f"{where}: the config of estimator {est['name']!r} does not fit its weights"
+    with _BuildBudget(budget, describe):
+        return _build(est["name"], est["config"], est.get("package"))
+
+
+def _is_permutation(index: Tensor) -> bool:
+    n = index.numel()
+    return index.dim() == 1 and torch.equal(index.sort().values, torch.arange(n))
+
+
+def _is_permutation_matrix(p: Tensor) -> bool:
+    if p.dim() != 2 or p.shape[0] != p.shape[1] or not ((p == 0) | (p == 1)).all():
+        return False
+    ones = torch.ones(p.shape[0], dtype=p.dtype)
+    return torch.equal(p.sum(0), ones) and torch.equal(p.sum(1), ones)
+
+
+def _check_structure(model: nn.Module, where: str) -> None:
+    """Check the tensors that are structure, not weights: a permutation must be a permutation
+    (with its inverse), an LU layer's permutation matrix a permutation matrix and its signs
+    ±1, a MADE mask zeros and ones. A checksum only shows the file is as written, not that
+    what was written makes sense."""
+    from sbitk.models.flows.transforms import LULinear, Permutation
+    from sbitk.nn.made import MADE
+
+    for name, module in model.named_modules():
+        problem = None
+        if isinstance(module, Permutation):
+            perm = module.perm.cpu()
+            if not _is_permutation(perm):
+                problem = f"perm is not a permutation of 0..{perm.numel() - 1}"
+            elif not torch.equal(module.inverse_perm.cpu(), torch.argsort(perm)):
+                problem = "inverse_perm is not the inverse of perm"
+        elif isinstance(module, LULinear):
+            if not _is_permutation_matrix(module.permutation.cpu()):
+                problem = "permutation is not a permutation matrix"
+            elif not (module.sign.abs() == 1).all():
+                problem = "sign holds values other than +1 and -1"
+            elif not torch.equal(module.eye.cpu(), torch.eye(len(module.eye)).to(module.eye)):
+                problem = "eye is not the identity"
+        elif isinstance(module, MADE):
+            for key, mask in module.named_buffers(recurse=False):
+                if key.startswith("mask") and not ((mask == 0) | (mask == 1)).all():
+                    problem = f"{key} holds values other than 0 and 1"
+        if problem:
+            raise ModelFileError(f"{where}: structural tensor of {name or 'the model'}: {problem}")
 
 
 __all__ = ["FORMAT_VERSION", "load_model", "read_metadata", "save_model"]

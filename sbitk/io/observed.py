@@ -31,6 +31,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +90,12 @@ def _format_of(path: Path) -> str:
         f"observed data {path}: unknown format {''.join(path.suffixes) or '(no suffix)'!r}; "
         f"expected one of {known}"
     )
+
+
+def _column_name(name) -> str:
+    """A column or output name as it is matched: stripped, Unicode NFC-normalised, so that
+    "µ" typed as one code point or "é" as e + combining accent match the simulator's names."""
+    return unicodedata.normalize("NFC", str(name).strip())
 
 
 def _names(names: Sequence[str]) -> str:
@@ -206,7 +213,7 @@ def _csv_header(path: Path) -> list[str]:
     with opener(path, "rt", encoding="utf-8-sig", newline="") as f:
         for row in csv.reader(f, skipinitialspace=True):
             if any(cell.strip() for cell in row):
-                return [cell.strip() for cell in row]
+                return [_column_name(cell) for cell in row]
     return []
 
 
@@ -226,7 +233,7 @@ def _read_parquet(path: Path, expected: tuple[str, ...], iid: bool) -> np.ndarra
         raise ObservationError(
             f"observed data {path}: unreadable, not a valid Parquet file ({err})"
         ) from None
-    found = [str(c).strip() for c in table.column_names]
+    found = [_column_name(c) for c in table.column_names]
     if not found:
         raise ObservationError(f"observed data {path}: the file is empty (no columns)")
     _check_columns(path, found, expected)
@@ -292,7 +299,7 @@ def read_observed_data(
             non-finite values.
     """
     path = Path(path)
-    expected = tuple(str(n) for n in output_names)
+    expected = tuple(_column_name(n) for n in output_names)
     if not expected:
         raise ObservationError("observed data: the simulator declares no output names")
     fmt = _format_of(path)

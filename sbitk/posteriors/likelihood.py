@@ -154,11 +154,6 @@ class SurrogateLikelihood:
         lp = self.estimator(ctx).log_prob(x.repeat(c, 1))
         return lp.reshape(c, t).sum(-1)
 
-    def log_prob_u(self, x: Tensor, u: Tensor) -> Tensor:
-        """Summed log-likelihood of trials x (T, D_x) at unconstrained u (C, D_θ): shape (C,)."""
-        ctx = u if self.unconstrained else self.bijection.inverse(u)
-        return self.log_prob_context(x, ctx)
-
     def log_prob(self, x: Tensor, theta: Tensor) -> Tensor:
         """Surrogate :math:`\\sum_t \\log q(x_t \\mid \\theta)` for θ (*, D_θ): shape (*)."""
         xs = self.observations(x)

@@ -50,6 +50,7 @@ from zarr.core.sync import sync
 
 from sbitk.errors import BankError
 from sbitk.simulation.priors import Prior, prior_from_spec
+from sbitk.simulation.resources import MAX_BATCHES
 from sbitk.simulation.simulator import STATUS_NAMES, STATUS_OK
 
 FORMAT = "sbitk.bank"
@@ -184,6 +185,21 @@ class Bank:
             )
         self.attrs: dict = attrs
         self._arrays: dict[str, zarr.Array] = {}
+        self._check_plan()
+
+    def _check_plan(self) -> None:
+        """Refuse a plan no run of this sbitk makes (a run cut short before its size check
+        existed): listing its batches would exhaust memory."""
+        try:
+            batches, planned = self.num_batches, self.planned
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+            raise BankError(f"bank {self.path} has a damaged plan of batches: {exc}") from None
+        if batches > MAX_BATCHES:
+            raise BankError(
+                f"bank {self.path} plans {planned} rows in {batches} batches, more than the "
+                f"{MAX_BATCHES} a bank may have (a run cut short that asked for too much); "
+                "delete it, or simulate again with --force and fewer rows"
+            )
 
     def _array(self, name: str) -> zarr.Array:
         # Opening an array reads its metadata from the store: do it once, not per access.
@@ -233,9 +249,12 @@ class Bank:
             where = Path(path)
             if where.exists() and (not where.is_dir() or any(where.iterdir())):
                 raise BankError(f"cannot create a bank at {where}: the path exists")
-            where.parent.mkdir(parents=True, exist_ok=True)
+            _make_parent(where)
             store = str(where)
-        group = zarr.open_group(store, mode="w")
+        try:
+            group = zarr.open_group(store, mode="w")
+        except OSError as exc:
+            raise BankError(f"cannot create a bank at {where}: {exc.strerror or exc}") from None
         d_theta = len(simulator["parameter_names"])
         d_x = len(simulator["output_names"])
         rows = (batch_size,)
@@ -344,10 +363,66 @@ class Bank:
         return sum(math.ceil(s["rows"] / self.batch_size) for s in self.attrs["segments"])
 
     def done_batches(self) -> np.ndarray:
-        """Mask (num_batches,) of the batches whose rows are written."""
+        """Mask (num_batches,) of the batches whose rows are written and still on disk.
+
+        A batch marked done whose chunk files have gone missing since (see :meth:`damaged`)
+        counts as not done: its rows are not read, and a resumed run simulates it again.
+        """
+        done = self._marked_done.copy()
+        for b in self.damaged():
+            done[b] = False
+        return done
+
+    @cached_property
+    def _marked_done(self) -> np.ndarray:
         done = self._array("done")
         n = self.num_batches
         return np.asarray(done[:n], dtype=bool) if n else np.zeros(0, dtype=bool)
+
+    def damaged(self) -> dict[int, tuple[str, ...]]:
+        """Batches marked done whose chunk files are missing: batch index → the arrays.
+
+        Zarr reads a missing chunk as its fill value, so a deleted chunk of ``x`` would
+        otherwise read as NaN rows still flagged valid. Zarr stores no chunk that holds only the
+        fill value, so ``theta`` and ``status`` must have a chunk for every written row, and
+        ``x`` and ``valid`` one each where the chunk has a valid row. Only banks on disk are
+        checked.
+        """
+        if "_damaged" not in self.__dict__:
+            self.__dict__["_damaged"] = self._find_damaged() if self.path is not None else {}
+        return self.__dict__["_damaged"]
+
+    def _find_damaged(self) -> dict[int, tuple[str, ...]]:
+        step = self._array("theta").chunks[0]
+        done = self._marked_done
+        chunks: dict[int, list[int]] = {}
+        for b, start, rows in self.batches():
+            if done[b]:
+                for k in range(start // step, (start + rows - 1) // step + 1):
+                    chunks.setdefault(k, []).append(b)
+        out: dict[int, set[str]] = {}
+        for k, owners in chunks.items():
+            missing = self._missing_in_chunk(k)
+            for b in owners if missing else ():
+                out.setdefault(b, set()).update(missing)
+        return {b: tuple(sorted(names)) for b, names in sorted(out.items())}
+
+    def _missing_in_chunk(self, k: int) -> list[str]:
+        present = {}
+        for name in ("theta", "status", "x", "valid"):
+            arr = self._array(name)
+            coords = (k,) + (0,) * (len(arr.shape) - 1)
+            key = arr.metadata.chunk_key_encoding.encode_chunk_key(coords)
+            present[name] = (self.path / name / key).is_file()
+        missing = [n for n in ("theta", "status") if not present[n]]
+        if present["x"] != present["valid"]:
+            missing.append("valid" if present["x"] else "x")
+        elif not present["x"] and present["status"]:
+            step = self._array("status").chunks[0]
+            status = self._array("status")[k * step : (k + 1) * step]
+            if (status == STATUS_OK).any():
+                missing += ["x", "valid"]
+        return missing
 
     def pending_batches(self) -> list[tuple[int, int, int]]:
         """Planned batches not yet written, as ``(index, first row, rows)``."""
@@ -516,6 +591,7 @@ class Bank:
             f"{int(done.sum())} of {len(done)} batches done",
             f"  rows        {n} of {self.planned} planned"
             + ("" if n == self.planned else " (incomplete: rerun the same command to resume)"),
+            *self._damage_lines(),
             f"  valid       {valid} ({pct:.2f}%), invalid {report.failed}",
             f"  sbitk       {self.attrs.get('sbitk_version', '?')}",
         ]
@@ -533,6 +609,18 @@ class Bank:
         lines.append(f"  outputs     {shown}")
         lines.append("  " + str(report).replace("\n", "\n  "))
         return "\n".join(lines)
+
+    def _damage_lines(self) -> list[str]:
+        damaged = self.damaged()
+        if not damaged:
+            return []
+        names = sorted({n for v in damaged.values() for n in v})
+        first = list(damaged)[:5]
+        return [
+            f"  damaged     {len(damaged)} batch(es) marked done have lost chunk files of "
+            f"{', '.join(names)} (batches {first}{', …' if len(damaged) > 5 else ''}); "
+            "their rows are left out; rerun the same command to simulate them again"
+        ]
 
     # ---- writing (used by the runner) --------------------------------------------------------
     def _extend(self, rows: int) -> list[tuple[int, int, int]]:
@@ -575,7 +663,8 @@ class Bank:
     def _set_attrs(self, **values) -> None:
         self._group.update_attributes(values)
         self.attrs.update(values)
-        self.__dict__.pop("_rows_done", None)
+        for key in ("_rows_done", "_marked_done", "_damaged"):
+            self.__dict__.pop(key, None)
 
     def _record_failure_counts(self) -> None:
         status = self._array("status")[: self.planned]
@@ -585,6 +674,33 @@ class Bank:
             if code != STATUS_OK
         }
         self._set_attrs(failure_counts=counts)
+
+
+def _make_parent(path: Path) -> None:
+    """Create the parent directories of a new bank, or say in one line why they cannot be."""
+    parent = path.absolute().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise BankError(
+            f"cannot create a bank at {path}: {exc.filename} is a file, not a directory"
+        ) from None
+    except OSError as exc:
+        raise BankError(f"cannot create a bank at {path}: {exc.strerror} ({parent})") from None
+    if not os.access(parent, os.W_OK | os.X_OK) or _read_only(parent):
+        raise BankError(f"cannot create a bank at {path}: directory {parent} is not writable")
+
+
+def _read_only(directory: Path) -> bool:
+    """Whether files cannot be created in ``directory`` (a read-only mount, or permissions
+    that ``os.access`` does not see, as for root)."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            return False
+    except OSError:
+        return True
 
 
 def _write_concurrently(writes: list[tuple[zarr.Array, slice, np.ndarray]]) -> None:

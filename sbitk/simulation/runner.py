@@ -23,6 +23,7 @@ import contextlib
 import functools
 import hashlib
 import importlib.metadata
+import math
 import multiprocessing
 import os
 import signal
@@ -43,6 +44,7 @@ import torch
 from sbitk.errors import BankError, SbitkError, SimulatorError
 from sbitk.simulation.bank import Bank
 from sbitk.simulation.registry import get_simulator
+from sbitk.simulation.resources import MAX_BATCHES, check_disk, check_memory
 from sbitk.simulation.simulator import Simulator
 
 #: Bounds of the default batch size, for vectorized and for row-by-row simulators.
@@ -357,6 +359,51 @@ def _check_matches(bank: Bank, sim: Simulator, seed: int, batch_size: int | None
         )
 
 
+#: Bytes of one batch row held in memory while it is simulated and written, per float32 value
+#: of θ and x: the simulator's result, its float32 copy, the NumPy array and the chunk buffer.
+BATCH_BYTES_PER_VALUE = 4 * 4
+
+
+def check_sizes(
+    sim: Simulator, n: int, batch_size: int, path: Path | None, *, new_rows: bool = True
+) -> None:
+    """Refuse, before anything is written, a run that cannot be stored or held.
+
+    ``n`` new rows of θ and x (float32) plus their flags must fit on the bank's disk (in memory
+    for an in-memory bank), one batch must fit in memory, and the plan may have at most
+    :data:`~sbitk.simulation.resources.MAX_BATCHES` batches.
+    """
+    width = sim.theta_dim + sim.x_dim
+    what = f"simulating {n} rows of {sim.name!r}"
+    rows_bytes = n * (4 * width + 2)
+    if path is None:
+        check_memory(rows_bytes, what + " in memory", "simulate fewer rows (-n)")
+    elif new_rows:
+        check_disk(rows_bytes, path, what + " into a bank", "simulate fewer rows (-n)")
+    batch = min(batch_size, n) if path is None else batch_size
+    check_memory(
+        batch * width * BATCH_BYTES_PER_VALUE,
+        f"a batch of {batch_size} rows of {sim.name!r}",
+        "choose a smaller batch size (--batch-size)",
+    )
+    batches = math.ceil(n / batch_size)
+    if batches > MAX_BATCHES:
+        raise SbitkError(
+            f"{n} rows in batches of {batch_size} make {batches} batches, more than the "
+            f"{MAX_BATCHES} a bank may have; simulate fewer rows (-n) or larger batches"
+        )
+
+
+def existing_batch_size(path: Path) -> int | None:
+    """The batch size of the bank at ``path``, or ``None`` when there is none."""
+    if not (path / "zarr.json").is_file():
+        return None
+    try:
+        return Bank.open(path).batch_size
+    except (BankError, KeyError, TypeError, ValueError):
+        return None
+
+
 def simulate(
     simulator: Simulator | str,
     n: int,
@@ -424,6 +471,9 @@ def simulate(
         raise SbitkError("append and overwrite exclude each other; pass one of them")
 
     path = None if bank is None else Path(bank)
+    existing = None if overwrite or path is None else existing_batch_size(path)
+    size = existing or batch_size or default_batch_size(n, sim.vectorized)
+    check_sizes(sim, n, size, path, new_rows=append or existing is None)
     if path is not None and overwrite:
         Bank._remove(path)
     if path is not None and (path / "zarr.json").is_file():

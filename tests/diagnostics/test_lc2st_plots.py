@@ -76,12 +76,21 @@ def test_quadratic_classifier_matches_scikit_learn():
     np.testing.assert_allclose(ours, clf.predict_proba(feats[:50])[:, 0], atol=1e-5)
 
 
-def test_local_c2st_from_a_sampler_with_the_default_classifier():
+@pytest.mark.parametrize("case", ["exact", "narrow"])
+def test_local_c2st_from_a_sampler_with_the_default_classifier(case):
+    """The sampler path with the default classifier tells the exact posterior from one half as
+    wide: with 39 null draws the smallest p-value is 1/40 < 0.05, so a wrong verdict, a p-value
+    off the permutation grid or a statistic inside the null for the narrow one all fail."""
     g = torch.Generator().manual_seed(0)
     theta, x = PROBLEM.simulate(200, g)
-    r = local_c2st(theta, x, X_O[0], PROBLEM.sampler("exact", g), n_eval=200, n_null=3)
-    assert 0.0 <= r.statistic <= 0.25
-    assert r.p_value in {0.25, 0.5, 0.75, 1.0}
+    r = local_c2st(theta, x, X_O[0], PROBLEM.sampler(case, g), n_eval=200, n_null=39)
+    assert r.null.shape == (39,)
+    assert r.p_value == pytest.approx((1 + (r.null >= r.statistic).sum()) / 40)
+    if case == "exact":
+        assert r.verdict == "consistent" and r.p_value > 0.5
+    else:
+        assert r.verdict == "inconsistent" and r.statistic > r.null.max()
+        assert r.p_value == pytest.approx(1 / 40)
 
 
 def test_local_c2st_input_errors():

@@ -16,6 +16,7 @@ from sbitk.io.atomic import (
     atomic_directory,
     atomic_file,
     atomic_path,
+    check_not_input,
     check_output,
     write_bytes,
     write_text,
@@ -49,6 +50,50 @@ def test_outputs_get_ordinary_permissions(tmp_path):
         os.umask(mask)
     assert out.stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+
+
+def test_outputs_never_touch_the_process_umask(tmp_path, monkeypatch):
+    """Reading the umask by setting it races with other threads creating files: outputs get
+    their mode from the open and mkdir calls instead, which apply the umask themselves."""
+    mask = os.umask(0o027)
+    try:
+
+        def forbidden(_mask):
+            raise AssertionError("os.umask called: process-wide state changed")
+
+        monkeypatch.setattr(os, "umask", forbidden)
+        out = write_text(tmp_path / "a.txt", "x")
+        with atomic_path(tmp_path / "b.nc") as tmp:
+            tmp.write_bytes(b"y")
+        with atomic_directory(tmp_path / "d") as d:
+            (d / "f").write_text("y")
+        monkeypatch.undo()
+    finally:
+        os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "b.nc").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o750
+    assert _leftovers(tmp_path) == []
+
+
+def test_an_output_that_is_an_input_is_refused(tmp_path):
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(b"weights")
+    bank = tmp_path / "bank.zarr"
+    bank.mkdir()
+    with pytest.raises(OutputError, match="is the model file"):
+        check_not_input(model, model_file=model, observed_data_file=tmp_path / "obs.csv")
+    with pytest.raises(OutputError, match="is the model file"):
+        check_not_input(tmp_path / "." / "model.safetensors", model_file=model)
+    (tmp_path / "link.safetensors").symlink_to(model)
+    with pytest.raises(OutputError, match="is the model file"):
+        check_not_input(tmp_path / "link.safetensors", model_file=model)
+    with pytest.raises(OutputError, match="is the bank"):
+        check_not_input(bank, bank=bank)
+    with pytest.raises(OutputError, match="lies inside the bank"):
+        check_not_input(bank / "model.safetensors", bank=bank)
+    check_not_input(tmp_path / "other.nc", model_file=model, bank=bank, observed_data_file=None)
+    assert model.read_bytes() == b"weights"
 
 
 def test_creates_missing_parents(tmp_path):

@@ -318,3 +318,52 @@ def test_nle_context_choice_round_trips_and_version_2_files_read_as_unconstraine
     rewrite(path, lambda m: m.update(format_version=3))
     with pytest.raises(ModelFileError, match="NLE model needs a boolean 'unconstrained'"):
         load_model(path)
+
+
+def _resave(path, edit_meta=None, edit_tensors=None):
+    """Rewrite a model file with edited metadata or tensors and a recomputed checksum: a file
+    that passes the checksum but says something it should not."""
+    from safetensors.torch import save
+
+    from sbitk.io import modelfile
+
+    meta, tensors = modelfile._read_header(path)
+    del meta["checksum"]
+    if edit_meta is not None:
+        edit_meta(meta)
+    if edit_tensors is not None:
+        edit_tensors(tensors)
+    meta["checksum"] = modelfile._checksum(meta, tensors)
+    path.write_bytes(save(tensors, metadata={modelfile.METADATA_KEY: json.dumps(meta)}))
+
+
+def test_a_config_asking_for_huge_layers_is_refused_before_it_is_built(saved):
+    """A valid checksum over a config of 100,000-wide layers must not allocate 10^10 weights."""
+
+    def edit(meta):
+        meta["estimator"]["config"]["hidden_features"] = [100_000, 100_000]
+
+    _resave(saved, edit_meta=edit)
+    with pytest.raises(ModelFileError, match="does not fit its weights"):
+        load_model(saved)
+
+
+def test_a_permutation_that_is_not_one_is_refused(saved):
+    """A permutation of all zeros, checksum recomputed, loaded and sampled silently before."""
+
+    def edit(tensors):
+        names = [k for k in tensors if k.endswith(".perm")]
+        assert names
+        tensors[names[0]] = torch.zeros_like(tensors[names[0]])
+
+    _resave(saved, edit_tensors=edit)
+    with pytest.raises(ModelFileError, match="perm is not a permutation"):
+        load_model(saved)
+
+
+def test_a_bank_given_as_a_model_is_named_a_bank(tmp_path):
+    bank = tmp_path / "bank.zarr"
+    bank.mkdir()
+    (bank / "zarr.json").write_text("{}")
+    with pytest.raises(ModelFileError, match=r"is a simulation bank .* not a model file"):
+        load_model(bank)

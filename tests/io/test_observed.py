@@ -175,3 +175,21 @@ def test_parquet_errors(tmp_path):
 def test_no_output_names_is_an_error(tmp_path):
     with pytest.raises(ObservationError, match="no output names"):
         read_observed(_csv(tmp_path, "a\n1\n"), [])
+
+
+@pytest.mark.parametrize(
+    ("in_file", "declared"), [("e\u0301", "\u00e9"), ("\u00e9", "e\u0301"), ("\u03bc", "\u00b5")]
+)
+def test_unicode_column_names_match_in_any_normal_form(tmp_path, in_file, declared):
+    """A name typed as e + combining accent in the file matches the simulator's precomposed é
+    (and the reverse): both are NFC-normalised before matching. The micro sign and the Greek mu
+    are different letters under NFC and stay different."""
+    path = _csv(tmp_path, f"{in_file},x\n1.5,2.0\n")
+    if declared == "\u00b5":
+        with pytest.raises(ObservationError, match="missing columns"):
+            read_observed(path, [declared, "x"])
+        return
+    assert read_observed(path, [declared, "x"]).tolist() == [[1.5, 2.0]]
+    frame = pd.DataFrame({in_file: [1.5], "x": [2.0]})
+    frame.to_parquet(tmp_path / "obs.parquet")
+    assert read_observed(tmp_path / "obs.parquet", [declared, "x"]).tolist() == [[1.5, 2.0]]

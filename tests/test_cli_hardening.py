@@ -1,0 +1,218 @@
+"""Bad sizes, outputs that are inputs, missing devices and damaged files: one line, exit 2.
+
+Each case once ended in an out-of-memory kill, a hang, a traceback, or a file overwritten by
+its own output. The commands run in-process with click's runner (they fail before any heavy
+work); the size cases also in a subprocess, since a hang or a kill is what they guard against.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from sbitk.cli import main
+from sbitk.inference.training import TrainConfig
+from sbitk.simulation.bank import Bank
+from sbitk.simulation.runner import simulate
+
+ROOT = Path(__file__).resolve().parents[1]
+OBSERVED = ROOT / "examples" / "two_moons_observed.csv"
+HUGE = str(10**12)
+
+
+def _invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _one_line(result, *fragments):
+    """Exit 2 with one line ``error: ...`` on stderr naming every fragment, no traceback."""
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A two_moons bank and a quickly trained Gaussian NPE model on it."""
+    from sbitk import workflow
+
+    root = tmp_path_factory.mktemp("hardening")
+    bank = root / "bank.zarr"
+    simulate("two_moons", 300, seed=0, bank=bank, workers=1, progress=False)
+    model = root / "model.safetensors"
+    config = TrainConfig(max_epochs=2, progress=False, device="cpu")
+    workflow.train(bank, model, estimator="gaussian", config=config)
+    return root, bank, model
+
+
+# ---- sizes checked up front ------------------------------------------------------------------
+@pytest.mark.parametrize("n", [HUGE, str(2**63)])
+def test_a_simulation_too_large_to_store_fails_at_once_in_a_subprocess(tmp_path, n):
+    out = tmp_path / "bank.zarr"
+    script = Path(sys.executable).parent / "sbitk"
+    cmd = [str(script), "simulate", "two_moons", "-n", n, "-o", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "TQDM_DISABLE": "1"})  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "on disk" in lines[0] and "-n" in lines[0], result.stderr
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_batch_too_large_to_hold_fails_before_the_bank_is_made(tmp_path):
+    out = tmp_path / "runs" / "bank.zarr"
+    result = _invoke("simulate", "two_moons", "-n", 1000, "--batch-size", 10**9, "-o", out)
+    _one_line(result, "batch of 1000000000 rows", "memory", "--batch-size")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_too_many_batches_are_refused(tmp_path):
+    result = _invoke("simulate", "two_moons", "-n", 10**7, "--batch-size", 1, "-o",
+                     tmp_path / "b.zarr")  # fmt: skip
+    _one_line(result, "batches", "more than the 1000000")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sample_and_diagnose_refuse_draws_that_cannot_be_held(trained, tmp_path):
+    _, bank, model = trained
+    out = tmp_path / "out" / "posterior.nc"
+    result = _invoke("sample", model, "--observed", OBSERVED, "-n", HUGE, "-o", out)
+    _one_line(result, f"sampling {HUGE} draws", "memory", "(-n)")
+    report = tmp_path / "out" / "report.html"
+    result = _invoke("diagnose", model, "--bank", bank, "--num-simulations", HUGE, "-o", report)
+    _one_line(result, f"each of {HUGE} simulations", "memory", "--num-simulations")
+    assert not out.exists() and not report.exists()
+
+
+def test_inspect_of_a_half_made_huge_bank_is_one_line(tmp_path):
+    """A bank planned at 10^12 rows by a run killed before it wrote a row (as earlier versions
+    left them): reading its plan would take memory without bound."""
+    path = tmp_path / "huge.zarr"
+    desc = {"name": "two_moons", "version": "1", "parameter_names": ["a", "b"],
+            "output_names": ["x", "y"], "prior": {"type": "box_uniform", "low": [-1, -1],
+                                                  "high": [1, 1]}}  # fmt: skip
+    Bank._create(path, simulator=desc, seed=0, batch_size=10_000, sbitk_version="0")
+    Bank._open(path, mode="r+")._extend(10**12)
+    _one_line(_invoke("inspect", path), "plans 1000000000000 rows", "--force")
+
+
+# ---- an output is never its own input ---------------------------------------------------------
+def test_force_never_lets_an_output_overwrite_its_input(trained):
+    _, bank, model = trained
+    before = model.read_bytes()
+    observed = OBSERVED.read_bytes()
+    cases = [
+        (("sample", model, "--observed", OBSERVED, "-o", model, "--force"), "model file"),
+        (("sample", model, "--observed", OBSERVED, "-o", OBSERVED, "--force"), "observed data"),
+        (("diagnose", model, "--bank", bank, "-o", model, "--force"), "model file"),
+        (("diagnose", model, "--bank", bank, "-o", bank, "--force"), "the bank"),
+        (("train", bank, "-o", bank / "m.safetensors", "--force"), "lies inside the bank"),
+    ]
+    for args, fragment in cases:
+        _one_line(_invoke(*args), fragment, "choose another output")
+    assert model.read_bytes() == before and OBSERVED.read_bytes() == observed
+    assert Bank.open(bank).complete and not (bank / "m.safetensors").exists()
+
+
+def test_train_refuses_a_model_output_that_is_not_safetensors(trained, tmp_path):
+    _, bank, _ = trained
+    result = _invoke("train", bank, "-o", tmp_path / "x.nc", "--estimator", "gaussian")
+    _one_line(result, "must end in '.safetensors'", "x.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---- one line where a traceback was ---------------------------------------------------------
+def test_simulate_under_a_parent_that_is_a_file(tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    result = _invoke("simulate", "two_moons", "-n", 100, "-o", tmp_path / "file" / "b.zarr")
+    _one_line(result, "cannot create a bank", "is a file, not a directory")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_simulate_into_a_read_only_directory(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    result = _invoke("simulate", "two_moons", "-n", 100, "-o", locked / "b.zarr")
+    _one_line(result, "cannot create a bank", "not writable")
+
+
+def test_a_read_only_directory_is_refused_even_for_root(tmp_path, monkeypatch):
+    """Root passes ``os.access``; a read-only mount still refuses files: probe by creating."""
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    result = _invoke("simulate", "two_moons", "-n", 100, "-o", tmp_path / "sub" / "b.zarr")
+    _one_line(result, "cannot create a bank", "not writable")
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")
+def test_a_device_this_machine_lacks_is_named(trained, tmp_path):
+    _, bank, model = trained
+    out = tmp_path / "p.nc"
+    result = _invoke("sample", model, "--observed", OBSERVED, "-o", out, "--device", "mps")
+    _one_line(result, "'mps'", "no mps device")
+    result = _invoke("train", bank, "-o", tmp_path / "m.safetensors", "--device", "mps")
+    _one_line(result, "'mps'", "no mps device")
+
+
+def test_sample_of_a_bank_says_it_is_a_bank(trained, tmp_path):
+    _, bank, _ = trained
+    result = _invoke("sample", bank, "--observed", OBSERVED, "-o", tmp_path / "p.nc")
+    _one_line(result, "is a simulation bank", "not a model file")
+
+
+# ---- run checks every option first ------------------------------------------------------------
+def _two_rows(tmp_path) -> Path:
+    path = tmp_path / "two.csv"
+    path.write_text("x[0],x[1]\n0.1,0.2\n0.0,0.1\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--iid"], "needs an NLE model"),
+        (["--device", "mps" if not torch.backends.mps.is_available() else "cuda:99"], "device"),
+        (["--method", "nle", "--estimator", "gan"], "samples only"),
+        (["--num-samples", HUGE], "(--num-samples)"),
+        (["-n", HUGE], "on disk"),
+    ],
+)
+def test_run_checks_every_option_before_the_first_step(tmp_path, extra, fragment):
+    out = tmp_path / "run"
+    result = _invoke("run", "two_moons", "--observed", _two_rows(tmp_path), "-o", out, *extra)
+    _one_line(result, fragment)
+    assert not out.exists()
+
+
+# ---- damaged banks ---------------------------------------------------------------------------
+def test_a_deleted_chunk_is_detected_and_simulated_again(tmp_path):
+    path = tmp_path / "bank.zarr"
+    whole = simulate("two_moons", 5000, seed=1, bank=path, batch_size=1250, workers=1,
+                     progress=False)  # fmt: skip
+    x = whole.x.clone()
+    (path / "x" / "c" / "1" / "0").unlink()
+    damaged = Bank.open(path)
+    assert damaged.damaged() == {1: ("x",)}
+    assert len(damaged) == 3750 and not damaged.complete
+    assert torch.isfinite(damaged.x).all()  # the lost rows are left out, not read as NaN
+    text = _invoke("inspect", path).output
+    assert "3750 of 5000 planned" in text and "damaged" in text and "100.00%" in text
+    # Training on it warns; rerunning the same simulation repairs it bit for bit.
+    result = _invoke("train", path, "-o", tmp_path / "m.safetensors", "--estimator", "gaussian",
+                     "--epochs", "1", "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "warning: training on an incomplete bank" in result.stderr
+    assert "3750 of 5000 planned rows" in result.stderr
+    repaired = simulate("two_moons", 5000, seed=1, bank=path, workers=1, progress=False)
+    assert repaired.complete and repaired.damaged() == {}
+    assert torch.equal(repaired.x, x)
