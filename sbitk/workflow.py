@@ -126,16 +126,6 @@ def _check_model_output(output: str | os.PathLike) -> None:
         )
 
 
-def _check_bank_complete(bank, path) -> None:
-    """Warn when training on a bank whose run was interrupted (fewer rows than planned)."""
-    if len(bank) < bank.planned:
-        warnings.warn(
-            f"training on an incomplete bank: {path} holds {len(bank)} of {bank.planned} planned "
-            "rows; rerun the simulate command to finish it",
-            stacklevel=3,
-        )
-
-
 # ---- train -----------------------------------------------------------------------------------
 def train(
     bank: str | os.PathLike,
@@ -176,7 +166,6 @@ def train(
     source = _open_bank(bank)
     if len(source) == 0:
         raise SbitkError(f"the bank at {bank} holds no rows to train on")
-    _check_bank_complete(source, bank)
     cls = NPE if method == "npe" else NLE
     kwargs = {"invalid": "exclude"} if method == "nle" else {}
     inference = cls(estimator=estimator, config=config, **kwargs, **estimator_kwargs)
@@ -233,39 +222,32 @@ def _draw(posterior, x, n: int, *, iid: bool, seed: int, progress: bool) -> dict
     """Posterior draws for every observation in ``x`` as (chains, draws, B, D) and stats."""
     import torch
 
+    from sbitk.io.arviz import iid_chains
     from sbitk.models.contract import NONE
 
     if posterior.amortized:
-        theta = posterior.sample(n, x, seed=seed)  # (n, B, D)
+        theta = posterior.sample(n, x, seed=seed)  # (n, B, D), independent draws
         if posterior.density == NONE:
-            return {"posterior": theta[None].numpy(), "log_prob": None}
+            return {"posterior": iid_chains(theta.numpy()), "log_prob": None}
         with torch.no_grad():
             lp = posterior.log_prob(theta, x).cpu()  # (n, B)
-        return {"posterior": theta[None].numpy(), "log_prob": lp[None].numpy()}
+        return {"posterior": iid_chains(theta.numpy()), "log_prob": iid_chains(lp.numpy())}
     config = _mcmc_config(posterior, progress)
     # Enough draws per chain for R-hat and ESS to mean something (ArviZ wants 4 at least), as
     # many chains as the model's settings allow otherwise: chains run in parallel, draws do not.
     chains = max(1, min(config.num_chains, n // DRAWS_PER_CHAIN))
     config = dataclasses.replace(config, num_chains=chains)
     groups = [x] if iid else [row for row in x]
-    chains, lps, rhat, ess = [], [], [], []
+    chains, lps = [], []
     for b, xb in enumerate(groups):
         posterior.sample(n, xb, seed=seed + b, config=config)
-        result = posterior.last_result
-        samples = result.samples  # (C, draws, D)
+        samples = posterior.last_result.samples  # (C, draws, D)
         c, d, dim = samples.shape
         with torch.no_grad():
             lp = posterior.log_prob(samples.reshape(-1, dim), xb).reshape(c, d).cpu()
         chains.append(samples)
         lps.append(lp)
-        rhat.append(result.rhat.cpu())
-        ess.append(result.ess.cpu())
-    return {
-        "posterior": torch.stack(chains, 2).numpy(),
-        "log_prob": torch.stack(lps, 2).numpy(),
-        "r_hat": torch.stack(rhat).numpy(),
-        "ess": torch.stack(ess).numpy(),
-    }
+    return {"posterior": torch.stack(chains, 2).numpy(), "log_prob": torch.stack(lps, 2).numpy()}
 
 
 def _reference_simulations(bank, simulator, n: int, seed: int):
@@ -408,8 +390,6 @@ def sample(
         iid=iid,
         prior=prior,
         log_prob=draws["log_prob"],
-        r_hat=draws.get("r_hat"),
-        ess=draws.get("ess"),
         posterior_predictive=pp,
         misspecification=verdicts,
         simulator=posterior.simulator_name,
@@ -1023,7 +1003,7 @@ def _check_run_options(simulator, options: RunOptions, n_observed: int, bank: Pa
     from sbitk.inference.nle import NLE
     from sbitk.inference.npe import NPE
     from sbitk.inference.training import resolve_device
-    from sbitk.simulation.runner import existing_batch_size, check_sizes, default_batch_size
+    from sbitk.simulation.runner import check_sizes, default_batch_size, existing_batch_size
 
     if options.method not in METHODS:
         raise SbitkError(f"method must be one of {METHODS}, got {options.method!r}")
@@ -1241,7 +1221,7 @@ def abc(
     import torch
 
     from sbitk.inference.abc import ABCConfig
-    from sbitk.io.arviz import to_inference_data, write_inference_data
+    from sbitk.io.arviz import iid_chains, to_inference_data, write_inference_data
     from sbitk.io.atomic import check_not_input, check_output
     from sbitk.io.observed import read_observed_data
 
@@ -1260,7 +1240,7 @@ def abc(
     )  # (n, B, D)
     gen = torch.Generator().manual_seed(_derived_seed(config.seed, "prior"))
     idata = to_inference_data(
-        draws[None].numpy(),
+        iid_chains(draws.numpy()),
         sim.parameter_names,
         observed=obs.x.numpy(),
         output_names=list(obs.output_names),

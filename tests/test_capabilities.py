@@ -79,7 +79,7 @@ def test_it_is_sampled_into_arviz_without_log_densities(sample_only, bank, tmp_p
     model = tmp_path / "m.safetensors"
     workflow.train(bank, model, estimator=sample_only, config=QUICK)
     result = workflow.sample(model, OBSERVED, tmp_path / "p.nc", n=100, bank=bank)
-    assert result.idata.posterior.theta.shape == (1, 100, 2)
+    assert result.idata.posterior.theta.shape == (4, 25, 2)
     assert "lp" not in getattr(result.idata, "sample_stats", {})
 
 

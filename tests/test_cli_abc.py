@@ -58,9 +58,10 @@ def test_smc_abc_on_two_moons_writes_a_result_arviz_opens(tmp_path):
     assert result.returncode == 0, result.stderr
     idata = az.from_netcdf(out)
     theta = idata.posterior.theta
-    assert theta.dims == ("chain", "draw", "parameter") and theta.shape == (1, 250, 2)
+    assert theta.dims == ("chain", "draw", "parameter") and theta.shape == (2, 125, 2)
     assert np.isfinite(theta.values).all()
-    assert set(idata.groups()) == {"posterior", "prior", "observed_data"}
+    assert set(idata.groups()) == {"posterior", "prior", "observed_data", "sample_stats"}
+    assert set(idata.sample_stats.data_vars) == {"r_hat", "ess"}  # ArviZ's, no lp
     assert idata.posterior.attrs["method"] == "abc-smc"
     used = int(_attr(idata, "abc_num_simulations")[0])
     assert 300 < used <= budget and int(idata.posterior.attrs["abc_num_simulations_total"]) == used
@@ -88,7 +89,7 @@ def test_rejection_abc_with_regression_finds_the_gaussian_linear_posterior(tmp_p
     idata = az.from_netcdf(out)
     theta = idata.posterior.theta
     assert theta.dims == ("chain", "draw", "observation", "parameter")
-    assert theta.shape == (1, 2000, 2, 10)
+    assert theta.shape == (4, 500, 2, 10)
     assert _attr(idata, "abc_num_simulations").tolist() == [10_000, 10_000]
     assert int(idata.posterior.attrs["abc_num_simulations_total"]) == 20_000
     assert _attr(idata, "abc_num_particles").tolist() == [500, 500]
@@ -111,7 +112,7 @@ def test_workers_do_not_change_the_draws_and_the_api_matches(tmp_path):
     # 25,000 rows go in three seeded chunks, in this process or over two processes alike.
     assert torch.equal(one.results[0].samples, two.results[0].samples)
     assert one.num_simulations == two.num_simulations == 25_000
-    assert one.idata.posterior.theta.shape == (1, 100, 2)
+    assert one.idata.posterior.theta.shape == (4, 25, 2)
 
 
 # ---- in process: help and bad inputs (click's runner) ----------------------------------------

@@ -17,7 +17,8 @@ SIGMA = torch.tensor([[1.0, 0.6], [0.6, 0.8]], dtype=torch.float64)
 
 class GaussianTargetNoise(Diffusion):
     """A diffusion model whose noise prediction is the exact one for a N(μ, Σ) target:
-    a_t ~ N(m μ, m² Σ + s² I), so ∇ log p_t(a) = -(m² Σ + s² I)⁻¹ (a - m μ) and ε̂ = -s ∇ log p_t."""
+    a_t ~ N(m μ, m² Σ + s² I), so ∇ log p_t(a) = -(m² Σ + s² I)⁻¹ (a - m μ) and
+    ε̂ = -s ∇ log p_t."""
 
     def noise(self, a, t, c):
         m, s = self.marginal(t)
