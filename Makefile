@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup demo test lint format docs bench clean
 
 setup: $(STAMP)
 
@@ -39,8 +39,13 @@ format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: setup lint
+test: setup lint docs
 	$(VENV)/bin/pytest -q -n 2 --dist loadfile
+
+# The documentation site (mkdocs.yml): strict, so a broken link, a missing page or a docstring
+# that does not render fails the build. Its hook redraws the calibration pictures first.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 OMP_NUM_THREADS=1 $(VENV)/bin/mkdocs build --strict
 
 # The whole chain on two_moons: simulate, train NPE, sample the observation, diagnose; it ends by
 # printing where the NetCDF result and the HTML report are. A rerun reuses the bank and the model
@@ -53,4 +58,4 @@ bench: setup
 	$(PY) benchmarks/simulate.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs site .pytest_cache .ruff_cache

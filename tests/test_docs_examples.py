@@ -11,17 +11,46 @@ import pytest
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 #: Pages whose Python blocks are complete programs; a page joins when its examples are.
-RUNNABLE = ("sbi.md", "classical.md", "flows.md", "diagnostics.md", "estimators.md")
+RUNNABLE = (
+    "sbi.md",
+    "classical.md",
+    "flows.md",
+    "diagnostics.md",
+    "estimators.md",
+    "dask.md",
+    "families/flows.md",
+    "families/gaussian.md",
+    "families/vae.md",
+    "families/gan.md",
+    "families/continuous.md",
+    "families/energy.md",
+    "families/score.md",
+    "families/autoregressive.md",
+    "families/classical.md",
+    "families/ensemble.md",
+)
+#: Pages whose Python blocks do not run as written yet, and what stops them.
+NOT_YET_RUNNABLE = {
+    "cli.md": "reads runs/demo/posterior.nc, which only `make demo` writes",
+    "inference.md": "simulate() at the top of a script without a __main__ guard; x_o undefined",
+    "simulation.md": "simulate() without a __main__ guard; an undefined dask_client",
+}
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 
-def blocks(page: str) -> list[str]:
+def blocks(page: str | Path) -> list[str]:
     return BLOCK.findall((DOCS / page).read_text())
 
 
 @pytest.mark.parametrize("page", RUNNABLE)
 def test_every_listed_page_has_examples(page):
     assert blocks(page), f"docs/{page} has no python block"
+
+
+def test_every_page_with_python_examples_runs_them():
+    """A page with Python blocks is either run here or listed, with the reason, as not yet."""
+    pages = {p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md") if blocks(p)}
+    assert pages - set(NOT_YET_RUNNABLE) == set(RUNNABLE)
 
 
 @pytest.mark.slow
