@@ -333,6 +333,16 @@ def _estimator_names() -> list[str]:
     return available_estimators()
 
 
+def _estimator_choice(f):
+    from sbitk.models.registry import DEFAULT_ESTIMATORS
+
+    rule = ", ".join(f"{r}: {n}" for r, n in DEFAULT_ESTIMATORS.items())
+    return click.option(
+        "--estimator", type=click.Choice(_estimator_names()), default=None,
+        help=f"The conditional density estimator [default by role, {rule}].",
+    )(f)  # fmt: skip
+
+
 def _estimator_option(f):
     return click.option(
         "-O", "--estimator-option", "estimator_options", multiple=True, metavar="KEY=VALUE",
@@ -412,8 +422,7 @@ def _warn_flagged(result) -> None:
 @click.argument("bank", type=click.Path(path_type=Path))
 @click.option("--method", type=click.Choice(["npe", "nle"]), default="npe", show_default=True,
               help="npe: learn the posterior; nle: the likelihood (MCMC).")  # fmt: skip
-@click.option("--estimator", type=click.Choice(_estimator_names()), default="nsf",
-              show_default=True, help="The conditional density estimator.")  # fmt: skip
+@_estimator_choice
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="Model file to write (.safetensors).")  # fmt: skip
 @_training_options
@@ -424,7 +433,7 @@ def _warn_flagged(result) -> None:
 def train(
     bank: Path,
     method: str,
-    estimator: str,
+    estimator: str | None,
     estimator_options: tuple[str, ...],
     output: Path,
     max_epochs: int | None,
@@ -446,6 +455,9 @@ def train(
 
     _use_threads()
 
+    from sbitk.models.registry import default_estimator
+
+    estimator = estimator or default_estimator(workflow.METHOD_ROLES[method])
     given = {"max_epochs": max_epochs} if max_epochs is not None else {}
     config = TrainConfig(
         batch_size=batch_size, learning_rate=learning_rate, seed=seed, device=device,
@@ -600,8 +612,7 @@ _ABC = ABCConfig()
               show_default=True)  # fmt: skip
 @click.option("--method", type=click.Choice(["npe", "nle"]), default=_RUN.method,
               show_default=True)  # fmt: skip
-@click.option("--estimator", type=click.Choice(_estimator_names()), default=_RUN.estimator,
-              show_default=True)  # fmt: skip
+@_estimator_choice
 @_training_options
 @click.option("--num-samples", type=click.IntRange(min=1), default=_RUN.n_samples,
               show_default=True,
@@ -627,7 +638,7 @@ def run(
     output: Path,
     num_simulations: int,
     method: str,
-    estimator: str,
+    estimator: str | None,
     estimator_options: tuple[str, ...],
     max_epochs: int | None,
     batch_size: int | None,

@@ -49,6 +49,8 @@ __all__ = [
 ]
 
 METHODS = ("npe", "nle")
+#: The estimator role each method trains (for its default estimator).
+METHOD_ROLES = {"npe": "posterior", "nle": "likelihood"}
 #: Rows of the bank used as prior draws in a result file, and as the misspecification reference.
 MAX_PRIOR_DRAWS = 4000
 MAX_REFERENCE_SIMULATIONS = 4000
@@ -132,7 +134,7 @@ def train(
     output: str | os.PathLike,
     *,
     method: str = "npe",
-    estimator: str = "nsf",
+    estimator: str | None = None,
     config=None,
     force: bool = False,
     **estimator_kwargs,
@@ -143,7 +145,8 @@ def train(
         bank: The simulation bank (a Zarr directory).
         output: The model file to write (``*.safetensors``).
         method: ``"npe"`` (posterior estimation) or ``"nle"`` (likelihood estimation).
-        estimator: A registered estimator name (``"nsf"``, ``"maf"``, ``"realnvp"``, ...).
+        estimator: A registered estimator name (``"nsf"``, ``"maf"``, ``"realnvp"``, ...);
+            ``None``: the method's default (:data:`sbitk.models.registry.DEFAULT_ESTIMATORS`).
         config: A :class:`~sbitk.inference.training.TrainConfig`.
         force: Replace an existing model file.
         **estimator_kwargs: Passed to the estimator's constructor.
@@ -155,10 +158,11 @@ def train(
     from sbitk.inference.npe import NPE
     from sbitk.io.atomic import check_not_input, check_output
     from sbitk.io.modelfile import save_model
-    from sbitk.models.registry import get_estimator
+    from sbitk.models.registry import default_estimator, get_estimator
 
     if method not in METHODS:
         raise SbitkError(f"method must be one of {METHODS}, got {method!r}")
+    estimator = estimator or default_estimator(METHOD_ROLES[method])
     get_estimator(estimator)  # an unknown name fails before the bank is opened
     _check_model_output(output)
     check_not_input(output, bank=bank)
@@ -764,7 +768,9 @@ class RunOptions:
     Args:
         num_simulations: Rows of the bank.
         method: ``"npe"`` or ``"nle"``.
-        estimator: A registered estimator name.
+        estimator: A registered estimator name; ``None``: the method's default
+            (:data:`sbitk.models.registry.DEFAULT_ESTIMATORS`), recorded by name in the
+            manifest.
         estimator_options: The estimator's constructor options, as ``(name, value)`` pairs.
         max_epochs: Training epoch limit (``None``: TrainConfig's).
         batch_size: Training batch size (``None``: TrainConfig's rule).
@@ -781,7 +787,7 @@ class RunOptions:
 
     num_simulations: int = 10_000
     method: str = "npe"
-    estimator: str = "nsf"
+    estimator: str | None = None
     estimator_options: tuple[tuple[str, Any], ...] = ()
     max_epochs: int | None = None
     batch_size: int | None = None
@@ -885,6 +891,11 @@ def run(
     from sbitk.simulation.runner import simulate as run_simulations
 
     options = options or RunOptions()
+    if options.estimator is None:  # the default by name, so that the manifest records it
+        from sbitk.models.registry import default_estimator
+
+        role = METHOD_ROLES.get(options.method, "posterior")
+        options = dataclasses.replace(options, estimator=default_estimator(role))
     say = log or (lambda _msg: None)
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():

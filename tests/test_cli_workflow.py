@@ -70,7 +70,7 @@ def test_run_writes_bank_model_result_report_and_manifest(demo_run):
     assert manifest["steps"]["bank"]["inputs"] == {
         "simulator": "two_moons", "simulator_version": "1", "num_simulations": 1000, "seed": 3,
     }  # fmt: skip
-    assert manifest["steps"]["model"]["inputs"]["estimator"] == "nsf"
+    assert manifest["steps"]["model"]["inputs"]["estimator"] == "ensemble"  # the posterior default, by name
     # The manifest's status is the worst of the check lines printed, not just any status word.
     printed = {line.split()[0] for line in result.stdout.splitlines() if line[:4].isupper()}
     worst = next(s for s in ("FAIL", "WARN", "PASS") if s in printed | {"PASS"})
@@ -125,7 +125,7 @@ def test_inspect_sample_diagnose_train_on_the_run_outputs(demo_run, tmp_path):
 
     inspected = sbitk_cli("inspect", model)
     assert inspected.returncode == 0, inspected.stderr
-    assert "NPE (posterior estimator nsf)" in inspected.stdout
+    assert "NPE (posterior estimator ensemble)" in inspected.stdout
     assert "simulator: two_moons" in inspected.stdout
     assert re.search(r"rows: \d+ offered, 0 excluded as invalid", inspected.stdout)
 
@@ -198,7 +198,7 @@ def test_second_run_reuses_bank_and_model_and_recomputes_what_changed(demo_run):
                       "--epochs", "2")  # fmt: skip
     assert third.returncode in (0, 1), third.stderr
     assert f"reusing {out / 'bank.zarr'}" in third.stderr
-    assert f"training NPE (nsf) into {model}" in third.stderr
+    assert f"training NPE (ensemble) into {model}" in third.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["steps"]["model"]["sha256"] != sha
     assert manifest["steps"]["model"]["inputs"]["config"]["max_epochs"] == 2

@@ -18,7 +18,7 @@ from sbitk.errors import SbitkError
 from sbitk.inference.data import RowReport, check_pair, clean_rows, prepare_fit
 from sbitk.inference.training import History, TrainConfig, train
 from sbitk.models.contract import check_estimator, role_options
-from sbitk.models.registry import build_estimator, get_estimator
+from sbitk.models.registry import build_estimator, default_estimator, get_estimator
 from sbitk.simulation.priors import Prior, as_prior
 
 
@@ -34,7 +34,7 @@ class Estimation:
     def __init__(
         self,
         prior: Prior | None,
-        estimator: str | nn.Module,
+        estimator: str | nn.Module | None,
         unconstrained: bool | None,
         config: TrainConfig | None,
         parameter_names: Sequence[str] | None,
@@ -43,6 +43,8 @@ class Estimation:
         estimator_kwargs: dict,
     ):
         self.prior = None if prior is None else as_prior(prior)
+        if estimator is None:
+            estimator = default_estimator(self.contract_role)
         if not isinstance(estimator, str | nn.Module):
             raise SbitkError(
                 f"estimator must be a name or an nn.Module, got {type(estimator).__name__}"

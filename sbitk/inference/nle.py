@@ -68,7 +68,8 @@ class NLE(Estimation):
         estimator: A registered name (:func:`~sbitk.models.registry.available_estimators`) or a
             ready ``nn.Module`` of the estimator contract with ``features = D_x`` and
             ``context = D_θ``. It must offer a density (MCMC evaluates it): a sample-only
-            estimator (a GAN) is refused.
+            estimator (a GAN) is refused. ``None``: the likelihood default,
+            :data:`~sbitk.models.registry.DEFAULT_ESTIMATORS` (the spline flow).
         invalid: What to do with failed simulations: ``"error"`` (refuse; the default) or
             ``"exclude"`` (drop them with a warning that the likelihood is then conditioned on
             success).
@@ -89,7 +90,7 @@ class NLE(Estimation):
     def __init__(
         self,
         prior: Prior | None = None,
-        estimator: str | nn.Module = "nsf",
+        estimator: str | nn.Module | None = None,
         *,
         invalid: str = "error",
         unconstrained: bool | None = None,

@@ -58,7 +58,8 @@ class NPE(Estimation):
         prior: The prior the training θ were drawn from (read from the bank when ``None``).
         estimator: A registered name (:func:`~sbitk.models.registry.available_estimators`:
             ``"nsf"``, ``"maf"``, ``"gaussian"``, ...) or a ready ``nn.Module`` of the estimator
-            contract (:mod:`sbitk.models.contract`).
+            contract (:mod:`sbitk.models.contract`). ``None``: the posterior default,
+            :data:`~sbitk.models.registry.DEFAULT_ESTIMATORS` (an ensemble of spline flows).
         unconstrained: Train on the prior's unconstrained bijection of θ (True), or on θ with
             samples truncated to the support by rejection (False). ``None`` (the default) trains
             an estimator that declares ``box_on_theta`` (the spline flow) on θ when the prior is
@@ -77,7 +78,7 @@ class NPE(Estimation):
     def __init__(
         self,
         prior: Prior | None = None,
-        estimator: str | nn.Module = "nsf",
+        estimator: str | nn.Module | None = None,
         *,
         unconstrained: bool | None = None,
         config: TrainConfig | None = None,

@@ -74,3 +74,18 @@ def test_bad_options_are_refused_by_name():
         Ensemble(2, 1, options={"wings": 2})
     with pytest.raises(SbitkError, match="unexpected keyword"):
         Ensemble(2, 1, wings=2)
+
+
+def test_the_defaults_are_decided_in_one_place_and_read_by_api_and_cli():
+    from click.testing import CliRunner
+
+    from sbitk.cli import main
+    from sbitk.inference.nle import NLE
+    from sbitk.models.registry import DEFAULT_ESTIMATORS
+
+    prior = BoxUniform(-1.0, 1.0, dim=2)
+    assert NPE(prior).estimator == DEFAULT_ESTIMATORS["posterior"] == "ensemble"
+    assert NLE(prior).estimator == DEFAULT_ESTIMATORS["likelihood"] == "nsf"
+    for command in ("train", "run"):
+        text = " ".join(CliRunner().invoke(main, [command, "--help"]).output.split())
+        assert "posterior: ensemble, likelihood: nsf" in text
