@@ -18,6 +18,8 @@ RUNNABLE = (
     "diagnostics.md",
     "estimators.md",
     "dask.md",
+    "inference.md",
+    "simulation.md",
     "families/flows.md",
     "families/gaussian.md",
     "families/vae.md",
@@ -32,8 +34,6 @@ RUNNABLE = (
 #: Pages whose Python blocks do not run as written yet, and what stops them.
 NOT_YET_RUNNABLE = {
     "cli.md": "reads runs/demo/posterior.nc, which only `make demo` writes",
-    "inference.md": "simulate() at the top of a script without a __main__ guard; x_o undefined",
-    "simulation.md": "simulate() without a __main__ guard; an undefined dask_client",
 }
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
