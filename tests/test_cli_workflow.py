@@ -70,7 +70,8 @@ def test_run_writes_bank_model_result_report_and_manifest(demo_run):
     assert manifest["steps"]["bank"]["inputs"] == {
         "simulator": "two_moons", "simulator_version": "1", "num_simulations": 1000, "seed": 3,
     }  # fmt: skip
-    assert manifest["steps"]["model"]["inputs"]["estimator"] == "ensemble"  # the posterior default, by name
+    # the posterior default, recorded by name
+    assert manifest["steps"]["model"]["inputs"]["estimator"] == "ensemble"
     # The manifest's status is the worst of the check lines printed, not just any status word.
     printed = {line.split()[0] for line in result.stdout.splitlines() if line[:4].isupper()}
     worst = next(s for s in ("FAIL", "WARN", "PASS") if s in printed | {"PASS"})

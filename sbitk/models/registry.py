@@ -34,8 +34,8 @@ ENTRY_POINT_GROUP = "sbitk.estimators"
 #: highest-density regions fall short of their level on two_moons (by up to 0.09 over 1,000
 #: fresh simulations; the crescents' weights are off) and three are calibrated, at three times
 #: the training (3 to 6 times on a loaded machine); C2ST over the 10 reference observations was
-#: 0.553 against 0.566 (two_moons) and 0.844 against 0.855 (slcp). As a likelihood the spline flow: NLE's MCMC evaluates every
-#: member at every step.
+#: 0.553 against 0.566 (two_moons) and 0.844 against 0.855 (slcp). As a likelihood the spline
+#: flow: NLE's MCMC evaluates every member at every step.
 DEFAULT_ESTIMATORS = {"posterior": "ensemble", "likelihood": "nsf"}
 
 
