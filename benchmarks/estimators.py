@@ -20,7 +20,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import time
 import warnings
@@ -29,9 +28,9 @@ from pathlib import Path
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch
+from _protocol import append_row, bank, read_rows, warm_up_torch
 from threadpoolctl import threadpool_limits
 
-import sbitk
 from sbitk.diagnostics.c2st import c2st
 from sbitk.inference.nle import NLE
 from sbitk.inference.npe import NPE
@@ -45,13 +44,6 @@ DEFAULT_RUNS = (
     "nle:two_moons:nsf,nle:two_moons:cvae"
 )
 FIELDS = ["role", "task", "estimator", "budget", "c2st", "train_s", "sample_s", "epochs", "each"]
-
-
-def bank(task: str, budget: int, seed: int):
-    sim = sbitk.get_simulator(task)
-    g = torch.Generator().manual_seed(seed)
-    theta = sim.prior.sample(budget, g)
-    return sim, theta, sim(theta, g)
 
 
 def one_run(role: str, task: str, name: str, args) -> dict:
@@ -85,10 +77,7 @@ def one_run(role: str, task: str, name: str, args) -> dict:
 
 
 def done_rows(path: Path, budget: int) -> dict[tuple, dict]:
-    if not path.is_file():
-        return {}
-    with open(path) as fh:
-        rows = list(csv.DictReader(fh))
+    rows = read_rows(path)
     return {(r["role"], r["task"], r["estimator"]): r for r in rows if int(r["budget"]) == budget}
 
 
@@ -130,19 +119,14 @@ def main() -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     done = done_rows(path, args.budget)
     runs = [tuple(r.split(":")) for r in args.runs.split(",") if r]
-    torch.optim.AdamW([torch.zeros(1, requires_grad=True)])  # torch's one-time imports
+    warm_up_torch()
     with threadpool_limits(1):
         for role, task, name in runs:
             if (role, task, name) in done:
                 continue
             row = one_run(role, task, name, args)
             done[(role, task, name)] = row
-            new = not path.is_file()
-            with open(path, "a", newline="") as fh:
-                writer = csv.DictWriter(fh, FIELDS)
-                if new:
-                    writer.writeheader()
-                writer.writerow(row)
+            append_row(path, FIELDS, row)
             print(f"{role} {task} {name}: C2ST {row['c2st']:.3f}, train {row['train_s']:.1f} s, "
                   f"sample {row['sample_s']:.1f} s", flush=True)  # fmt: skip
     rows = [done[r] for r in runs if r in done]

@@ -19,43 +19,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 import warnings
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch
+from _protocol import bank, sbi_prior, timed, warm_up_torch
 from threadpoolctl import threadpool_limits
 
-import sbitk
 from sbitk.diagnostics.c2st import c2st
 from sbitk.inference.nle import NLE
 from sbitk.inference.npe import NPE
 from sbitk.inference.training import TrainConfig
 from sbitk.posteriors.mcmc import MCMCConfig
-
-
-def sbi_prior(spec: dict):
-    """The prior as a torch distribution sbi accepts."""
-    from sbi.utils import BoxUniform
-
-    if spec["type"] == "box_uniform":
-        return BoxUniform(torch.tensor(spec["low"]), torch.tensor(spec["high"]))
-    if spec["type"] == "mvn":
-        return torch.distributions.MultivariateNormal(
-            torch.tensor(spec["loc"]), torch.tensor(spec["covariance"])
-        )
-    if spec["type"] == "normal":
-        return torch.distributions.Independent(
-            torch.distributions.Normal(torch.tensor(spec["loc"]), torch.tensor(spec["scale"])), 1
-        )
-    raise SystemExit(f"no sbi prior for spec type {spec['type']!r}")
-
-
-def timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
 
 
 def score(task: str, k: int, samples: torch.Tensor, n: int) -> float:
@@ -69,10 +45,7 @@ def run_npe(task: str, budget: int, observations: list[int], n_c2st: int, seed: 
     from sbi.inference import SNPE
     from sbitk_simulators.observations import load_observation
 
-    sim = sbitk.get_simulator(task)
-    g = torch.Generator().manual_seed(seed)
-    theta = sim.prior.sample(budget, g)
-    x = sim(theta, g)
+    sim, theta, x = bank(task, budget, seed)
     ours, t_ours = timed(
         lambda: NPE(sim.prior, "nsf", config=TrainConfig(progress=False, seed=seed)).fit(theta, x)
     )
@@ -102,10 +75,7 @@ def run_nle(task: str, budget: int, k: int, n_samples: int, n_c2st: int, seed: i
     from sbi.inference import SNLE
     from sbitk_simulators.observations import load_observation
 
-    sim = sbitk.get_simulator(task)
-    g = torch.Generator().manual_seed(seed)
-    theta = sim.prior.sample(budget, g)
-    x = sim(theta, g)
+    sim, theta, x = bank(task, budget, seed)
     x_o = load_observation(task, k)
     config = TrainConfig(progress=False, seed=seed)
     ours, t_train_ours = timed(
@@ -180,10 +150,9 @@ def main() -> None:
     budgets = [int(b) for b in args.budgets.split(",") if b]
     observations = [int(k) for k in args.observations.split(",")]
     out = []
-    # torch imports its compiler stack (about 1.3 s) when the first optimizer is built. That is a
-    # once-per-process cost both libraries pay; without this, whichever is timed first (sbitk)
+    # A once-per-process cost both libraries pay; without this, whichever is timed first (sbitk)
     # would pay it for both.
-    torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
+    warm_up_torch()
     with threadpool_limits(1):
         if not args.skip_npe:
             rows = []
