@@ -35,6 +35,14 @@ def bank(task: str, budget: int, seed: int):
     return sim, theta, sim(theta, g)
 
 
+def publish(text: str, markdown: str | None) -> None:
+    """Print a results table, and write it to ``markdown`` when a path is given."""
+    print()
+    print(text)
+    if markdown:
+        Path(markdown).write_text(text)
+
+
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     """``fn()`` and its wall-clock time in seconds."""
     start = time.perf_counter()

@@ -57,6 +57,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import numpy as np
 import torch
+from _protocol import publish
 from threadpoolctl import threadpool_limits
 
 import sbitk
@@ -291,10 +292,7 @@ def main() -> None:
         f"classifier {args.classifier!r}; one CPU thread; seed {args.seed} + observation.\n\n"
         + table(rows, methods, budgets)
     )
-    print()
-    print(text)
-    if args.markdown:
-        Path(args.markdown).write_text(text)
+    publish(text, args.markdown)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from pathlib import Path
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch
-from npe_vs_sbi import sbi_prior
+from _protocol import bank, publish, sbi_prior
 from threadpoolctl import threadpool_limits
 
 import sbitk
@@ -50,13 +50,6 @@ FIELDS = [
     "task", "library", "method", "budget", "max_epochs", "c2st", "train_s", "sample_s",
     "observations", "epochs", "each",
 ]  # fmt: skip
-
-
-def bank(task: str, budget: int, seed: int):
-    sim = sbitk.get_simulator(task)
-    g = torch.Generator().manual_seed(seed)
-    theta = sim.prior.sample(budget, g)
-    return sim, theta, sim(theta, g)
 
 
 def train_sbitk(sim, theta, x, method: str, args):
@@ -262,10 +255,7 @@ def main() -> None:
         "rejecting draws outside the prior. × = sbi / sbitk (sampling: per observation).\n\n"
         + table(done, tasks, methods, len(observations))
     )
-    print()
-    print(text)
-    if args.markdown:
-        Path(args.markdown).write_text(text)
+    publish(text, args.markdown)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from pathlib import Path
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch
-from _protocol import append_row, bank, read_rows, warm_up_torch
+from _protocol import append_row, bank, publish, read_rows, warm_up_torch
 from threadpoolctl import threadpool_limits
 
 from sbitk.diagnostics.c2st import c2st
@@ -136,10 +136,7 @@ def main() -> None:
         f"classifier {args.classifier!r}; {args.budget:,} simulations, seed {args.seed}.\n\n"
         + table(rows)
     )
-    print()
-    print(text)
-    if args.markdown:
-        Path(args.markdown).write_text(text)
+    publish(text, args.markdown)
 
 
 if __name__ == "__main__":
