@@ -36,6 +36,15 @@ EXIT_INTERRUPTED = 130
 DASK_CONNECT_TIMEOUT = "20s"
 
 
+#: What a rerun of an interrupted command picks up (training keeps no checkpoint: it starts over).
+RESUMES = {
+    "simulate": "rerun the same command to resume: the finished batches are kept",
+    "run": "rerun the same command: the bank's finished batches are kept, training starts over",
+    "abc": "rerun the same command: ABC starts over",
+    "train": "training keeps no checkpoint; rerun the command to start it over",
+}
+
+
 class _Group(click.Group):
     """A click group that turns package errors into one line and exit code 2."""
 
@@ -47,7 +56,8 @@ class _Group(click.Group):
             click.echo(f"error: {message}", err=True)
             ctx.exit(EXIT_USAGE)
         except KeyboardInterrupt:
-            click.echo("interrupted: rerun the same command to resume", err=True)
+            click.echo(f"interrupted: {RESUMES.get(ctx.invoked_subcommand, 'nothing was kept')}",
+                       err=True)  # fmt: skip
             ctx.exit(EXIT_INTERRUPTED)
 
 

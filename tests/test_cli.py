@@ -219,3 +219,27 @@ def test_unreachable_scheduler_is_a_one_line_error(tmp_path, runner, monkeypatch
     result = runner.invoke(main, [*args, "--scheduler", "tcp://127.0.0.1:9"])
     _one_line_error(result, "cannot reach the Dask scheduler at 'tcp://127.0.0.1:9'")
     assert not (tmp_path / "b.zarr").exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "said"),
+    [("train", "no checkpoint"), ("simulate", "finished batches are kept")],
+)
+def test_an_interrupt_says_what_a_rerun_picks_up(monkeypatch, tmp_path, command, said):
+
+    from sbitk import workflow
+    from sbitk.cli import EXIT_INTERRUPTED, main
+    from sbitk.simulation import runner
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(workflow, "train", interrupted)
+    monkeypatch.setattr(runner, "simulate", interrupted)
+    args = {
+        "train": ["train", str(tmp_path / "b.zarr"), "-o", str(tmp_path / "m.safetensors")],
+        "simulate": ["simulate", "two_moons", "-n", "100", "-o", str(tmp_path / "b.zarr")],
+    }[command]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == EXIT_INTERRUPTED, result.output
+    assert said in result.output

@@ -66,7 +66,9 @@ def plot_sbc_ecdf(result: SBCResult, difference: bool = True) -> Figure:
         ax.set_title(f"{q.name}: {q.verdict}", fontsize=9)
         ax.set_xlabel("fractional rank")
         ax.set_ylabel("ECDF − uniform" if difference else "ECDF")
-    axes[0].legend(fontsize=8)
+    # under the panel, where it cannot cover the curve
+    axes[0].legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=2,
+                   frameon=False)  # fmt: skip
     fig.suptitle(f"SBC: N = {result.n_simulations}, L = {result.n_posterior_samples}", fontsize=10)
     fig.tight_layout()
     return fig

@@ -168,9 +168,13 @@ def test_full_report_structure_and_escaping(calibrated):
     # every figure is a PNG that decodes: 1 training + 2 pair plots + 4 diagnostics + 2 PPC + MMD
     images = [v for tag, _, v in parser.refs if tag == "img"]
     assert len(images) == 10
+    widths = []
     for uri in images:
         pixels = mpimg.imread(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])), format="png")
-        assert pixels.shape[0] > 100 and pixels.shape[1] > 100
+        assert pixels.shape[0] > 100
+        widths.append(pixels.shape[1])
+    # most of the 1,100 px page: every plot at least 550 px (at 100 dpi they were about 400)
+    assert min(widths) >= 550, widths
     assert plt.get_fignums() == []  # embedded figures are closed
 
 
@@ -239,3 +243,14 @@ def test_importing_io_and_report_loads_no_heavy_dependency():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_the_sbc_legend_does_not_cover_the_curve(calibrated):
+    from sbitk.diagnostics.plots import plot_sbc_ecdf
+
+    fig = plot_sbc_ecdf(calibrated["sbc"])
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent()
+    assert legend.y1 <= ax.get_window_extent().y0  # below the panel, not on it
+    plt.close(fig)
