@@ -409,6 +409,23 @@ def _force_option(f):
     return click.option("--force", is_flag=True, help="Overwrite an existing output.")(f)
 
 
+def _say_mcmc_cost(model: Path, n: int) -> None:
+    """Say up front that an NLE model's checks run MCMC once per fresh simulation."""
+    from sbitk.io.modelfile import read_metadata
+
+    try:
+        role = read_metadata(model).get("role")
+    except SbitkError:
+        return  # diagnose names the problem with the file itself
+    if role == "nle":
+        click.echo(
+            f"note: an NLE posterior is sampled by MCMC for each of the {n} fresh simulations; "
+            "this takes minutes (about 1 s each for a small model on one core); "
+            "--num-simulations sets how many",
+            err=True,
+        )
+
+
 def _progress() -> bool:
     return sys.stderr.isatty()
 
@@ -593,6 +610,7 @@ def diagnose(
     from sbitk import workflow
 
     _use_threads()
+    _say_mcmc_cost(model, num_simulations)
     with _warnings_as_lines():
         result = workflow.diagnose(
             model, bank, output, observed=observed, iid=iid, n_simulations=num_simulations,

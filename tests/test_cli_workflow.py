@@ -178,6 +178,14 @@ def test_inspect_sample_diagnose_train_on_the_run_outputs(demo_run, tmp_path):
     assert {"r_hat", "ess"} <= set(idata.sample_stats.data_vars)
     # The three trials are one observation: one misspecification verdict.
     assert np.atleast_1d(idata.posterior.attrs["misspecification_flagged"]).tolist() == [0]
+    # diagnose says up front that an NLE model runs MCMC once per fresh simulation
+    assert "MCMC" not in diagnosed.stderr
+    nle_diag = sbitk_cli("diagnose", nle, "--bank", bank, "-o", tmp_path / "nle.html",
+                         "--num-simulations", "10", "--num-posterior-samples", "20")  # fmt: skip
+    assert nle_diag.returncode in (0, 1), nle_diag.stderr
+    assert nle_diag.stderr.startswith(
+        "note: an NLE posterior is sampled by MCMC for each of the 10"
+    )
 
 
 @pytest.mark.slow
