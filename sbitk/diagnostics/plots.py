@@ -17,13 +17,17 @@ from sbitk.diagnostics.sbc import SBCResult
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["plot_contraction", "plot_coverage", "plot_sbc_ecdf", "plot_tarp"]
+__all__ = ["plot_contraction", "plot_coverage", "plot_sbc_ecdf", "plot_tarp", "pyplot"]
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot, imported on first use, with the Agg backend unless pyplot was already
+    set up (so that plotting needs no display)."""
+    import sys
+
     import matplotlib
 
-    if "matplotlib.pyplot" not in __import__("sys").modules:
+    if "matplotlib.pyplot" not in sys.modules:
         matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
@@ -49,7 +53,7 @@ def plot_sbc_ecdf(result: SBCResult, difference: bool = True) -> Figure:
     Returns:
         A matplotlib Figure with one panel per test quantity.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = _grid(len(result.quantities), plt)
     for ax, q in zip(axes, result.quantities):
         base = q.expected if difference else 0.0
@@ -83,7 +87,7 @@ def plot_coverage(result: CoverageResult) -> Figure:
     Returns:
         A matplotlib Figure.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4, 4))
     ax.plot([0, 1], [0, 1], color="k", lw=0.8, ls="--")
     ax.fill_between(result.levels, result.lower, result.upper, color="0.85", label="bounds")
@@ -107,7 +111,7 @@ def plot_tarp(result: TARPResult) -> Figure:
     Returns:
         A matplotlib Figure.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4, 4))
     a = result.credibility
     ax.plot([0, 1], [0, 1], color="k", lw=0.8, ls="--")
@@ -138,7 +142,7 @@ def plot_contraction(result: ContractionResult) -> Figure:
     Returns:
         A matplotlib Figure.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = _grid(len(result.parameters), plt)
     for d, (ax, p) in enumerate(zip(axes, result.parameters)):
         ax.scatter(result.contraction[:, d], result.z[:, d], s=4, alpha=0.5)

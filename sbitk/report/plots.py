@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sbitk.diagnostics.misspecification import MMDResult, TypicalityResult
+from sbitk.diagnostics.plots import pyplot
 from sbitk.diagnostics.ppc import PPCResult
 from sbitk.errors import SbitkError
 
@@ -24,18 +25,6 @@ __all__ = ["pair_plot", "plot_misspecification", "plot_ppc", "plot_training"]
 
 class PlotInputError(SbitkError, ValueError):
     """Data given to a report plot has the wrong shape."""
-
-
-def _pyplot():
-    import sys
-
-    import matplotlib
-
-    if "matplotlib.pyplot" not in sys.modules:
-        matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _numpy(value: Any) -> np.ndarray:
@@ -91,7 +80,7 @@ def pair_plot(
     if len(names) != dim:
         raise PlotInputError(f"pair_plot got {len(names)} names for {dim} parameters")
     mark = None if truth is None else _numpy(truth).reshape(-1)
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(dim, dim, figsize=(size * dim, size * dim), squeeze=False)
     lo, hi = np.quantile(x, 0.001, axis=0), np.quantile(x, 0.999, axis=0)
     pad = 0.05 * np.where(hi > lo, hi - lo, 1.0)
@@ -147,7 +136,7 @@ def plot_training(history: Mapping[str, Sequence[float]] | Any) -> Figure:
     from sbitk.report.checks import history_losses
 
     train, val = history_losses(history)
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for values, label in ((train, "training"), (val, "validation")):
         if values.size:
@@ -174,7 +163,7 @@ def plot_ppc(result: PPCResult, max_outputs: int = 16) -> Figure:
     Returns:
         A matplotlib Figure, one panel per output.
     """
-    plt = _pyplot()
+    plt = pyplot()
     names = list(result.output_names)
     order = sorted(range(len(names)), key=lambda k: (names[k] not in result.flagged, k))
     shown = order[:max_outputs]
@@ -205,7 +194,7 @@ def plot_misspecification(result: MMDResult | TypicalityResult) -> Figure:
     Returns:
         A matplotlib Figure.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     if isinstance(result, MMDResult):
         reference, values, xlabel = result.null, result.mmd2, "squared MMD"
