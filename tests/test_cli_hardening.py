@@ -5,9 +5,12 @@ its own output. The commands run in-process with click's runner (they fail befor
 work); the size cases also in a subprocess, since a hang or a kill is what they guard against.
 """
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -216,3 +219,93 @@ def test_a_deleted_chunk_is_detected_and_simulated_again(tmp_path):
     repaired = simulate("two_moons", 5000, seed=1, bank=path, workers=1, progress=False)
     assert repaired.complete and repaired.damaged() == {}
     assert torch.equal(repaired.x, x)
+
+
+# ---- Ctrl-C ----------------------------------------------------------------------------------
+SLOW_SIMULATOR = """
+import time
+
+import torch
+
+import sbitk
+
+
+@sbitk.simulator("slow_rows", parameters={"a": sbitk.BoxUniform(0.0, 1.0)}, outputs={"x": ()},
+                 vectorized=False, register=False)
+def slow_rows(theta, generator):
+    time.sleep(0.02)
+    return theta[0] + torch.randn((), generator=generator)
+"""
+
+
+def _interrupt_simulate(tmp_path: Path, bank: Path, ready) -> subprocess.CompletedProcess:
+    """Run ``sbitk simulate`` on two workers, press Ctrl-C once ``ready()``, and wait."""
+    source = tmp_path / "slow_sims.py"
+    source.write_text(SLOW_SIMULATOR)
+    script = Path(sys.executable).parent / "sbitk"
+    args = [f"{source}:slow_rows", "-n", "400", "-o", str(bank), "--workers", "2"]
+    # A shell that starts jobs in the background hands them SIGINT ignored: restore it first.
+    launcher = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); " + (
+        "os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    cmd = [sys.executable, "-c", launcher, str(script), "simulate", *args, "--batch-size", "10"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    # Its own process group, which gets the signal as a terminal's Ctrl-C reaches every process
+    # of the foreground group: the CLI, the fork server, the resource tracker and the workers.
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not ready() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert proc.poll() is None, proc.communicate()
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _one_interrupted_line(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 130, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) <= 2 and "Traceback" not in result.stderr, result.stderr
+    assert lines[-1].startswith("interrupted: rerun the same command to resume"), result.stderr
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGINT") or os.name != "posix", reason="POSIX signals")
+def test_ctrl_c_in_simulate_with_workers_prints_one_line_and_the_run_resumes(tmp_path):
+    bank = tmp_path / "slow.zarr"
+
+    def starting() -> bool:
+        # The bank exists just before the workers start; the fork server then imports torch
+        # and sbitk for about a second, where a Ctrl-C used to print dozens of lines.
+        if (bank / "zarr.json").is_file():
+            time.sleep(0.3)
+            return True
+        return False
+
+    _one_interrupted_line(_interrupt_simulate(tmp_path, bank, starting))
+
+    def some_done() -> bool:
+        with contextlib.suppress(Exception):
+            return bool(Bank.open(bank).done_batches().any())
+        return False
+
+    _one_interrupted_line(_interrupt_simulate(tmp_path, bank, some_done))
+    kept = Bank.open(bank)
+    assert kept.planned == 400 and 0 < len(kept) < 400  # the finished batches are kept
+
+    script = Path(sys.executable).parent / "sbitk"
+    source = tmp_path / "slow_sims.py"
+    resume = [str(script), "simulate", f"{source}:slow_rows", "-n", "400", "-o", str(bank)]
+    done = subprocess.run(
+        [*resume, "--workers", "2"], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert Bank.open(bank).complete and len(Bank.open(bank)) == 400

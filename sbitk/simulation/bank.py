@@ -8,8 +8,9 @@ Layout of a bank directory::
       theta       (N, D_θ) float32, chunked along rows (one chunk per batch)
       x           (N, D_x) float32, NaN in every row that is not valid
       valid       (N,)     bool
-      status      (N,)     int8: 0 ok, 1 exception, 2 NaN, 3 Inf, -1 not simulated yet
-      error       (N,)     str: the exception message of rows whose simulation raised, else ""
+      status      (N,)     int8: 0 ok, 1 exception, 2 NaN, 3 Inf, 4 wrong output shape or type,
+                           -1 not simulated yet
+      error       (N,)     str: the message of rows that raised or had the wrong shape, else ""
       done        (B,)     bool, one element per batch
 
 Batch ``b`` holds rows ``[start_b, start_b + size_b)``. Its data arrays are written first and
@@ -72,13 +73,14 @@ class ParameterRange:
 
 @dataclass(frozen=True)
 class FailureKind:
-    """Failures of one kind (exception, NaN or Inf) and where they lie in parameter space.
+    """Failures of one kind (exception, NaN, Inf, shape) and where they lie in parameter space.
 
     Attributes:
-        kind: ``"exception"``, ``"nan"`` or ``"inf"``.
+        kind: ``"exception"``, ``"nan"``, ``"inf"`` or ``"shape"`` (the wrong output shape).
         count: Number of rows.
         parameters: Range and mean of each parameter over the failing rows.
-        example: One exception message (``None`` for NaN and Inf).
+        example: One message, naming the exception or the expected and found shape (``None``
+            for NaN and Inf).
         rows: Indices of the first few failing rows.
     """
 

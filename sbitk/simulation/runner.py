@@ -34,6 +34,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import forkserver, resource_tracker
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,7 @@ def default_batch_size(n: int, vectorized: bool) -> int:
 
 
 class SimulationFailureWarning(UserWarning):
-    """Some simulations raised or returned NaN/Inf; their rows are in the bank, marked invalid."""
+    """Some simulations raised, returned NaN/Inf or the wrong shape; kept as invalid rows."""
 
 
 def batch_generator(seed: int, index: int) -> torch.Generator:
@@ -207,6 +208,44 @@ def _mp_context():
     return multiprocessing.get_context("spawn")
 
 
+@contextlib.contextmanager
+def _sigint_held(inherited: bool):
+    """Keep a Ctrl-C from reaching processes while they start, then act on it.
+
+    A Ctrl-C reaches every process of the terminal's process group. The fork server, the
+    resource tracker and the pool's workers ignore it once they run, but not while they import
+    torch and sbitk: interrupted there, each printed a traceback, and a worker forked after this
+    process had given up printed a ``FileNotFoundError`` for the pool's semaphores.
+
+    ``inherited``: processes started inside the block ignore SIGINT from their first instruction
+    (an ignored signal stays ignored across exec, and the fork server's children inherit its
+    handlers). Starting them does not wait for their imports, so the block lasts milliseconds;
+    a Ctrl-C in it is lost. Otherwise a Ctrl-C in the block (while the first workers are forked,
+    which waits for the fork server's imports) is held back and raised when the block ends.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set signal handlers, and only it gets KeyboardInterrupt
+        return
+    caught: list[int] = []
+    handler = signal.SIG_IGN if inherited else (lambda signum, frame: caught.append(signum))
+    old = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old if old is not None else signal.default_int_handler)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def _stop_workers(executor: ProcessPoolExecutor) -> None:
+    """Terminate the pool's workers: the batches they run are lost anyway, so waiting for them
+    would keep a Ctrl-C waiting for a whole batch of a slow simulator."""
+    processes = getattr(executor, "_processes", None) or {}  # no public API before 3.14
+    for process in list(processes.values()):
+        with contextlib.suppress(Exception):
+            process.terminate()
+
+
 def _reraise(exc: BaseException):
     if isinstance(exc, SbitkError):
         raise exc.with_traceback(None) from None
@@ -217,20 +256,32 @@ def _run_local(
     sim: Simulator, seed: int, batches: Sequence[tuple[int, int, int]], workers: int
 ) -> Iterator[dict[str, Any]]:
     payload = dumps_simulator(sim)
+    context = _mp_context()
+    queue = list(batches)[::-1]
+    running: dict = {}
+
+    def fill() -> None:
+        # A bounded window of submitted batches keeps memory flat on long runs.
+        while queue and len(running) < 2 * workers:
+            index, _, rows = queue.pop()
+            running[executor.submit(_run_in_worker, seed, index, rows)] = index
+
+    spawn = context.get_start_method() != "forkserver"
+    with _sigint_held(inherited=True):
+        resource_tracker.ensure_running()
+        if not spawn:
+            forkserver.ensure_running()  # the workers are its children
     executor = ProcessPoolExecutor(
         max_workers=workers,
-        mp_context=_mp_context(),
+        mp_context=context,
         initializer=_init_worker,
         initargs=(payload, os.getpid()),
     )
-    queue = list(batches)[::-1]
-    running: dict = {}
     try:
+        with _sigint_held(inherited=spawn):
+            fill()  # the pool starts its workers on the first submissions
         while queue or running:
-            # A bounded window of submitted batches keeps memory flat on long runs.
-            while queue and len(running) < 2 * workers:
-                index, _, rows = queue.pop()
-                running[executor.submit(_run_in_worker, seed, index, rows)] = index
+            fill()
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
                 index = running.pop(future)
@@ -245,6 +296,8 @@ def _run_local(
                 except Exception as exc:
                     _reraise(exc)
     finally:
+        if queue or running:  # stopped early: a Ctrl-C, an error, or the caller closed us
+            _stop_workers(executor)
         executor.shutdown(wait=True, cancel_futures=True)
 
 
@@ -421,9 +474,9 @@ def simulate(
 
     Batch ``b`` draws θ ~ p(θ) and then x ~ p(x | θ) with a generator seeded from ``(seed, b)``
     (:func:`batch_generator`), so the bank depends on the seed and the batch size only: not on
-    ``workers``, nor on whether Dask ran it. Failed simulations (an exception, NaN or Inf) are
-    kept as invalid rows, counted, and reported at the end with a
-    :class:`SimulationFailureWarning`.
+    ``workers``, nor on whether Dask ran it. Failed simulations (an exception, NaN, Inf, or an
+    output of the wrong shape for some θ) are kept as invalid rows with their status and message,
+    counted, and reported at the end with a :class:`SimulationFailureWarning`.
 
     With ``bank`` a path, rerunning the same call resumes an interrupted run: only batches not
     yet marked done are simulated. ``append=True`` adds ``n`` more rows to an existing bank;
@@ -454,7 +507,8 @@ def simulate(
     Raises:
         BankError: when ``bank`` holds another simulator, seed or batch size, or a run with a
             different number of rows (pass ``append`` or ``overwrite``).
-        SimulatorError: when the simulator returns the wrong shape or dtype.
+        SimulatorError: when the simulator returns the wrong shape or dtype for every row of a
+            batch (it is mis-declared); the batches written before are kept.
     """
     from tqdm.auto import tqdm
 

@@ -37,12 +37,14 @@ from sbitk.errors import SimulatorError
 from sbitk.simulation.priors import Prior, Product, as_prior
 
 #: Row status codes of a simulation, stored in a bank next to the validity mask.
-STATUS_OK, STATUS_EXCEPTION, STATUS_NAN, STATUS_INF = 0, 1, 2, 3
+#: ``STATUS_SHAPE``: the simulator returned the wrong shape (or type) for this row's θ.
+STATUS_OK, STATUS_EXCEPTION, STATUS_NAN, STATUS_INF, STATUS_SHAPE = 0, 1, 2, 3, 4
 STATUS_NAMES = {
     STATUS_OK: "ok",
     STATUS_EXCEPTION: "exception",
     STATUS_NAN: "nan",
     STATUS_INF: "inf",
+    STATUS_SHAPE: "shape",
 }
 
 
@@ -226,10 +228,13 @@ class Simulator:
         return torch.stack(rows) if rows else theta.new_zeros(0, self.x_dim)
 
     def run_batch(self, theta: Tensor, generator: torch.Generator) -> BatchResult:
-        """Simulate with failures caught per row: exceptions, NaN and Inf become a status code.
+        """Simulate with failures caught per row: each becomes a status code and a message.
 
-        A vectorized simulator that raises on the batch is rerun row by row to find the rows at
-        fault. Shape and dtype errors are a mis-declared simulator and always propagate.
+        An exception, NaN, Inf, or an output of the wrong shape or type for some θ: a vectorized
+        simulator that raises or returns the wrong shape on the batch is rerun row by row to
+        find the rows at fault (the others keep their values). When every row of the batch has
+        the wrong shape or type, the simulator is mis-declared: that is a
+        :class:`~sbitk.errors.SimulatorError` naming the expected and the found shape.
         """
         theta = self._check_theta(theta).to(torch.get_default_dtype())
         n = theta.shape[0]
@@ -240,13 +245,16 @@ class Simulator:
             state = generator.get_state()
             try:
                 x = self(theta, generator)
-            except SimulatorError:
-                raise
+            except SimulatorError as exc:  # the wrong shape or type, for some θ or for all
+                generator.set_state(state)
+                x, status, errors = self._rows(theta, generator, batched_fn=True)
+                self._raise_if_misdeclared(theta, status, errors, exc)
             except Exception:
                 generator.set_state(state)
                 x, status, errors = self._rows(theta, generator, batched_fn=True)
         else:
             x, status, errors = self._rows(theta, generator, batched_fn=False)
+            self._raise_if_misdeclared(theta, status, errors, None)
         finite = torch.isfinite(x)
         nan_rows = torch.isnan(x).any(-1) & (status == STATUS_OK)
         inf_rows = (~finite).any(-1) & ~torch.isnan(x).any(-1) & (status == STATUS_OK)
@@ -266,14 +274,29 @@ class Simulator:
                     out = self._to_matrix(self.fn(theta[i : i + 1], generator), 1)[0]
                 else:
                     out = self._to_matrix(self.fn(theta[i], generator), 1)
-            except SimulatorError:
-                raise
+            except SimulatorError as exc:
+                status[i] = STATUS_SHAPE
+                errors[i] = f"wrong output: {exc}"
+                continue
             except Exception as exc:
                 status[i] = STATUS_EXCEPTION
                 errors[i] = "".join(traceback.format_exception_only(type(exc), exc)).strip()
                 continue
             x[i] = out
         return x, status, errors
+
+    def _raise_if_misdeclared(
+        self, theta: Tensor, status: Tensor, errors: dict[int, str], batch_error
+    ) -> None:
+        """A batch whose every row has the wrong output is a mis-declared simulator: raise."""
+        if len(status) == 0 or not bool((status == STATUS_SHAPE).all()):
+            return
+        message = batch_error or errors[0].removeprefix("wrong output: ")
+        row = [round(float(v), 6) for v in theta[0]]
+        raise SimulatorError(
+            f"{message}, for every row of a batch of {len(status)} (the first at θ = {row}); "
+            f"check the outputs declared for simulator {self.name!r}"
+        )
 
 
 _INT_TYPES = {torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool}
@@ -325,6 +348,7 @@ __all__ = [
     "STATUS_NAMES",
     "STATUS_NAN",
     "STATUS_OK",
+    "STATUS_SHAPE",
     "BatchResult",
     "Simulator",
     "simulator",

@@ -238,7 +238,7 @@ def test_metadata_and_summary_describe_the_bank(tmp_path):
     assert bank.prior == line.prior and bank.planned == 600 and bank.complete
     nan_rows = int((bank.theta[:, 0] > 1.8).sum())
     assert 0 < nan_rows < 60
-    assert bank.attrs["failure_counts"] == {"exception": 0, "nan": nan_rows, "inf": 0}
+    assert bank.attrs["failure_counts"] == {"exception": 0, "nan": nan_rows, "inf": 0, "shape": 0}
     text = bank.summary()
     for fragment in (
         "bank_line (version 1)",

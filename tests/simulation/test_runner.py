@@ -12,7 +12,13 @@ import sbitk
 from sbitk.errors import BankError, SbitkError, SimulatorError
 from sbitk.simulation.bank import Bank
 from sbitk.simulation.runner import SimulationFailureWarning, batch_generator, simulate
-from sbitk.simulation.simulator import STATUS_EXCEPTION, STATUS_INF, STATUS_NAN, STATUS_OK
+from sbitk.simulation.simulator import (
+    STATUS_EXCEPTION,
+    STATUS_INF,
+    STATUS_NAN,
+    STATUS_OK,
+    STATUS_SHAPE,
+)
 
 
 @sbitk.simulator(
@@ -149,6 +155,7 @@ def test_bad_simulations_are_counted_marked_invalid_and_located(tmp_path):
         "exception": int(expect_exc.sum()),
         "nan": int(expect_nan.sum()),
         "inf": int(expect_inf.sum()),
+        "shape": 0,
     }
     assert report.failed == int((~ok).sum()) and report.rows == 2000
     by_kind = {k.kind: k for k in report.kinds}
@@ -174,6 +181,87 @@ def test_wrong_shape_is_a_clear_error_naming_simulator_and_shapes(workers):
     if workers == 2:
         # Raised in a worker process, surfaced without the remote traceback chained on.
         assert info.value.__cause__ is None
+
+
+@sbitk.simulator(
+    "runner_some_shapes",
+    parameters={"a": sbitk.BoxUniform(-1.0, 1.0)},
+    outputs={"y": (2,)},
+    register=False,
+)
+def some_shapes(theta, generator):
+    """Drops the rows with a > 0.8 from its output: the wrong shape for those θ only."""
+    keep = theta[:, 0] <= 0.8
+    return theta[keep].repeat(1, 2) + torch.randn(int(keep.sum()), 2, generator=generator)
+
+
+@sbitk.simulator(
+    "runner_some_shapes_rows",
+    parameters={"a": sbitk.BoxUniform(-1.0, 1.0)},
+    outputs={"y": (2,)},
+    vectorized=False,
+    register=False,
+)
+def some_shapes_rows(theta, generator):
+    """One row at a time: three values instead of two for a < -0.8."""
+    width = 3 if float(theta[0]) < -0.8 else 2
+    return theta.repeat(width) + torch.randn(width, generator=generator)
+
+
+@pytest.mark.parametrize(
+    ("sim", "bad", "found", "expected"),
+    [
+        (some_shapes, lambda a: a > 0.8, "(0, 2)", "(1, 2)"),
+        (some_shapes_rows, lambda a: a < -0.8, "(3,)", "(2,)"),
+    ],
+)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_wrong_shape_for_some_theta_marks_those_rows_and_keeps_the_rest(
+    tmp_path, sim, bad, found, expected, workers
+):
+    path = tmp_path / "shapes.zarr"
+    with pytest.warns(SimulationFailureWarning) as record:
+        bank = simulate(sim, 600, seed=5, workers=workers, batch_size=100, bank=path)
+    assert bank.complete and len(bank) == 600  # every batch kept
+    a = bank.theta[:, 0]
+    wrong = bad(a)
+    assert 0 < int(wrong.sum()) < 100
+    assert torch.equal(bank.status == STATUS_SHAPE, wrong)
+    assert torch.equal(bank.valid, ~wrong) and torch.isnan(bank.x[wrong]).all()
+    # The other rows of the failing batches keep the values of their own θ.
+    resid = bank.x[~wrong] - a[~wrong, None]
+    assert torch.isfinite(resid).all() and 0.8 < float(resid.std()) < 1.2
+    errors = bank.errors()
+    assert sorted(errors) == torch.nonzero(wrong).flatten().tolist()
+    message = f"returned shape {found}, expected {expected}"
+    assert all(sim.name in m and message in m for m in errors.values()), errors
+    report = bank.failures()
+    assert report.counts["shape"] == int(wrong.sum()) and bank.attrs["failure_counts"]["shape"]
+    assert "shape" in str(record[0].message) and message in str(record[0].message)
+    # A rerun finds nothing left to do instead of failing the same way, and appending works.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = simulate(sim, 600, seed=5, workers=workers, bank=path, progress=False)
+    _same(bank, again)
+    with pytest.warns(SimulationFailureWarning):
+        more = simulate(sim, 200, seed=5, workers=workers, bank=path, append=True)
+    assert len(more) == 800 and torch.equal(more.status == STATUS_SHAPE, bad(more.theta[:, 0]))
+
+
+def test_wrong_shape_for_every_row_names_the_theta_and_keeps_earlier_batches(tmp_path):
+    path = tmp_path / "late.zarr"
+
+    @sbitk.simulator(
+        "runner_late_wrong", parameters={"a": sbitk.BoxUniform(0.0, 1.0)}, outputs={"y": ()},
+        register=False,
+    )  # fmt: skip
+    def late_wrong(theta, generator):
+        return theta if len(theta) == 100 else theta.repeat(1, 2)  # right for full batches
+
+    with pytest.raises(SimulatorError, match=r"returned shape \(50, 2\), expected \(50, 1\)") as e:
+        simulate(late_wrong, 250, workers=1, batch_size=100, bank=path, progress=False)
+    assert "every row of a batch of 50" in str(e.value) and "θ = [" in str(e.value)
+    assert len(Bank.open(path)) == 200  # the batches before it are kept
 
 
 def test_simulate_by_registered_name():
@@ -222,7 +310,7 @@ def test_in_memory_bank_has_the_metadata_of_the_simulator():
     assert bank.output_names == ["x[0]", "x[1]", "x[2]"]
     assert bank.prior == gauss.prior
     assert bank.attrs["sbitk_version"] == sbitk.__version__
-    assert bank.attrs["failure_counts"] == {"exception": 0, "nan": 0, "inf": 0}
+    assert bank.attrs["failure_counts"] == {"exception": 0, "nan": 0, "inf": 0, "shape": 0}
     assert "runner_gauss" in bank.summary() and "failures: none" in bank.summary()
     assert np.isfinite(bank.x.numpy()).all()
 
