@@ -43,7 +43,6 @@ Usage (pyabc is in the ``abc-compare`` extra)::
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import math
 import os
@@ -57,7 +56,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import numpy as np
 import torch
-from _protocol import publish
+from _protocol import append_row, publish, read_rows
 from threadpoolctl import threadpool_limits
 
 import sbitk
@@ -208,11 +207,7 @@ def one_row(method: str, budget: int, k: int, args) -> dict:
 
 
 def done_rows(path: Path) -> dict[tuple, dict]:
-    if not path.is_file():
-        return {}
-    with open(path) as fh:
-        rows = list(csv.DictReader(fh))
-    return {(r["method"], int(r["budget"]), int(r["observation"])): r for r in rows}
+    return {(r["method"], int(r["budget"]), int(r["observation"])): r for r in read_rows(path)}
 
 
 def table(rows: list[dict], methods: list[str], budgets: list[int]) -> str:
@@ -274,12 +269,7 @@ def main() -> None:
                         continue
                     row = one_row(method, budget, k, args)
                     done[(method, budget, k)] = row
-                    new = not path.is_file()
-                    with open(path, "a", newline="") as fh:
-                        writer = csv.DictWriter(fh, FIELDS)
-                        if new:
-                            writer.writeheader()
-                        writer.writerow(row)
+                    append_row(path, FIELDS, row)
                     print(f"{budget:>7,} obs {k:>2} {method:<15} C2ST {row['c2st']:.3f}  "
                           f"{row['time_s']:7.2f} s  {row['simulations']:>7,} sims  "
                           f"{row['populations']} pops  eps {row['tolerance']:.3f}",

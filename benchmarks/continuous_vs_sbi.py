@@ -27,7 +27,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import time
 import warnings
@@ -36,7 +35,7 @@ from pathlib import Path
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch
-from _protocol import bank, publish, sbi_prior
+from _protocol import append_row, bank, publish, read_rows, sbi_prior
 from threadpoolctl import threadpool_limits
 
 import sbitk
@@ -118,13 +117,9 @@ def one_run(task: str, library: str, method: str, observations: list[int], args)
 
 
 def done_rows(path: Path, budget: int, max_epochs: int) -> dict[tuple, dict]:
-    if not path.is_file():
-        return {}
-    with open(path) as fh:
-        rows = list(csv.DictReader(fh))
     return {
         (r["task"], r["library"], r["method"]): r
-        for r in rows
+        for r in read_rows(path)
         if int(r["budget"]) == budget and int(r["max_epochs"]) == max_epochs
     }
 
@@ -228,12 +223,7 @@ def main() -> None:
                     obs = observations if library == "sbitk" else sbi_observations
                     row = one_run(task, library, method, obs, args)
                     done[(task, library, method)] = row
-                    new = not path.is_file()
-                    with open(path, "a", newline="") as fh:
-                        writer = csv.DictWriter(fh, FIELDS)
-                        if new:
-                            writer.writeheader()
-                        writer.writerow(row)
+                    append_row(path, FIELDS, row)
                     print(f"{task} {library} {method}: C2ST {row['c2st']:.3f}, train "
                           f"{row['train_s']:.1f} s, sample {row['sample_s']:.1f} s",
                           flush=True)  # fmt: skip

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from model_fitting import train
+from model_fitting import conditional_data, conditional_mixture, train
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
 from sbitk.errors import SbitkError
@@ -26,28 +26,6 @@ def mixture_3d() -> MixtureSameFamily:
         Categorical(logits=torch.tensor([0.0, -0.5, 0.3])),
         MultivariateNormal(loc, scale_tril=tril),
     )
-
-
-def conditional_mixture(c: torch.Tensor) -> MixtureSameFamily:
-    """A 2-D mixture of two correlated Gaussians whose weights and means move with c (N, 1)."""
-    c = c[:, 0]
-    w = torch.sigmoid(2 * c)
-    loc = torch.stack(
-        [torch.stack([c, 1 + 0.5 * c], -1), torch.stack([-c, -torch.ones_like(c)], -1)], -2
-    )
-    tril = torch.tensor([[[0.5, 0.0], [0.3, 0.4]], [[0.3, 0.0], [-0.2, 0.6]]]).expand(
-        c.shape[0], 2, 2, 2
-    )
-    return MixtureSameFamily(
-        Categorical(probs=torch.stack([w, 1 - w], -1)), MultivariateNormal(loc, scale_tril=tril)
-    )
-
-
-def conditional_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    c = torch.rand(n, 1, generator=g) * 4 - 2
-    torch.manual_seed(seed)
-    return conditional_mixture(c).sample(), c
 
 
 @pytest.fixture(scope="module")

@@ -5,44 +5,18 @@ import math
 
 import pytest
 import torch
-from model_fitting import train
+from model_fitting import conditional_data, conditional_mixture, train
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
 from sbitk.errors import SbitkError
 from sbitk.models.mixture import MixtureDensityNetwork, sample_component
 
 
-def true_mixture(c: torch.Tensor) -> MixtureSameFamily:
-    """A 2-D mixture of two correlated Gaussians whose weights and means move with c (N, 1)."""
-    c = c[:, 0]
-    w = torch.sigmoid(2 * c)
-    loc = torch.stack(
-        [
-            torch.stack([c, 1 + 0.5 * c], -1),
-            torch.stack([-c, -torch.ones_like(c)], -1),
-        ],
-        -2,
-    )
-    tril = torch.tensor(
-        [[[0.5, 0.0], [0.3, 0.4]], [[0.3, 0.0], [-0.2, 0.6]]], dtype=c.dtype
-    ).expand(c.shape[0], 2, 2, 2)
-    return MixtureSameFamily(
-        Categorical(probs=torch.stack([w, 1 - w], -1)), MultivariateNormal(loc, scale_tril=tril)
-    )
-
-
-def data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    c = torch.rand(n, 1, generator=g) * 4 - 2
-    torch.manual_seed(seed)
-    return true_mixture(c).sample(), c
-
-
 @pytest.fixture(scope="module")
 def fitted():
     """An MDN trained briefly on the known mixture: components no longer at their start."""
     torch.manual_seed(0)
-    a, c = data(2_000, seed=0)
+    a, c = conditional_data(2_000, seed=0)
     model = MixtureDensityNetwork(2, 1, components=4, hidden_features=(32, 32))
     return train(model, a, c, steps=200, seed=0)
 
@@ -58,7 +32,7 @@ def as_torch_mixture(model, context) -> MixtureSameFamily:
 
 
 def test_log_prob_is_that_of_the_mixture_built_independently(fitted):
-    a, c = data(50, seed=1)
+    a, c = conditional_data(50, seed=1)
     with torch.no_grad():
         ours = fitted(c).log_prob(a)
         theirs = as_torch_mixture(fitted, c).log_prob(a)
@@ -111,13 +85,13 @@ def test_recovers_a_known_conditional_mixture():
     held out, 1,500 steps). Over seeds 0-4 (data and training) the excess was 0.012, 0.012,
     0.009, 0.008 and 0.010 nats (paired standard error 0.002; true NLL about 1.53); one Gaussian
     (K = 1) is 0.47 nats worse."""
-    a, c = data(8_000, seed=0)
+    a, c = conditional_data(8_000, seed=0)
     torch.manual_seed(0)
     model = MixtureDensityNetwork(2, 1, components=4, hidden_features=(32, 32))
     train(model, a[:4_000], c[:4_000], steps=1_500, seed=0)
     with torch.no_grad():
         nll = -model(c[4_000:]).log_prob(a[4_000:]).mean()
-        true_nll = -true_mixture(c[4_000:]).log_prob(a[4_000:]).mean()
+        true_nll = -conditional_mixture(c[4_000:]).log_prob(a[4_000:]).mean()
     assert -0.01 < float(nll - true_nll) < 0.03
 
 
