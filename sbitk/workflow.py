@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -57,6 +58,21 @@ MAX_REFERENCE_SIMULATIONS = 4000
 MANIFEST = "manifest.json"
 #: Fewest MCMC draws per chain in a result file.
 DRAWS_PER_CHAIN = 20
+
+
+def _torch_threads(step: Callable) -> Callable:
+    """Run ``step`` on the CPU threads of the library's one rule, as training does
+    (:func:`~sbitk.inference.training.thread_limit`: ``SBITK_THREADS``, else 1; torch's setting
+    is restored afterwards), so that the Python API samples and diagnoses as fast as the CLI."""
+
+    @functools.wraps(step)
+    def limited(*args, **kwargs):
+        from sbitk.inference.training import thread_limit
+
+        with thread_limit():
+            return step(*args, **kwargs)
+
+    return limited
 
 
 def options_hash(options: dict) -> str:
@@ -276,6 +292,7 @@ def _simulate_rows(simulator, theta, seed: int):
     return simulator.run_batch(theta, gen).x
 
 
+@_torch_threads
 def sample(
     model: str | os.PathLike,
     observed: str | os.PathLike,
@@ -316,7 +333,12 @@ def sample(
     import torch
 
     from sbitk.diagnostics.misspecification import mmd_test
-    from sbitk.io.arviz import file_sha256, to_inference_data, write_inference_data
+    from sbitk.io.arviz import (
+        Provenance,
+        file_sha256,
+        to_inference_data,
+        write_inference_data,
+    )
     from sbitk.io.atomic import check_not_input, check_output
     from sbitk.io.modelfile import load_model
     from sbitk.io.observed import read_observed_data
@@ -396,11 +418,13 @@ def sample(
         log_prob=draws["log_prob"],
         posterior_predictive=pp,
         misspecification=verdicts,
-        simulator=posterior.simulator_name,
-        seed=seed,
-        model_sha256=model_hash,
-        method=posterior.role,
-        attrs={"model_file": Path(model).name, "observed_file": Path(observed).name},
+        provenance=Provenance(
+            simulator=posterior.simulator_name,
+            seed=seed,
+            model_sha256=model_hash,
+            method=posterior.role,
+            extra={"model_file": Path(model).name, "observed_file": Path(observed).name},
+        ),
     )
     write_inference_data(idata, output, force=force)
     return SampleResult(
@@ -489,6 +513,7 @@ def _batched_log_prob(posterior) -> Callable | None:
     return log_prob
 
 
+@_torch_threads
 def diagnose(
     model: str | os.PathLike | Any,
     bank: str | os.PathLike,
@@ -1232,7 +1257,7 @@ def abc(
     import torch
 
     from sbitk.inference.abc import ABCConfig
-    from sbitk.io.arviz import iid_chains, to_inference_data, write_inference_data
+    from sbitk.io.arviz import Provenance, iid_chains, to_inference_data, write_inference_data
     from sbitk.io.atomic import check_not_input, check_output
     from sbitk.io.observed import read_observed_data
 
@@ -1256,10 +1281,12 @@ def abc(
         observed=obs.x.numpy(),
         output_names=list(obs.output_names),
         prior=sim.prior.sample(MAX_PRIOR_DRAWS, gen).numpy(),
-        simulator=sim.name,
-        seed=config.seed,
-        method=f"abc-{config.method}",
-        attrs=_abc_attrs(config, results, failed, observed),
+        provenance=Provenance(
+            simulator=sim.name,
+            seed=config.seed,
+            method=f"abc-{config.method}",
+            extra=_abc_attrs(config, results, failed, observed),
+        ),
     )
     write_inference_data(idata, output, force=force)
     return ABCRunResult(

@@ -73,3 +73,38 @@ def test_run_reuses_what_matches_and_recomputes_what_changed(tmp_path):
         **options.__dict__, "num_simulations": 300}))  # fmt: skip
     assert changed.reused == {"bank": False, "model": False}
     assert len(workflow._open_bank(out / "bank.zarr")) == 300
+
+
+class _Stop(Exception):
+    """Ends a workflow call at its first step, once the thread count has been read."""
+
+
+@pytest.mark.parametrize("step", ["sample", "diagnose"])
+def test_sample_and_diagnose_follow_the_thread_rule_and_restore_torch(monkeypatch, step):
+    """The Python API samples and diagnoses on SBITK_THREADS threads, else 1, as training and
+    the CLI do (torch's default of one per core is several times slower on busy cores)."""
+    from sbitk.inference.training import THREADS_ENV
+    from sbitk.io import atomic
+
+    seen = []
+
+    def first_step(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        raise _Stop
+
+    monkeypatch.setattr(atomic, "check_not_input", first_step)
+    call = getattr(workflow, step)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.delenv(THREADS_ENV, raising=False)
+        with pytest.raises(_Stop):
+            call("model.safetensors", "observed.csv", "out")
+        assert torch.get_num_threads() == 2  # restored, also when the call raises
+        monkeypatch.setenv(THREADS_ENV, "3")
+        with pytest.raises(_Stop):
+            call("model.safetensors", "observed.csv", "out")
+        assert seen == [1, 3]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -6,12 +6,14 @@ import math
 import os
 import sys
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
-from sbitk.diagnostics._checks import DiagnosticInputError, check_min_count
+from sbitk.diagnostics._checks import DiagnosticInputError
+from sbitk.inference import data
 from sbitk.posteriors.direct import default_chunk_rows
 
 
@@ -25,38 +27,11 @@ class BatchedSampler(Protocol):
     def __call__(self, x: Tensor, n: int) -> Tensor: ...
 
 
-def as_tensor(value: Any, name: str, ndim: int | None = None) -> Tensor:
-    """Convert an array-like to a floating tensor (float32 stays float32) and check its rank."""
-    if not isinstance(value, Tensor):
-        try:
-            value = torch.as_tensor(value)
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise DiagnosticInputError(
-                f"{name} must be a numeric array, found {type(value).__name__}"
-            ) from exc
-    if not value.is_floating_point():
-        value = value.to(torch.get_default_dtype())
-    value = value.detach()
-    if ndim is not None and value.dim() != ndim:
-        raise DiagnosticInputError(
-            f"{name} must have {ndim} dimension(s), found shape {tuple(value.shape)}"
-        )
-    return value
-
-
-def check_pairs(theta: Any, x: Any, what: str, minimum: int = 2) -> tuple[Tensor, Tensor]:
-    """``theta`` (N, D) and ``x`` (N, D_x) as finite tensors with the same N >= ``minimum``."""
-    theta_t = as_tensor(theta, "theta", ndim=2)
-    x_t = as_tensor(x, "x", ndim=2)
-    if theta_t.shape[0] != x_t.shape[0]:
-        raise DiagnosticInputError(
-            f"theta and x must have the same number of rows, found {theta_t.shape[0]} and "
-            f"{x_t.shape[0]}"
-        )
-    check_finite_tensor(theta_t, "theta")
-    check_finite_tensor(x_t, "x")
-    check_min_count(theta_t.shape[0], minimum, what)
-    return theta_t, x_t
+#: An array-like as a floating tensor of a given rank (:func:`sbitk.inference.data.as_tensor`).
+as_tensor = partial(data.as_tensor, error=DiagnosticInputError)
+#: θ (N, D) and x (N, D_x) as finite tensors with the same N >= ``minimum`` (2 unless given):
+#: the one pair check, :func:`sbitk.inference.data.check_pair`.
+check_pairs = partial(data.check_pair, minimum=2, error=DiagnosticInputError)
 
 
 def check_finite_tensor(value: Tensor, name: str) -> None:

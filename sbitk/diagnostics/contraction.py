@@ -140,7 +140,7 @@ def zscore_contraction(
         >>> r.verdict, round(r.parameters[0].mean_contraction, 2)
         ('calibrated', 0.99)
     """
-    theta_t, x_t = check_pairs(theta, x, "zscore_contraction", minimum=3)
+    theta_t, x_t = check_pairs(theta, x, what="zscore_contraction", minimum=3)
     theta_t = theta_t.to("cpu", torch.float64)
     check_level(alpha)
     n, dim = theta_t.shape

@@ -230,7 +230,7 @@ def expected_coverage(
         >>> expected_coverage(theta, x, narrow, log_q, n_posterior_samples=100).verdict
         'overconfident'
     """
-    theta_t, x_t = check_pairs(theta, x, "coverage")
+    theta_t, x_t = check_pairs(theta, x, what="coverage")
     if not callable(log_prob):
         raise DiagnosticInputError(f"log_prob must be callable, found {type(log_prob).__name__}")
     n, dim = theta_t.shape
@@ -319,7 +319,7 @@ def tarp(
         >>> tarp(theta, x, exact, n_posterior_samples=100).verdict
         'calibrated'
     """
-    theta_t, x_t = check_pairs(theta, x, "coverage")
+    theta_t, x_t = check_pairs(theta, x, what="coverage")
     check_level(alpha)
     if int(n_grid) < 2:
         raise DiagnosticInputError(f"n_grid must be at least 2, found {n_grid}")

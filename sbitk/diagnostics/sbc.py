@@ -294,7 +294,7 @@ def sbc(
         >>> sbc(theta, x, exact, n_posterior_samples=99).verdict
         'calibrated'
     """
-    theta_t, x_t = check_pairs(theta, x, "sbc")
+    theta_t, x_t = check_pairs(theta, x, what="sbc")
     check_level(alpha)
     n, dim = theta_t.shape
     names = list(parameter_names) if parameter_names is not None else None

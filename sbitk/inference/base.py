@@ -126,7 +126,9 @@ class Estimation:
         source, theta, x, valid = prepare_fit(self, theta, x, stream, self._pair)
         self._resolve()
         if source is None:
-            theta, x = check_pair(theta, x, self.prior.dim)
+            theta, x = check_pair(theta, x, dim=self.prior.dim, finite=False)
+            dtype = torch.get_default_dtype()
+            theta, x = theta.to(dtype), x.to(dtype)
             theta, x, self.report = clean_rows(theta, x, valid, self.prior)
             self._handle(self.report)
             if self.report.n_used < 2:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -51,19 +52,86 @@ class RowReport:
         )
 
 
-def check_pair(theta: Tensor, x: Tensor, theta_dim: int) -> tuple[Tensor, Tensor]:
-    """Check θ (N, D_θ) and x (N, D_x) tensors and return them as floats."""
-    theta, x = torch.as_tensor(theta), torch.as_tensor(x)
-    if theta.dim() != 2 or theta.shape[1] != theta_dim:
-        raise SbitkError(f"theta must have shape (N, {theta_dim}), got {tuple(theta.shape)}")
-    if x.dim() != 2:
-        raise SbitkError(f"x must have shape (N, D_x), got {tuple(x.shape)}")
-    if theta.shape[0] != x.shape[0]:
-        raise SbitkError(
-            f"theta and x must have as many rows, got {theta.shape[0]} and {x.shape[0]}"
+def as_tensor(
+    value: Any, name: str, ndim: int | None = None, *, error: type[SbitkError] = SbitkError
+) -> Tensor:
+    """An array-like as a detached floating tensor (float32 stays float32) of rank ``ndim``.
+
+    Args:
+        value: A tensor, numpy array or nested sequence.
+        name: What it is, for the error message.
+        ndim: The rank it must have (``None``: any).
+        error: The :class:`~sbitk.errors.SbitkError` subclass to raise.
+    """
+    if not isinstance(value, Tensor):
+        try:
+            value = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise error(f"{name} must be a numeric array, found {type(value).__name__}") from exc
+    if not value.is_floating_point():
+        value = value.to(torch.get_default_dtype())
+    value = value.detach()
+    if ndim is not None and value.dim() != ndim:
+        raise error(f"{name} must have {ndim} dimension(s), found shape {tuple(value.shape)}")
+    return value
+
+
+def non_finite_rows(rows: Tensor) -> int:
+    """How many rows of ``rows`` (N, D) hold NaN or Inf."""
+    # Fast path: NaN and ±inf propagate into the sum; only a non-finite sum needs the count.
+    if rows.numel() == 0 or bool(torch.isfinite(rows.sum())):
+        return 0
+    return int((~torch.isfinite(rows)).any(-1).sum())
+
+
+def check_pair(
+    theta: Any,
+    x: Any | None,
+    *,
+    names: tuple[str, str] = ("theta", "x"),
+    dim: int | None = None,
+    finite: bool = True,
+    minimum: int = 0,
+    what: str = "this",
+    error: type[SbitkError] = SbitkError,
+) -> tuple[Tensor, Tensor | None]:
+    """The one check of paired rows: θ (N, D_θ) and x (N, D_x), as training and the
+    diagnostics take them (training names them ``inputs`` and ``context``).
+
+    Args:
+        theta, x: The rows; ``x`` may be ``None`` (an unconditional model's context).
+        names: What to call them in messages.
+        dim: The number of columns ``theta`` must have (``None``: any).
+        finite: Refuse rows with NaN or Inf (NPE and NLE drop them instead, and say so).
+        minimum: The fewest rows ``what`` needs.
+        what: Who needs them, for the message about too few rows.
+        error: The :class:`~sbitk.errors.SbitkError` subclass to raise.
+
+    Returns:
+        Both as detached floating tensors (integers become the default dtype).
+
+    Example:
+        >>> check_pair(torch.zeros(3, 2), torch.zeros(2, 1))
+        Traceback (most recent call last):
+        ...
+        sbitk.errors.SbitkError: theta and x must have the same number of rows, found 3 and 2
+    """
+    theta = as_tensor(theta, names[0], ndim=2, error=error)
+    x = None if x is None else as_tensor(x, names[1], ndim=2, error=error)
+    n = theta.shape[0]
+    if dim is not None and theta.shape[1] != dim:
+        raise error(f"{names[0]} must have {dim} columns, found shape {tuple(theta.shape)}")
+    if x is not None and x.shape[0] != n:
+        raise error(
+            f"{names[0]} and {names[1]} must have the same number of rows, found {n} and "
+            f"{x.shape[0]}"
         )
-    dtype = torch.get_default_dtype()
-    return theta.to(dtype), x.to(dtype)
+    for rows, name in ((theta, names[0]), (x, names[1])) if finite else ():
+        if rows is not None and (bad := non_finite_rows(rows)):
+            raise error(f"{name} must be finite, found {bad} row(s) with NaN or Inf; drop them")
+    if n < minimum:
+        raise error(f"{what} needs at least {minimum} samples, found {n}")
+    return theta, x
 
 
 def clean_rows(
@@ -181,13 +249,15 @@ def memory_limit_bytes() -> int:
 __all__ = [
     "BankChunks",
     "RowReport",
+    "as_tensor",
     "bank_arrays",
     "bank_info",
     "bank_nbytes",
-    "is_bank",
     "check_pair",
     "clean_rows",
+    "is_bank",
     "memory_limit_bytes",
+    "non_finite_rows",
     "warn_excluded",
 ]
 

@@ -37,12 +37,14 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
 from sbitk.errors import SbitkError, TrainingError
+from sbitk.inference.data import check_pair
 
 #: Above this many training rows the default batch doubles (see :meth:`TrainConfig.resolved`).
 LARGE_BANK_ROWS = 50_000
@@ -297,27 +299,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def _check_pair(inputs: Tensor, context: Tensor | None) -> None:
-    if not isinstance(inputs, Tensor) or inputs.dim() != 2:
-        shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
-        raise SbitkError(f"inputs must be a tensor of shape (N, D), got {shape}")
-    if context is not None:
-        if not isinstance(context, Tensor) or context.dim() != 2:
-            raise SbitkError(f"context must be a tensor of shape (N, C), got {context!r:.60}")
-        if context.shape[0] != inputs.shape[0]:
-            raise SbitkError(
-                f"inputs and context must have as many rows, got {inputs.shape[0]} and "
-                f"{context.shape[0]}"
-            )
-    n_bad = int((~torch.isfinite(inputs)).any(-1).sum())
-    if context is not None:
-        n_bad += int((~torch.isfinite(context)).any(-1).sum())
-    if n_bad:
-        raise SbitkError(
-            f"training data must be finite, found {n_bad} rows with NaN or Inf (exclude them)"
-        )
-
-
 class _Batches:
     """Yields training batches on the device for one epoch, in memory or streamed."""
 
@@ -446,6 +427,7 @@ def train(
 def _train(
     model: nn.Module, inputs: Tensor | ChunkSource, context: Tensor | None, config: TrainConfig
 ) -> History:
+    """The engine: seeded, it splits the data, settles the settings and optimises."""
     device = resolve_device(config.device)
     start_time = time.perf_counter()
     history = History(device=str(device))
@@ -454,185 +436,268 @@ def _train(
         generator = torch.Generator().manual_seed(config.seed)
         model.to(device)
         batches = _Batches(config, device, generator)
-        dtype = torch.get_default_dtype()
-
         if isinstance(inputs, ChunkSource):
-            if context is not None:
-                raise SbitkError("with a chunk source, context comes from the chunks: pass None")
-            source = inputs
-            if source.n_chunks < 2:
-                raise SbitkError(
-                    f"streaming needs at least 2 chunks (one for validation), got "
-                    f"{source.n_chunks}"
-                )
-            order = torch.randperm(source.n_chunks, generator=generator).tolist()
-            n_val_chunks = max(1, round(config.validation_fraction * source.n_chunks))
-            val_parts = [source.load(i) for i in order[:n_val_chunks]]
-            train_chunks = order[n_val_chunks:]
-            val_a = torch.cat([p[0] for p in val_parts])[: config.max_validation]
-            val_c = (
-                None
-                if val_parts[0][1] is None
-                else torch.cat([p[1] for p in val_parts])[: config.max_validation]
-            )
-            for a, c in val_parts:
-                _check_pair(a, c)
-            if isinstance(model, Standardizable):
-                # Statistics from a few training chunks: enough rows for stable moments.
-                look = [source.load(i) for i in train_chunks[:4]]
-                fit_a = torch.cat([p[0] for p in look])
-                fit_c = None if look[0][1] is None else torch.cat([p[1] for p in look])
-                model.fit_standardization(fit_a.to(device, dtype), _to(fit_c, device, dtype))
-            history.n_train = -1  # unknown until the first epoch has passed
-            per_chunk = sum(p[0].shape[0] for p in val_parts) / len(val_parts)
-            n_expected = round(per_chunk * len(train_chunks))
-
-            def epoch_batches():
-                return batches.streamed(source, train_chunks)
+            data = _streamed_data(model, inputs, context, config, batches, history)
         else:
-            _check_pair(inputs, context)
-            n = inputs.shape[0]
-            n_val = config.n_validation(n)
-            if n - n_val < 1:
-                raise SbitkError(f"need at least 2 training rows, got {n}")
-            perm = torch.randperm(n, generator=generator)
-            val_idx, train_idx = perm[:n_val], perm[n_val:]
-            train_a = inputs[train_idx].to(device, dtype)
-            train_c = None if context is None else context[train_idx].to(device, dtype)
-            val_a = inputs[val_idx]
-            val_c = None if context is None else context[val_idx]
-            history.n_train = n_expected = train_a.shape[0]
-            if isinstance(model, Standardizable):
-                model.fit_standardization(train_a, train_c)
-
-            def epoch_batches():
-                return batches.in_memory(train_a, train_c)
-
-        batch_size, learning_rate = config.resolved(n_expected)
-        config = replace(
-            config,
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-            patience=PATIENCE if config.patience is None else config.patience,
-            schedule=config.schedule or "plateau",
-            lr_patience=LR_PATIENCE if config.lr_patience is None else config.lr_patience,
-        )
+            data = _in_memory_data(model, inputs, context, config, batches, history)
+        config = _settled(config, data.n_train)
         batches.config = config
-        history.batch_size = batch_size
-        feed = _Rounds(epoch_batches, config.epoch_rows)
-        val_a = val_a.to(device, dtype)
-        val_c = _to(val_c, device, dtype)
-        history.n_val = val_a.shape[0]
-        val_size = max(config.batch_size, 4096)
+        history.batch_size, history.n_val = config.batch_size, data.val_inputs.shape[0]
+        run = _Run(model, config, device, history, start_time)
+        run.loop(_Rounds(data.epoch_batches, config.epoch_rows), data)
+        model.load_state_dict(run.best_state)
+        model.eval()
+    history.best_val_loss = run.best_val
+    history.time_s = time.perf_counter() - start_time
+    return history
 
-        optimizer = _adamw(model, config.learning_rate, config.weight_decay, device)
-        lr = config.learning_rate
-        params = [p for p in model.parameters() if p.requires_grad]
-        ema = _EMA(params, config.ema_decay) if config.ema_decay else None
-        best_state = copy.deepcopy(model.state_dict())
-        best_val = math.inf
-        stalled = stalled_lr = 0
-        step = 0
+
+@dataclass
+class _Data:
+    """The batches of one epoch (a callable) and the held-out rows, on the training device."""
+
+    epoch_batches: Callable[[], Iterator]
+    val_inputs: Tensor
+    val_context: Tensor | None
+    #: Training rows (an estimate from the validation chunks when streaming).
+    n_train: int
+
+
+def _in_memory_data(
+    model: nn.Module,
+    inputs: Tensor,
+    context: Tensor | None,
+    config: TrainConfig,
+    batches: _Batches,
+    history: History,
+) -> _Data:
+    """Split rows at random into training and validation; standardise on the training rows."""
+    inputs, context = check_pair(inputs, context, names=("inputs", "context"))
+    n = inputs.shape[0]
+    n_val = config.n_validation(n)
+    if n - n_val < 1:
+        raise SbitkError(f"need at least 2 training rows, got {n}")
+    perm = torch.randperm(n, generator=batches.generator)
+    val_idx, train_idx = perm[:n_val], perm[n_val:]
+    device, dtype = batches.device, torch.get_default_dtype()
+    train_a = inputs[train_idx].to(device, dtype)
+    train_c = None if context is None else context[train_idx].to(device, dtype)
+    history.n_train = train_a.shape[0]
+    if isinstance(model, Standardizable):
+        model.fit_standardization(train_a, train_c)
+    val_c = None if context is None else context[val_idx]
+    return _Data(
+        partial(batches.in_memory, train_a, train_c),
+        inputs[val_idx].to(device, dtype),
+        _to(val_c, device, dtype),
+        history.n_train,
+    )
+
+
+def _streamed_data(
+    model: nn.Module,
+    source: ChunkSource,
+    context: Tensor | None,
+    config: TrainConfig,
+    batches: _Batches,
+    history: History,
+) -> _Data:
+    """Hold out whole chunks for validation; standardise on a few training chunks."""
+    if context is not None:
+        raise SbitkError("with a chunk source, context comes from the chunks: pass None")
+    if source.n_chunks < 2:
+        raise SbitkError(
+            f"streaming needs at least 2 chunks (one for validation), got {source.n_chunks}"
+        )
+    order = torch.randperm(source.n_chunks, generator=batches.generator).tolist()
+    n_val_chunks = max(1, round(config.validation_fraction * source.n_chunks))
+    val_parts = [source.load(i) for i in order[:n_val_chunks]]
+    train_chunks = order[n_val_chunks:]
+    for a, c in val_parts:
+        check_pair(a, c, names=("inputs", "context"))
+    val_a, val_c = _cat(val_parts, config.max_validation)
+    device, dtype = batches.device, torch.get_default_dtype()
+    if isinstance(model, Standardizable):
+        # Statistics from a few training chunks: enough rows for stable moments.
+        fit_a, fit_c = _cat([source.load(i) for i in train_chunks[:4]])
+        model.fit_standardization(fit_a.to(device, dtype), _to(fit_c, device, dtype))
+    history.n_train = -1  # unknown until the first epoch has passed
+    per_chunk = sum(p[0].shape[0] for p in val_parts) / len(val_parts)
+    return _Data(
+        partial(batches.streamed, source, train_chunks),
+        val_a.to(device, dtype),
+        _to(val_c, device, dtype),
+        round(per_chunk * len(train_chunks)),
+    )
+
+
+def _cat(
+    parts: list[tuple[Tensor, Tensor | None]], limit: int | None = None
+) -> tuple[Tensor, Tensor | None]:
+    """The ``(inputs, context)`` rows of several chunks as one pair, cut to ``limit`` rows."""
+    inputs = torch.cat([p[0] for p in parts])[:limit]
+    context = None if parts[0][1] is None else torch.cat([p[1] for p in parts])[:limit]
+    return inputs, context
+
+
+def _settled(config: TrainConfig, n_train: int) -> TrainConfig:
+    """``config`` with every setting left to the engine (``None``) fixed for ``n_train`` rows."""
+    batch_size, learning_rate = config.resolved(n_train)
+    return replace(
+        config,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        patience=PATIENCE if config.patience is None else config.patience,
+        schedule=config.schedule or "plateau",
+        lr_patience=LR_PATIENCE if config.lr_patience is None else config.lr_patience,
+    )
+
+
+class _Run:
+    """One optimisation: the optimiser and its rate, the averaged weights, the best weights so
+    far and the epochs since the validation loss last improved."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TrainConfig,
+        device: torch.device,
+        history: History,
+        start_time: float,
+    ):
+        self.model, self.config, self.device, self.history = model, config, device, history
+        self.start_time = start_time
+        self.optimizer = _adamw(model, config.learning_rate, config.weight_decay, device)
+        self.lr = config.learning_rate
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.ema = _EMA(self.params, config.ema_decay) if config.ema_decay else None
+        self.best_state = copy.deepcopy(model.state_dict())
+        self.best_val = math.inf
+        self.stalled = self.stalled_lr = self.step = 0
+
+    def loop(self, feed: _Rounds, data: _Data) -> None:
+        """Train epoch by epoch until a stopping rule fires, redoing non-finite epochs."""
+        config, history = self.config, self.history
         progress = _progress(config)
         epoch = 0
         while epoch < config.max_epochs:
             if config.schedule == "cosine":
-                lr = config.min_lr + 0.5 * (config.learning_rate - config.min_lr) * (
+                self.lr = config.min_lr + 0.5 * (config.learning_rate - config.min_lr) * (
                     1 + math.cos(math.pi * epoch / config.max_epochs)
                 )
-            model.train()
-            total = torch.zeros((), device=device)
-            count = 0
-            finite = torch.ones((), dtype=torch.bool, device=device)
-            try:
-                for a, c in feed.round():
-                    scale = (
-                        min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1
-                    )
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr * scale * group["lr_scale"]
-                    loss = model.loss(a, c).mean()
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if config.clip_grad_norm is not None:
-                        nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
-                    optimizer.step()
-                    if ema is not None:
-                        ema.update(params)
-                    finite = finite & torch.isfinite(loss.detach())
-                    total = total + loss.detach() * a.shape[0]
-                    count += a.shape[0]
-                    step += 1
-                model.eval()
-                if ema is not None:
-                    ema.swap(params)  # validate (and keep) the averaged weights
-                with torch.no_grad():
-                    val = _mean_loss(model, val_a, val_c, val_size)
-                # One synchronisation per epoch: the flag and the validation loss.
-                ok = bool(finite & torch.isfinite(val))
-            except (ValueError, RuntimeError):
-                # Weights turned NaN by an earlier step make some models raise (argument
-                # validation of torch distributions, say): that is the same event.
-                if all(bool(torch.isfinite(p).all()) for p in params):
-                    raise
-                ok = False
+            losses = self._epoch(feed, data)
             if history.n_train < 0 and feed.pass_rows is not None:
                 history.n_train = feed.pass_rows
-            if not ok:
-                history.nan_recoveries += 1
-                if history.nan_recoveries > config.max_nan_recoveries:
-                    model.load_state_dict(best_state)
-                    history.stop_reason = "non-finite loss"
-                    history.time_s = time.perf_counter() - start_time
-                    raise TrainingError(
-                        f"training loss became NaN or Inf in epoch {epoch} and stayed so after "
-                        f"{config.max_nan_recoveries} recoveries (restoring the best weights and "
-                        f"lowering the learning rate to {lr:.3g}); check the data scale, lower "
-                        "learning_rate or clip_grad_norm"
-                    )
-                model.load_state_dict(best_state)
-                if ema is not None:
-                    ema = _EMA(params, config.ema_decay)
-                lr *= config.nan_lr_factor
-                optimizer = _adamw(model, lr, config.weight_decay, device)
+            if losses is None:
+                self._recover(epoch)
                 continue  # the epoch is redone from the restored weights
-            train_mean, val_mean = float(total) / max(count, 1), float(val)
-            history.train_loss.append(train_mean)
-            history.val_loss.append(val_mean)
-            history.learning_rate.append(lr)
-            threshold = best_val - config.min_improvement * abs(best_val)
-            if val_mean < threshold or not math.isfinite(best_val):
-                best_val, history.best_epoch = val_mean, epoch
-                best_state = copy.deepcopy(model.state_dict())
-                stalled = stalled_lr = 0
-            else:
-                stalled += 1
-                stalled_lr += 1
-            if ema is not None:
-                ema.swap(params)
+            self._record(epoch, *losses)
             progress.update(1)
-            progress.set_postfix(train=f"{train_mean:.4g}", val=f"{val_mean:.4g}", lr=f"{lr:.2g}")
+            progress.set_postfix(
+                train=f"{losses[0]:.4g}", val=f"{losses[1]:.4g}", lr=f"{self.lr:.2g}"
+            )
             epoch += 1
-            if stalled >= config.patience:
-                history.stop_reason = f"no validation improvement in {config.patience} epochs"
-                break
-            if config.schedule == "plateau" and stalled_lr >= config.lr_patience:
-                if lr * config.lr_decay < config.min_lr:
-                    history.stop_reason = "learning rate reached min_lr"
-                    break
-                lr *= config.lr_decay
-                stalled_lr = 0
-            if config.max_time is not None and time.perf_counter() - start_time > config.max_time:
-                history.stop_reason = f"max_time of {config.max_time} s reached"
+            if reason := self._stop_reason():
+                history.stop_reason = reason
                 break
         else:
             history.stop_reason = f"max_epochs={config.max_epochs} reached"
         progress.close()
-        model.load_state_dict(best_state)
-        model.eval()
-    history.best_val_loss = best_val
-    history.time_s = time.perf_counter() - start_time
-    return history
+
+    def _epoch(self, feed: _Rounds, data: _Data) -> tuple[float, float] | None:
+        """One epoch's mean training and validation losses; ``None`` if one was not finite."""
+        self.model.train()
+        total = torch.zeros((), device=self.device)
+        count = 0
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
+        try:
+            for a, c in feed.round():
+                loss = self._step(a, c)
+                finite = finite & torch.isfinite(loss)
+                total = total + loss * a.shape[0]
+                count += a.shape[0]
+            self.model.eval()
+            if self.ema is not None:
+                self.ema.swap(self.params)  # validate (and keep) the averaged weights
+            with torch.no_grad():
+                size = max(self.config.batch_size, 4096)
+                val = _mean_loss(self.model, data.val_inputs, data.val_context, size)
+            # One synchronisation per epoch: the flag and the validation loss.
+            ok = bool(finite & torch.isfinite(val))
+        except (ValueError, RuntimeError):
+            # Weights turned NaN by an earlier step make some models raise (argument
+            # validation of torch distributions, say): that is the same event.
+            if all(bool(torch.isfinite(p).all()) for p in self.params):
+                raise
+            ok = False
+        return (float(total) / max(count, 1), float(val)) if ok else None
+
+    def _step(self, inputs: Tensor, context: Tensor | None) -> Tensor:
+        """One gradient step on a batch (warm-up, clipping, averaging); its mean loss."""
+        config = self.config
+        scale = min(1.0, (self.step + 1) / config.warmup_steps) if config.warmup_steps else 1
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr * scale * group["lr_scale"]
+        loss = self.model.loss(inputs, context).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.clip_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), config.clip_grad_norm)
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.params)
+        self.step += 1
+        return loss.detach()
+
+    def _recover(self, epoch: int) -> None:
+        """After a non-finite epoch: restore the best weights and lower the rate, or give up."""
+        config, history = self.config, self.history
+        history.nan_recoveries += 1
+        self.model.load_state_dict(self.best_state)
+        if history.nan_recoveries > config.max_nan_recoveries:
+            history.stop_reason = "non-finite loss"
+            history.time_s = time.perf_counter() - self.start_time
+            raise TrainingError(
+                f"training loss became NaN or Inf in epoch {epoch} and stayed so after "
+                f"{config.max_nan_recoveries} recoveries (restoring the best weights and "
+                f"lowering the learning rate to {self.lr:.3g}); check the data scale, lower "
+                "learning_rate or clip_grad_norm"
+            )
+        if self.ema is not None:
+            self.ema = _EMA(self.params, config.ema_decay)
+        self.lr *= config.nan_lr_factor
+        self.optimizer = _adamw(self.model, self.lr, config.weight_decay, self.device)
+
+    def _record(self, epoch: int, train_loss: float, val_loss: float) -> None:
+        """Log the epoch; keep its weights if validation improved, else count a stall."""
+        history = self.history
+        history.train_loss.append(train_loss)
+        history.val_loss.append(val_loss)
+        history.learning_rate.append(self.lr)
+        threshold = self.best_val - self.config.min_improvement * abs(self.best_val)
+        if val_loss < threshold or not math.isfinite(self.best_val):
+            self.best_val, history.best_epoch = val_loss, epoch
+            self.best_state = copy.deepcopy(self.model.state_dict())
+            self.stalled = self.stalled_lr = 0
+        else:
+            self.stalled += 1
+            self.stalled_lr += 1
+        if self.ema is not None:
+            self.ema.swap(self.params)  # train on from the raw weights
+
+    def _stop_reason(self) -> str | None:
+        """Why training stops after this epoch, or ``None``; decays a stalled plateau's rate."""
+        config = self.config
+        if self.stalled >= config.patience:
+            return f"no validation improvement in {config.patience} epochs"
+        if config.schedule == "plateau" and self.stalled_lr >= config.lr_patience:
+            if self.lr * config.lr_decay < config.min_lr:
+                return "learning rate reached min_lr"
+            self.lr *= config.lr_decay
+            self.stalled_lr = 0
+        if config.max_time is not None and time.perf_counter() - self.start_time > config.max_time:
+            return f"max_time of {config.max_time} s reached"
+        return None
 
 
 class _EMA:

@@ -35,16 +35,18 @@ posterior (NPE) the normalised :math:`\\log q(\\theta \\mid x_o)`, for MCMC on a
 the unnormalised :math:`\\log p(\\theta) + \\log q(x_o \\mid \\theta)`.
 
 Attributes (on the file and on every group): ``sbitk_version``, ``inference_library``,
-``created_at``, and when given ``simulator``, ``seed``, ``model_sha256``, ``method``, and the
-misspecification result per observation (``misspecification_test``, ``misspecification_flagged``
-as 0/1 per observation, ``misspecification_p_value``, ``misspecification_alpha``). NetCDF
-reads a one-element array attribute back as a scalar: read them with ``np.atleast_1d``.
+``created_at``; the fields of a :class:`Provenance` when given (``simulator``, ``seed``,
+``model_sha256``, ``method`` and any ``extra`` ones); and the misspecification result per
+observation (``misspecification_test``, ``misspecification_flagged`` as 0/1 per observation,
+``misspecification_p_value``, ``misspecification_alpha``). NetCDF reads a one-element array
+attribute back as a scalar: read them with ``np.atleast_1d``.
 
 Example:
     >>> import numpy as np
     >>> draws = np.random.default_rng(0).normal(size=(2, 50, 2))
     >>> idata = to_inference_data(draws, ["mu", "sigma"], observed=np.array([0.1, 0.2]),
-    ...                           output_names=["m", "s"], simulator="toy", seed=0)
+    ...                           output_names=["m", "s"],
+    ...                           provenance=Provenance(simulator="toy", seed=0))
     >>> idata.posterior.theta.dims
     ('chain', 'draw', 'parameter')
     >>> idata.posterior.parameter.values.tolist()
@@ -57,6 +59,7 @@ import datetime as _dt
 import hashlib
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +74,7 @@ if TYPE_CHECKING:
     import xarray
 
 __all__ = [
+    "Provenance",
     "ResultFileError",
     "file_sha256",
     "iid_chains",
@@ -145,6 +149,41 @@ def _verdicts(
     return verdicts
 
 
+@dataclass(frozen=True)
+class Provenance:
+    """Where a result comes from, recorded as attributes of the file and of every group.
+
+    Args:
+        simulator: The simulator's name.
+        seed: The seed of the run.
+        model_sha256: Hash of the model file (:func:`file_sha256`).
+        method: ``"npe"``, ``"nle"``, ...
+        extra: More attributes (strings, numbers or 1-D numeric arrays).
+    """
+
+    simulator: str | None = None
+    seed: int | None = None
+    model_sha256: str | None = None
+    method: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def attrs(self) -> dict[str, Any]:
+        """sbitk's version and the time, then the named fields that are set (``extra`` is
+        added by :func:`to_inference_data` after the misspecification result)."""
+        import sbitk
+
+        attrs: dict[str, Any] = {
+            "sbitk_version": sbitk.__version__,
+            "inference_library": "sbitk",
+            "inference_library_version": sbitk.__version__,
+            "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        }
+        for key in ("simulator", "seed", "model_sha256", "method"):
+            if getattr(self, key) is not None:
+                attrs[key] = getattr(self, key)
+        return attrs
+
+
 def to_inference_data(
     posterior: Any,
     parameter_names: Sequence[str],
@@ -156,11 +195,7 @@ def to_inference_data(
     log_prob: Any | None = None,
     posterior_predictive: Any | None = None,
     misspecification: MMDResult | TypicalityResult | Sequence[ObservationVerdict] | None = None,
-    simulator: str | None = None,
-    seed: int | None = None,
-    model_sha256: str | None = None,
-    method: str | None = None,
-    attrs: Mapping[str, Any] | None = None,
+    provenance: Provenance | None = None,
 ) -> arviz.InferenceData:
     """Collect posterior draws and everything around them into ArviZ ``InferenceData``.
 
@@ -178,11 +213,7 @@ def to_inference_data(
         log_prob: log density of each draw, ``(chains, draws[, B])``; stored as ``lp``.
         posterior_predictive: simulated data, ``(chains, draws[, B], D_x)``.
         misspecification: the misspecification result; recorded in the attributes.
-        simulator: the simulator's name.
-        seed: the seed of the run.
-        model_sha256: hash of the model file (:func:`file_sha256`).
-        method: ``"npe"``, ``"nle"``, ...
-        attrs: more attributes (strings, numbers or 1-D numeric arrays).
+        provenance: the simulator, seed, model hash, method and more attributes.
 
     Returns:
         An ``arviz.InferenceData``.
@@ -191,11 +222,35 @@ def to_inference_data(
         ResultFileError: shapes that do not agree with each other or with the names.
     """
     import arviz as az
-    import xarray as xr
-
-    import sbitk
 
     names = [str(n) for n in parameter_names]
+    theta = _posterior_draws(posterior, names, iid)
+    provenance = provenance or Provenance()
+    attrs = provenance.attrs()
+    if misspecification is not None:
+        attrs |= _misspecification_attrs(misspecification, theta.shape[2])
+    attrs |= {str(k): v for k, v in provenance.extra.items()}
+    layout = _Layout(theta.shape, names, output_names, attrs)
+    dims = ("chain", "draw", *layout.obs, "parameter")
+    groups = {"posterior": layout.dataset({"theta": (dims, layout.per_obs(theta))})}
+    if observed is not None:
+        groups["observed_data"] = layout.observed(_array(observed, "observed"), iid)
+    if prior is not None:
+        groups["prior"] = layout.prior(_array(prior, "prior"))
+    stats = layout.log_prob(log_prob)
+    if layout.n_chain >= 2 and layout.n_draw >= 4:  # ArviZ's own, so that az.summary agrees
+        stats["r_hat"] = ((*layout.obs, "parameter"), az.rhat(groups["posterior"])["theta"].values)
+        stats["ess"] = ((*layout.obs, "parameter"), az.ess(groups["posterior"])["theta"].values)
+    if stats:
+        groups["sample_stats"] = layout.dataset(stats)
+    if posterior_predictive is not None:
+        pp = _array(posterior_predictive, "posterior_predictive")
+        groups["posterior_predictive"] = layout.predictive(pp)
+    return az.InferenceData(attrs=dict(attrs), **groups)
+
+
+def _posterior_draws(posterior: Any, names: list[str], iid: bool) -> np.ndarray:
+    """The draws as ``(chains, draws, B, D)``, checked against the names."""
     theta = _array(posterior, "posterior")
     if theta.ndim == 3:
         theta = theta[:, :, None, :]
@@ -204,7 +259,7 @@ def to_inference_data(
             "posterior must have shape (chains, draws, D) or (chains, draws, B, D), "
             f"got {theta.shape}"
         )
-    n_chain, n_draw, n_obs, dim = theta.shape
+    n_obs, dim = theta.shape[2:]
     if dim != len(names):
         raise ResultFileError(
             f"posterior has {dim} parameters but {len(names)} parameter names were given"
@@ -213,130 +268,125 @@ def to_inference_data(
         raise ResultFileError(f"parameter names must be unique, got {names}")
     if iid and n_obs != 1:
         raise ResultFileError(f"i.i.d. trials are one observation, but posterior has B={n_obs}")
-    several = n_obs > 1
-    obs = ("observation",) if several else ()
-    coords: dict[str, Any] = {
-        "chain": np.arange(n_chain),
-        "draw": np.arange(n_draw),
-        "parameter": names,
-    }
-    if several:
-        coords["observation"] = np.arange(n_obs)
+    return theta
 
-    def per_obs(arr: np.ndarray) -> np.ndarray:
-        # drops the singleton observation axis at position 2 when there is one observation
-        return arr if several else arr[:, :, 0]
 
-    provenance = {
-        "sbitk_version": sbitk.__version__,
-        "inference_library": "sbitk",
-        "inference_library_version": sbitk.__version__,
-        "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-    }
-    for key, value in (
-        ("simulator", simulator),
-        ("seed", seed),
-        ("model_sha256", model_sha256),
-        ("method", method),
-    ):
-        if value is not None:
-            provenance[key] = value
-    if misspecification is not None:
-        verdicts = _verdicts(misspecification)
-        if len(verdicts) not in (1, n_obs):
-            raise ResultFileError(
-                f"misspecification has {len(verdicts)} verdicts for {n_obs} observations"
-            )
-        provenance["misspecification_test"] = verdicts[0].test if verdicts else ""
-        provenance["misspecification_scope"] = (
-            "per observation" if len(verdicts) == n_obs else "all observations together"
+def _misspecification_attrs(
+    misspecification: MMDResult | TypicalityResult | Sequence[ObservationVerdict], n_obs: int
+) -> dict[str, Any]:
+    """The misspecification verdicts as attributes (0/1 flags and p-values per observation)."""
+    verdicts = _verdicts(misspecification)
+    if len(verdicts) not in (1, n_obs):
+        raise ResultFileError(
+            f"misspecification has {len(verdicts)} verdicts for {n_obs} observations"
         )
-        provenance["misspecification_flagged"] = np.array([int(v.flagged) for v in verdicts])
-        provenance["misspecification_p_value"] = np.array([v.p_value for v in verdicts])
-        provenance["misspecification_alpha"] = float(verdicts[0].alpha) if verdicts else 0.0
-    for key, value in (attrs or {}).items():
-        provenance[str(key)] = value
+    return {
+        "misspecification_test": verdicts[0].test if verdicts else "",
+        "misspecification_scope": (
+            "per observation" if len(verdicts) == n_obs else "all observations together"
+        ),
+        "misspecification_flagged": np.array([int(v.flagged) for v in verdicts]),
+        "misspecification_p_value": np.array([v.p_value for v in verdicts]),
+        "misspecification_alpha": float(verdicts[0].alpha) if verdicts else 0.0,
+    }
 
-    def dataset(variables: dict[str, tuple[tuple[str, ...], np.ndarray]]) -> xarray.Dataset:
+
+class _Layout:
+    """The dims, coordinates and attributes that the groups of one result share, and the checks
+    of each group's array against them."""
+
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        names: list[str],
+        output_names: Sequence[str] | None,
+        attrs: dict[str, Any],
+    ):
+        self.n_chain, self.n_draw, self.n_obs, self.dim = shape
+        self.names, self.attrs = names, attrs
+        # The observation dim exists only with several observations.
+        self.several = self.n_obs > 1
+        self.obs = ("observation",) if self.several else ()
+        self.coords: dict[str, Any] = {
+            "chain": np.arange(self.n_chain),
+            "draw": np.arange(self.n_draw),
+            "parameter": names,
+        }
+        if self.several:
+            self.coords["observation"] = np.arange(self.n_obs)
+        self.outputs = None if output_names is None else [str(n) for n in output_names]
+        if self.outputs is not None:
+            self.coords["output"] = self.outputs
+
+    def dataset(self, variables: dict[str, tuple[tuple[str, ...], np.ndarray]]) -> xarray.Dataset:
+        import xarray as xr
+
         used = {d for dims, _ in variables.values() for d in dims}
         return xr.Dataset(
             {k: (dims, v) for k, (dims, v) in variables.items()},
-            coords={k: v for k, v in local_coords.items() if k in used},
-            attrs=dict(provenance),
+            coords={k: v for k, v in self.coords.items() if k in used},
+            attrs=dict(self.attrs),
         )
 
-    local_coords = dict(coords)
-    groups: dict[str, xarray.Dataset] = {
-        "posterior": dataset({"theta": (("chain", "draw", *obs, "parameter"), per_obs(theta))})
-    }
+    def per_obs(self, arr: np.ndarray) -> np.ndarray:
+        """A per-draw array ``(chains, draws, B, ...)`` without its observation axis when there
+        is one observation."""
+        return arr if self.several else arr[:, :, 0]
 
-    outputs: list[str] | None = None
-    if output_names is not None:
-        outputs = [str(n) for n in output_names]
-        local_coords["output"] = outputs
-
-    def need_outputs(what: str, d_x: int) -> None:
-        if outputs is None:
+    def need_outputs(self, what: str, d_x: int) -> None:
+        if self.outputs is None:
             raise ResultFileError(f"{what} needs output_names")
-        if d_x != len(outputs):
+        if d_x != len(self.outputs):
             raise ResultFileError(
-                f"{what} has {d_x} outputs but {len(outputs)} output names were given"
+                f"{what} has {d_x} outputs but {len(self.outputs)} output names were given"
             )
 
-    if observed is not None:
-        x = _array(observed, "observed")
+    def observed(self, x: np.ndarray, iid: bool) -> xarray.Dataset:
         if x.ndim == 1:
             x = x[None, :]
         if x.ndim != 2:
             raise ResultFileError(f"observed must have shape (B, D_x), got {x.shape}")
-        need_outputs("observed", x.shape[1])
+        self.need_outputs("observed", x.shape[1])
         if iid:
-            local_coords["trial"] = np.arange(x.shape[0])
-            groups["observed_data"] = dataset({"x": (("trial", "output"), x)})
-        else:
-            if x.shape[0] != n_obs:
-                raise ResultFileError(
-                    f"observed has {x.shape[0]} observations but posterior has B={n_obs}"
-                )
-            groups["observed_data"] = dataset({"x": ((*obs, "output"), x if several else x[0])})
+            self.coords["trial"] = np.arange(x.shape[0])
+            return self.dataset({"x": (("trial", "output"), x)})
+        if x.shape[0] != self.n_obs:
+            raise ResultFileError(
+                f"observed has {x.shape[0]} observations but posterior has B={self.n_obs}"
+            )
+        return self.dataset({"x": ((*self.obs, "output"), x if self.several else x[0])})
 
-    if prior is not None:
-        p = _array(prior, "prior")
-        if p.ndim != 2 or p.shape[1] != dim:
-            raise ResultFileError(f"prior must have shape (N, D={dim}), got {p.shape}")
-        prior_coords = {"chain": np.arange(1), "draw": np.arange(p.shape[0]), "parameter": names}
-        groups["prior"] = xr.Dataset(
+    def prior(self, p: np.ndarray) -> xarray.Dataset:
+        """Prior draws ``(N, D)`` as one chain."""
+        import xarray as xr
+
+        if p.ndim != 2 or p.shape[1] != self.dim:
+            raise ResultFileError(f"prior must have shape (N, D={self.dim}), got {p.shape}")
+        coords = {"chain": np.arange(1), "draw": np.arange(p.shape[0]), "parameter": self.names}
+        return xr.Dataset(
             {"theta": (("chain", "draw", "parameter"), p[None])},
-            coords=prior_coords,
-            attrs=dict(provenance),
+            coords=coords,
+            attrs=dict(self.attrs),
         )
 
-    stats: dict[str, tuple[tuple[str, ...], np.ndarray]] = {}
-    if log_prob is not None:
+    def log_prob(self, log_prob: Any | None) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
+        """``{"lp": ...}`` for the sample stats, or nothing without a log density."""
+        if log_prob is None:
+            return {}
         lp = _array(log_prob, "log_prob")
         lp = lp[:, :, None] if lp.ndim == 2 else lp
-        _expect(lp, (n_chain, n_draw, n_obs), "log_prob", "(chains, draws[, B])")
-        stats["lp"] = (("chain", "draw", *obs), per_obs(lp))
-    if n_chain >= 2 and n_draw >= 4:  # ArviZ's own, so that az.summary reproduces them
-        stats["r_hat"] = ((*obs, "parameter"), az.rhat(groups["posterior"])["theta"].values)
-        stats["ess"] = ((*obs, "parameter"), az.ess(groups["posterior"])["theta"].values)
-    if stats:
-        groups["sample_stats"] = dataset(stats)
+        _expect(lp, (self.n_chain, self.n_draw, self.n_obs), "log_prob", "(chains, draws[, B])")
+        return {"lp": (("chain", "draw", *self.obs), self.per_obs(lp))}
 
-    if posterior_predictive is not None:
-        pp = _array(posterior_predictive, "posterior_predictive")
+    def predictive(self, pp: np.ndarray) -> xarray.Dataset:
         pp = pp[:, :, None, :] if pp.ndim == 3 else pp
-        if pp.ndim != 4 or pp.shape[:3] != (n_chain, n_draw, n_obs):
+        if pp.ndim != 4 or pp.shape[:3] != (self.n_chain, self.n_draw, self.n_obs):
             raise ResultFileError(
                 "posterior_predictive must have shape (chains, draws[, B], D_x) with "
-                f"(chains, draws, B) = {(n_chain, n_draw, n_obs)}, got {pp.shape}"
+                f"(chains, draws, B) = {(self.n_chain, self.n_draw, self.n_obs)}, got {pp.shape}"
             )
-        need_outputs("posterior_predictive", pp.shape[3])
-        groups["posterior_predictive"] = dataset(
-            {"x": (("chain", "draw", *obs, "output"), per_obs(pp))}
-        )
-
-    return az.InferenceData(attrs=dict(provenance), **groups)
+        self.need_outputs("posterior_predictive", pp.shape[3])
+        return self.dataset({"x": (("chain", "draw", *self.obs, "output"), self.per_obs(pp))})
 
 
 def write_inference_data(

@@ -25,7 +25,6 @@ Example:
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
 import warnings
@@ -37,7 +36,8 @@ from torch import Tensor, nn
 
 from sbitk.errors import SbitkError
 from sbitk.models.contract import NONE, density_kind, has_density
-from sbitk.simulation.bijections import Bijection, IdentityBijection
+from sbitk.posteriors.base import TrainedEstimator
+from sbitk.simulation.bijections import IdentityBijection
 from sbitk.simulation.priors import Prior
 
 
@@ -70,22 +70,13 @@ def default_chunk_rows(device: torch.device | str) -> int:
     return 8192 if torch.device(device).type == "cpu" else 1 << 20
 
 
-def _names(names: Sequence[str] | None, dim: int, what: str) -> list[str]:
-    if names is None:
-        return [f"{what}[{i}]" for i in range(dim)]
-    names = [str(n) for n in names]
-    if len(names) != dim:
-        raise SbitkError(f"expected {dim} {what} names, got {len(names)}: {names}")
-    return names
-
-
 #: Below this acceptance rate (after three rounds) an observation's samples are completed by MCMC.
 MCMC_FALLBACK_RATE = 1e-3
 #: Chains and warm-up sweeps of that MCMC.
 MCMC_FALLBACK_CHAINS, MCMC_FALLBACK_WARMUP = 64, 50
 
 
-class DirectPosterior:
+class DirectPosterior(TrainedEstimator):
     """Amortized posterior :math:`q(\\theta \\mid x)` from a trained estimator.
 
     Args:
@@ -103,6 +94,7 @@ class DirectPosterior:
     """
 
     role = "npe"
+    theta_size = "features"
     #: Samples a batch of observations in one call (the workflow batches its draws).
     amortized = True
     #: Combines i.i.d. trials of one observation (only a likelihood can).
@@ -121,29 +113,22 @@ class DirectPosterior:
         max_rejection_attempts: int = 100,
         max_rejection_time: float = 60.0,
     ):
-        density_kind(estimator)  # a posterior needs the estimator's declared density kind
-        self.estimator = estimator.eval()
-        self.prior = prior
-        self.unconstrained = bool(unconstrained)
+        super().__init__(
+            estimator,
+            prior,
+            unconstrained=unconstrained,
+            parameter_names=parameter_names,
+            output_names=output_names,
+            simulator_name=simulator_name,
+            history=history,
+        )
         if not self.unconstrained and not has_density(estimator):
             raise SbitkError(
                 f"truncating to the prior's support (unconstrained=False) needs a density; "
                 f"estimator {type(estimator).__name__} offers samples only"
             )
-        self.bijection: Bijection = (
-            prior.bijection() if unconstrained else IdentityBijection(prior.dim)
-        )
-        self.theta_dim = prior.dim
-        self.x_dim = int(estimator.config.context)
-        if int(estimator.config.features) != prior.dim:
-            raise SbitkError(
-                f"estimator models {estimator.config.features} features but the prior has "
-                f"dim {prior.dim}"
-            )
-        self.parameter_names = _names(parameter_names, self.theta_dim, "theta")
-        self.output_names = _names(output_names, self.x_dim, "x")
-        self.simulator_name = simulator_name
-        self.history = history
+        if not self.unconstrained:
+            self.bijection = IdentityBijection(prior.dim)
         self.max_rejection_attempts = int(max_rejection_attempts)
         self.max_rejection_time = float(max_rejection_time)
         #: Share of proposals inside the support in the last ``sample`` call (1.0 without
@@ -154,6 +139,9 @@ class DirectPosterior:
         self.mcmc_observations: list[int] = []
 
     # ---- plumbing ----------------------------------------------------------------------------
+    def _accept(self, estimator: nn.Module) -> None:
+        density_kind(estimator)  # a posterior needs the estimator's declared density kind
+
     @property
     def density(self) -> str:
         """The density :meth:`log_prob` gives: the estimator's kind (``"none"``: no log_prob)."""
@@ -167,11 +155,6 @@ class DirectPosterior:
                 "z-score) run on its draws"
             )
 
-    @property
-    def device(self) -> torch.device:
-        tensors = itertools.chain(self.estimator.buffers(), self.estimator.parameters())
-        return next((t.device for t in tensors), torch.device("cpu"))
-
     def to(self, device: str | torch.device) -> DirectPosterior:
         """Move the estimator to ``device`` (``"auto"``: CUDA when present)."""
         if device == "auto":
@@ -183,17 +166,7 @@ class DirectPosterior:
         """Check x and return it as (B, D_x) on the device, and whether it was a single row."""
         if x is None:
             raise SbitkError("pass the observation: x=x_o of shape (D_x,) or (B, D_x)")
-        x = torch.as_tensor(x)
-        single = x.dim() == 1
-        if single:
-            x = x.unsqueeze(0)
-        if x.dim() != 2 or x.shape[-1] != self.x_dim:
-            raise SbitkError(
-                f"x must have shape ({self.x_dim},) or (B, {self.x_dim}), got {tuple(x.shape)}"
-            )
-        if not torch.isfinite(x).all():
-            raise SbitkError("x must be finite, found NaN or Inf")
-        return x.to(self.device, torch.get_default_dtype()), single
+        return self._x_rows(x, "B")
 
     def _draw_u(self, n: int, x: Tensor, chunk_rows: int) -> Tensor:
         per = max(1, chunk_rows // x.shape[0])
@@ -352,11 +325,7 @@ class DirectPosterior:
         """
         self._need_density("log_prob")
         x, single = self._x(x)
-        theta = torch.as_tensor(theta).to(self.device, torch.get_default_dtype())
-        if theta.shape[-1] != self.theta_dim:
-            raise SbitkError(
-                f"theta must have shape (*, {self.theta_dim}), got {tuple(theta.shape)}"
-            )
+        theta = self._check_theta(theta)
         if not single and (theta.dim() < 2 or theta.shape[-2] != x.shape[0]):
             raise SbitkError(
                 f"with a batch of {x.shape[0]} observations theta must have shape "
@@ -412,13 +381,6 @@ class DirectPosterior:
     def _log_prob_u(self, u: Tensor, theta: Tensor, x: Tensor) -> Tensor:
         _, logdet = self.bijection.forward(theta)
         return self.estimator(x).log_prob(u) + logdet
-
-    def __repr__(self) -> str:
-        est = type(self.estimator).__name__
-        return (
-            f"DirectPosterior(estimator={est}, theta_dim={self.theta_dim}, x_dim={self.x_dim}, "
-            f"simulator={self.simulator_name!r})"
-        )
 
 
 __all__ = ["DirectPosterior", "default_chunk_rows", "seeded"]

@@ -30,24 +30,22 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
-from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from sbitk.errors import SbitkError
 from sbitk.models.contract import UNNORMALISED, has_density
-from sbitk.posteriors.direct import _names, seeded
+from sbitk.posteriors.base import TrainedEstimator
+from sbitk.posteriors.direct import seeded
 from sbitk.posteriors.mcmc import MCMCConfig, MCMCResult, slice_sample
-from sbitk.simulation.priors import Prior
 
 #: Fewest kept draws per chain: fewer chains are run when ``n`` is small.
 MIN_DRAWS = 10
 
 
-class SurrogateLikelihood:
+class SurrogateLikelihood(TrainedEstimator):
     """A trained :math:`q(x \\mid \\theta)`, conditioned on θ or on :math:`u = f(\\theta)`.
 
     Args:
@@ -60,69 +58,24 @@ class SurrogateLikelihood:
     """
 
     role = "nle"
+    theta_size = "context"
 
-    def __init__(
-        self,
-        estimator: nn.Module,
-        prior: Prior,
-        *,
-        unconstrained: bool = True,
-        parameter_names: Sequence[str] | None = None,
-        output_names: Sequence[str] | None = None,
-        simulator_name: str | None = None,
-        history=None,
-    ):
+    def _accept(self, estimator: nn.Module) -> None:
         if not has_density(estimator):
             raise SbitkError(
                 f"a surrogate likelihood evaluates a density; estimator "
                 f"{type(estimator).__name__} offers samples only"
             )
-        self.estimator = estimator.eval()
-        self.prior = prior
-        self.bijection = prior.bijection()
-        self.unconstrained = bool(unconstrained)
-        self.theta_dim = prior.dim
-        self.x_dim = int(estimator.config.features)
-        if int(estimator.config.context) != prior.dim:
-            raise SbitkError(
-                f"estimator takes a context of {estimator.config.context} columns but the prior "
-                f"has dim {prior.dim}"
-            )
-        self.parameter_names = _names(parameter_names, self.theta_dim, "theta")
-        self.output_names = _names(output_names, self.x_dim, "x")
-        self.simulator_name = simulator_name
-        self.history = history
-
-    @property
-    def device(self) -> torch.device:
-        tensors = itertools.chain(self.estimator.buffers(), self.estimator.parameters())
-        return next((t.device for t in tensors), torch.device("cpu"))
 
     def _theta(self, theta: Tensor) -> tuple[Tensor, bool]:
-        theta = torch.as_tensor(theta)
-        single = theta.dim() == 1
-        theta = theta.unsqueeze(0) if single else theta
-        if theta.dim() != 2 or theta.shape[-1] != self.theta_dim:
-            raise SbitkError(
-                f"theta must have shape ({self.theta_dim},) or (B, {self.theta_dim}), got "
-                f"{tuple(theta.shape)}"
-            )
+        theta, single = self._rows(theta, "theta", self.theta_dim, "B")
         if not self.prior.support_contains(theta).all():
             raise SbitkError("theta must lie inside the prior's support")
         return theta.to(self.device, torch.get_default_dtype()), single
 
     def observations(self, x: Tensor) -> Tensor:
         """Check x and return it as i.i.d. trials (T, D_x) on the device."""
-        x = torch.as_tensor(x)
-        x = x.unsqueeze(0) if x.dim() == 1 else x
-        if x.dim() != 2 or x.shape[-1] != self.x_dim:
-            raise SbitkError(
-                f"x must have shape ({self.x_dim},) or (n_trials, {self.x_dim}), got "
-                f"{tuple(x.shape)}"
-            )
-        if not torch.isfinite(x).all():
-            raise SbitkError("x must be finite, found NaN or Inf")
-        return x.to(self.device, torch.get_default_dtype())
+        return self._x_rows(x, "n_trials")[0]
 
     @torch.no_grad()
     def sample(self, n: int, theta: Tensor, *, seed: int | None = None) -> Tensor:
@@ -157,11 +110,7 @@ class SurrogateLikelihood:
     def log_prob(self, x: Tensor, theta: Tensor) -> Tensor:
         """Surrogate :math:`\\sum_t \\log q(x_t \\mid \\theta)` for θ (*, D_θ): shape (*)."""
         xs = self.observations(x)
-        theta = torch.as_tensor(theta).to(self.device, torch.get_default_dtype())
-        if theta.shape[-1] != self.theta_dim:
-            raise SbitkError(
-                f"theta must have shape (*, {self.theta_dim}), got {tuple(theta.shape)}"
-            )
+        theta = self._check_theta(theta)
         flat = theta.reshape(-1, self.theta_dim)
         inside = self.prior.support_contains(flat)
         lp = self.log_prob_context(xs, self.context(flat))
@@ -171,12 +120,6 @@ class SurrogateLikelihood:
     def posterior(self, config: MCMCConfig | None = None) -> MCMCPosterior:
         """The posterior surrogate × prior, sampled by MCMC."""
         return MCMCPosterior(self, config)
-
-    def __repr__(self) -> str:
-        return (
-            f"SurrogateLikelihood(estimator={type(self.estimator).__name__}, "
-            f"theta_dim={self.theta_dim}, x_dim={self.x_dim}, simulator={self.simulator_name!r})"
-        )
 
 
 class MCMCPosterior:

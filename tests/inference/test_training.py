@@ -295,12 +295,25 @@ def test_bad_config_values_are_refused_by_name(field, value):
 def test_bad_data_is_refused_with_clear_errors():
     a, c = linear_data(50)
     model = ConditionalGaussian(1, 2)
-    with pytest.raises(SbitkError, match="as many rows"):
+    with pytest.raises(SbitkError, match="inputs and context must have the same number of rows"):
         train(model, a, c[:-1], TrainConfig(**FAST))
+    with pytest.raises(
+        SbitkError, match=r"context must have 2 dimension\(s\), found shape \(50,\)"
+    ):
+        train(model, a, c[:, 0], TrainConfig(**FAST))
     bad = a.clone()
     bad[3] = float("nan")
-    with pytest.raises(SbitkError, match="1 rows with NaN"):
+    with pytest.raises(SbitkError, match=r"inputs must be finite, found 1 row\(s\) with NaN"):
         train(model, bad, c, TrainConfig(**FAST))
+    bad = c.clone()
+    bad[[3, 7], 1] = float("inf")
+    with pytest.raises(SbitkError, match=r"context must be finite, found 2 row\(s\) with NaN"):
+        train(model, a, bad, TrainConfig(**FAST))
+    # Streamed chunks go through the same check: a held-out chunk with NaN is refused.
+    with pytest.raises(SbitkError, match=r"inputs must be finite"):
+        train(
+            model, ListChunks(torch.full_like(a, float("nan")), c, 10), None, TrainConfig(**FAST)
+        )
     with pytest.raises(SbitkError, match="no loss"):
         train(nn.Linear(2, 1), a, c, TrainConfig(**FAST))
 

@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 import sbitk
 from sbitk.diagnostics import mmd_test
 from sbitk.io.arviz import (
+    Provenance,
     ResultFileError,
     file_sha256,
     iid_chains,
@@ -54,10 +55,13 @@ def test_single_observation_round_trip_with_every_group(tmp_path, rng):
         log_prob=rng.normal(size=(chains, draws)),
         posterior_predictive=rng.normal(size=(chains, draws, 3)),
         misspecification=mmd,
-        simulator="toy",
-        seed=7,
-        model_sha256=file_sha256(model),
-        method="npe",
+        provenance=Provenance(
+            simulator="toy",
+            seed=7,
+            model_sha256=file_sha256(model),
+            method="npe",
+            extra={"observed_file": "obs.csv", "n_trials": np.array([3, 4])},
+        ),
     )
     out = write_inference_data(idata, tmp_path / "posterior.nc")
     loaded = az.from_netcdf(out)
@@ -84,6 +88,7 @@ def test_single_observation_round_trip_with_every_group(tmp_path, rng):
     assert attrs["sbitk_version"] == sbitk.__version__
     assert attrs["simulator"] == "toy" and int(attrs["seed"]) == 7 and attrs["method"] == "npe"
     assert attrs["model_sha256"] == hashlib.sha256(b"weights").hexdigest()
+    assert attrs["observed_file"] == "obs.csv" and attrs["n_trials"].tolist() == [3, 4]
     assert loaded.attrs["model_sha256"] == attrs["model_sha256"]
     assert attrs["misspecification_test"] == "mmd"
     # NetCDF reads a one-element attribute back as a scalar

@@ -1,0 +1,137 @@
+"""What a direct posterior (NPE) and a surrogate likelihood (NLE) share: a trained conditional
+estimator in a role, with the prior, the names of θ's and x's columns, and its provenance.
+
+A posterior estimator models :math:`q(\\theta \\mid x)`: its ``features`` are θ and its
+``context`` is x. A likelihood estimator models :math:`q(x \\mid \\theta)`: the other way round.
+:class:`TrainedEstimator` reads θ's and x's sizes from the estimator's config accordingly, checks
+them against the prior, and checks the θ and x that callers pass in.
+
+Example:
+    >>> import torch
+    >>> from sbitk.models.gaussian import ConditionalGaussian
+    >>> from sbitk.simulation.priors import BoxUniform
+    >>> class Posterior(TrainedEstimator):
+    ...     theta_size = "features"
+    >>> posterior = Posterior(ConditionalGaussian(2, 3), BoxUniform(-1.0, 1.0, dim=2))
+    >>> posterior.theta_dim, posterior.x_dim, posterior.output_names
+    (2, 3, ['x[0]', 'x[1]', 'x[2]'])
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from sbitk.errors import SbitkError
+from sbitk.simulation.bijections import Bijection
+from sbitk.simulation.priors import Prior
+
+
+def _names(names: Sequence[str] | None, dim: int, what: str) -> list[str]:
+    if names is None:
+        return [f"{what}[{i}]" for i in range(dim)]
+    names = [str(n) for n in names]
+    if len(names) != dim:
+        raise SbitkError(f"expected {dim} {what} names, got {len(names)}: {names}")
+    return names
+
+
+class TrainedEstimator:
+    """A trained estimator in a role: the set-up and the input checks of every such role.
+
+    Args:
+        estimator: Module with ``estimator(context)`` a distribution batched over contexts and a
+            ``config`` with the sizes ``features`` and ``context``.
+        prior: The prior of the training θ.
+        unconstrained: The estimator sees :math:`u = f(\\theta)`, the prior's unconstrained
+            coordinates, rather than θ itself.
+        parameter_names: Names of θ's columns (default ``theta[0]``, ...).
+        output_names: Names of x's columns (default ``x[0]``, ...).
+        simulator_name: The simulator the training data came from.
+        history: The training history (a :class:`~sbitk.inference.training.History`) or None.
+    """
+
+    #: Which of the estimator's sizes is θ: ``"features"`` (a posterior) or ``"context"`` (a
+    #: likelihood); the other is x.
+    theta_size: str
+
+    def __init__(
+        self,
+        estimator: nn.Module,
+        prior: Prior,
+        *,
+        unconstrained: bool = True,
+        parameter_names: Sequence[str] | None = None,
+        output_names: Sequence[str] | None = None,
+        simulator_name: str | None = None,
+        history: Any = None,
+    ):
+        self._accept(estimator)
+        x_size = "context" if self.theta_size == "features" else "features"
+        theta_dim = int(getattr(estimator.config, self.theta_size))
+        if theta_dim != prior.dim:
+            raise SbitkError(
+                f"estimator {type(estimator).__name__} has {self.theta_size}={theta_dim} for "
+                f"theta but the prior has dim {prior.dim}"
+            )
+        self.estimator = estimator.eval()
+        self.prior = prior
+        self.unconstrained = bool(unconstrained)
+        #: The prior's bijection f to unconstrained coordinates.
+        self.bijection: Bijection = prior.bijection()
+        self.theta_dim = prior.dim
+        self.x_dim = int(getattr(estimator.config, x_size))
+        self.parameter_names = _names(parameter_names, self.theta_dim, "theta")
+        self.output_names = _names(output_names, self.x_dim, "x")
+        self.simulator_name = simulator_name
+        self.history = history
+
+    def _accept(self, estimator: nn.Module) -> None:
+        """Raise unless this role can use ``estimator`` (what it needs of its density)."""
+
+    @property
+    def device(self) -> torch.device:
+        tensors = itertools.chain(self.estimator.buffers(), self.estimator.parameters())
+        return next((t.device for t in tensors), torch.device("cpu"))
+
+    @staticmethod
+    def _rows(value: Tensor, name: str, dim: int, rows: str) -> tuple[Tensor, bool]:
+        """``value`` of shape (``dim``,) or (``rows``, ``dim``) as (B, ``dim``); and whether it
+        was a single row."""
+        value = torch.as_tensor(value)
+        if value.dim() not in (1, 2) or value.shape[-1] != dim:
+            raise SbitkError(
+                f"{name} must have shape ({dim},) or ({rows}, {dim}), got {tuple(value.shape)}"
+            )
+        single = value.dim() == 1
+        return (value.unsqueeze(0) if single else value), single
+
+    def _x_rows(self, x: Tensor, rows: str) -> tuple[Tensor, bool]:
+        """x of shape (D_x,) or (``rows``, D_x), checked, as (B, D_x) on the device; and
+        whether it was a single row."""
+        x, single = self._rows(x, "x", self.x_dim, rows)
+        if not torch.isfinite(x).all():
+            raise SbitkError("x must be finite, found NaN or Inf")
+        return x.to(self.device, torch.get_default_dtype()), single
+
+    def _check_theta(self, theta: Tensor) -> Tensor:
+        """θ of shape (*, D_θ), checked, on the device."""
+        theta = torch.as_tensor(theta).to(self.device, torch.get_default_dtype())
+        if theta.dim() == 0 or theta.shape[-1] != self.theta_dim:
+            raise SbitkError(
+                f"theta must have shape (*, {self.theta_dim}), got {tuple(theta.shape)}"
+            )
+        return theta
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(estimator={type(self.estimator).__name__}, "
+            f"theta_dim={self.theta_dim}, x_dim={self.x_dim}, simulator={self.simulator_name!r})"
+        )
+
+
+__all__ = ["TrainedEstimator"]
