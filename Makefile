@@ -10,21 +10,12 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-# torch first: on a machine with an NVIDIA driver the ordinary build (CUDA); elsewhere the CPU
-# build, so that no CUDA packages are downloaded.
-$(STAMP): pyproject.toml simulators/pyproject.toml
+# torch first, by tools/install-torch: the CUDA build where there is an NVIDIA driver, else the
+# CPU build, so that no CUDA packages are downloaded.
+$(STAMP): pyproject.toml simulators/pyproject.toml tools/install-torch
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip wheel setuptools
-	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
-		echo "CUDA driver found: installing the CUDA build of torch"; \
-		$(PIP) install -q "torch>=2.2"; \
-	elif $(PIP) download -q --no-deps --no-index -d "$$(mktemp -d)" "torch==2.13.0" >/dev/null 2>&1; then \
-		echo "No CUDA driver: installing the local CPU build of torch"; \
-		$(PIP) install -q "torch==2.13.0"; \
-	else \
-		echo "No CUDA driver: installing the CPU build of torch"; \
-		$(PIP) install -q "torch>=2.2" --index-url https://download.pytorch.org/whl/cpu; \
-	fi
+	tools/install-torch $(PIP)
 	$(PIP) install -q -e ".[dev,compare]" -e simulators
 	# sbibm (reference posteriors and observations the tests compare against) pins an old sbi:
 	# its files are all we read, so it goes in without its dependencies.

@@ -1039,7 +1039,7 @@ def _check_run_options(simulator, options: RunOptions, n_observed: int, bank: Pa
     from sbitk.inference.nle import NLE
     from sbitk.inference.npe import NPE
     from sbitk.inference.training import resolve_device
-    from sbitk.simulation.runner import check_sizes, default_batch_size, existing_batch_size
+    from sbitk.simulation.runner import check_sizes, existing_batch_size, simulator_batch_size
 
     if options.method not in METHODS:
         raise SbitkError(f"method must be one of {METHODS}, got {options.method!r}")
@@ -1053,7 +1053,7 @@ def _check_run_options(simulator, options: RunOptions, n_observed: int, bank: Pa
     cls, kwargs = (NPE, {}) if options.method == "npe" else (NLE, {"invalid": "exclude"})
     cls(estimator=options.estimator, config=config, **kwargs, **dict(options.estimator_options))
     existing = existing_batch_size(bank)
-    size = existing or default_batch_size(options.num_simulations, simulator.vectorized)
+    size = existing or simulator_batch_size(simulator, options.num_simulations)
     check_sizes(simulator, options.num_simulations, size, bank, new_rows=existing is None)
     dim = simulator.theta_dim
     groups = 1 if options.iid else n_observed

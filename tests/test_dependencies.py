@@ -3,6 +3,7 @@ extra made unimportable, and a missing extra is named in one line."""
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from importlib.metadata import requires
@@ -76,3 +77,48 @@ def test_the_chain_runs_with_every_extra_unimportable_and_parquet_names_its_extr
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "sbitk[parquet]" in lines[0], result.stderr
+
+
+def _fresh_venv(tmp_path: Path) -> Path:
+    """A new virtual environment with torch (by the rule `make setup` uses), then sbitk and its
+    simulators from a copy of the source tree, without extras; its bin directory."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    pip = [str(venv / "bin" / "python"), "-m", "pip"]
+    subprocess.run([str(ROOT / "tools" / "install-torch"), *pip], check=True, timeout=900)
+    source = tmp_path / "source"  # building in a copy writes no build/ or egg-info here
+    skip = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+    for part in ("sbitk", "simulators"):
+        shutil.copytree(ROOT / part, source / part, ignore=skip)
+    for part in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / part, source / part)
+    subprocess.run(
+        [*pip, "install", "-q", str(source), str(source / "simulators")], check=True,
+        timeout=900, capture_output=True,
+    )  # fmt: skip
+    return venv / "bin"
+
+
+@pytest.mark.slow
+def test_a_plain_install_in_a_fresh_environment_runs_the_whole_chain(tmp_path):
+    """`pip install sbitk` with no extras, in a venv of its own: simulate, train, sample,
+    diagnose and inspect from the command line."""
+    bin_dir = _fresh_venv(tmp_path)
+    for name in EXTRAS:  # nothing optional came in with it
+        probe = subprocess.run([bin_dir / "python", "-c", f"import {name}"], capture_output=True)
+        assert probe.returncode != 0, f"{name} is installed in the fresh environment"
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "run"
+    run = subprocess.run(
+        [bin_dir / "sbitk", "run", "two_moons", "--observed", str(OBSERVED), "-o", str(out),
+         "-n", "500", "--epochs", "2", "--num-samples", "50", "--diagnose-simulations", "20",
+         "--diagnose-samples", "20", "--workers", "1", "--estimator", "gaussian"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert run.returncode in (0, 1) and "Traceback" not in run.stderr, run.stderr
+    assert (out / "posterior.nc").is_file() and (out / "report.html").is_file()
+    inspect = subprocess.run(
+        [bin_dir / "sbitk", "inspect", str(out / "model.safetensors")],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert inspect.returncode == 0 and "gaussian" in inspect.stdout, inspect.stderr

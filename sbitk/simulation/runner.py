@@ -49,28 +49,40 @@ from sbitk.simulation.resources import MAX_BATCHES, check_disk, check_memory
 from sbitk.simulation.simulator import Simulator
 
 #: Bounds of the default batch size, for vectorized and for row-by-row simulators.
-BATCH_SIZE_BOUNDS = {True: (1000, 10_000), False: (100, 1000)}
+BATCH_SIZE_BOUNDS = {True: (1000, 100_000), False: (100, 1000)}
+#: A default batch holds at most this many bytes of θ and x (float32), above its lower bound.
+BATCH_BYTES = 16 * 2**20
 
 
-def default_batch_size(n: int, vectorized: bool) -> int:
+def default_batch_size(n: int, vectorized: bool, width: int = 1) -> int:
     """Rows per batch for a new bank of ``n`` rows when the caller names none.
 
     About ``n / 16`` (enough batches to keep a few workers busy and resume at a fine grain),
-    rounded down to 1, 2 or 5 times a power of ten, within :data:`BATCH_SIZE_BOUNDS`: writing a
-    batch costs a few milliseconds whatever its size, so cheap vectorized simulators want large
-    batches. It depends on ``n`` and the simulator only, never on the workers, so the bank does
-    not either.
+    rounded down to 1, 2 or 5 times a power of ten, within :data:`BATCH_SIZE_BOUNDS`, and for
+    rows of ``width`` values (D_θ + D_x) at most :data:`BATCH_BYTES` a batch unless that is
+    below the lower bound. Writing a batch costs about a millisecond whatever its size, and a
+    vectorized simulator as cheap as two_moons makes 50,000 rows in a few: large batches keep
+    the bank's share of the time small. It depends on ``n`` and the simulator only, never on the
+    workers, so the bank does not either.
 
     Example:
         >>> default_batch_size(20_000, True), default_batch_size(10**6, True)
-        (1000, 10000)
+        (1000, 50000)
         >>> default_batch_size(100_000, True), default_batch_size(100_000, False)
         (5000, 1000)
+        >>> default_batch_size(10**7, True, width=10_000)  # 40 kB rows: 16 MiB is 419 rows
+        1000
     """
     low, high = BATCH_SIZE_BOUNDS[bool(vectorized)]
+    high = max(low, min(high, BATCH_BYTES // (4 * max(int(width), 1))))
     target = max(n // 16, 1)
     nice = max(m * 10**k for k in range(7) for m in (1, 2, 5) if m * 10**k <= target)
     return int(min(max(nice, low), high))
+
+
+def simulator_batch_size(sim: Simulator, n: int) -> int:
+    """:func:`default_batch_size` for ``n`` rows of simulator ``sim``."""
+    return default_batch_size(n, sim.vectorized, sim.theta_dim + sim.x_dim)
 
 
 class SimulationFailureWarning(UserWarning):
@@ -301,6 +313,36 @@ def _run_local(
         executor.shutdown(wait=True, cancel_futures=True)
 
 
+def _write_behind(store: Bank, results: Iterator[dict[str, Any]], starts: dict, bar) -> int:
+    """Write each batch into the bank on a thread while the next one is simulated.
+
+    At most one write is in flight, so memory holds two batches; writes keep their order, and a
+    batch is marked done only once its rows are written. Returns the number of failed rows.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    failed, writing, rows = 0, None, 0
+
+    def finish() -> None:  # the write in flight, then its rows on the progress bar
+        if writing is not None:
+            writing.result()
+            bar.update(rows)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="sbitk-bank") as writer:
+        try:
+            for r in results:
+                finish()
+                args = (r["index"], starts[r["index"]], r["theta"], r["x"], r["status"])
+                writing, rows = writer.submit(store._write_batch, *args, r["errors"]), len(args[2])
+                failed += int((r["status"] != 0).sum())
+            finish()
+        finally:
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()
+    return failed
+
+
 # ---- Dask ------------------------------------------------------------------------------------
 _DASK_CACHE: dict[str, Simulator] = {}
 
@@ -526,7 +568,7 @@ def simulate(
 
     path = None if bank is None else Path(bank)
     existing = None if overwrite or path is None else existing_batch_size(path)
-    size = existing or batch_size or default_batch_size(n, sim.vectorized)
+    size = existing or batch_size or simulator_batch_size(sim, n)
     check_sizes(sim, n, size, path, new_rows=append or existing is None)
     if path is not None and overwrite:
         Bank._remove(path)
@@ -547,7 +589,7 @@ def simulate(
             path,
             simulator=sim.describe(),
             seed=seed,
-            batch_size=batch_size or default_batch_size(n, sim.vectorized),
+            batch_size=batch_size or simulator_batch_size(sim, n),
             sbitk_version=sbitk.__version__,
         )
         store._extend(n)
@@ -563,26 +605,10 @@ def simulate(
         else:
             results = _run_local(sim, seed, pending, workers)
 
-    failed = 0
     total = sum(rows for _, _, rows in pending)
     desc = f"simulate {sim.name}"
     with tqdm(total=total, desc=desc, unit="sim", disable=None if progress else True) as bar:
-        try:
-            for result in results:
-                store._write_batch(
-                    result["index"],
-                    starts[result["index"]],
-                    result["theta"],
-                    result["x"],
-                    result["status"],
-                    result["errors"],
-                )
-                failed += int((result["status"] != 0).sum())
-                bar.update(len(result["theta"]))
-        finally:
-            close = getattr(results, "close", None)
-            if close is not None:
-                close()
+        failed = _write_behind(store, results, starts, bar)
     store._record_failure_counts()
 
     out = Bank.open(path) if path is not None else Bank(store._group, None)
@@ -601,6 +627,7 @@ __all__ = [
     "SimulationFailureWarning",
     "batch_generator",
     "default_batch_size",
+    "simulator_batch_size",
     "dumps_simulator",
     "simulate",
     "simulate_batch",

@@ -248,6 +248,17 @@ def test_wrong_shape_for_some_theta_marks_those_rows_and_keeps_the_rest(
     assert len(more) == 800 and torch.equal(more.status == STATUS_SHAPE, bad(more.theta[:, 0]))
 
 
+def test_a_short_tail_batch_wrong_in_every_row_is_kept_as_invalid_rows(tmp_path):
+    """A 1-row tail whose θ gives the wrong shape is one bad row, not a mis-declared simulator."""
+    tail_theta = [some_shapes.prior.sample(1, batch_generator(s, 2))[0, 0] for s in range(64)]
+    seed = next(s for s, a in enumerate(tail_theta) if a > 0.8)  # its tail row is at fault
+    with pytest.warns(SimulationFailureWarning, match="shape"):
+        bank = simulate(some_shapes, 201, seed=seed, workers=1, batch_size=100, progress=False)
+    assert bank.complete and len(bank) == 201
+    assert int(bank.status[200]) == STATUS_SHAPE and not bool(bank.valid[200])
+    assert torch.equal(bank.status == STATUS_SHAPE, bank.theta[:, 0] > 0.8)
+
+
 def test_wrong_shape_for_every_row_names_the_theta_and_keeps_earlier_batches(tmp_path):
     path = tmp_path / "late.zarr"
 

@@ -12,10 +12,12 @@ from sbitk.errors import SimulatorError, UnknownSimulatorError
 from sbitk.simulation import registry
 from sbitk.simulation.priors import BoxUniform, LogNormal, MultivariateNormal, Normal
 from sbitk.simulation.simulator import (
+    MISDECLARED_ROWS,
     STATUS_EXCEPTION,
     STATUS_INF,
     STATUS_NAN,
     STATUS_OK,
+    STATUS_SHAPE,
     Simulator,
     simulator,
 )
@@ -77,11 +79,11 @@ def test_same_seed_same_simulations():
     [
         (
             lambda t, g: torch.zeros(t.shape[0], 3),
-            r"'toy' returned shape \(4, 3\), expected \(4, 2\)",
+            rf"'toy' returned shape \({MISDECLARED_ROWS}, 3\), expected \({MISDECLARED_ROWS}, 2\)",
         ),
         (
             lambda t, g: torch.zeros(t.shape[0]),
-            r"'toy' returned shape \(4,\), expected \(4, 2\)",
+            rf"'toy' returned shape \({MISDECLARED_ROWS},\), expected \({MISDECLARED_ROWS}, 2\)",
         ),
         (lambda t, g: {"y": torch.zeros(t.shape[0], 2)}, r"'toy' returned outputs \['y'\]"),
         (lambda t, g: torch.zeros(t.shape[0], 2, dtype=torch.complex64), "dtype torch.complex64"),
@@ -92,10 +94,13 @@ def test_same_seed_same_simulations():
 def test_wrong_shape_or_dtype_is_a_clear_error(fn, message):
     sim = make(fn=fn)
     with pytest.raises(SimulatorError, match=message):
-        sim(torch.zeros(4, 2))
+        sim(torch.zeros(MISDECLARED_ROWS, 2))
     # a mis-declared simulator is never hidden as a per-row failure
     with pytest.raises(SimulatorError, match=message):
-        sim.run_batch(torch.zeros(4, 2), torch.Generator())
+        sim.run_batch(torch.zeros(MISDECLARED_ROWS, 2), torch.Generator())
+    # ... but a shorter batch (a run's tail) wrong in every row is kept as invalid rows
+    short = sim.run_batch(torch.zeros(MISDECLARED_ROWS - 1, 2), torch.Generator())
+    assert (short.status == STATUS_SHAPE).all() and torch.isnan(short.x).all()
 
 
 def test_wrong_theta_shape_is_a_clear_error():
