@@ -100,13 +100,13 @@ def _warnings_as_lines():
 
 def _use_threads() -> None:
     """Apply --threads to torch in this process through the library's one rule
-    (:func:`~sbitk.inference.training.torch_threads`: ``SBITK_THREADS``, else 1), which the
+    (:func:`~sbitk.nn.threads.torch_threads`: ``SBITK_THREADS``, else 1), which the
     Python API follows too; the CLI owns its process, so it sets the variable for good."""
     import os
 
     import torch
 
-    from sbitk.inference.training import THREADS_ENV, torch_threads
+    from sbitk.nn.threads import THREADS_ENV, torch_threads
 
     ctx = click.get_current_context(silent=True)
     if ctx is not None and "sbitk.threads" in ctx.meta:

@@ -60,14 +60,13 @@ MANIFEST = "manifest.json"
 DRAWS_PER_CHAIN = 20
 
 
-def _torch_threads(step: Callable) -> Callable:
-    """Run ``step`` on the CPU threads of the library's one rule, as training does
-    (:func:`~sbitk.inference.training.thread_limit`: ``SBITK_THREADS``, else 1; torch's setting
-    is restored afterwards), so that the Python API samples and diagnoses as fast as the CLI."""
+def _limited_threads(step: Callable) -> Callable:
+    """:func:`sbitk.nn.threads.limited_threads`, importing torch only when ``step`` runs (this
+    module stays light to import, for the command line's start-up)."""
 
     @functools.wraps(step)
     def limited(*args, **kwargs):
-        from sbitk.inference.training import thread_limit
+        from sbitk.nn.threads import thread_limit
 
         with thread_limit():
             return step(*args, **kwargs)
@@ -292,7 +291,7 @@ def _simulate_rows(simulator, theta, seed: int):
     return simulator.run_batch(theta, gen).x
 
 
-@_torch_threads
+@_limited_threads
 def sample(
     model: str | os.PathLike,
     observed: str | os.PathLike,
@@ -513,7 +512,7 @@ def _batched_log_prob(posterior) -> Callable | None:
     return log_prob
 
 
-@_torch_threads
+@_limited_threads
 def diagnose(
     model: str | os.PathLike | Any,
     bank: str | os.PathLike,

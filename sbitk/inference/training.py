@@ -30,10 +30,8 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -45,46 +43,12 @@ from torch import Tensor, nn
 
 from sbitk.errors import SbitkError, TrainingError
 from sbitk.inference.data import check_pair
+from sbitk.nn.threads import THREADS_ENV, thread_limit, torch_threads
 
 #: Above this many training rows the default batch doubles (see :meth:`TrainConfig.resolved`).
 LARGE_BANK_ROWS = 50_000
 #: Default ``patience`` and ``lr_patience`` of :class:`TrainConfig` (NLE: see its docs).
 PATIENCE, LR_PATIENCE = 10, 4
-#: The environment variable that sets torch's CPU threads in sbitk's work (the CLI's --threads).
-THREADS_ENV = "SBITK_THREADS"
-
-
-def torch_threads() -> int:
-    """CPU threads torch uses while sbitk trains or samples: ``SBITK_THREADS``, else 1.
-
-    The networks here are small: one thread is usually fastest, and more on a busy machine can
-    be many times slower (NPE on 3,000 two_moons rows on two busy cores: 11 s on one thread,
-    62 s on torch's default of two). The command line's ``--threads`` sets the same variable.
-    """
-    text = os.environ.get(THREADS_ENV, "").strip()
-    if not text:
-        return 1
-    try:
-        threads = int(text)
-    except ValueError:
-        threads = 0
-    if threads < 1:
-        raise SbitkError(f"{THREADS_ENV} must be an integer >= 1, got {text!r}")
-    return threads
-
-
-@contextlib.contextmanager
-def thread_limit():
-    """Run the block with :func:`torch_threads` CPU threads, then restore torch's setting (the
-    library changes no global state that outlives a call)."""
-    threads, before = torch_threads(), torch.get_num_threads()
-    if threads != before:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        if threads != before:
-            torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)
@@ -232,6 +196,9 @@ class History:
     #: The rows offered and why some were excluded (``n_rows``, ``n_failed``, ``n_non_finite``,
     #: ``n_outside_support``), filled in by NPE and NLE; empty when ``train`` is called directly.
     rows: dict = field(default_factory=dict)
+    #: The stages after the first (a GAN's critic calibration), one summary each; the fields
+    #: above describe the first stage, ``time_s`` all of them.
+    stages: list[dict] = field(default_factory=list)
 
     @property
     def epochs(self) -> int:
@@ -252,6 +219,7 @@ class History:
             "device": self.device,
             "batch_size": self.batch_size,
             "rows": dict(self.rows),
+            "stages": [dict(stage) for stage in self.stages],
         }
 
 
@@ -446,10 +414,35 @@ def _train(
         run = _Run(model, config, device, history, start_time)
         run.loop(_Rounds(data.epoch_batches, config.epoch_rows), data)
         model.load_state_dict(run.best_state)
+        history.best_val_loss = run.best_val
+        _later_stages(model, config, data, history, start_time)
         model.eval()
-    history.best_val_loss = run.best_val
     history.time_s = time.perf_counter() - start_time
     return history
+
+
+def _later_stages(
+    model: nn.Module, config: TrainConfig, data: _Data, history: History, start_time: float
+) -> None:
+    """The stages after the first of a model with ``training_stages()`` (see
+    :mod:`sbitk.models.contract`), each a run of its own on the same split: ``set_stage(name)``
+    switches the model's loss and returns the settings that differ from the first stage's. Each
+    stage ends on its best weights; the model is left in its first stage."""
+    stages = getattr(model, "training_stages", None)
+    stages = tuple(stages()) if callable(stages) else ()
+    for name in stages[1:]:
+        stage_config = replace(config, **model.set_stage(name))
+        record = History(device=history.device)
+        device = torch.device(history.device)
+        run = _Run(model, stage_config, device, record, start_time, f"training ({name})")
+        run.loop(_Rounds(data.epoch_batches, stage_config.epoch_rows), data)
+        model.load_state_dict(run.best_state)
+        history.stages.append(
+            {"stage": name, "epochs": record.epochs, "best_epoch": record.best_epoch,
+             "best_val_loss": run.best_val, "stop_reason": record.stop_reason}
+        )  # fmt: skip
+    if stages:
+        model.set_stage(stages[0])
 
 
 @dataclass
@@ -564,8 +557,10 @@ class _Run:
         device: torch.device,
         history: History,
         start_time: float,
+        label: str = "training",
     ):
         self.model, self.config, self.device, self.history = model, config, device, history
+        self.label = label
         self.start_time = start_time
         self.optimizer = _adamw(model, config.learning_rate, config.weight_decay, device)
         self.lr = config.learning_rate
@@ -578,7 +573,7 @@ class _Run:
     def loop(self, feed: _Rounds, data: _Data) -> None:
         """Train epoch by epoch until a stopping rule fires, redoing non-finite epochs."""
         config, history = self.config, self.history
-        progress = _progress(config)
+        progress = _progress(config, self.label)
         epoch = 0
         while epoch < config.max_epochs:
             if config.schedule == "cosine":
@@ -725,13 +720,13 @@ def _to(t: Tensor | None, device: torch.device, dtype: torch.dtype) -> Tensor | 
     return None if t is None else t.to(device, dtype)
 
 
-def _progress(config: TrainConfig):
+def _progress(config: TrainConfig, label: str = "training"):
     from tqdm.auto import tqdm
 
     # disable=None lets tqdm switch itself off when stderr is not a terminal.
     return tqdm(
         total=config.max_epochs,
-        desc="training",
+        desc=label,
         unit="epoch",
         disable=True if not config.progress else None,
         leave=False,

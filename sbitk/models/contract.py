@@ -24,6 +24,11 @@ Optional capabilities, used where present and never asked for by name:
 * ``train_defaults() -> dict``: a classmethod giving ``TrainConfig`` values for the settings a
   user leaves unset (``None``), for families whose training dynamics differ from a flow's (a
   GAN's noisy validation curve).
+* ``training_stages() -> tuple[str, ...]`` and ``set_stage(name) -> dict``: training in
+  several stages, run in turn on the same split, each with its own optimiser and early
+  stopping (a GAN's game, then its critic alone). ``set_stage`` switches what ``loss``,
+  ``validation_loss`` and ``optimizer_groups`` do, and returns the ``TrainConfig`` settings
+  that differ from the first stage's; training leaves the model in its first stage.
 * ``role_options(role, box) -> dict``: default constructor options for a role (``"posterior"``
   or ``"likelihood"``) and whether the prior is a box; given options win.
 * ``box_on_theta``: a class flag: as a posterior on a box prior it models θ itself (its samples

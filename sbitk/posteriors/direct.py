@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from sbitk.errors import SbitkError
 from sbitk.models.contract import NONE, density_kind, has_density
+from sbitk.nn.threads import limited_threads
 from sbitk.posteriors.base import TrainedEstimator
 from sbitk.simulation.bijections import IdentityBijection
 from sbitk.simulation.priors import Prior
@@ -176,6 +177,7 @@ class DirectPosterior(TrainedEstimator):
         return torch.cat(parts) if parts else x.new_zeros(0, x.shape[0], self.theta_dim)
 
     # ---- public API --------------------------------------------------------------------------
+    @limited_threads
     @torch.no_grad()
     def sample(
         self,
@@ -311,6 +313,7 @@ class DirectPosterior(TrainedEstimator):
         u = result.samples.transpose(0, 1).reshape(-1, self.theta_dim)[:m]
         return bijection.inverse(u)
 
+    @limited_threads
     def log_prob(self, theta: Tensor, x: Tensor | None = None) -> Tensor:
         """The log density of θ under :math:`q(\\theta \\mid x)`; ``-inf`` outside the support.
 
@@ -338,6 +341,7 @@ class DirectPosterior(TrainedEstimator):
         lp = (lp.squeeze(-1) if single else lp) + logdet
         return torch.where(inside, lp, torch.full_like(lp, -math.inf))
 
+    @limited_threads
     def map(
         self,
         x: Tensor | None = None,

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from sbitk.errors import SbitkError
 from sbitk.models.contract import UNNORMALISED, has_density
+from sbitk.nn.threads import limited_threads
 from sbitk.posteriors.base import TrainedEstimator
 from sbitk.posteriors.direct import seeded
 from sbitk.posteriors.mcmc import MCMCConfig, MCMCResult, slice_sample
@@ -77,6 +78,7 @@ class SurrogateLikelihood(TrainedEstimator):
         """Check x and return it as i.i.d. trials (T, D_x) on the device."""
         return self._x_rows(x, "n_trials")[0]
 
+    @limited_threads
     @torch.no_grad()
     def sample(self, n: int, theta: Tensor, *, seed: int | None = None) -> Tensor:
         """Simulate with the surrogate: ``n`` draws of x for each θ.
@@ -107,6 +109,7 @@ class SurrogateLikelihood(TrainedEstimator):
         lp = self.estimator(ctx).log_prob(x.repeat(c, 1))
         return lp.reshape(c, t).sum(-1)
 
+    @limited_threads
     def log_prob(self, x: Tensor, theta: Tensor) -> Tensor:
         """Surrogate :math:`\\sum_t \\log q(x_t \\mid \\theta)` for θ (*, D_θ): shape (*)."""
         xs = self.observations(x)
@@ -210,6 +213,7 @@ class MCMCPosterior:
         idx = torch.multinomial(probs, config.num_chains, replacement=True, generator=gen)
         return torch.cat(us)[idx.to(device)], weighed, ess
 
+    @limited_threads
     @torch.no_grad()
     def sample(
         self,
@@ -269,6 +273,7 @@ class MCMCPosterior:
         flat = theta_chains.transpose(0, 1).reshape(-1, self.likelihood.theta_dim)
         return flat[:n].cpu()
 
+    @limited_threads
     def log_prob(self, theta: Tensor, x: Tensor | None = None) -> Tensor:
         """Unnormalised log posterior: log prior plus the summed surrogate log-likelihood."""
         if x is None:
@@ -277,6 +282,7 @@ class MCMCPosterior:
         theta = torch.as_tensor(theta).to(lik.device, lik.dtype)
         return lik + self.prior.log_prob(theta)
 
+    @limited_threads
     def map(
         self,
         x: Tensor | None = None,

@@ -399,3 +399,46 @@ def test_training_follows_the_cli_thread_rule_and_restores_torch(monkeypatch):
             train(spy, a, c, TrainConfig(**FAST | {"max_epochs": 1}))
     finally:
         torch.set_num_threads(before)
+
+
+class _TwoStages(nn.Module):
+    """Fits a location ``loc`` in stage "fit", then a scale ``log_sd`` alone in stage "spread",
+    which asks for its own settings: each stage's loss reaches only its own parameter."""
+
+    def __init__(self):
+        super().__init__()
+        self.loc, self.log_sd = nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))
+        self.stage, self.entered = "fit", []
+
+    def training_stages(self):
+        return ("fit", "spread")
+
+    def set_stage(self, name):
+        self.stage = name
+        self.entered.append(name)
+        return {"max_epochs": 7, "learning_rate": 0.05} if name == "spread" else {}
+
+    def optimizer_groups(self):
+        return [{"params": [self.log_sd if self.stage == "spread" else self.loc]}]
+
+    def loss(self, inputs, context=None):
+        if self.stage == "fit":
+            return (inputs[:, 0] - self.loc).square()
+        z = (inputs[:, 0] - self.loc.detach()) / self.log_sd.exp()
+        return 0.5 * z.square() + self.log_sd  # the Gaussian NLL in log_sd alone
+
+
+def test_a_model_with_stages_trains_each_in_turn_with_its_own_settings_and_best_weights():
+    g = torch.Generator().manual_seed(0)
+    data = 2.0 + 3.0 * torch.randn(4000, 1, generator=g)
+    model = _TwoStages()
+    config = TrainConfig(max_epochs=60, learning_rate=0.1, patience=5, progress=False, seed=0)
+    history = train(model, data, None, config)
+    assert model.entered == ["spread", "fit"]  # the later stage, then back to the first
+    (stage,) = history.stages
+    assert stage["stage"] == "spread" and stage["epochs"] == 7  # its own max_epochs
+    assert "max_epochs=7" in stage["stop_reason"] and history.epochs > 7
+    assert abs(float(model.loc) - 2.0) < 0.2  # fitted in the first stage
+    # The second stage moved the scale from 1 toward the data's sd, 3, at its own rate.
+    assert 1.5 < float(model.log_sd.exp()) < 3.5
+    assert history.summary()["stages"] == history.stages

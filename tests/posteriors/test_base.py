@@ -73,3 +73,33 @@ def test_both_roles_check_x_and_theta_alike():
             call(torch.zeros(4, 3))
     with pytest.raises(SbitkError, match=r"theta must have shape \(2,\) or \(B, 2\)"):
         likelihood.sample(1, torch.zeros(2, 2, 2))
+
+
+def test_sampling_and_densities_from_python_follow_the_thread_rule(monkeypatch):
+    """A posterior's sample, log_prob and map run on SBITK_THREADS threads, else 1, and leave
+    torch's setting as it was (torch's default, one per core, is slower on busy cores)."""
+    from sbitk.nn.threads import THREADS_ENV
+
+    posterior, likelihood = roles()
+    seen = []
+    for role in (posterior.estimator, likelihood.estimator):
+        forward = role.forward
+        monkeypatch.setattr(role, "forward", lambda *a, f=forward: seen.append(
+            torch.get_num_threads()) or f(*a))  # fmt: skip
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setenv(THREADS_ENV, "3")
+        x, theta = torch.zeros(3), torch.zeros(2)
+        posterior.sample(5, x)
+        posterior.log_prob(theta, x)
+        likelihood.sample(5, theta)
+        likelihood.log_prob(x, theta)
+        assert seen and set(seen) == {3}
+        assert torch.get_num_threads() == 2
+        monkeypatch.delenv(THREADS_ENV)
+        seen.clear()
+        posterior.sample(5, x)
+        assert set(seen) == {1} and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
