@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Sequence
 from contextlib import nullcontext
 
 import torch
@@ -106,23 +105,11 @@ class DirectPosterior(TrainedEstimator):
         estimator: nn.Module,
         prior: Prior,
         *,
-        unconstrained: bool = True,
-        parameter_names: Sequence[str] | None = None,
-        output_names: Sequence[str] | None = None,
-        simulator_name: str | None = None,
-        history=None,
         max_rejection_attempts: int = 100,
         max_rejection_time: float = 60.0,
+        **role_options,
     ):
-        super().__init__(
-            estimator,
-            prior,
-            unconstrained=unconstrained,
-            parameter_names=parameter_names,
-            output_names=output_names,
-            simulator_name=simulator_name,
-            history=history,
-        )
+        super().__init__(estimator, prior, **role_options)
         if not self.unconstrained and not has_density(estimator):
             raise SbitkError(
                 f"truncating to the prior's support (unconstrained=False) needs a density; "
