@@ -56,7 +56,7 @@ INVALID_CHOICES = ("error", "exclude")
 #: NLE's default batch: 256 rows, 512 above ``LARGE_BANK_ROWS`` training rows (NPE: 512 and
 #: 1,024). On slcp with 10,000 simulations a batch of 512 held out -12.88 and 256 -12.06.
 NLE_BATCH_SIZE = 256
-#: NLE's default ``patience`` and ``lr_patience`` (NPE: 10 and 4); see TrainConfig.
+#: NLE's default ``patience`` and ``lr_patience`` (NPE: 30 and 8); see TrainConfig.
 NLE_PATIENCE, NLE_LR_PATIENCE = 16, 8
 
 

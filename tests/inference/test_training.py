@@ -89,14 +89,14 @@ def test_early_stopping_restores_the_weights_of_the_best_epoch():
     assert not torch.equal(model.w.detach(), model.snapshots[-1])
 
 
-def test_the_engine_waits_ten_stalled_epochs_when_patience_is_left_open():
+def test_the_engine_waits_thirty_stalled_epochs_when_patience_is_left_open():
     cfg = TrainConfig(
         progress=False, max_epochs=100, lr_patience=100, weight_decay=0.0, learning_rate=0.2,
         warmup_steps=0, batch_size=100,
     )  # fmt: skip
     history = train(Drifting(), torch.zeros(1000, 1), None, cfg)
-    assert history.stop_reason == "no validation improvement in 10 epochs"
-    assert history.epochs == history.best_epoch + 1 + 10
+    assert history.stop_reason == "no validation improvement in 30 epochs"
+    assert history.epochs == history.best_epoch + 1 + 30
 
 
 def test_validation_loss_is_best_at_the_reported_epoch_for_a_real_model():
