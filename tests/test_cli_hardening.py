@@ -309,3 +309,38 @@ def test_ctrl_c_in_simulate_with_workers_prints_one_line_and_the_run_resumes(tmp
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert Bank.open(bank).complete and len(Bank.open(bank)) == 400
+
+
+#: Run in a fresh interpreter: Ctrl-C arrives while the `sbitk` command imports its CLI.
+INTERRUPTED_IMPORT = """
+import sys
+
+import _sbitk_launcher
+
+
+class CtrlC:  # a Ctrl-C the moment sbitk.cli starts to load
+    def find_spec(self, name, path=None, target=None):
+        if name == "sbitk.cli":
+            raise KeyboardInterrupt
+
+
+sys.meta_path.insert(0, CtrlC())
+_sbitk_launcher.main()
+"""
+
+
+def test_ctrl_c_while_the_command_starts_is_one_line_and_exit_130():
+    result = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_IMPORT], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "interrupted while sbitk was starting; nothing was done"
+    ]
+
+
+def test_the_sbitk_command_is_the_launcher():
+    from importlib.metadata import entry_points
+
+    (script,) = entry_points(group="console_scripts", name="sbitk")
+    assert script.value == "_sbitk_launcher:main"

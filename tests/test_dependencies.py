@@ -90,7 +90,7 @@ def _fresh_venv(tmp_path: Path) -> Path:
     skip = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
     for part in ("sbitk", "simulators"):
         shutil.copytree(ROOT / part, source / part, ignore=skip)
-    for part in ("pyproject.toml", "README.md"):
+    for part in ("pyproject.toml", "README.md", "_sbitk_launcher.py"):
         shutil.copy(ROOT / part, source / part)
     subprocess.run(
         [*pip, "install", "-q", str(source), str(source / "simulators")], check=True,
