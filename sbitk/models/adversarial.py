@@ -268,7 +268,8 @@ class GANDistribution:
         c = None if self.context is None else self.context.expand(k, n, *self.context.shape)
         a = model.generate(z, c)  # (K, n, *batch, D), standardised
         logits = model.critic(a, c)
-        u = torch.rand(logits.shape, generator=generator, device=z.device, dtype=logits.dtype)
+        where = logits.device if generator is None else generator.device
+        u = torch.rand(logits.shape, generator=generator, device=where, dtype=logits.dtype)
         pick = (logits - torch.log(-torch.log(u.clamp_min(1e-30))).to(logits.device)).argmax(0)
         chosen = a.gather(0, pick[None, ..., None].expand(1, *a.shape[1:])).squeeze(0)
         return model.inputs.inverse(chosen)
