@@ -326,6 +326,12 @@ def test_the_config_round_trips_and_bad_options_are_refused():
     assert ConditionalGAN.from_config(config).config == model.config
     with pytest.raises(SbitkError, match="objective"):
         ConditionalGAN(2, objective="minimax")
+    with pytest.raises(SbitkError, match="candidates >= 1"):
+        ConditionalGAN(2, candidates=0)
+    assert model.training_stages() == ("adversarial", "calibration")
+    assert ConditionalGAN(2, calibrate=False).training_stages() == ("adversarial",)
+    with pytest.raises(SbitkError, match="no training stage 'polish'"):
+        model.set_stage("polish")
     with pytest.raises(SbitkError, match=r"expected a context of shape \(\*, 3\), found None"):
         model(None)
 
