@@ -113,9 +113,7 @@ class FlowMatching(StandardizedEstimator):
         super().__init__(int(features), int(context))
         self.config = cfg = build_config(FlowMatchingConfig, features, context, options)
         _check(cfg)
-        self.register_buffer("frequencies", fourier_frequencies(cfg.time_features))
-        self.field = time_field(cfg.features, cfg.context, cfg.time_features,
-                                cfg.hidden_features, cfg.network)  # fmt: skip
+        add_time_field(self, cfg)
 
     @classmethod
     def train_defaults(cls) -> dict:
@@ -189,6 +187,16 @@ def fourier_frequencies(time_features: int) -> Tensor:
     """Angular frequencies :math:`\\pi 2^k`, k = -1 … time_features/2 - 2, of a time embedding:
     from slow trends in t ∈ [0, 1] to the detail near the data."""
     return math.pi * 2.0 ** torch.arange(-1, time_features // 2 - 1).float()
+
+
+def add_time_field(module: torch.nn.Module, cfg) -> None:
+    """Give ``module`` the time embedding's ``frequencies`` (a buffer) and the ``field`` network
+    its config asks for (``features``, ``context``, ``time_features``, ``hidden_features``,
+    ``network``): what flow matching and diffusion are built on."""
+    module.register_buffer("frequencies", fourier_frequencies(cfg.time_features))
+    module.field = time_field(
+        cfg.features, cfg.context, cfg.time_features, cfg.hidden_features, cfg.network
+    )
 
 
 def time_field(
@@ -311,6 +319,7 @@ __all__ = [
     "FlowMatchingConfig",
     "ProbabilityFlowDistribution",
     "evaluate_field",
+    "add_time_field",
     "fourier_frequencies",
     "time_field",
 ]

@@ -54,10 +54,10 @@ from sbitk.errors import SbitkError
 from sbitk.models.base import StandardizedEstimator, build_config
 from sbitk.models.continuous import (
     VALIDATION_SEED,
+    FlowMatching,
     ProbabilityFlowDistribution,
+    add_time_field,
     evaluate_field,
-    fourier_frequencies,
-    time_field,
 )
 from sbitk.models.contract import EXACT
 from sbitk.models.ode import METHODS
@@ -131,14 +131,12 @@ class Diffusion(StandardizedEstimator):
         super().__init__(int(features), int(context))
         self.config = cfg = build_config(DiffusionConfig, features, context, options)
         _check(cfg)
-        self.register_buffer("frequencies", fourier_frequencies(cfg.time_features))
-        self.field = time_field(cfg.features, cfg.context, cfg.time_features,
-                                cfg.hidden_features, cfg.network)  # fmt: skip
+        add_time_field(self, cfg)
 
     @classmethod
     def train_defaults(cls) -> dict:
         """Training settings left unset: those of flow matching, whose regression is as noisy."""
-        return {"patience": 40, "lr_patience": 15, "batch_size": 256, "learning_rate": 1e-3}
+        return FlowMatching.train_defaults()
 
     # --- the forward SDE -------------------------------------------------------------------
 
