@@ -4,8 +4,9 @@ For two_moons and slcp, prints simulations per second for:
 
 * sbitk with 1 worker (in-process), 2 local worker processes, and a 2-worker Dask LocalCluster,
   each writing a Zarr bank on disk (sbitk's default batch size for n, unless given);
-* sbi 0.27's ``simulate_for_sbi`` with the same simulator, the same batch size, 1 and 2 workers
-  (it keeps θ and x in memory and writes nothing);
+* sbi 0.27's ``simulate_for_sbi`` with the same simulator, the same batch size, 1 and 2 workers:
+  as it is (θ and x in memory, nothing written), and followed by ``torch.save`` of θ and x, so
+  that both sides end with the simulations in a file;
 
 and what the bank costs: the time to write every batch into a bank one after another, and the
 wall-clock time the 1-worker run spends beyond simulating (the runner writes each batch on a
@@ -60,7 +61,9 @@ def sbitk_rate(sim, n: int, batch_size: int, workdir: Path, **kwargs) -> float:
     return n / seconds
 
 
-def sbi_rate(sim, n: int, batch_size: int, workers: int) -> float:
+def sbi_rate(sim, n: int, batch_size: int, workers: int, save: Path | None = None) -> float:
+    """sbi's rate; with ``save``, θ and x are then written to that file by ``torch.save``,
+    so that both sides end with the simulations on disk."""
     from sbi.inference import simulate_for_sbi
     from sbi.utils import BoxUniform
 
@@ -70,13 +73,15 @@ def sbi_rate(sim, n: int, batch_size: int, workers: int) -> float:
     def simulator(theta):
         return sim(torch.as_tensor(theta, dtype=torch.float32))
 
-    seconds = _timed(
-        lambda: simulate_for_sbi(
+    def one():
+        theta, x = simulate_for_sbi(
             simulator, box, n, num_workers=workers, simulation_batch_size=batch_size, seed=0,
             show_progress_bar=False,
-        )
-    )  # fmt: skip
-    return n / seconds
+        )  # fmt: skip
+        if save is not None:
+            torch.save({"theta": theta, "x": x}, save)
+
+    return n / _timed(one)
 
 
 def write_overhead(sim, n: int, batch_size: int, workdir: Path) -> tuple[float, float]:
@@ -138,12 +143,13 @@ def main() -> None:
             sbi_rate(sim, 2 * batch, batch, 1)
             sbi_rate(sim, 2 * batch, batch, 2)
 
-            sbi1 = sbi_rate(sim, args.n, batch, 1)
-            sbi2 = sbi_rate(sim, args.n, batch, 2)
+            saved = workdir / f"{name}.pt"
+            sbi1, sbi2 = (sbi_rate(sim, args.n, batch, w) for w in (1, 2))
+            sbi1_saved, sbi2_saved = (sbi_rate(sim, args.n, batch, w, saved) for w in (1, 2))
             for label, kwargs, peer in (
-                ("1 worker", {"workers": 1}, sbi1),
-                ("2 workers", {"workers": 2}, sbi2),
-                ("Dask, 2 workers", {"client": client}, sbi2),
+                ("1 worker", {"workers": 1}, (sbi1, sbi1_saved)),
+                ("2 workers", {"workers": 2}, (sbi2, sbi2_saved)),
+                ("Dask, 2 workers", {"client": client}, (sbi2, sbi2_saved)),
             ):
                 rate = sbitk_rate(sim, args.n, batch, workdir, **kwargs)
                 rows.append((name, label, rate, peer))
@@ -154,11 +160,12 @@ def main() -> None:
 
     sizes = ", ".join(f"{k} {v}" for k, v in batches.items())
     print(f"\nsimulations per second, n = {args.n}, batch size: {sizes} (sbi: the same)")
-    print(f"{'task':<10}  {'sbitk runner':<16}  {'sbitk sims/s':>12}  {'sbi sims/s':>10}  ratio")
-    for name, label, a, b in rows:
-        if label == "bank writing":
-            continue
-        print(f"{name:<10}  {label:<16}  {a:>12,.0f}  {b:>10,.0f}  {a / b:5.2f}")
+    print("sbi in memory, and sbi then torch.save of θ and x (both sides end on disk)")
+    print(f"{'task':<10}  {'sbitk runner':<16}  {'sbitk sims/s':>12}  {'sbi sims/s':>10}  ratio"
+          f"  {'sbi+save':>10}  ratio")  # fmt: skip
+    for name, label, a, (b, c) in (r for r in rows if r[1] != "bank writing"):
+        print(f"{name:<10}  {label:<16}  {a:>12,.0f}  {b:>10,.0f}  {a / b:5.2f}"
+              f"  {c:>10,.0f}  {a / c:5.2f}")  # fmt: skip
     print("\nwhat the bank costs, as a fraction of simulating the batches in one process")
     print(f"{'task':<10}  {'simulate s':>10}  {'write s':>8}  {'write/sim':>9}  {'ms/batch':>8}"
           f"  {'1-worker run beyond simulating / sim':>36}")  # fmt: skip

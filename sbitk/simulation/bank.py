@@ -395,12 +395,11 @@ class Bank:
         return self.__dict__["_damaged"]
 
     def _find_damaged(self) -> dict[int, tuple[str, ...]]:
-        step = self._array("theta").chunks[0]
         done = self._marked_done
         chunks: dict[int, list[int]] = {}
         for b, start, rows in self.batches():
             if done[b]:
-                for k in range(start // step, (start + rows - 1) // step + 1):
+                for k in self._chunk_range(start, rows):
                     chunks.setdefault(k, []).append(b)
         out: dict[int, set[str]] = {}
         for k, owners in chunks.items():
@@ -647,6 +646,15 @@ class Bank:
         errors: dict[int, str],
     ) -> None:  # fmt: skip
         """Write one batch's rows, then mark it done."""
+        self._write_rows(start, theta, x, status, errors)
+        self._mark_done(index)
+
+    def _write_rows(
+        self, start: int, theta: np.ndarray, x: np.ndarray, status: np.ndarray,
+        errors: dict[int, str],
+    ) -> None:  # fmt: skip
+        """Write rows from ``start`` on, without marking their batch done. Safe to run in
+        several processes at once only for rows whose chunks no other writer touches."""
         stop = start + len(theta)
         messages = np.full(len(theta), "", dtype=object)
         for row, message in errors.items():
@@ -660,7 +668,15 @@ class Bank:
         if errors:  # rows without an error keep the fill value ""
             writes.append(("error", messages))
         _write_concurrently([(self._array(name), slice(start, stop), v) for name, v in writes])
+
+    def _mark_done(self, index: int) -> None:
+        """Mark batch ``index`` done, once its rows are written (one file per batch)."""
         self._array("done")[index] = True
+
+    def _chunk_range(self, start: int, rows: int) -> range:
+        """The row chunks that rows ``start`` to ``start + rows`` touch."""
+        step = self._array("theta").chunks[0]
+        return range(start // step, (start + rows - 1) // step + 1)
 
     def _set_attrs(self, **values) -> None:
         self._group.update_attributes(values)
@@ -668,14 +684,15 @@ class Bank:
         for key in ("_rows_done", "_marked_done", "_damaged"):
             self.__dict__.pop(key, None)
 
-    def _record_failure_counts(self) -> None:
-        status = self._array("status")[: self.planned]
-        counts = {
-            kind: int((status == code).sum())
-            for code, kind in STATUS_NAMES.items()
-            if code != STATUS_OK
-        }
-        self._set_attrs(failure_counts=counts)
+    def _record_failure_counts(self, counts: dict[int, int] | None = None) -> None:
+        """Store how many rows failed in each way: from ``counts`` (status code → rows) when
+        the caller counted every planned row, else by reading the status column back."""
+        if counts is None:
+            status = self._array("status")[: self.planned]
+            counts = {code: int((status == code).sum()) for code in STATUS_NAMES}
+        failures = {kind: int(counts.get(code, 0)) for code, kind in STATUS_NAMES.items()}
+        failures.pop(STATUS_NAMES[STATUS_OK])
+        self._set_attrs(failure_counts=failures)
 
 
 def _make_parent(path: Path) -> None:

@@ -43,10 +43,10 @@ import numpy as np
 import torch
 
 from sbitk.errors import BankError, SbitkError, SimulatorError
-from sbitk.simulation.bank import Bank
+from sbitk.simulation.bank import STATUS_PENDING, Bank
 from sbitk.simulation.registry import get_simulator
 from sbitk.simulation.resources import MAX_BATCHES, check_disk, check_memory
-from sbitk.simulation.simulator import Simulator
+from sbitk.simulation.simulator import STATUS_OK, Simulator
 
 #: Bounds of the default batch size, for vectorized and for row-by-row simulators.
 BATCH_SIZE_BOUNDS = {True: (1000, 100_000), False: (100, 1000)}
@@ -57,7 +57,7 @@ BATCH_BYTES = 16 * 2**20
 def default_batch_size(n: int, vectorized: bool, width: int = 1) -> int:
     """Rows per batch for a new bank of ``n`` rows when the caller names none.
 
-    About ``n / 16`` (enough batches to keep a few workers busy and resume at a fine grain),
+    About ``n / 8`` (enough batches to keep a few workers busy and resume at a fine grain),
     rounded down to 1, 2 or 5 times a power of ten, within :data:`BATCH_SIZE_BOUNDS`, and for
     rows of ``width`` values (D_θ + D_x) at most :data:`BATCH_BYTES` a batch unless that is
     below the lower bound. Writing a batch costs about a millisecond whatever its size, and a
@@ -67,15 +67,15 @@ def default_batch_size(n: int, vectorized: bool, width: int = 1) -> int:
 
     Example:
         >>> default_batch_size(20_000, True), default_batch_size(10**6, True)
-        (1000, 50000)
+        (2000, 100000)
         >>> default_batch_size(100_000, True), default_batch_size(100_000, False)
-        (5000, 1000)
+        (10000, 1000)
         >>> default_batch_size(10**7, True, width=10_000)  # 40 kB rows: 16 MiB is 419 rows
         1000
     """
     low, high = BATCH_SIZE_BOUNDS[bool(vectorized)]
     high = max(low, min(high, BATCH_BYTES // (4 * max(int(width), 1))))
-    target = max(n // 16, 1)
+    target = max(n // 8, 1)
     nice = max(m * 10**k for k in range(7) for m in (1, 2, 5) if m * 10**k <= target)
     return int(min(max(nice, low), high))
 
@@ -129,7 +129,7 @@ def simulate_batch(sim: Simulator, seed: int, index: int, rows: int) -> dict[str
         "index": index,
         "theta": theta.numpy(),
         "x": result.x.to(torch.float32).numpy(),
-        "status": result.status.numpy().astype(np.int8),
+        "status": result.status.numpy().astype(np.int8, copy=False),
         "errors": dict(result.errors),
     }
 
@@ -182,6 +182,8 @@ def dumps_simulator(sim: Simulator) -> bytes:
 
 # ---- local worker processes ------------------------------------------------------------------
 _WORKER_SIMULATOR: Simulator | None = None
+#: The bank a worker process writes its batches into (opened on its first batch), and its path.
+_WORKER_BANK: dict[str, Any] = {}
 
 
 def _watch_parent(pid: int) -> None:
@@ -197,17 +199,46 @@ def _watch_parent(pid: int) -> None:
             pass
 
 
-def _init_worker(payload: bytes, parent: int) -> None:
+def _init_worker(payload: bytes, parent: int, bank: str | None = None) -> None:
     global _WORKER_SIMULATOR
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller handles Ctrl-C and stops us
     torch.set_num_threads(1)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     _WORKER_SIMULATOR = cloudpickle.loads(payload)
+    _WORKER_BANK.update(path=bank, store=None)
 
 
-def _run_in_worker(seed: int, index: int, rows: int) -> dict[str, Any]:
+def _run_in_worker(seed: int, index: int, rows: int, start: int | None) -> dict[str, Any]:
+    """Simulate batch ``index``; with a ``start`` row, write its rows into the bank here and
+    return only what the caller needs to mark it done (:func:`_written`)."""
     assert _WORKER_SIMULATOR is not None
-    return simulate_batch(_WORKER_SIMULATOR, seed, index, rows)
+    result = simulate_batch(_WORKER_SIMULATOR, seed, index, rows)
+    if start is None:
+        return result
+    if _WORKER_BANK["store"] is None:
+        _WORKER_BANK["store"] = Bank._open(Path(_WORKER_BANK["path"]), mode="r+")
+    _WORKER_BANK["store"]._write_rows(start, result["theta"], result["x"], result["status"],
+                                      result["errors"])  # fmt: skip
+    return _written(result)
+
+
+def _written(result: dict[str, Any]) -> dict[str, Any]:
+    """A batch result whose rows are in the bank already: its index, row count and status."""
+    return {"index": result["index"], "rows": len(result["theta"]), "status": result["status"]}
+
+
+def _exclusive(store: Bank, batches: Sequence[tuple[int, int, int]]) -> set[int]:
+    """The batches whose chunks no other of ``batches`` touches: a worker may write those
+    itself. (A batch shares a chunk with another only across segments added by ``append``.)"""
+    owners: dict[int, int] = {}
+    for _, start, rows in batches:
+        for k in store._chunk_range(start, rows):
+            owners[k] = owners.get(k, 0) + 1
+    return {
+        index
+        for index, start, rows in batches
+        if all(owners[k] == 1 for k in store._chunk_range(start, rows))
+    }
 
 
 def _mp_context():
@@ -265,18 +296,23 @@ def _reraise(exc: BaseException):
 
 
 def _run_local(
-    sim: Simulator, seed: int, batches: Sequence[tuple[int, int, int]], workers: int
-) -> Iterator[dict[str, Any]]:
+    sim: Simulator, seed: int, batches: Sequence[tuple[int, int, int]], workers: int,
+    store: Bank,
+) -> Iterator[dict[str, Any]]:  # fmt: skip
+    """Run ``batches`` on ``workers`` local processes. A bank on disk is written by the workers
+    themselves (batches that share a chunk excepted): only the status comes back, not θ and x."""
     payload = dumps_simulator(sim)
     context = _mp_context()
     queue = list(batches)[::-1]
     running: dict = {}
+    direct = _exclusive(store, batches) if store.path is not None else set()
 
     def fill() -> None:
         # A bounded window of submitted batches keeps memory flat on long runs.
         while queue and len(running) < 2 * workers:
-            index, _, rows = queue.pop()
-            running[executor.submit(_run_in_worker, seed, index, rows)] = index
+            index, start, rows = queue.pop()
+            where = start if index in direct else None
+            running[executor.submit(_run_in_worker, seed, index, rows, where)] = index
 
     spawn = context.get_start_method() != "forkserver"
     with _sigint_held(inherited=True):
@@ -287,7 +323,7 @@ def _run_local(
         max_workers=workers,
         mp_context=context,
         initializer=_init_worker,
-        initargs=(payload, os.getpid()),
+        initargs=(payload, os.getpid(), None if store.path is None else str(store.path)),
     )
     try:
         with _sigint_held(inherited=spawn):
@@ -313,34 +349,45 @@ def _run_local(
         executor.shutdown(wait=True, cancel_futures=True)
 
 
-def _write_behind(store: Bank, results: Iterator[dict[str, Any]], starts: dict, bar) -> int:
+def _write_behind(
+    store: Bank, results: Iterator[dict[str, Any]], starts: dict, bar
+) -> dict[int, int]:
     """Write each batch into the bank on a thread while the next one is simulated.
 
     At most one write is in flight, so memory holds two batches; writes keep their order, and a
-    batch is marked done only once its rows are written. Returns the number of failed rows.
+    batch is marked done only once its rows are written (a batch a worker wrote itself is only
+    marked). Returns the rows of each status code.
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    failed, writing, rows = 0, None, 0
+    counts: dict[int, int] = {}
+    writing, rows = None, 0
 
     def finish() -> None:  # the write in flight, then its rows on the progress bar
         if writing is not None:
             writing.result()
             bar.update(rows)
 
+    def write(r: dict[str, Any]) -> None:
+        if "theta" in r:
+            store._write_rows(starts[r["index"]], r["theta"], r["x"], r["status"], r["errors"])
+        store._mark_done(r["index"])
+
     with ThreadPoolExecutor(1, thread_name_prefix="sbitk-bank") as writer:
         try:
             for r in results:
                 finish()
-                args = (r["index"], starts[r["index"]], r["theta"], r["x"], r["status"])
-                writing, rows = writer.submit(store._write_batch, *args, r["errors"]), len(args[2])
-                failed += int((r["status"] != 0).sum())
+                writing, rows = writer.submit(write, r), len(r["status"])
+                tally = np.bincount(r["status"].astype(np.intp) - STATUS_PENDING)
+                for code in np.flatnonzero(tally).tolist():
+                    key = code + STATUS_PENDING
+                    counts[key] = counts.get(key, 0) + int(tally[code])
             finish()
         finally:
             close = getattr(results, "close", None)
             if close is not None:
                 close()
-    return failed
+    return counts
 
 
 # ---- Dask ------------------------------------------------------------------------------------
@@ -603,13 +650,15 @@ def simulate(
         if workers <= 1:
             results = (simulate_batch(sim, seed, i, rows) for i, _, rows in pending)
         else:
-            results = _run_local(sim, seed, pending, workers)
+            results = _run_local(sim, seed, pending, workers, store)
 
     total = sum(rows for _, _, rows in pending)
     desc = f"simulate {sim.name}"
     with tqdm(total=total, desc=desc, unit="sim", disable=None if progress else True) as bar:
-        failed = _write_behind(store, results, starts, bar)
-    store._record_failure_counts()
+        counts = _write_behind(store, results, starts, bar)
+    every_row = len(pending) == store.num_batches  # else earlier runs wrote some rows
+    store._record_failure_counts(counts if every_row else None)
+    failed = sum(k for code, k in counts.items() if code != STATUS_OK)
 
     out = Bank.open(path) if path is not None else Bank(store._group, None)
     if failed:

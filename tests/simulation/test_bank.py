@@ -177,6 +177,29 @@ def test_append_continues_batch_numbering_so_seeds_never_repeat(tmp_path):
     assert len(fresh) == 300
 
 
+def test_workers_write_their_own_batches_except_those_sharing_a_chunk(tmp_path):
+    from sbitk.simulation.runner import _exclusive
+
+    path = tmp_path / "line.zarr"
+    _quiet(line, 500, seed=3, workers=1, batch_size=200, bank=path)
+    store = Bank._open(path, mode="r+")
+    new = store._extend(900)  # rows 500-1400: batches at 500, 700, 900, 1100, 1300
+    assert [b[1:] for b in new] == [(500, 200), (700, 200), (900, 200), (1100, 200), (1300, 100)]
+    # Chunks hold 200 rows: the batches at 500 and 700 share chunk 3 (rows 600-800), and so on:
+    # each new batch straddles two chunks, so none is a worker's alone.
+    assert _exclusive(store, new) == set()
+    aligned = [(0, 0, 200), (1, 200, 200), (2, 400, 100)]
+    assert _exclusive(store, aligned) == {0, 1, 2}
+    assert _exclusive(store, [*aligned, (3, 500, 200)]) == {0, 1}
+    # The same appended rows, written by two workers and by one process, are the same bank.
+    two = _quiet(line, 1000, seed=3, workers=2, batch_size=200, bank=tmp_path / "two.zarr")
+    _quiet(line, 500, seed=3, workers=2, bank=tmp_path / "two.zarr", append=True)
+    one = _quiet(line, 1000, seed=3, workers=1, batch_size=200, bank=tmp_path / "one.zarr")
+    _quiet(line, 500, seed=3, workers=1, bank=tmp_path / "one.zarr", append=True)
+    _same(Bank.open(tmp_path / "one.zarr"), Bank.open(tmp_path / "two.zarr"))
+    assert two.complete and len(Bank.open(tmp_path / "two.zarr")) == 1500
+
+
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
     [
