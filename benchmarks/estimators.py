@@ -1,6 +1,6 @@
 """Every estimator family against the default spline flow, at the sbibm protocol, in one run.
 
-For each task, role (NPE, NLE) and estimator, one network is trained on the same 10,000
+For each task, role (NPE, NLE, NRE) and estimator, one network is trained on the same 10,000
 simulations (amortized: it then serves every observation), and its posterior is compared with
 the sbibm reference posterior of each of the 10 reference observations by C2ST: 10,000 samples
 per side and, by default, the classifier of the sbibm paper (``--classifier sbibm``; ``mlp`` is
@@ -34,6 +34,7 @@ from threadpoolctl import threadpool_limits
 from sbitk.diagnostics.c2st import c2st
 from sbitk.inference.nle import NLE
 from sbitk.inference.npe import NPE
+from sbitk.inference.nre import NRE
 from sbitk.inference.training import TrainConfig
 from sbitk.posteriors.mcmc import MCMCConfig
 
@@ -55,7 +56,8 @@ def one_run(role: str, task: str, name: str, args) -> dict:
     if role == "npe":
         method = NPE(sim.prior, name, config=config)
     else:
-        method = NLE(sim.prior, name, config=config, mcmc=MCMCConfig(progress=False))
+        cls = NLE if role == "nle" else NRE
+        method = cls(sim.prior, name, config=config, mcmc=MCMCConfig(progress=False))
     start = time.perf_counter()
     posterior = method.fit(theta, x)
     train_s = time.perf_counter() - start

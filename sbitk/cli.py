@@ -419,7 +419,8 @@ def _say_mcmc_cost(model: Path, n: int) -> None:
         return  # diagnose names the problem with the file itself
     if role == "nle":
         click.echo(
-            f"note: an NLE posterior is sampled by MCMC for each of the {n} fresh simulations; "
+            f"note: an NLE or NRE posterior is sampled by MCMC for each of the {n} fresh "
+            "simulations; "
             "this takes minutes (about 1 s each for a small model on one core); "
             "--num-simulations sets how many",
             err=True,
@@ -447,8 +448,10 @@ def _warn_flagged(result) -> None:
 
 @main.command()
 @click.argument("bank", type=click.Path(path_type=Path))
-@click.option("--method", type=click.Choice(["npe", "nle"]), default="npe", show_default=True,
-              help="npe: learn the posterior; nle: the likelihood (MCMC).")  # fmt: skip
+@click.option("--method", type=click.Choice(["npe", "nle", "nre"]), default="npe",
+              show_default=True,
+              help="npe: learn the posterior; nle: the likelihood; nre: the likelihood-to-"
+                   "evidence ratio by classification (nle and nre sample by MCMC).")  # fmt: skip
 @_estimator_choice
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="Model file to write (.safetensors).")  # fmt: skip
@@ -638,7 +641,7 @@ _ABC = ABCConfig()
               help="Run directory (bank, model, result, report and manifest).")  # fmt: skip
 @click.option("-n", "--num-simulations", type=click.IntRange(min=10), default=_RUN.num_simulations,
               show_default=True)  # fmt: skip
-@click.option("--method", type=click.Choice(["npe", "nle"]), default=_RUN.method,
+@click.option("--method", type=click.Choice(["npe", "nle", "nre"]), default=_RUN.method,
               show_default=True)  # fmt: skip
 @_estimator_choice
 @_training_options

@@ -49,9 +49,24 @@ __all__ = [
     "train",
 ]
 
-METHODS = ("npe", "nle")
-#: The estimator role each method trains (for its default estimator).
-METHOD_ROLES = {"npe": "posterior", "nle": "likelihood"}
+METHODS = ("npe", "nle", "nre")
+#: The key of each method's default estimator (:func:`~sbitk.models.registry.default_estimator`).
+METHOD_ROLES = {"npe": "posterior", "nle": "likelihood", "nre": "ratio"}
+
+
+def _method_class(method: str) -> tuple[type, dict]:
+    """The inference class of ``method`` and the options the workflow gives it: NLE and NRE
+    drop failed simulations with a warning rather than refuse the bank."""
+    from sbitk.inference.nle import NLE
+    from sbitk.inference.npe import NPE
+    from sbitk.inference.nre import NRE
+
+    if method not in METHODS:
+        raise SbitkError(f"method must be one of {METHODS}, got {method!r}")
+    cls = {"npe": NPE, "nle": NLE, "nre": NRE}[method]
+    return cls, ({} if method == "npe" else {"invalid": "exclude"})
+
+
 #: Rows of the bank used as prior draws in a result file, and as the misspecification reference.
 MAX_PRIOR_DRAWS = 4000
 MAX_REFERENCE_SIMULATIONS = 4000
@@ -159,7 +174,8 @@ def train(
     Args:
         bank: The simulation bank (a Zarr directory).
         output: The model file to write (``*.safetensors``).
-        method: ``"npe"`` (posterior estimation) or ``"nle"`` (likelihood estimation).
+        method: ``"npe"`` (posterior estimation), ``"nle"`` (likelihood estimation) or
+            ``"nre"`` (ratio estimation).
         estimator: A registered estimator name (``"nsf"``, ``"maf"``, ``"realnvp"``, ...);
             ``None``: the method's default (:data:`sbitk.models.registry.DEFAULT_ESTIMATORS`).
         config: A :class:`~sbitk.inference.training.TrainConfig`.
@@ -169,8 +185,6 @@ def train(
     Returns:
         The trained posterior (a ``DirectPosterior`` or an ``MCMCPosterior``).
     """
-    from sbitk.inference.nle import NLE
-    from sbitk.inference.npe import NPE
     from sbitk.io.atomic import check_not_input, check_output
     from sbitk.io.modelfile import save_model
     from sbitk.models.registry import default_estimator, get_estimator
@@ -185,8 +199,7 @@ def train(
     source = _open_bank(bank)
     if len(source) == 0:
         raise SbitkError(f"the bank at {bank} holds no rows to train on")
-    cls = NPE if method == "npe" else NLE
-    kwargs = {"invalid": "exclude"} if method == "nle" else {}
+    cls, kwargs = _method_class(method)
     inference = cls(estimator=estimator, config=config, **kwargs, **estimator_kwargs)
     posterior = inference.fit(source)
     save_model(output, posterior)
@@ -791,7 +804,7 @@ class RunOptions:
 
     Args:
         num_simulations: Rows of the bank.
-        method: ``"npe"`` or ``"nle"``.
+        method: ``"npe"``, ``"nle"`` or ``"nre"``.
         estimator: A registered estimator name; ``None``: the method's default
             (:data:`sbitk.models.registry.DEFAULT_ESTIMATORS`), recorded by name in the
             manifest.
@@ -1035,8 +1048,6 @@ def run(
 
 def _check_run_options(simulator, options: RunOptions, n_observed: int, bank: Path) -> None:
     """Every option of :func:`run` that a later step would refuse, refused before the first."""
-    from sbitk.inference.nle import NLE
-    from sbitk.inference.npe import NPE
     from sbitk.inference.training import resolve_device
     from sbitk.simulation.runner import check_sizes, existing_batch_size, simulator_batch_size
 
@@ -1045,11 +1056,11 @@ def _check_run_options(simulator, options: RunOptions, n_observed: int, bank: Pa
     if options.iid and options.method == "npe" and n_observed > 1:
         raise SbitkError(
             f"--iid treats the {n_observed} observed rows as trials of one observation, which "
-            "needs an NLE model (its likelihoods multiply); pass --method nle"
+            "needs an NLE or NRE model (their likelihoods multiply); pass --method nle or nre"
         )
     resolve_device(options.device)
     config = options.train_config(progress=False)  # checks the training settings
-    cls, kwargs = (NPE, {}) if options.method == "npe" else (NLE, {"invalid": "exclude"})
+    cls, kwargs = _method_class(options.method)
     cls(estimator=options.estimator, config=config, **kwargs, **dict(options.estimator_options))
     existing = existing_batch_size(bank)
     size = existing or simulator_batch_size(simulator, options.num_simulations)

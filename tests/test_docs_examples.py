@@ -31,6 +31,7 @@ RUNNABLE = (
     "families/autoregressive.md",
     "families/classical.md",
     "families/ensemble.md",
+    "families/ratio.md",
 )
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 

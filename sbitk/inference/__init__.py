@@ -1,13 +1,15 @@
-"""Training engine, neural posterior estimation (NPE) and neural likelihood estimation (NLE)."""
+"""Training engine, and neural posterior (NPE), likelihood (NLE) and ratio (NRE) estimation."""
 
 from sbitk.inference.nle import NLE
 from sbitk.inference.npe import NPE
+from sbitk.inference.nre import NRE
 from sbitk.inference.training import ChunkSource, History, TrainConfig, train
 from sbitk.models.gaussian import ConditionalGaussian
 
 __all__ = [
     "NLE",
     "NPE",
+    "NRE",
     "ChunkSource",
     "ConditionalGaussian",
     "History",

@@ -28,6 +28,8 @@ class Estimation:
     role = ""
     #: The role's name in the estimator contract (``"posterior"`` or ``"likelihood"``).
     contract_role = ""
+    #: The key of :data:`~sbitk.models.registry.DEFAULT_ESTIMATORS` giving the default estimator.
+    default_key = ""
     #: How the two dimensions of the estimator are named in errors: (features, context).
     dims = ("features", "context")
 
@@ -44,7 +46,7 @@ class Estimation:
     ):
         self.prior = None if prior is None else as_prior(prior)
         if estimator is None:
-            estimator = default_estimator(self.contract_role)
+            estimator = default_estimator(self.default_key)
         if not isinstance(estimator, str | nn.Module):
             raise SbitkError(
                 f"estimator must be a name or an nn.Module, got {type(estimator).__name__}"
@@ -56,6 +58,7 @@ class Estimation:
         else:
             get_estimator(estimator)  # an unknown name fails here, before any data is read
         self.estimator = estimator
+        self._check_kind(self.estimator_class)
         #: Work in the prior's unconstrained coordinates (True), in θ (False), or let the role
         #: choose (None).
         self.unconstrained = unconstrained
@@ -73,6 +76,9 @@ class Estimation:
         if isinstance(self.estimator, nn.Module):
             return type(self.estimator)
         return get_estimator(self.estimator)
+
+    def _check_kind(self, cls: type) -> None:
+        """Refuse an estimator whose density kind the role cannot use (no-op here)."""
 
     def _box(self) -> bool:
         """Whether the modelled or conditioning θ lies on a box (decided in ``_resolve``)."""

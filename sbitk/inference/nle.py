@@ -46,7 +46,7 @@ from sbitk.errors import SbitkError
 from sbitk.inference.base import Estimation
 from sbitk.inference.data import RowReport
 from sbitk.inference.training import LARGE_BANK_ROWS, TrainConfig
-from sbitk.models.contract import UNNORMALISED, density_kind, has_density
+from sbitk.models.contract import NONE, RATIO, UNNORMALISED, density_kind
 from sbitk.posteriors.likelihood import MCMCPosterior, SurrogateLikelihood
 from sbitk.posteriors.mcmc import MCMCConfig
 from sbitk.simulation.bijections import is_box
@@ -85,6 +85,7 @@ class NLE(Estimation):
 
     role = "nle"
     contract_role = "likelihood"
+    default_key = "likelihood"
     dims = ("D_x", "D_θ")
 
     def __init__(
@@ -113,22 +114,29 @@ class NLE(Estimation):
             simulator_name,
             estimator_kwargs,
         )
-        cls = self.estimator_class
-        if not has_density(cls):
+        self.invalid = invalid
+        self.conditions_unconstrained = True
+        self.mcmc = mcmc or MCMCConfig()
+
+    def _check_kind(self, cls: type) -> None:
+        kind = density_kind(cls)
+        if kind == NONE:
             raise SbitkError(
                 f"NLE samples prior × surrogate likelihood by MCMC, which evaluates the "
-                f"likelihood's density; estimator {cls.__name__} ({density_kind(cls)!r} density) "
-                "offers samples only: use it for NPE, or pick one with a density"
+                f"likelihood's density; estimator {cls.__name__} ({kind!r} density) offers "
+                "samples only: use it for NPE, or pick one with a density"
             )
-        if density_kind(cls) == UNNORMALISED:
+        if kind == UNNORMALISED:
             raise SbitkError(
                 f"NLE needs q(x | θ) normalised for every θ: MCMC over θ compares it across θ, "
                 f"and estimator {cls.__name__}'s unknown constant changes with θ; use it for "
                 "NPE, or pick one with an exact or estimated density"
             )
-        self.invalid = invalid
-        self.conditions_unconstrained = True
-        self.mcmc = mcmc or MCMCConfig()
+        if kind == RATIO:
+            raise SbitkError(
+                f"estimator {cls.__name__} is a ratio estimator (a classifier of (θ, x) pairs): "
+                "train it with NRE (method nre)"
+            )
 
     def _resolve(self) -> None:
         if self.unconstrained is None:

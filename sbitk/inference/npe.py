@@ -45,7 +45,7 @@ from sbitk.errors import SbitkError
 from sbitk.inference.base import Estimation
 from sbitk.inference.data import RowReport, warn_excluded
 from sbitk.inference.training import TrainConfig
-from sbitk.models.contract import has_density
+from sbitk.models.contract import RATIO, density_kind, has_density
 from sbitk.posteriors.direct import DirectPosterior
 from sbitk.simulation.bijections import is_box
 from sbitk.simulation.priors import Prior
@@ -73,6 +73,7 @@ class NPE(Estimation):
 
     role = "npe"
     contract_role = "posterior"
+    default_key = "posterior"
     dims = ("D_θ", "D_x")
 
     def __init__(
@@ -98,6 +99,13 @@ class NPE(Estimation):
             estimator_kwargs,
         )
         self.trains_unconstrained = True
+
+    def _check_kind(self, cls: type) -> None:
+        if density_kind(cls) == RATIO:
+            raise SbitkError(
+                f"estimator {cls.__name__} estimates a likelihood-to-evidence ratio and draws "
+                "nothing, so it is no posterior: use it with NRE (method nre)"
+            )
 
     def _resolve(self) -> None:
         cls = self.estimator_class

@@ -10,8 +10,9 @@ through :class:`ConditionalEstimator`:
   ``cls.from_config(asdict(config))`` rebuilds the same architecture, so a model file stores the
   registered name and the config, never a class path.
 * ``loss(inputs, context) -> (B,)``: the only thing the training engine calls.
-* ``estimator(context)``: a distribution batched over the contexts, with ``sample(shape)``;
-  with ``log_prob(inputs)`` too unless the density kind is :data:`NONE`.
+* ``estimator(context)``: a distribution batched over the contexts, with ``sample(shape)``
+  (unless the density kind is :data:`RATIO`); with ``log_prob(inputs)`` too unless it is
+  :data:`NONE`.
 * ``density``: which density the distribution offers (:data:`DENSITY_KINDS`).
 
 Optional capabilities, used where present and never asked for by name:
@@ -60,7 +61,11 @@ ESTIMATED = "estimated"
 UNNORMALISED = "unnormalised"
 #: No density at all, only samples (GAN).
 NONE = "none"
-DENSITY_KINDS = (EXACT, ESTIMATED, UNNORMALISED, NONE)
+#: ``log_prob(inputs)`` is :math:`\log q(a \mid c) - \log q(a)` up to a function of the
+#: inputs alone, and nothing is sampled (ratio estimators, NRE). As a likelihood (inputs x,
+#: context θ) that is enough for MCMC over θ; it is no posterior.
+RATIO = "ratio"
+DENSITY_KINDS = (EXACT, ESTIMATED, UNNORMALISED, NONE, RATIO)
 #: The two roles an estimator plays, as passed to ``role_options``.
 ROLES = ("posterior", "likelihood")
 
@@ -109,6 +114,11 @@ def density_kind(estimator: Any) -> str:
     return kind
 
 
+def can_sample(estimator: Any) -> bool:
+    """Whether ``estimator``'s distributions draw samples (all but ratio estimators)."""
+    return density_kind(estimator) != RATIO
+
+
 def has_density(estimator: Any) -> bool:
     """Whether ``estimator`` evaluates some (possibly unnormalised or estimated) density."""
     return density_kind(estimator) != NONE
@@ -149,11 +159,13 @@ __all__ = [
     "ESTIMATED",
     "EXACT",
     "NONE",
+    "RATIO",
     "ROLES",
     "UNNORMALISED",
     "ConditionalDistribution",
     "ConditionalEstimator",
     "ContractError",
+    "can_sample",
     "check_estimator",
     "density_kind",
     "has_density",

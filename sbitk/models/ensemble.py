@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from sbitk.errors import SbitkError
 from sbitk.models.base import build_config
-from sbitk.models.contract import EXACT, NONE, ROLES, density_kind, role_options
+from sbitk.models.contract import EXACT, NONE, RATIO, ROLES, density_kind, role_options
 from sbitk.models.registry import get_estimator
 
 
@@ -149,6 +149,11 @@ def _check(cfg: EnsembleConfig) -> type:
         raise SbitkError(
             f"Ensemble: member {cfg.member!r} offers samples only; an ensemble needs the "
             "members' densities (for the mixture's density and for truncation to a box prior)"
+        )
+    if density_kind(cls) == RATIO:
+        raise SbitkError(
+            f"Ensemble: member {cfg.member!r} estimates a ratio known up to a function of x "
+            "that differs between members, so their mixture means nothing"
         )
     return cls
 

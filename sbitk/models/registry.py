@@ -36,11 +36,14 @@ ENTRY_POINT_GROUP = "sbitk.estimators"
 #: the training (3 to 6 times on a loaded machine); C2ST over the 10 reference observations was
 #: 0.553 against 0.566 (two_moons) and 0.844 against 0.855 (slcp). As a likelihood the spline
 #: flow: NLE's MCMC evaluates every member at every step.
-DEFAULT_ESTIMATORS = {"posterior": "ensemble", "likelihood": "nsf"}
+#: NRE's classifier of (θ, x) pairs, under the key ``"ratio"``, is the ratio estimator with
+#: the NRE-C loss.
+DEFAULT_ESTIMATORS = {"posterior": "ensemble", "likelihood": "nsf", "ratio": "ratio"}
 
 
 def default_estimator(role: str) -> str:
-    """The estimator name used for ``role`` (``"posterior"`` or ``"likelihood"``) by default.
+    """The estimator name used by default for ``role``: ``"posterior"`` (NPE),
+    ``"likelihood"`` (NLE) or ``"ratio"`` (NRE).
 
     Example:
         >>> default_estimator("likelihood")

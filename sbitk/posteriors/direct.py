@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from sbitk.errors import SbitkError
-from sbitk.models.contract import NONE, density_kind, has_density
+from sbitk.models.contract import NONE, RATIO, density_kind, has_density
 from sbitk.nn.threads import limited_threads
 from sbitk.posteriors.base import TrainedEstimator
 from sbitk.simulation.bijections import IdentityBijection
@@ -128,7 +128,11 @@ class DirectPosterior(TrainedEstimator):
 
     # ---- plumbing ----------------------------------------------------------------------------
     def _accept(self, estimator: nn.Module) -> None:
-        density_kind(estimator)  # a posterior needs the estimator's declared density kind
+        if density_kind(estimator) == RATIO:
+            raise SbitkError(
+                f"estimator {type(estimator).__name__} estimates a likelihood-to-evidence ratio "
+                "and draws nothing: it is no posterior; use it as NRE's classifier"
+            )
 
     @property
     def density(self) -> str:

@@ -192,12 +192,12 @@ def test_workers_write_their_own_batches_except_those_sharing_a_chunk(tmp_path):
     assert _exclusive(store, aligned) == {0, 1, 2}
     assert _exclusive(store, [*aligned, (3, 500, 200)]) == {0, 1}
     # The same appended rows, written by two workers and by one process, are the same bank.
-    two = _quiet(line, 1000, seed=3, workers=2, batch_size=200, bank=tmp_path / "two.zarr")
-    _quiet(line, 500, seed=3, workers=2, bank=tmp_path / "two.zarr", append=True)
-    one = _quiet(line, 1000, seed=3, workers=1, batch_size=200, bank=tmp_path / "one.zarr")
-    _quiet(line, 500, seed=3, workers=1, bank=tmp_path / "one.zarr", append=True)
-    _same(Bank.open(tmp_path / "one.zarr"), Bank.open(tmp_path / "two.zarr"))
-    assert two.complete and len(Bank.open(tmp_path / "two.zarr")) == 1500
+    for workers, name in ((2, "two.zarr"), (1, "one.zarr")):
+        _quiet(line, 1000, seed=3, workers=workers, batch_size=200, bank=tmp_path / name)
+        _quiet(line, 500, seed=3, workers=workers, bank=tmp_path / name, append=True)
+    two = Bank.open(tmp_path / "two.zarr")
+    _same(Bank.open(tmp_path / "one.zarr"), two)
+    assert two.complete and len(two) == 1500
 
 
 @pytest.mark.parametrize(
