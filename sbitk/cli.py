@@ -659,6 +659,10 @@ _ABC = ABCConfig()
 @click.option("--predictive", is_flag=True, help="Add posterior predictive draws to the result.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Local simulation processes [default: the available cores].")  # fmt: skip
+@click.option("--rounds", type=click.IntRange(min=1), default=_RUN.rounds, show_default=True,
+              help="Sequential rounds for the one observation: later rounds simulate where "
+                   "the posterior is (NPE: truncated prior; NLE, NRE: the posterior). "
+                   "1: amortized.")  # fmt: skip
 @_estimator_option
 @_seed_option
 @_device_option
@@ -680,6 +684,7 @@ def run(
     iid: bool,
     predictive: bool,
     workers: int | None,
+    rounds: int,
     seed: int,
     device: str,
     force: bool,
@@ -694,6 +699,7 @@ def run(
     Example:
       sbitk run two_moons --observed examples/two_moons_observed.csv -o runs/demo
       sbitk run slcp --observed obs.csv -o runs/slcp -n 50000 --method nle --estimator maf
+      sbitk run slcp --observed one.csv -o runs/slcp-snle --method nle --rounds 10
     """
     from sbitk import workflow
 
@@ -704,7 +710,7 @@ def run(
         max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate,
         n_samples=num_samples,
         n_diagnose=diagnose_simulations, n_diagnose_samples=diagnose_samples, iid=iid,
-        predictive=predictive, seed=seed, device=device, workers=workers,
+        predictive=predictive, seed=seed, device=device, workers=workers, rounds=rounds,
     )  # fmt: skip
     with _warnings_as_lines():
         result = workflow.run(

@@ -452,12 +452,63 @@ def sample(
 FAMILY_ALPHA = 0.05
 
 
-def _statistical_checks(density: bool, observed: bool) -> list[str]:
+def _statistical_checks(density: bool, observed: bool, amortized: bool = True) -> list[str]:
     """The checks of :func:`diagnose` that test a null hypothesis, and so raise false alarms."""
-    names = ["SBC", "coverage", "TARP", "z-score / contraction"]
-    if not density:
+    names = ["SBC", "coverage", "TARP", "z-score / contraction"] if amortized else []
+    if not density and amortized:
         names.remove("coverage")
     return names + (["predictive check", "misspecification"] if observed else [])
+
+
+def sequential_observation(posterior) -> list | None:
+    """The observation a sequentially trained posterior is for (its training history records
+    it: :mod:`sbitk.inference.sequential`), or None for an amortized one."""
+    history = getattr(posterior, "history", None)
+    if isinstance(history, dict):
+        return history.get("observation")
+    return getattr(history, "observation", None)
+
+
+def _calibration(
+    posterior, simulator, source, n: int, n_draws: int, log_prob, *, alpha: float, seed: int,
+    progress: bool,
+) -> tuple[dict, dict, str]:  # fmt: skip
+    """SBC, coverage, TARP and z-score/contraction on ``n`` fresh simulations, drawn with a seed
+    distinct from the bank's: the results by :func:`report_sections` argument, the checks
+    skipped with their reason, and a line saying which simulations were used."""
+    from sbitk.diagnostics import expected_coverage, sbc, tarp, zscore_contraction
+    from sbitk.simulation.runner import simulate
+
+    fresh_seed = _derived_seed(seed, "diagnose")
+    if fresh_seed == source.seed:
+        fresh_seed += 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # failures are counted below
+        fresh = simulate(simulator, n, seed=fresh_seed, workers=1, progress=False)
+    theta, x = _valid_rows(fresh)
+    if theta.shape[0] < 10:
+        raise SbitkError(
+            f"only {theta.shape[0]} of {n} fresh simulations succeeded; the calibration checks "
+            "need at least 10"
+        )
+    names = list(posterior.parameter_names)
+    draws = _batched_draws(posterior, x, n_draws, seed, progress)  # (L, N, D)
+    out, skipped = {}, {}
+    out["sbc"] = sbc(theta, x, draws, parameter_names=names, alpha=alpha, seed=seed,
+                     progress=False)  # fmt: skip
+    if log_prob is None:
+        skipped["coverage"] = (
+            "HPD coverage ranks draws by their density, and this estimator offers samples only"
+        )
+    else:
+        out["coverage"] = expected_coverage(theta, x, draws, log_prob, alpha=alpha, seed=seed,
+                                            progress=False)  # fmt: skip
+    out["tarp"] = tarp(theta, x, draws, alpha=alpha, seed=seed, progress=False)
+    out["contraction"] = zscore_contraction(
+        theta, x, draws, parameter_names=names, prior_variance=_prior_variance(source),
+        alpha=alpha, progress=False,
+    )  # fmt: skip
+    return out, skipped, f"{theta.shape[0]} (seed {fresh_seed})"
 
 
 def per_check_alpha(m: int) -> float:
@@ -572,21 +623,13 @@ def diagnose(
         ``"pass"``).
     """
     from sbitk import __version__
-    from sbitk.diagnostics import (
-        expected_coverage,
-        mmd_test,
-        posterior_predictive_check,
-        sbc,
-        tarp,
-        zscore_contraction,
-    )
+    from sbitk.diagnostics import mmd_test, posterior_predictive_check
     from sbitk.io.arviz import file_sha256
     from sbitk.io.atomic import check_not_input, check_output
     from sbitk.io.modelfile import load_model
     from sbitk.io.observed import read_observed_data
     from sbitk.report import report_sections, write_report
     from sbitk.report.checks import overall_status
-    from sbitk.simulation.runner import simulate
 
     check_not_input(output, model_file=model, bank=bank, observed_data_file=observed)
     output = check_output(output, force=force)
@@ -614,38 +657,23 @@ def diagnose(
         if iid and not posterior.iid_trials and obs.x.shape[0] > 1:
             raise SbitkError(f"--iid needs an NLE model; this model is {posterior.role.upper()}")
 
-    fresh_seed = _derived_seed(seed, "diagnose")
-    if fresh_seed == source.seed:
-        fresh_seed += 1
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # failures are counted below
-        fresh = simulate(simulator, n_simulations, seed=fresh_seed, workers=1, progress=False)
-    theta, x = _valid_rows(fresh)
-    if theta.shape[0] < 10:
-        raise SbitkError(
-            f"only {theta.shape[0]} of {n_simulations} fresh simulations succeeded; the "
-            "calibration checks need at least 10"
-        )
     names = list(posterior.parameter_names)
-    draws = _batched_draws(posterior, x, n_posterior_samples, seed, progress)  # (L, N, D)
     log_prob = _batched_log_prob(posterior)
-    alpha = per_check_alpha(len(_statistical_checks(log_prob is not None, obs is not None)))
-    sbc_result = sbc(theta, x, draws, parameter_names=names, alpha=alpha, seed=seed,
-                     progress=False)  # fmt: skip
-    skipped = {}
-    if log_prob is None:
-        cov = None
-        skipped["coverage"] = (
-            "HPD coverage ranks draws by their density, and this estimator offers samples only"
-        )
+    trained_for = sequential_observation(posterior)
+    n_checks = len(_statistical_checks(log_prob is not None, obs is not None, trained_for is None))
+    alpha = per_check_alpha(n_checks)
+    if trained_for is None:
+        calibration, skipped, fresh = _calibration(
+            posterior, simulator, source, n_simulations, n_posterior_samples, log_prob,
+            alpha=alpha, seed=seed, progress=progress,
+        )  # fmt: skip
     else:
-        cov = expected_coverage(theta, x, draws, log_prob, alpha=alpha, seed=seed,
-                                progress=False)  # fmt: skip
-    tarp_result = tarp(theta, x, draws, alpha=alpha, seed=seed, progress=False)
-    contraction = zscore_contraction(
-        theta, x, draws, parameter_names=names, prior_variance=_prior_variance(source),
-        alpha=alpha, progress=False,
-    )  # fmt: skip
+        reason = (
+            "the posterior was trained in sequential rounds for one observation, and "
+            "calibration over the prior predictive does not apply to it"
+        )
+        calibration, fresh = {}, "none (a sequential posterior)"
+        skipped = dict.fromkeys(("SBC", "coverage", "TARP", "contraction"), reason)
 
     posterior_draws = ppc = mis = None
     if obs is not None:
@@ -683,10 +711,7 @@ def diagnose(
         history=posterior.history,
         posterior=posterior_draws,
         parameter_names=names,
-        sbc=sbc_result,
-        coverage=cov,
-        tarp=tarp_result,
-        contraction=contraction,
+        **calibration,
         ppc=ppc,
         misspecification=mis,
         skipped=skipped,
@@ -699,10 +724,10 @@ def diagnose(
         if is_file
         else type(model).__name__,
         "bank": f"{Path(bank).name} ({len(source)} rows)",
-        "fresh simulations": f"{theta.shape[0]} (seed {fresh_seed})",
+        "fresh simulations": fresh,
         "posterior draws per simulation": n_posterior_samples,
         "false alarms": f"at most {FAMILY_ALPHA:.0%} of runs for a calibrated posterior: each "
-        f"of the {round(FAMILY_ALPHA / alpha)} statistical checks at α = {alpha:.3g} "
+        f"of the {n_checks} statistical checks at α = {alpha:.3g} "
         f"(Bonferroni)",
         "seed": seed,
         "sbitk": __version__,
@@ -820,6 +845,8 @@ class RunOptions:
         seed: Seeds every step.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         workers: Local simulation processes (default: the available cores).
+        rounds: Sequential rounds for one observation (:mod:`sbitk.inference.sequential`);
+            1 trains an amortized posterior on prior draws.
     """
 
     num_simulations: int = 10_000
@@ -837,6 +864,7 @@ class RunOptions:
     seed: int = 0
     device: str = "auto"
     workers: int | None = None
+    rounds: int = 1
 
     def train_config(self, progress: bool):
         from sbitk.inference.training import TrainConfig
@@ -963,10 +991,13 @@ def run(
     steps = manifest.get("steps", {}) if isinstance(manifest.get("steps"), dict) else {}
     reused: dict[str, bool] = {}
 
+    from sbitk.inference.sequential import round_sizes
+
+    prior_rows = round_sizes(options.num_simulations, options.rounds)[0]
     bank_inputs = {
         "simulator": simulator.name,
         "simulator_version": simulator.version,
-        "num_simulations": options.num_simulations,
+        "num_simulations": prior_rows,
         "seed": options.seed,
     }
     bank_hash = options_hash(bank_inputs)
@@ -977,14 +1008,14 @@ def run(
     else:
         # Same inputs but an incomplete bank: an interrupted run, which the runner resumes.
         resume = not force and recorded.get("hash") == bank_hash
-        say(f"simulating {options.num_simulations} rows into {paths['bank']}")
+        say(f"simulating {prior_rows} rows into {paths['bank']}")
         steps["bank"] = {"inputs": bank_inputs, "hash": bank_hash}
         steps.pop("model", None)
         _write_manifest(manifest_path, steps, write_text)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", SimulationFailureWarning)
             run_simulations(
-                simulator, options.num_simulations, seed=options.seed, bank=paths["bank"],
+                simulator, prior_rows, seed=options.seed, bank=paths["bank"],
                 overwrite=not resume, progress=progress, workers=options.workers,
             )  # fmt: skip
     steps["bank"] = {"inputs": bank_inputs, "hash": bank_hash}
@@ -999,12 +1030,20 @@ def run(
     }
     if options.estimator_options:
         train_inputs["estimator_options"] = dict(options.estimator_options)
+    if options.rounds > 1:  # the model then depends on the observation and on every round
+        train_inputs["rounds"] = options.rounds
+        train_inputs["num_simulations"] = options.num_simulations
+        train_inputs["observed_sha256"] = file_sha256(observed)
     model_hash = options_hash(train_inputs)
     reused["model"] = not force and _model_reusable(
         paths["model"], steps.get("model", {}), model_hash
     )
     if reused["model"]:
         say(f"reusing {paths['model']} (same bank and training options)")
+    elif options.rounds > 1:
+        say(f"training {options.method.upper()} ({options.estimator}) in {options.rounds} "
+            f"rounds into {paths['model']}")  # fmt: skip
+        _train_rounds(simulator, obs.x, paths, options, config, progress, say)
     else:
         say(f"training {options.method.upper()} ({options.estimator}) into {paths['model']}")
         train(
@@ -1025,7 +1064,10 @@ def run(
         bank=paths["bank"], simulator=simulator, progress=progress,
     )  # fmt: skip
     steps["sample"] = {"observed_sha256": file_sha256(observed), "n": options.n_samples}
-    say(f"diagnosing on {options.n_diagnose} fresh simulations into {paths['report']}")
+    if options.rounds > 1:
+        say(f"diagnosing the sequential posterior at the observation into {paths['report']}")
+    else:
+        say(f"diagnosing on {options.n_diagnose} fresh simulations into {paths['report']}")
     diagnosed = diagnose(
         paths["model"], paths["bank"], paths["report"], observed=observed, iid=options.iid,
         n_simulations=options.n_diagnose, n_posterior_samples=options.n_diagnose_samples,
@@ -1046,6 +1088,28 @@ def run(
     )
 
 
+def _train_rounds(simulator, x_o, paths: dict, options: RunOptions, config, progress, say):
+    """Sequential training for the one observation (or i.i.d. trials) ``x_o``: the bank is
+    round 1, later rounds go into ``rounds/`` next to it; writes the model file."""
+    from sbitk.inference.sequential import fit_rounds
+    from sbitk.io.modelfile import save_model
+    from sbitk.simulation.bank import Bank
+
+    cls, kwargs = _method_class(options.method)
+    method = cls(
+        estimator=options.estimator, config=config, **kwargs, **dict(options.estimator_options)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # excluded failed rows are in the history
+        posterior = fit_rounds(
+            method, simulator, x_o if options.iid else x_o[0], options.num_simulations,
+            rounds=options.rounds, seed=options.seed, workers=options.workers,
+            banks=paths["bank"].parent / "rounds", first_round=Bank.open(paths["bank"]),
+            progress=progress, log=say,
+        )  # fmt: skip
+    save_model(paths["model"], posterior)
+
+
 def _check_run_options(simulator, options: RunOptions, n_observed: int, bank: Path) -> None:
     """Every option of :func:`run` that a later step would refuse, refused before the first."""
     from sbitk.inference.training import resolve_device
@@ -1058,6 +1122,15 @@ def _check_run_options(simulator, options: RunOptions, n_observed: int, bank: Pa
             f"--iid treats the {n_observed} observed rows as trials of one observation, which "
             "needs an NLE or NRE model (their likelihoods multiply); pass --method nle or nre"
         )
+    if options.rounds > 1:
+        from sbitk.inference.sequential import round_sizes
+
+        round_sizes(options.num_simulations, options.rounds)  # checks both
+        if n_observed > 1 and not options.iid:
+            raise SbitkError(
+                f"--rounds trains for one observation; the observed file has {n_observed} rows "
+                "(pass --iid if they are trials of one observation, or one row per run)"
+            )
     resolve_device(options.device)
     config = options.train_config(progress=False)  # checks the training settings
     cls, kwargs = _method_class(options.method)

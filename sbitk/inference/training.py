@@ -200,6 +200,10 @@ class History:
     #: The stages after the first (a GAN's critic calibration), one summary each; the fields
     #: above describe the first stage, ``time_s`` all of them.
     stages: list[dict] = field(default_factory=list)
+    #: Sequential training (:mod:`sbitk.inference.sequential`): one record per round, and the
+    #: observation the posterior was trained for; empty and None when amortized.
+    rounds: list[dict] = field(default_factory=list)
+    observation: list | None = None
 
     @property
     def epochs(self) -> int:
@@ -221,6 +225,8 @@ class History:
             "batch_size": self.batch_size,
             "rows": dict(self.rows),
             "stages": [dict(stage) for stage in self.stages],
+            "rounds": [dict(r) for r in self.rounds],
+            "observation": self.observation,
         }
 
 

@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import forkserver, resource_tracker
@@ -114,8 +114,11 @@ def _simulation_context():
             torch.set_num_threads(threads)
 
 
-def simulate_batch(sim: Simulator, seed: int, index: int, rows: int) -> dict[str, Any]:
-    """Simulate batch ``index`` of a run: θ from the prior, then x, with the batch's generator.
+def simulate_batch(
+    sim: Simulator, seed: int, index: int, rows: int, theta: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Simulate batch ``index`` of a run: θ from the prior (or the ``rows`` θ given), then x,
+    with the batch's generator.
 
     Returns:
         A dict with ``index``, ``theta`` (rows, D_θ) and ``x`` (rows, D_x) float32 arrays,
@@ -123,7 +126,10 @@ def simulate_batch(sim: Simulator, seed: int, index: int, rows: int) -> dict[str
     """
     generator = batch_generator(seed, index)
     with _simulation_context():
-        theta = sim.prior.sample(rows, generator).to(torch.float32)
+        if theta is None:
+            theta = sim.prior.sample(rows, generator).to(torch.float32)
+        else:
+            theta = torch.as_tensor(theta, dtype=torch.float32)
         result = sim.run_batch(theta, generator)
     return {
         "index": index,
@@ -208,11 +214,14 @@ def _init_worker(payload: bytes, parent: int, bank: str | None = None) -> None:
     _WORKER_BANK.update(path=bank, store=None)
 
 
-def _run_in_worker(seed: int, index: int, rows: int, start: int | None) -> dict[str, Any]:
-    """Simulate batch ``index``; with a ``start`` row, write its rows into the bank here and
-    return only what the caller needs to mark it done (:func:`_written`)."""
+def _run_in_worker(
+    seed: int, index: int, rows: int, start: int | None, theta: np.ndarray | None
+) -> dict[str, Any]:
+    """Simulate batch ``index`` (at the ``theta`` given, if any); with a ``start`` row, write its
+    rows into the bank here and return only what the caller needs to mark it done
+    (:func:`_written`)."""
     assert _WORKER_SIMULATOR is not None
-    result = simulate_batch(_WORKER_SIMULATOR, seed, index, rows)
+    result = simulate_batch(_WORKER_SIMULATOR, seed, index, rows, theta)
     if start is None:
         return result
     if _WORKER_BANK["store"] is None:
@@ -297,7 +306,7 @@ def _reraise(exc: BaseException):
 
 def _run_local(
     sim: Simulator, seed: int, batches: Sequence[tuple[int, int, int]], workers: int,
-    store: Bank,
+    store: Bank, given: Callable[[int, int], np.ndarray | None],
 ) -> Iterator[dict[str, Any]]:  # fmt: skip
     """Run ``batches`` on ``workers`` local processes. A bank on disk is written by the workers
     themselves (batches that share a chunk excepted): only the status comes back, not θ and x."""
@@ -312,7 +321,8 @@ def _run_local(
         while queue and len(running) < 2 * workers:
             index, start, rows = queue.pop()
             where = start if index in direct else None
-            running[executor.submit(_run_in_worker, seed, index, rows, where)] = index
+            task = (seed, index, rows, where, given(start, rows))
+            running[executor.submit(_run_in_worker, *task)] = index
 
     spawn = context.get_start_method() != "forkserver"
     with _sigint_held(inherited=True):
@@ -394,19 +404,22 @@ def _write_behind(
 _DASK_CACHE: dict[str, Simulator] = {}
 
 
-def _run_on_dask(payload: bytes, key: str, seed: int, index: int, rows: int) -> dict[str, Any]:
+def _run_on_dask(
+    payload: bytes, key: str, seed: int, index: int, rows: int, theta: np.ndarray | None
+) -> dict[str, Any]:
     sim = _DASK_CACHE.get(key)
     if sim is None:
         if len(_DASK_CACHE) >= 4:
             _DASK_CACHE.clear()
         sim = _DASK_CACHE[key] = cloudpickle.loads(payload)
     torch.set_num_threads(1)
-    return simulate_batch(sim, seed, index, rows)
+    return simulate_batch(sim, seed, index, rows, theta)
 
 
 def _run_dask(
-    sim: Simulator, seed: int, batches: Sequence[tuple[int, int, int]], client
-) -> Iterator[dict[str, Any]]:
+    sim: Simulator, seed: int, batches: Sequence[tuple[int, int, int]], client,
+    given: Callable[[int, int], np.ndarray | None],
+) -> Iterator[dict[str, Any]]:  # fmt: skip
     from distributed import as_completed
 
     payload = dumps_simulator(sim)
@@ -415,14 +428,15 @@ def _run_dask(
     threads = max(sum(client.nthreads().values()), 1)
     queue = list(batches)[::-1]
 
-    def submit(index: int, rows: int):
-        return client.submit(_run_on_dask, shipped, key, seed, index, rows, pure=False)
+    def submit(index: int, start: int, rows: int):
+        theta = given(start, rows)
+        return client.submit(_run_on_dask, shipped, key, seed, index, rows, theta, pure=False)
 
     window = as_completed()
     running = []
     while queue and len(running) < 2 * threads:
-        index, _, rows = queue.pop()
-        future = submit(index, rows)
+        index, start, rows = queue.pop()
+        future = submit(index, start, rows)
         running.append(future)
         window.add(future)
     try:
@@ -434,8 +448,8 @@ def _run_dask(
             running.remove(future)
             future.release()
             if queue:
-                index, _, rows = queue.pop()
-                nxt = submit(index, rows)
+                index, start, rows = queue.pop()
+                nxt = submit(index, start, rows)
                 running.append(nxt)
                 window.add(nxt)
             yield result
@@ -467,8 +481,43 @@ def _check_int(value, name: str, minimum: int) -> int:
     return int(value)
 
 
-def _check_matches(bank: Bank, sim: Simulator, seed: int, batch_size: int | None) -> None:
+def _given_theta(sim: Simulator, theta, n: int, append: bool) -> np.ndarray:
+    """θ given to :func:`simulate`, checked: (n, D_θ), finite, inside the prior's support."""
+    if append:
+        raise SbitkError("simulating at given theta cannot append to a bank; use a new bank")
+    t = torch.as_tensor(theta).detach().cpu().to(torch.float32)
+    if t.dim() != 2 or t.shape != (n, sim.theta_dim):
+        raise SbitkError(
+            f"theta must have shape (n, D_θ) = ({n}, {sim.theta_dim}), found {tuple(t.shape)}"
+        )
+    if not torch.isfinite(t).all():
+        raise SbitkError("theta holds NaN or Inf")
+    outside = ~sim.prior.support_contains(t.double())
+    if outside.any():
+        row = int(torch.nonzero(outside)[0])
+        raise SbitkError(
+            f"{int(outside.sum())} rows of theta lie outside the prior's support (first: row "
+            f"{row}, {t[row].tolist()})"
+        )
+    return t.numpy()
+
+
+def _sha256(values: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest()
+
+
+def _check_matches(
+    bank: Bank, sim: Simulator, seed: int, batch_size: int | None, given: np.ndarray | None
+) -> None:
     where = bank.path
+    recorded = bank.attrs.get("given_theta_sha256")
+    if recorded != (None if given is None else _sha256(given)):
+        held = "prior draws" if recorded is None else "given theta"
+        asked = "prior draws" if given is None else "given theta"
+        what = "other given theta" if held == asked else f"{held}, asked for {asked}"
+        raise BankError(
+            f"bank {where} holds simulations at {what}; overwrite it (overwrite=True, --force)"
+        )
     desc = sim.describe()
     if bank.simulator_name != sim.name:
         raise BankError(
@@ -558,6 +607,7 @@ def simulate(
     progress: bool = True,
     append: bool = False,
     overwrite: bool = False,
+    theta=None,
 ) -> Bank:
     """Simulate ``n`` rows (θ, x) into a bank, in batches, locally or on a Dask cluster.
 
@@ -589,6 +639,9 @@ def simulate(
         progress: Show a progress bar (on a terminal; ``TQDM_DISABLE=1`` hides it).
         append: Add ``n`` rows to an existing bank (created when missing).
         overwrite: Delete an existing bank at ``bank`` and start over.
+        theta: θ to simulate at, (n, D_θ) inside the prior's support, instead of prior draws
+            (a sequential round's proposal). The bank records their hash: a rerun resumes only
+            with the same θ. Not with ``append``.
 
     Returns:
         The bank, opened read-only.
@@ -612,6 +665,7 @@ def simulate(
         workers = _check_int(workers, "workers", 1)
     if append and overwrite:
         raise SbitkError("append and overwrite exclude each other; pass one of them")
+    given = None if theta is None else _given_theta(sim, theta, n, append)
 
     path = None if bank is None else Path(bank)
     existing = None if overwrite or path is None else existing_batch_size(path)
@@ -621,7 +675,7 @@ def simulate(
         Bank._remove(path)
     if path is not None and (path / "zarr.json").is_file():
         store = Bank._open(path, mode="r+")
-        _check_matches(store, sim, seed, batch_size)
+        _check_matches(store, sim, seed, batch_size, given)
         if append:
             store._extend(n)
         elif store.planned == 0:
@@ -639,18 +693,24 @@ def simulate(
             batch_size=batch_size or simulator_batch_size(sim, n),
             sbitk_version=sbitk.__version__,
         )
+        if given is not None:
+            store._set_attrs(given_theta_sha256=_sha256(given))
         store._extend(n)
 
     pending = store.pending_batches()
     starts = {index: start for index, start, _ in pending}
+
+    def rows_of(start: int, rows: int) -> np.ndarray | None:
+        return None if given is None else given[start : start + rows]
+
     if client is not None:
-        results = _run_dask(sim, seed, pending, client)
+        results = _run_dask(sim, seed, pending, client, rows_of)
     else:
         workers = min(workers or _default_workers(), len(pending))
         if workers <= 1:
-            results = (simulate_batch(sim, seed, i, rows) for i, _, rows in pending)
+            results = (simulate_batch(sim, seed, i, r, rows_of(s, r)) for i, s, r in pending)
         else:
-            results = _run_local(sim, seed, pending, workers, store)
+            results = _run_local(sim, seed, pending, workers, store, rows_of)
 
     total = sum(rows for _, _, rows in pending)
     desc = f"simulate {sim.name}"

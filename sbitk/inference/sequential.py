@@ -1,0 +1,252 @@
+r"""Sequential inference for one observation: simulate where the posterior is, in rounds.
+
+An amortized estimator spends its simulations over everything the prior allows; for one
+observation :math:`x_o` most of them land where the posterior has no mass. Sequential inference
+spends the budget in R rounds: round 1 simulates at prior draws, and every later round at draws
+of a proposal built from the posterior of the round before, then trains on all rows so far.
+What the proposal is depends on the method, so that training stays valid:
+
+* **NLE and NRE** (SNLE, Papamakarios et al. 2019; SNRE, Hermans et al. 2020): the proposal is
+  the current posterior at :math:`x_o`, drawn by MCMC. A likelihood :math:`q(x \mid \theta)` does
+  not depend on where θ was drawn, and a ratio trained on proposal draws is
+  :math:`p(x \mid \theta) / \tilde p(x)`, which differs from the prior's ratio by a function of x
+  only: MCMC over θ is unchanged.
+* **NPE** (truncated sequential NPE, TSNPE; Deistler et al. 2022): the proposal is the prior
+  truncated to the current posterior's highest-density region of mass :math:`1 - \varepsilon`,
+  :math:`\tilde p(\theta) \propto p(\theta)\,\mathbb 1[q(\theta \mid x_o) \ge \tau]`. Inside the
+  region the proposal is the prior up to a constant, so NPE's loss on all rows still targets
+  the posterior there, with no importance weights and no atomic loss. It is sampled by
+  rejection from the prior, and by slice sampling the truncated prior from posterior draws when
+  the region is too small for rejection.
+
+The result is a posterior for :math:`x_o` only: its training history records the rounds and
+the observation, and :func:`sbitk.workflow.diagnose` skips the checks that average over the
+prior predictive (SBC, coverage, TARP, z-score), which do not apply to it.
+
+References:
+    Papamakarios, Sterratt & Murray (2019), arXiv:1805.07226; Hermans, Begy & Louppe (2020),
+    arXiv:1903.04057; Deistler, Goncalves & Macke (2022), Truncated proposals for scalable and
+    hassle-free simulation-based inference, arXiv:2210.04815.
+
+Example:
+    >>> import torch, sbitk
+    >>> from sbitk.inference.nle import NLE
+    >>> from sbitk.inference.training import TrainConfig
+    >>> from sbitk.posteriors.mcmc import MCMCConfig
+    >>> nle = NLE(estimator="gaussian", config=TrainConfig(max_epochs=5, progress=False),
+    ...           mcmc=MCMCConfig(num_chains=50, warmup=20, progress=False))
+    >>> posterior = fit_rounds(nle, sbitk.get_simulator("gaussian_linear"), torch.zeros(10),
+    ...                        600, rounds=3, workers=1)
+    >>> [r["simulations"] for r in posterior.likelihood.history.rounds]
+    [200, 200, 200]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from sbitk.errors import SbitkError
+from sbitk.posteriors.mcmc import slice_sample
+
+#: TSNPE's ε: the proposal is the prior inside the posterior's region of mass 1 - ε.
+TRUNCATION = 1e-4
+#: Posterior draws that set the truncation threshold τ (their ε-quantile of log q).
+THRESHOLD_DRAWS = 20_000
+#: Prior candidates per accepted draw that rejection may spend before slice sampling takes over.
+REJECTION_BUDGET = 100
+#: Chains of the slice sampler that takes over from rejection, started at posterior draws.
+SLICE_CHAINS = 1000
+#: Prior candidates scored per batch during rejection.
+CANDIDATES_PER_BATCH = 20_000
+
+
+def round_sizes(num_simulations: int, rounds: int) -> list[int]:
+    """Simulations per round: equal shares, the remainder in the first round.
+
+    Example:
+        >>> round_sizes(10_000, 3)
+        [3334, 3333, 3333]
+    """
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise SbitkError(f"rounds must be an integer >= 1, got {rounds!r}")
+    if num_simulations < 2 * rounds:
+        raise SbitkError(
+            f"{num_simulations} simulations cannot be split into {rounds} rounds of at least "
+            "2; simulate more or use fewer rounds"
+        )
+    share = num_simulations // rounds
+    return [share + num_simulations - share * rounds] + [share] * (rounds - 1)
+
+
+def fit_rounds(
+    method,
+    simulator,
+    x_o: Tensor,
+    num_simulations: int,
+    *,
+    rounds: int = 5,
+    seed: int = 0,
+    workers: int | None = None,
+    banks: str | Path | None = None,
+    first_round=None,
+    progress: bool = False,
+    log=None,
+):
+    """Train ``method`` (an NPE, NLE or NRE instance) for one observation in ``rounds`` rounds.
+
+    Args:
+        method: The inference object; its settings (estimator, training, MCMC) serve every
+            round, and each round trains a fresh network on all rows so far.
+        simulator: A :class:`~sbitk.Simulator` or a registered name.
+        x_o: The observation (D_x,), or i.i.d. trials (T, D_x) for NLE and NRE.
+        num_simulations: The whole budget, split by :func:`round_sizes`.
+        rounds: Number of rounds (1: amortized training on prior draws).
+        seed: Seeds the simulations and proposals of every round.
+        workers: Local simulation processes (default: the available cores).
+        banks: A directory for one bank per round (``round-1.zarr``, ...); in memory if None.
+        first_round: A bank of prior draws to use as round 1 (its rows count in the budget);
+            the rest of the budget is split equally over the later rounds.
+        progress: Show progress bars.
+        log: Called with one line per round.
+
+    Returns:
+        The posterior of the last round; ``history.rounds`` holds one record per round
+        (simulations, proposal, acceptance, training time and epochs), ``history.observation``
+        the observation.
+    """
+    from sbitk.simulation.registry import get_simulator
+    from sbitk.simulation.runner import simulate
+
+    sim = get_simulator(simulator)
+    sizes = round_sizes(num_simulations, rounds)
+    if first_round is not None:
+        rest = round_sizes(num_simulations - len(first_round), rounds - 1) if rounds > 1 else []
+        sizes = [len(first_round), *rest]
+    x_o = _observation(method, sim, x_o)
+    _describe(method, sim)
+    say = log or (lambda _msg: None)
+    theta_all, x_all, records, posterior = [], [], [], None
+    for r, n in enumerate(sizes):
+        start = time.perf_counter()
+        if posterior is None:
+            proposal, where, acceptance = None, "prior", None
+        else:
+            proposal, where, acceptance = _proposal(method, posterior, sim.prior, x_o, n, seed + r)
+        path = None if banks is None else Path(banks) / f"round-{r + 1}.zarr"
+        say(f"round {r + 1} of {len(sizes)}: {n} simulations at {where} draws")
+        if r == 0 and first_round is not None:
+            bank = first_round
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # failed rows are the method's to report
+                bank = simulate(sim, n, seed=seed + r, workers=workers, bank=path,
+                                theta=proposal, progress=progress,
+                                overwrite=path is not None)  # fmt: skip
+        simulated = time.perf_counter() - start
+        theta_all.append(bank.theta)
+        x_all.append(torch.where(bank.valid[:, None], bank.x, torch.nan))
+        start = time.perf_counter()
+        posterior = method.fit(torch.cat(theta_all), torch.cat(x_all))
+        records.append(
+            {
+                "round": r + 1,
+                "simulations": n,
+                "proposal": where,
+                "acceptance": acceptance,
+                "simulate_s": round(simulated, 3),
+                "train_s": round(time.perf_counter() - start, 3),
+                "epochs": method.history.epochs,
+            }
+        )
+    method.history.rounds = records
+    method.history.observation = x_o.tolist()
+    return posterior
+
+
+def _describe(method, sim) -> None:
+    """Give ``method`` the simulator's prior and names where it has none (fitting from tensors
+    reads nothing from a bank)."""
+    desc = sim.describe()
+    if method.prior is None:
+        method.prior = sim.prior
+    elif method.prior != sim.prior:
+        raise SbitkError(f"the method's prior is not simulator {sim.name!r}'s")
+    method.parameter_names = method.parameter_names or desc["parameter_names"]
+    method.output_names = method.output_names or desc["output_names"]
+    method.simulator_name = method.simulator_name or sim.name
+
+
+def _observation(method, sim, x_o) -> Tensor:
+    x_o = torch.as_tensor(x_o, dtype=torch.get_default_dtype())
+    trials = x_o.reshape(-1, sim.x_dim) if x_o.numel() % max(sim.x_dim, 1) == 0 else None
+    if trials is None or not torch.isfinite(trials).all():
+        raise SbitkError(
+            f"the observation must be finite with {sim.x_dim} values per trial, got shape "
+            f"{tuple(x_o.shape)}"
+        )
+    if trials.shape[0] > 1 and method.role == "npe":
+        raise SbitkError(
+            f"{trials.shape[0]} i.i.d. trials need NLE or NRE (their likelihoods multiply); "
+            "NPE takes one observation"
+        )
+    return trials[0] if trials.shape[0] == 1 else trials
+
+
+def _proposal(method, posterior, prior, x_o: Tensor, n: int, seed: int):
+    """θ (n, D_θ) for the next round, what they are, and the rejection acceptance (TSNPE)."""
+    if method.role != "npe":
+        config = dataclasses.replace(posterior.config, progress=False)
+        return posterior.sample(n, x=x_o, seed=seed, config=config), "posterior", None
+    theta, acceptance = truncated_prior(posterior, prior, x_o, n, seed=seed)
+    return theta, f"truncated prior (ε = {TRUNCATION:g})", acceptance
+
+
+@torch.no_grad()
+def truncated_prior(
+    posterior, prior, x_o: Tensor, n: int, *, epsilon: float = TRUNCATION, seed: int = 0
+) -> tuple[Tensor, float]:
+    """``n`` draws of the prior truncated to the region where :math:`\\log q(\\theta \\mid x_o)`
+    is at least its ε-quantile under q, and the acceptance rate of rejection from the prior.
+
+    Rejection spends at most :data:`REJECTION_BUDGET` candidates per draw; when the region is
+    smaller than that, the rest are drawn by slice sampling the truncated prior, with chains
+    started at posterior draws inside the region.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    reference = posterior.sample(THRESHOLD_DRAWS, x=x_o, seed=seed)
+    log_q = posterior.log_prob(reference, x=x_o)
+    tau = float(torch.quantile(log_q.double(), epsilon))
+    kept, tried, count = [reference[:0]], 0, 0
+    while count < n and tried < REJECTION_BUDGET * n:
+        candidates = prior.sample(CANDIDATES_PER_BATCH, generator).to(reference.dtype)
+        inside = posterior.log_prob(candidates, x=x_o) >= tau
+        kept.append(candidates[inside])
+        tried, count = tried + len(candidates), count + int(inside.sum())
+    acceptance = count / max(tried, 1)
+    theta = torch.cat(kept)[:n]
+    if count < n:
+        starts = reference[log_q >= tau][:SLICE_CHAINS]
+        theta = torch.cat([theta, _slice_truncated(posterior, prior, x_o, tau, starts, n - count,
+                                                   seed)])  # fmt: skip
+    return theta, acceptance
+
+
+def _slice_truncated(posterior, prior, x_o, tau: float, starts: Tensor, n: int, seed: int):
+    def log_target(theta: Tensor) -> Tensor:
+        lp = prior.log_prob(theta.to(torch.get_default_dtype()))
+        inside = posterior.log_prob(theta, x=x_o) >= tau
+        return torch.where(inside & torch.isfinite(lp), lp, torch.full_like(lp, -math.inf))
+
+    per_chain = math.ceil(n / len(starts))
+    result = slice_sample(log_target, starts, per_chain, warmup=50, seed=seed)
+    return result.samples.reshape(-1, starts.shape[1])[:n]
+
+
+__all__ = ["TRUNCATION", "fit_rounds", "round_sizes", "truncated_prior"]
