@@ -68,15 +68,21 @@ from sbitk.diagnostics.c2st import c2st
 from sbitk.errors import SbitkError
 from sbitk.inference.nle import NLE
 from sbitk.inference.npe import NPE
+from sbitk.inference.nre import NRE
+from sbitk.inference.sequential import fit_rounds
 from sbitk.inference.training import TrainConfig
 from sbitk.models.registry import available_estimators
 from sbitk.posteriors.mcmc import MCMCConfig
 
 BUDGETS = "1000,10000,100000"
-#: The methods, and the one visible table from their names to classes.
-METHODS = {"npe": NPE, "nle": NLE}
+#: The methods, and the one visible table from their names to classes. The sequential ones
+#: (truncated SNPE, SNLE, SNRE) train for each observation in ``--rounds`` rounds.
+METHODS = {"npe": NPE, "nle": NLE, "nre": NRE, "tsnpe": NPE, "snle": NLE, "snre": NRE}
+SEQUENTIAL = ("tsnpe", "snle", "snre")
+#: The rounds of a sequential run, as in the published SNPE and SNLE.
+ROUNDS = 10
 #: The published algorithms shown next to sbitk.
-PUBLISHED = ("NPE", "NLE", "SNPE", "SNLE")
+PUBLISHED = ("NPE", "NLE", "NRE", "SNPE", "SNLE", "SNRE")
 #: Where sbi's NPE runs by default with ``--with-sbi`` (its training is slow at 100,000).
 SBI_TASKS = "two_moons,gaussian_linear,slcp"
 SBI_BUDGETS = "1000,10000"
@@ -93,11 +99,11 @@ REFERENCE = Path(__file__).resolve().parent / "reference"
 PUBLISHED_FILES = ("sbibm_main_paper.csv", "sbibm_gaussian_mixture_rerun.csv")
 FIELDS = [
     "library", "task", "budget", "method", "estimator", "observations", "samples",
-    "classifier", "seed", "c2st", "c2st_each", "simulate_s", "train_s", "sample_s", "c2st_s",
+    "classifier", "seed", "rounds", "c2st", "c2st_each", "simulate_s", "train_s", "sample_s", "c2st_s",
     "epochs", "parallel", "version",
 ]  # fmt: skip
 #: The columns that identify a row: a rerun skips a run whose key is in the CSV.
-KEY = FIELDS[:9]
+KEY = FIELDS[:10]
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,7 @@ class Protocol:
     samples: int
     classifier: str
     seed: int
+    rounds: int = ROUNDS
 
 
 @dataclass(frozen=True)
@@ -124,6 +131,7 @@ class Run:
         return (
             self.library, self.task, str(self.budget), self.method, self.estimator,
             " ".join(map(str, p.observations)), str(p.samples), p.classifier, str(p.seed),
+            str(p.rounds if self.method in SEQUENTIAL else 1),
         )  # fmt: skip
 
     def label(self) -> str:
@@ -141,16 +149,18 @@ def default_estimator(method: str) -> str:
     if default is None:
         from sbitk.models import registry
 
-        return registry.default_estimator(cls.contract_role)
+        return registry.default_estimator(cls.default_key)
     return default
 
 
 def build(run: Run, prior, seed: int):
     """The sbitk method of ``run`` with its defaults (raises SbitkError if it cannot take it)."""
     config = TrainConfig(progress=False, seed=seed)
-    if run.method == "nle":
-        return NLE(prior, run.estimator, config=config, mcmc=MCMCConfig(progress=False))
-    return NPE(prior, run.estimator, config=config)
+    cls = METHODS[run.method]
+    if cls is NPE:
+        return NPE(prior, run.estimator, config=config)
+    return cls(prior, run.estimator, config=config, mcmc=MCMCConfig(progress=False),
+               invalid="exclude")  # fmt: skip
 
 
 def train_sbitk(run: Run, sim, theta, x, seed: int):
@@ -161,6 +171,24 @@ def train_sbitk(run: Run, sim, theta, x, seed: int):
         return posterior.sample(n, x=x_o, seed=seed + k)
 
     return sample, train_s, method.history.epochs
+
+
+def train_sequential(run: Run, sim, rounds: int, seed: int):
+    """A sampler that trains for each observation in ``rounds`` rounds, then draws; the
+    training (with the rounds' simulations) and simulation times add up over observations."""
+    totals = {"train_s": 0.0, "simulate_s": 0.0, "epochs": []}
+
+    def sample(x_o, k, n):
+        method = build(run, sim.prior, seed)
+        start = time.perf_counter()
+        posterior = fit_rounds(method, sim, x_o, run.budget, rounds=rounds, seed=seed + 1000 * k,
+                               workers=1)  # fmt: skip
+        totals["train_s"] += time.perf_counter() - start
+        totals["simulate_s"] += sum(r["simulate_s"] for r in method.history.rounds)
+        totals["epochs"].append(sum(r["epochs"] for r in method.history.rounds))
+        return posterior.sample(n, x=x_o, seed=seed + k)
+
+    return sample, totals
 
 
 def train_sbi(run: Run, sim, theta, x, seed: int):
@@ -193,15 +221,23 @@ def execute(run: Run, p: Protocol, parallel: int) -> dict:
     try:
         with threadpool_limits(1):
             warm_up_torch()
-            (sim, theta, x), simulate_s = timed(lambda: bank(run.task, run.budget, p.seed))
-            train = train_sbi if run.library == "sbi" else train_sbitk
-            sample, train_s, epochs = train(run, sim, theta, x, p.seed)
+            if run.method in SEQUENTIAL:
+                sim, simulate_s, train_s = sbitk.get_simulator(run.task), 0.0, 0.0
+                sample, totals = train_sequential(run, sim, p.rounds, p.seed)
+            else:
+                (sim, theta, x), simulate_s = timed(lambda: bank(run.task, run.budget, p.seed))
+                train = train_sbi if run.library == "sbi" else train_sbitk
+                sample, train_s, epochs = train(run, sim, theta, x, p.seed)
             scores, sample_s, c2st_s = [], 0.0, 0.0
             for k in p.observations:
                 x_o = load_observation(run.task, k).reshape(-1)
                 start = time.perf_counter()
                 draws = sample(x_o, k, p.samples)
                 sample_s += time.perf_counter() - start
+                if run.method in SEQUENTIAL:  # the rounds' training is not sampling
+                    sample_s -= totals["train_s"] - train_s
+                    train_s, simulate_s = totals["train_s"], totals["simulate_s"]
+                    epochs = "+".join(map(str, totals["epochs"]))
                 reference = sbibm_reference(run.task, k)[: p.samples]
                 start = time.perf_counter()
                 scores.append(c2st(reference, draws, seed=0, classifier=p.classifier).accuracy)
@@ -333,9 +369,11 @@ def describe(p: Protocol, parallel: int, refused: list[str]) -> str:
         f"{'all 10 reference observations' if every else 'observations ' + obs}, "
         f"{p.samples:,} samples per side, classifier {p.classifier!r}, reference samples "
         "of the sbibm package. sbitk: one amortized network per task, budget, method and "
-        f"estimator, seed {p.seed}; NLE samples by MCMC. Published (Lueckmann et al. 2021): "
-        "NPE and NLE trained one network per observation, SNPE and SNLE ran 10 sequential "
-        "rounds for the one observation; gaussian_mixture is the authors' rerun. Times are "
+        f"estimator, seed {p.seed}; NLE and NRE sample by MCMC; TSNPE, SNLE and SNRE train for "
+        f"each observation in {p.rounds} rounds (their times add up over the observations). "
+        "Published (Lueckmann et al. 2021): NPE, NLE and NRE trained one network per "
+        "observation, SNPE, SNLE and SNRE ran 10 sequential rounds for the one observation; "
+        "gaussian_mixture is the authors' rerun. Times are "
         f"wall-clock seconds on one torch thread per run, up to {parallel} run(s) at a time; "
         "sampling and C2ST are totals over the observations."
     )
@@ -392,6 +430,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     add("--samples", type=int, default=SBIBM_SAMPLES, help="per side in C2ST (sbibm: 10,000)")
     add("--classifier", default="sbibm", choices=["sbibm", "mlp", "rf"])
     add("--seed", type=int, default=0)
+    add("--rounds", type=int, default=ROUNDS, help="rounds of the sequential methods")
     add("--jobs", type=int, help="runs at a time, one process each (default 1; --quick: 2)")
     add("--scheduler", help="address of a Dask scheduler to run on instead")
     add("--quick", action="store_true", help="a subset that takes under 30 minutes on 2 cores")
@@ -436,7 +475,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
-    p = Protocol(args.observations, args.samples, args.classifier, args.seed)
+    p = Protocol(args.observations, args.samples, args.classifier, args.seed, args.rounds)
     runs, refused = plan(args)
     path = Path(args.csv)
     path.parent.mkdir(parents=True, exist_ok=True)

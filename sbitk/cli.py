@@ -414,13 +414,14 @@ def _say_mcmc_cost(model: Path, n: int) -> None:
     from sbitk.io.modelfile import read_metadata
 
     try:
-        role = read_metadata(model).get("role")
+        meta = read_metadata(model)
     except SbitkError:
         return  # diagnose names the problem with the file itself
-    if role == "nle":
+    if meta.get("role") == "nle":
+        ratio = (meta.get("estimator") or {}).get("name") == "ratio"
         click.echo(
-            f"note: an NLE or NRE posterior is sampled by MCMC for each of the {n} fresh "
-            "simulations; "
+            f"note: an {'NRE' if ratio else 'NLE'} posterior is sampled by MCMC for each of the "
+            f"{n} fresh simulations; "
             "this takes minutes (about 1 s each for a small model on one core); "
             "--num-simulations sets how many",
             err=True,

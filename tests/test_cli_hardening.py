@@ -183,7 +183,7 @@ def _two_rows(tmp_path) -> Path:
 @pytest.mark.parametrize(
     ("extra", "fragment"),
     [
-        (["--iid"], "needs an NLE model"),
+        (["--iid"], "needs an NLE or NRE model"),
         (["--device", "mps" if not torch.backends.mps.is_available() else "cuda:99"], "device"),
         (["--method", "nle", "--estimator", "gan"], "samples only"),
         (["--num-samples", HUGE], "(--num-samples)"),
