@@ -37,6 +37,7 @@ from sbitk.inference.npe import NPE
 from sbitk.inference.nre import NRE
 from sbitk.inference.training import TrainConfig
 from sbitk.posteriors.mcmc import MCMCConfig
+from sbitk.simulation.simulator import trial_blocks
 
 #: role:task:estimator for every run of the default table (the issue's targets, and the NSF).
 DEFAULT_RUNS = (
@@ -53,11 +54,13 @@ def one_run(role: str, task: str, name: str, args) -> dict:
 
     sim, theta, x = bank(task, args.budget, args.seed)
     config = TrainConfig(progress=False, seed=args.seed)
+    trials = trial_blocks(sim.describe())  # as fitting from the bank would
     if role == "npe":
-        method = NPE(sim.prior, name, config=config)
+        method = NPE(sim.prior, name, config=config, trials=trials)
     else:
         cls = NLE if role == "nle" else NRE
-        method = cls(sim.prior, name, config=config, mcmc=MCMCConfig(progress=False))
+        method = cls(sim.prior, name, config=config, mcmc=MCMCConfig(progress=False),
+                     trials=trials)  # fmt: skip
     start = time.perf_counter()
     posterior = method.fit(theta, x)
     train_s = time.perf_counter() - start

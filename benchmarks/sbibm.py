@@ -73,6 +73,7 @@ from sbitk.inference.sequential import fit_rounds
 from sbitk.inference.training import TrainConfig
 from sbitk.models.registry import available_estimators
 from sbitk.posteriors.mcmc import MCMCConfig
+from sbitk.simulation.simulator import trial_blocks
 
 BUDGETS = "1000,10000,100000"
 #: The methods, and the one visible table from their names to classes. The sequential ones
@@ -99,8 +100,8 @@ REFERENCE = Path(__file__).resolve().parent / "reference"
 PUBLISHED_FILES = ("sbibm_main_paper.csv", "sbibm_gaussian_mixture_rerun.csv")
 FIELDS = [
     "library", "task", "budget", "method", "estimator", "observations", "samples",
-    "classifier", "seed", "rounds", "c2st", "c2st_each", "simulate_s", "train_s", "sample_s", "c2st_s",
-    "epochs", "parallel", "version",
+    "classifier", "seed", "rounds", "c2st", "c2st_each", "simulate_s", "train_s", "sample_s",
+    "c2st_s", "epochs", "parallel", "version",
 ]  # fmt: skip
 #: The columns that identify a row: a rerun skips a run whose key is in the CSV.
 KEY = FIELDS[:10]
@@ -153,18 +154,19 @@ def default_estimator(method: str) -> str:
     return default
 
 
-def build(run: Run, prior, seed: int):
-    """The sbitk method of ``run`` with its defaults (raises SbitkError if it cannot take it)."""
+def build(run: Run, sim, seed: int):
+    """The sbitk method of ``run`` with its defaults (raises SbitkError if it cannot take it),
+    told the simulator's i.i.d. trials as fitting from its bank would be."""
     config = TrainConfig(progress=False, seed=seed)
-    cls = METHODS[run.method]
+    cls, trials = METHODS[run.method], trial_blocks(sim.describe())
     if cls is NPE:
-        return NPE(prior, run.estimator, config=config)
-    return cls(prior, run.estimator, config=config, mcmc=MCMCConfig(progress=False),
-               invalid="exclude")  # fmt: skip
+        return NPE(sim.prior, run.estimator, config=config, trials=trials)
+    return cls(sim.prior, run.estimator, config=config, mcmc=MCMCConfig(progress=False),
+               invalid="exclude", trials=trials)  # fmt: skip
 
 
 def train_sbitk(run: Run, sim, theta, x, seed: int):
-    method = build(run, sim.prior, seed)
+    method = build(run, sim, seed)
     posterior, train_s = timed(lambda: method.fit(theta, x))
 
     def sample(x_o, k, n):
@@ -179,7 +181,7 @@ def train_sequential(run: Run, sim, rounds: int, seed: int):
     totals = {"train_s": 0.0, "simulate_s": 0.0, "epochs": []}
 
     def sample(x_o, k, n):
-        method = build(run, sim.prior, seed)
+        method = build(run, sim, seed)
         start = time.perf_counter()
         posterior = fit_rounds(method, sim, x_o, run.budget, rounds=rounds, seed=seed + 1000 * k,
                                workers=1)  # fmt: skip
@@ -272,11 +274,11 @@ def plan(args) -> tuple[list[Run], list[str]]:
     """Every run the flags select, and a line for each (method, estimator) that cannot be run."""
     runs, refused = [], []
     estimators = available_estimators() if args.estimators == "all" else split(args.estimators)
-    pairs, prior = [], sbitk.get_simulator(args.tasks[0]).prior
+    pairs, sim = [], sbitk.get_simulator(args.tasks[0])
     for method in args.methods:
         for name in dict.fromkeys([default_estimator(method), *estimators]):
             try:
-                build(Run("sbitk", args.tasks[0], 0, method, name), prior, 0)
+                build(Run("sbitk", args.tasks[0], 0, method, name), sim, 0)
             except SbitkError as exc:
                 refused.append(f"{method.upper()} {name}: {exc}")
                 continue

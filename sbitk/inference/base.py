@@ -7,6 +7,7 @@ in what it returns (:meth:`Estimation._result`).
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, replace
@@ -15,7 +16,13 @@ import torch
 from torch import Tensor, nn
 
 from sbitk.errors import SbitkError
-from sbitk.inference.data import RowReport, check_pair, clean_rows, prepare_fit
+from sbitk.inference.data import (
+    RowReport,
+    check_pair,
+    clean_rows,
+    permute_trials,
+    prepare_fit,
+)
 from sbitk.inference.training import History, TrainConfig, train
 from sbitk.models.contract import check_estimator, role_options
 from sbitk.models.registry import build_estimator, default_estimator, get_estimator
@@ -32,6 +39,8 @@ class Estimation:
     default_key = ""
     #: How the two dimensions of the estimator are named in errors: (features, context).
     dims = ("features", "context")
+    #: Which side of the estimator x is on: ``"context"`` (NPE) or ``"inputs"`` (NLE, NRE).
+    x_side = "context"
 
     def __init__(
         self,
@@ -69,6 +78,10 @@ class Estimation:
         self.simulator_name = simulator_name
         self.history: History | None = None
         self.report: RowReport | None = None
+        #: Where x holds i.i.d. trials, ``(offset, trials, width)`` blocks that training permutes
+        #: (:func:`~sbitk.inference.data.permute_trials`); None: read from the bank's
+        #: simulator; False or []: never permute.
+        self.trials: list[tuple[int, int, int]] | bool | None = None
 
     @property
     def estimator_class(self) -> type:
@@ -126,6 +139,15 @@ class Estimation:
         unset = {k: v for k, v in defaults.items() if getattr(self.config, k) is None}
         return replace(self.config, **unset)
 
+    def _augmenter(self, x_dim: int):
+        """Training-batch augmentation that permutes x's i.i.d. trials, or None."""
+        blocks = list(self.trials or [])
+        if not blocks:
+            return None
+        if max(o + t * w for o, t, w in blocks) > x_dim or min(t for _, t, _ in blocks) < 2:
+            raise SbitkError(f"trials {blocks} do not fit x of {x_dim} values")
+        return _PermuteTrials(blocks, self.x_side)
+
     def _train(self, theta, x: Tensor | None, stream: bool | None) -> nn.Module:
         """Resolve the data, exclude and report invalid rows, build the estimator and train it."""
         _warn_if_incomplete(theta)
@@ -141,7 +163,8 @@ class Estimation:
                 raise SbitkError(f"need at least 2 valid rows to train, got {self.report.n_used}")
             inputs, context = self._pair(theta, x)
             model = self._build(inputs.shape[1], context.shape[1])
-            self.history = train(model, inputs, context, self._train_config(len(inputs)))
+            config = self._train_config(len(inputs))
+            self.history = train(model, inputs, context, config, self._augmenter(x.shape[1]))
             self.history.rows = asdict(self.report)
             return model
         inputs, context = source.load(0)
@@ -149,12 +172,32 @@ class Estimation:
         checked = self._check_stream(source)
         # A source without a length streams because it is large.
         n_rows = len(source.bank) if hasattr(source.bank, "__len__") else 2**62
-        self.history = train(model, source, None, self._train_config(n_rows))
+        self.history = train(
+            model,
+            source,
+            None,
+            self._train_config(n_rows),
+            self._augmenter(len(self.output_names or ())),
+        )
         self.report = source.report
         self.history.rows = asdict(self.report)
         if not checked:
             self._handle(self.report)
         return model
+
+
+class _PermuteTrials:
+    """Training-batch augmentation: x's i.i.d. trials in a random order per row; ``variety`` is
+    the number of distinct orders (at most 10⁶, which is as good as endless here)."""
+
+    def __init__(self, blocks: list[tuple[int, int, int]], side: str):
+        self.blocks, self.side = blocks, side
+        self.variety = min(math.prod(math.factorial(t) for _, t, _ in blocks), 10**6)
+
+    def __call__(self, inputs: Tensor, context: Tensor | None):
+        if self.side == "context":
+            return inputs, permute_trials(context, self.blocks)
+        return permute_trials(inputs, self.blocks), context
 
 
 def _warn_if_incomplete(data) -> None:

@@ -9,7 +9,7 @@ not fit in memory, applying the same cleaning and transform to every chunk.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from sbitk.errors import BankError, SbitkError
+from sbitk.simulation.simulator import trial_blocks
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,7 @@ def bank_info(bank) -> dict:
             info["simulator_name"] = attrs[key]
     if isinstance(attrs.get("simulator"), dict):
         info["simulator_name"] = attrs["simulator"].get("name")
-    for key in ("parameter_names", "output_names", "prior"):
+    for key in ("parameter_names", "output_names", "prior", "simulator"):
         if key in attrs:
             info[key] = attrs[key]
     return info
@@ -258,8 +259,30 @@ __all__ = [
     "is_bank",
     "memory_limit_bytes",
     "non_finite_rows",
+    "permute_trials",
     "warn_excluded",
 ]
+
+
+def permute_trials(x: Tensor, blocks: Sequence[tuple[int, int, int]]) -> Tensor:
+    """``x`` (B, D_x) with the i.i.d. trials of each block put in a random order per row.
+
+    ``blocks`` holds ``(offset, trials, width)`` per output of trials
+    (:func:`~sbitk.simulation.simulator.trial_blocks`); draws from torch's global generator.
+
+    Example:
+        >>> x = torch.arange(7.0).expand(2, 7)
+        >>> y = permute_trials(x, [(1, 3, 2)])
+        >>> y[:, 0].tolist(), sorted(y[0, 1:].reshape(3, 2).tolist())
+        ([0.0, 0.0], [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    """
+    x = x.clone()
+    for offset, trials, width in blocks:
+        part = x[:, offset : offset + trials * width].reshape(-1, trials, width)
+        order = torch.rand(part.shape[:2], device=x.device).argsort(-1)
+        shuffled = part.gather(1, order[..., None].expand(-1, -1, width))
+        x[:, offset : offset + trials * width] = shuffled.reshape(x.shape[0], -1)
+    return x
 
 
 def prepare_fit(estimation, theta, x, stream: bool | None, pair):
@@ -290,6 +313,8 @@ def prepare_fit(estimation, theta, x, stream: bool | None, pair):
         estimation.parameter_names = estimation.parameter_names or info.get("parameter_names")
         estimation.output_names = estimation.output_names or info.get("output_names")
         estimation.simulator_name = estimation.simulator_name or info.get("simulator_name")
+        if estimation.trials is None and isinstance(info.get("simulator"), dict):
+            estimation.trials = trial_blocks(info["simulator"])
         if stream is None:
             stream = bank_nbytes(bank) > memory_limit_bytes()
         if stream:

@@ -73,6 +73,10 @@ class NLE(Estimation):
         invalid: What to do with failed simulations: ``"error"`` (refuse; the default) or
             ``"exclude"`` (drop them with a warning that the likelihood is then conditioned on
             success).
+        trials: Where x holds i.i.d. trials, ``(offset, trials, width)`` blocks whose order each
+            training batch permutes (data augmentation: their order carries no information).
+            ``None`` (the default): the blocks the bank's simulator declares
+            (:func:`~sbitk.simulation.simulator.trial_blocks`); ``False``: never.
         unconstrained: Condition the surrogate on the prior's unconstrained
             :math:`u = f(\\theta)` (True) or on θ (False). ``None`` (the default): θ when the
             prior is a box, whose bounded θ is a better input than its logit (on slcp the
@@ -86,6 +90,7 @@ class NLE(Estimation):
     role = "nle"
     contract_role = "likelihood"
     default_key = "likelihood"
+    x_side = "inputs"
     dims = ("D_x", "D_θ")
 
     def __init__(
@@ -95,6 +100,7 @@ class NLE(Estimation):
         *,
         invalid: str = "error",
         unconstrained: bool | None = None,
+        trials: list[tuple[int, int, int]] | bool | None = None,
         config: TrainConfig | None = None,
         mcmc: MCMCConfig | None = None,
         parameter_names: Sequence[str] | None = None,
@@ -115,6 +121,7 @@ class NLE(Estimation):
             estimator_kwargs,
         )
         self.invalid = invalid
+        self.trials = trials
         self.conditions_unconstrained = True
         self.mcmc = mcmc or MCMCConfig()
 

@@ -54,6 +54,7 @@ from torch import Tensor
 
 from sbitk.errors import SbitkError
 from sbitk.posteriors.mcmc import slice_sample
+from sbitk.simulation.simulator import trial_blocks
 
 #: TSNPE's ε: the proposal is the prior inside the posterior's region of mass 1 - ε.
 TRUNCATION = 1e-4
@@ -181,6 +182,8 @@ def _describe(method, sim) -> None:
     method.parameter_names = method.parameter_names or desc["parameter_names"]
     method.output_names = method.output_names or desc["output_names"]
     method.simulator_name = method.simulator_name or sim.name
+    if method.trials is None:
+        method.trials = trial_blocks(desc)
 
 
 def _observation(method, sim, x_o) -> Tensor:

@@ -373,6 +373,7 @@ def train(
     inputs: Tensor | ChunkSource,
     context: Tensor | None = None,
     config: TrainConfig | None = None,
+    augment: Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor | None]] | None = None,
 ) -> History:
     """Fit ``model`` by minimising ``model.loss(inputs, context).mean()``.
 
@@ -384,6 +385,9 @@ def train(
         context: Conditioning rows (N, C), or ``None``; must be ``None`` with a chunk source.
         config: Settings; :class:`TrainConfig` defaults when omitted. Torch runs on
             :func:`torch_threads` CPU threads meanwhile (``SBITK_THREADS``, else 1), as in the CLI.
+        augment: Applied to every training batch, ``(inputs, context) -> (inputs, context)``,
+            drawing from torch's (seeded) generator: data augmentation that leaves the
+            distribution of the rows unchanged (permuted i.i.d. trials). Not to held-out rows.
 
     Returns:
         The :class:`History`. The model is left on the training device in eval mode, holding the
@@ -396,12 +400,13 @@ def train(
     if not callable(getattr(model, "loss", None)):
         raise SbitkError(f"model {type(model).__name__} has no loss(inputs, context) method")
     with thread_limit():
-        return _train(model, inputs, context, config)
+        return _train(model, inputs, context, config, augment)
 
 
 def _train(
-    model: nn.Module, inputs: Tensor | ChunkSource, context: Tensor | None, config: TrainConfig
-) -> History:
+    model: nn.Module, inputs: Tensor | ChunkSource, context: Tensor | None, config: TrainConfig,
+    augment: Callable | None = None,
+) -> History:  # fmt: skip
     """The engine: seeded, it splits the data, settles the settings and optimises."""
     device = resolve_device(config.device)
     start_time = time.perf_counter()
@@ -415,7 +420,10 @@ def _train(
             data = _streamed_data(model, inputs, context, config, batches, history)
         else:
             data = _in_memory_data(model, inputs, context, config, batches, history)
-        config = _settled(config, data.n_train)
+        rows = data.n_train
+        if augment is not None:
+            data, rows = _augmented(data, augment, config)
+        config = _settled(config, rows)
         batches.config = config
         history.batch_size, history.n_val = config.batch_size, data.val_inputs.shape[0]
         run = _Run(model, config, device, history, start_time)
@@ -529,6 +537,43 @@ def _streamed_data(
         _to(val_c, device, dtype),
         round(per_chunk * len(train_chunks)),
     )
+
+
+#: Versions of each held-out row that early stopping scores under an augmentation: the
+#: original and random ones, drawn once, so that it watches the loss the augmented training
+#: set is fitted to.
+VALIDATION_COPIES = 8
+
+
+def _augmented(data: _Data, augment: Callable, config: TrainConfig) -> tuple[_Data, int]:
+    """Training batches passed through ``augment``, and the rows the augmented set counts as.
+
+    An augmentation with ``variety`` distinct versions of each row (``augment.variety``, 1 when
+    absent) makes a training set that many times larger: its epochs span that many passes over
+    the rows, at most ``config.epoch_rows`` rows, and the size-dependent settings are those of
+    the larger set. Otherwise early stopping, which counts epochs, would stop after a fraction
+    of the steps the same data, augmented once and for all, is given (on slcp, 162 epochs of
+    9,000 rows and a C2ST of 0.76 on a screen, against 0.70 for 24 stored permutations).
+    """
+    variety = max(int(getattr(augment, "variety", 1)), 1)
+    passes = variety
+    if config.epoch_rows is not None:
+        passes = max(1, min(variety, math.ceil(config.epoch_rows / max(data.n_train, 1))))
+    plain = data.epoch_batches
+
+    def epoch() -> Iterator:
+        for _ in range(passes):
+            for a, c in plain():
+                yield augment(a, c)
+
+    copies = min(variety, VALIDATION_COPIES)
+    held = [augment(data.val_inputs, data.val_context) for _ in range(copies - 1)]
+    val_inputs = torch.cat([data.val_inputs, *[a for a, _ in held]])
+    val_context = data.val_context
+    if val_context is not None:
+        val_context = torch.cat([val_context, *[c for _, c in held]])
+    data = replace(data, epoch_batches=epoch, val_inputs=val_inputs, val_context=val_context)
+    return data, data.n_train * variety
 
 
 def _cat(

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sbitk.errors import SbitkError
-from sbitk.models.base import StandardizedEstimator
+from sbitk.models.base import StandardizedEstimator, check_inputs
 from sbitk.models.contract import EXACT
 from sbitk.models.mixture import inverse_softplus, sample_component, standard_normal
 from sbitk.nn.made import MADE
@@ -128,22 +128,6 @@ def _make_config(cls: type, name: str, features: int, context: int, options: Map
     return cfg
 
 
-def _check_inputs(a: Tensor, features: int, batch_shape: torch.Size) -> torch.Size:
-    """The broadcast leading shape of inputs ``a`` (..., *batch_shape, D), or a clear error."""
-    if a.dim() == 0 or a.shape[-1] != features:
-        raise SbitkError(
-            f"log_prob: expected inputs with last dimension {features}, found shape "
-            f"{tuple(a.shape)}"
-        )
-    try:
-        return torch.broadcast_shapes(a.shape[:-1], batch_shape)
-    except RuntimeError:
-        raise SbitkError(
-            f"log_prob: inputs of shape {tuple(a.shape)} do not broadcast with the batch of "
-            f"contexts {tuple(batch_shape)}"
-        ) from None
-
-
 def sample_autoregressive(
     made: MADE, term: Tensor, shape: torch.Size, draw: Callable[[Tensor], Tensor]
 ) -> Tensor:
@@ -202,7 +186,7 @@ class AutoregressiveMixtureDistribution:
     def log_prob(self, a: Tensor) -> Tensor:
         """Log density of ``a`` (..., *batch_shape, D): shape (..., *batch_shape)."""
         m, d = self.model, self.model.config.features
-        shape = _check_inputs(a, d, self.batch_shape)
+        shape = check_inputs(a, d, self.batch_shape)
         z = m.inputs(a).expand(*shape, d)
         params = m.made(z, context_term=self.term)  # (..., D, 3K)
         log_q = mixture_log_prob_1d(params, z, m.config.min_scale).sum(-1)
@@ -309,7 +293,7 @@ class DiscreteAutoregressiveDistribution:
     def log_prob(self, a: Tensor) -> Tensor:
         """Log probability of the values ``a`` (..., *batch_shape, D): (..., *batch_shape)."""
         m, d, n = self.model, self.model.config.features, self.model.config.categories
-        shape = _check_inputs(a, d, self.batch_shape)
+        shape = check_inputs(a, d, self.batch_shape)
         if not ((a == a.round()) & (a >= 0) & (a < n)).all():
             raise SbitkError(
                 f"DiscreteMADE.log_prob: expected values in 0..{n - 1}, found "

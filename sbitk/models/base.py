@@ -17,6 +17,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, Self
 
+import torch
 from torch import Tensor, nn
 
 from sbitk.errors import SbitkError
@@ -31,6 +32,25 @@ def build_config(config_class: type, features: int, context: int, options: Mappi
         return config_class(int(features), int(context), **options)
     except TypeError as exc:
         raise SbitkError(f"{config_class.__name__}: {exc}") from None
+
+
+def check_inputs(
+    a: Tensor, features: int, batch_shape: torch.Size, error: type[SbitkError] = SbitkError
+) -> torch.Size:
+    """The broadcast leading shape of ``log_prob`` inputs ``a`` (..., *batch_shape, D), or a
+    one-line ``error`` saying what is wrong with their shape."""
+    if a.dim() == 0 or a.shape[-1] != features:
+        raise error(
+            f"log_prob: expected inputs with last dimension {features}, found shape "
+            f"{tuple(a.shape)}"
+        )
+    try:
+        return torch.broadcast_shapes(a.shape[:-1], batch_shape)
+    except RuntimeError:
+        raise error(
+            f"log_prob: inputs of shape {tuple(a.shape)} do not broadcast with the batch of "
+            f"contexts {tuple(batch_shape)}"
+        ) from None
 
 
 class StandardizedEstimator(nn.Module):
@@ -76,4 +96,4 @@ class StandardizedEstimator(nn.Module):
         return self.context_standardization(context)
 
 
-__all__ = ["StandardizedEstimator", "build_config"]
+__all__ = ["StandardizedEstimator", "build_config", "check_inputs"]

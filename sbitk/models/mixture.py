@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sbitk.errors import SbitkError
-from sbitk.models.base import StandardizedEstimator
+from sbitk.models.base import StandardizedEstimator, check_inputs
 from sbitk.models.contract import EXACT
 from sbitk.nn.mlp import ACTIVATIONS, MLP
 from sbitk.nn.standardize import Standardize
@@ -105,17 +105,7 @@ class MixtureDistribution:
     def log_prob(self, a: Tensor) -> Tensor:
         """Log density of ``a`` (..., *batch_shape, D): shape (..., *batch_shape)."""
         d = self.features
-        if a.dim() == 0 or a.shape[-1] != d:
-            raise SbitkError(
-                f"log_prob: expected inputs with last dimension {d}, found shape {tuple(a.shape)}"
-            )
-        try:
-            torch.broadcast_shapes(a.shape[:-1], self.batch_shape)
-        except RuntimeError:
-            raise SbitkError(
-                f"log_prob: inputs of shape {tuple(a.shape)} do not broadcast with the batch of "
-                f"contexts {tuple(self.batch_shape)}"
-            ) from None
+        check_inputs(a, d, self.batch_shape)
         z = self.standardize(a).unsqueeze(-2) - self.loc  # (..., *batch, K, D)
         y = torch.linalg.solve_triangular(self.scale_tril, z.unsqueeze(-1), upper=False)
         log_diag = self.scale_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)

@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sbitk.errors import SbitkError
-from sbitk.models.base import StandardizedEstimator, build_config
+from sbitk.models.base import StandardizedEstimator, build_config, check_inputs
 from sbitk.models.contract import RATIO
 from sbitk.nn.mlp import ACTIVATIONS, ResidualMLP
 
@@ -103,17 +103,7 @@ class RatioDistribution:
     def log_prob(self, x: Tensor) -> Tensor:
         """The logit for x (..., *batch_shape, D_x): shape (..., *batch_shape)."""
         d = self.model.config.features
-        if x.dim() == 0 or x.shape[-1] != d:
-            raise SbitkError(
-                f"log_prob: expected inputs with last dimension {d}, found shape {tuple(x.shape)}"
-            )
-        try:
-            rows = torch.broadcast_shapes(x.shape[:-1], self.batch_shape)
-        except RuntimeError:
-            raise SbitkError(
-                f"log_prob: inputs of shape {tuple(x.shape)} do not broadcast with the batch of "
-                f"contexts {tuple(self.batch_shape)}"
-            ) from None
+        rows = check_inputs(x, d, self.batch_shape)
         c = self.context.expand(*rows, self.context.shape[-1])
         return self.model.logit(x.expand(*rows, d), c)
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import math
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -86,6 +86,9 @@ class Simulator:
         version: Bumped when the simulator's behaviour changes; stored in banks.
         description: One paragraph for ``sbitk simulators show``.
         reference_posterior: Optional exact sampler ``(x_o (D_x,), n, generator) -> (n, D_θ)``.
+        trials: Outputs whose first axis indexes trials that are i.i.d. given θ (slcp's four
+            points): their order carries no information, so training may permute them
+            (:func:`trial_blocks`).
     """
 
     name: str
@@ -96,6 +99,7 @@ class Simulator:
     version: str = "1"
     description: str = ""
     reference_posterior: Callable | None = None
+    trials: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not self.name or not isinstance(self.name, str):
@@ -115,6 +119,14 @@ class Simulator:
             outs[str(key)] = shape_t
         object.__setattr__(self, "parameters", params)
         object.__setattr__(self, "outputs", outs)
+        trials = (self.trials,) if isinstance(self.trials, str) else tuple(self.trials)
+        for key in trials:
+            if key not in outs or len(outs[key]) < 1 or outs[key][0] < 2:
+                raise SimulatorError(
+                    f"simulator {self.name!r}: trials names {key!r}, which must be an output "
+                    f"whose first axis holds at least 2 trials (outputs: {outs})"
+                )
+        object.__setattr__(self, "trials", trials)
 
     # ---- derived structure -------------------------------------------------------------------
     @property
@@ -153,6 +165,7 @@ class Simulator:
             "outputs": {k: list(s) for k, s in self.outputs.items()},
             "output_names": self.output_names,
             "prior": self.prior.spec(),
+            "trials": list(self.trials),
         }
 
     # ---- running -----------------------------------------------------------------------------
@@ -320,13 +333,14 @@ def simulator(
     version: str = "1",
     description: str = "",
     reference_posterior: Callable | None = None,
+    trials: Sequence[str] = (),
     register: bool = True,
 ) -> Callable[[Callable], Simulator]:
     """Decorator that turns a function into a :class:`Simulator` and registers it.
 
     Args:
         name: Registry name; the function's name when omitted.
-        parameters, outputs, vectorized, version, description, reference_posterior:
+        parameters, outputs, vectorized, version, description, reference_posterior, trials:
             As in :class:`Simulator`.
         register: Add it to the in-process registry (an existing name is an error).
     """
@@ -341,6 +355,7 @@ def simulator(
             version=version,
             description=description or (fn.__doc__ or "").strip(),
             reference_posterior=reference_posterior,
+            trials=tuple(trials),
         )
         if register:
             from sbitk.simulation.registry import register as _register
@@ -349,6 +364,24 @@ def simulator(
         return sim
 
     return wrap
+
+
+def trial_blocks(description: Mapping) -> list[tuple[int, int, int]]:
+    """Where the i.i.d. trials of a simulator's flat x lie: one ``(offset, trials, width)`` per
+    output it declares as trials, from its :meth:`Simulator.describe` (as banks store it).
+
+    Example:
+        >>> trial_blocks({"outputs": {"s": [], "x": [4, 2]}, "trials": ["x"]})
+        [(1, 4, 2)]
+    """
+    blocks, offset = [], 0
+    trials = set(description.get("trials") or ())
+    for key, shape in description["outputs"].items():
+        size = math.prod(shape)
+        if key in trials:
+            blocks.append((offset, int(shape[0]), size // int(shape[0])))
+        offset += size
+    return blocks
 
 
 __all__ = [
@@ -361,4 +394,5 @@ __all__ = [
     "BatchResult",
     "Simulator",
     "simulator",
+    "trial_blocks",
 ]

@@ -55,6 +55,7 @@ def mean_and_covariance(theta: Tensor) -> tuple[Tensor, Tensor]:
     "slcp",
     parameters={"theta": BoxUniform(-PRIOR_BOUND, PRIOR_BOUND, dim=5)},
     outputs={"x": (NUM_POINTS, 2)},
+    trials=("x",),
     register=False,
 )
 def slcp(theta: Tensor, generator: torch.Generator | None) -> Tensor:

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from sbitk.errors import SbitkError
+from sbitk.models.base import check_inputs
 from sbitk.models.contract import EXACT
 from sbitk.models.flows.transforms import (
     Composite,
@@ -134,17 +135,7 @@ class FlowDistribution:
     def log_prob(self, x: Tensor) -> Tensor:
         """Log-density of ``x`` (..., *batch_shape, D), shape (..., *batch_shape)."""
         d = self.flow.features
-        if x.dim() == 0 or x.shape[-1] != d:
-            raise FlowError(
-                f"log_prob: expected inputs with last dimension {d}, found shape {tuple(x.shape)}"
-            )
-        try:
-            shape = torch.broadcast_shapes(x.shape[:-1], self.batch_shape)
-        except RuntimeError:
-            raise FlowError(
-                f"log_prob: inputs of shape {tuple(x.shape)} do not broadcast with the batch "
-                f"of contexts {tuple(self.batch_shape)}"
-            ) from None
+        shape = check_inputs(x, d, self.batch_shape, FlowError)
         z, logdet = self.flow.transform(x.expand(*shape, d), self._context_for(shape))
         return self._base_log_prob(z) + logdet
 
