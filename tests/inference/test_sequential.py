@@ -112,7 +112,7 @@ def test_rounds_record_their_proposals_and_train_on_every_row():
     # deviations were 0.12 and 0.09 against 0.1).
     npe = NPE(estimator="gaussian", config=TrainConfig(progress=False, max_epochs=60))
     posterior = fit_rounds(npe, shift, torch.tensor([0.5, -0.5]), 2000, rounds=2, workers=1)
-    (first, second) = posterior.history.rounds
+    second = posterior.history.rounds[1]
     assert second["proposal"].startswith("truncated prior") and 0 < second["acceptance"] < 0.2
     with pytest.raises(SbitkError, match="NPE takes one observation"):
         fit_rounds(npe, shift, torch.zeros(3, 2), 600, rounds=2, workers=1)
@@ -123,7 +123,8 @@ def test_run_with_rounds_skips_the_amortized_checks_and_refuses_several_observat
     observed.write_text("x[0],x[1]\n0.4,-0.2\n")
     runner = CliRunner()
     args = ["run", "two_moons", "--observed", str(observed), "-n", "600", "--rounds", "2",
-            "--epochs", "3", "-O", "members=1", "--num-samples", "100", "--workers", "1"]  # fmt: skip
+            "--epochs", "3", "-O", "members=1", "--num-samples", "100",
+            "--workers", "1"]  # fmt: skip
     result = runner.invoke(main, [*args, "-o", str(tmp_path / "run")])
     # Three epochs make a poor posterior, which the predictive check may fail: exit 1 then.
     assert result.exit_code == (1 if "FAIL" in result.output else 0), result.output
