@@ -185,8 +185,9 @@ def train_sequential(run: Run, sim, rounds: int, seed: int):
         start = time.perf_counter()
         posterior = fit_rounds(method, sim, x_o, run.budget, rounds=rounds, seed=seed + 1000 * k,
                                workers=1)  # fmt: skip
-        totals["train_s"] += time.perf_counter() - start
-        totals["simulate_s"] += sum(r["simulate_s"] for r in method.history.rounds)
+        simulated = sum(r["simulate_s"] for r in method.history.rounds)
+        totals["train_s"] += time.perf_counter() - start - simulated
+        totals["simulate_s"] += simulated
         totals["epochs"].append(sum(r["epochs"] for r in method.history.rounds))
         return posterior.sample(n, x=x_o, seed=seed + k)
 
@@ -237,7 +238,7 @@ def execute(run: Run, p: Protocol, parallel: int) -> dict:
                 draws = sample(x_o, k, p.samples)
                 sample_s += time.perf_counter() - start
                 if run.method in SEQUENTIAL:  # the rounds' training is not sampling
-                    sample_s -= totals["train_s"] - train_s
+                    sample_s -= totals["train_s"] + totals["simulate_s"] - train_s - simulate_s
                     train_s, simulate_s = totals["train_s"], totals["simulate_s"]
                     epochs = "+".join(map(str, totals["epochs"]))
                 reference = sbibm_reference(run.task, k)[: p.samples]

@@ -1134,7 +1134,13 @@ def _check_run_options(simulator, options: RunOptions, n_observed: int, bank: Pa
     resolve_device(options.device)
     config = options.train_config(progress=False)  # checks the training settings
     cls, kwargs = _method_class(options.method)
-    cls(estimator=options.estimator, config=config, **kwargs, **dict(options.estimator_options))
+    method = cls(
+        estimator=options.estimator, config=config, **kwargs, **dict(options.estimator_options)
+    )
+    if options.rounds > 1:
+        from sbitk.inference.sequential import check_method
+
+        check_method(method)
     existing = existing_batch_size(bank)
     size = existing or simulator_batch_size(simulator, options.num_simulations)
     check_sizes(simulator, options.num_simulations, size, bank, new_rows=existing is None)

@@ -172,12 +172,9 @@ class Estimation:
         checked = self._check_stream(source)
         # A source without a length streams because it is large.
         n_rows = len(source.bank) if hasattr(source.bank, "__len__") else 2**62
+        x_dim = (context if self.x_side == "context" else inputs).shape[1]
         self.history = train(
-            model,
-            source,
-            None,
-            self._train_config(n_rows),
-            self._augmenter(len(self.output_names or ())),
+            model, source, None, self._train_config(n_rows), self._augmenter(x_dim)
         )
         self.report = source.report
         self.history.rows = asdict(self.report)

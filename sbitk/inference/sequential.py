@@ -43,16 +43,19 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from sbitk.errors import SbitkError
+from sbitk.models.contract import has_density
 from sbitk.posteriors.mcmc import slice_sample
 from sbitk.simulation.simulator import trial_blocks
 
@@ -123,15 +126,17 @@ def fit_rounds(
         the observation.
     """
     from sbitk.simulation.registry import get_simulator
-    from sbitk.simulation.runner import simulate
 
     sim = get_simulator(simulator)
+    check_method(method)
     sizes = round_sizes(num_simulations, rounds)
     if first_round is not None:
+        _check_first_round(first_round, sim)
         rest = round_sizes(num_simulations - len(first_round), rounds - 1) if rounds > 1 else []
         sizes = [len(first_round), *rest]
     x_o = _observation(method, sim, x_o)
     _describe(method, sim)
+    given = method.estimator  # a module given by the user: each round trains its own copy
     say = log or (lambda _msg: None)
     theta_all, x_all, records, posterior = [], [], [], None
     for r, n in enumerate(sizes):
@@ -139,36 +144,77 @@ def fit_rounds(
         if posterior is None:
             proposal, where, acceptance = None, "prior", None
         else:
-            proposal, where, acceptance = _proposal(method, posterior, sim.prior, x_o, n, seed + r)
-        path = None if banks is None else Path(banks) / f"round-{r + 1}.zarr"
+            proposal, where, acceptance = _proposal(
+                method, posterior, sim.prior, x_o, n, round_seed(seed, r, "proposal")
+            )
         say(f"round {r + 1} of {len(sizes)}: {n} simulations at {where} draws")
-        if r == 0 and first_round is not None:
-            bank = first_round
-        else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # failed rows are the method's to report
-                bank = simulate(sim, n, seed=seed + r, workers=workers, bank=path,
-                                theta=proposal, progress=progress,
-                                overwrite=path is not None)  # fmt: skip
+        bank = first_round if r == 0 and first_round is not None else _simulate_round(
+            sim, n, round_seed(seed, r, "simulation"), proposal, banks, r, workers, progress
+        )  # fmt: skip
         simulated = time.perf_counter() - start
         theta_all.append(bank.theta)
         x_all.append(torch.where(bank.valid[:, None], bank.x, torch.nan))
         start = time.perf_counter()
+        if isinstance(given, nn.Module):
+            method.estimator = copy.deepcopy(given)
         posterior = method.fit(torch.cat(theta_all), torch.cat(x_all))
         records.append(
-            {
-                "round": r + 1,
-                "simulations": n,
-                "proposal": where,
-                "acceptance": acceptance,
-                "simulate_s": round(simulated, 3),
-                "train_s": round(time.perf_counter() - start, 3),
-                "epochs": method.history.epochs,
-            }
-        )
-    method.history.rounds = records
-    method.history.observation = x_o.tolist()
+            {"round": r + 1, "simulations": n, "proposal": where, "acceptance": acceptance,
+             "simulate_s": round(simulated, 3), "train_s": round(time.perf_counter() - start, 3),
+             "epochs": method.history.epochs}
+        )  # fmt: skip
+    method.estimator = given
+    if len(sizes) > 1:  # one round is amortized training on prior draws
+        method.history.rounds = records
+        method.history.observation = x_o.tolist()
     return posterior
+
+
+def round_seed(seed: int, r: int, purpose: str) -> int:
+    """The seed of round ``r`` (from 0) for ``purpose``: round 0's simulations use ``seed``
+    itself (a plain simulation run with that seed), every other stream one of its own, drawn
+    from ``SeedSequence(seed, spawn_key=(r, purpose))`` so that no two runs or rounds share it.
+
+    Example:
+        >>> round_seed(3, 0, "simulation"), round_seed(3, 1, "simulation") != 4
+        (3, True)
+    """
+    if r == 0 and purpose == "simulation":
+        return seed
+    key = int.from_bytes(purpose.encode()[:8], "little")
+    words = np.random.SeedSequence(seed, spawn_key=(r, key)).generate_state(2, dtype=np.uint32)
+    return (int(words[0]) | (int(words[1]) << 32)) >> 1
+
+
+def check_method(method) -> None:
+    """Refuse, before anything is simulated, a method that sequential rounds cannot use: NPE
+    truncates its proposal by the posterior's density, which a sample-only estimator lacks."""
+    if method.role == "npe" and not has_density(method.estimator_class):
+        raise SbitkError(
+            f"sequential NPE truncates the prior by the posterior's density; estimator "
+            f"{method.estimator_class.__name__} offers samples only: pick one with a density"
+        )
+
+
+def _check_first_round(bank, sim) -> None:
+    if bank.simulator_name != sim.name or bank.attrs.get("given_theta_sha256") is not None:
+        raise SbitkError(
+            f"the first round must be a bank of prior draws of simulator {sim.name!r}; "
+            f"{bank.path or 'the bank given'} holds simulator {bank.simulator_name!r}"
+            f"{' at given theta' if bank.attrs.get('given_theta_sha256') else ''}"
+        )
+    if not bank.complete:
+        raise SbitkError(f"the first round's bank {bank.path} is incomplete; finish simulating it")
+
+
+def _simulate_round(sim, n, seed, proposal, banks, r, workers, progress):
+    from sbitk.simulation.runner import simulate
+
+    path = None if banks is None else Path(banks) / f"round-{r + 1}.zarr"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # failed rows are the method's to report
+        return simulate(sim, n, seed=seed, workers=workers, bank=path, theta=proposal,
+                        progress=progress, overwrite=path is not None)  # fmt: skip
 
 
 def _describe(method, sim) -> None:
@@ -222,20 +268,22 @@ def truncated_prior(
     smaller than that, the rest are drawn by slice sampling the truncated prior, with chains
     started at posterior draws inside the region.
     """
-    generator = torch.Generator().manual_seed(seed)
-    reference = posterior.sample(THRESHOLD_DRAWS, x=x_o, seed=seed)
-    log_q = posterior.log_prob(reference, x=x_o)
+    generator = torch.Generator().manual_seed(round_seed(seed, 0, "truncation candidates"))
+    reference = posterior.sample(THRESHOLD_DRAWS, x=x_o, seed=seed).cpu()
+    log_q = posterior.log_prob(reference, x=x_o).cpu()
     tau = float(torch.quantile(log_q.double(), epsilon))
     kept, tried, count = [reference[:0]], 0, 0
     while count < n and tried < REJECTION_BUDGET * n:
         candidates = prior.sample(CANDIDATES_PER_BATCH, generator).to(reference.dtype)
-        inside = posterior.log_prob(candidates, x=x_o) >= tau
+        inside = posterior.log_prob(candidates, x=x_o).cpu() >= tau
         kept.append(candidates[inside])
         tried, count = tried + len(candidates), count + int(inside.sum())
     acceptance = count / max(tried, 1)
     theta = torch.cat(kept)[:n]
     if count < n:
         starts = reference[log_q >= tau][:SLICE_CHAINS]
+        if len(starts) == 0:
+            raise SbitkError("the posterior gives no finite density at its own draws")
         theta = torch.cat([theta, _slice_truncated(posterior, prior, x_o, tau, starts, n - count,
                                                    seed)])  # fmt: skip
     return theta, acceptance
@@ -244,7 +292,7 @@ def truncated_prior(
 def _slice_truncated(posterior, prior, x_o, tau: float, starts: Tensor, n: int, seed: int):
     def log_target(theta: Tensor) -> Tensor:
         lp = prior.log_prob(theta.to(torch.get_default_dtype()))
-        inside = posterior.log_prob(theta, x=x_o) >= tau
+        inside = posterior.log_prob(theta, x=x_o).cpu() >= tau
         return torch.where(inside & torch.isfinite(lp), lp, torch.full_like(lp, -math.inf))
 
     per_chain = math.ceil(n / len(starts))
@@ -252,4 +300,11 @@ def _slice_truncated(posterior, prior, x_o, tau: float, starts: Tensor, n: int, 
     return result.samples.reshape(-1, starts.shape[1])[:n]
 
 
-__all__ = ["TRUNCATION", "fit_rounds", "round_sizes", "truncated_prior"]
+__all__ = [
+    "TRUNCATION",
+    "check_method",
+    "fit_rounds",
+    "round_seed",
+    "round_sizes",
+    "truncated_prior",
+]

@@ -420,12 +420,12 @@ def _train(
             data = _streamed_data(model, inputs, context, config, batches, history)
         else:
             data = _in_memory_data(model, inputs, context, config, batches, history)
-        rows = data.n_train
+        rows, history.n_val = data.n_train, data.val_inputs.shape[0]
         if augment is not None:
             data, rows = _augmented(data, augment, config)
         config = _settled(config, rows)
         batches.config = config
-        history.batch_size, history.n_val = config.batch_size, data.val_inputs.shape[0]
+        history.batch_size = config.batch_size
         run = _Run(model, config, device, history, start_time)
         run.loop(_Rounds(data.epoch_batches, config.epoch_rows), data)
         model.load_state_dict(run.best_state)
@@ -543,6 +543,8 @@ def _streamed_data(
 #: original and random ones, drawn once, so that it watches the loss the augmented training
 #: set is fitted to.
 VALIDATION_COPIES = 8
+#: Most passes over the rows one epoch of augmented training spans (slcp's 4 trials: 4! = 24).
+MAX_AUGMENTED_PASSES = 24
 
 
 def _augmented(data: _Data, augment: Callable, config: TrainConfig) -> tuple[_Data, int]:
@@ -550,15 +552,16 @@ def _augmented(data: _Data, augment: Callable, config: TrainConfig) -> tuple[_Da
 
     An augmentation with ``variety`` distinct versions of each row (``augment.variety``, 1 when
     absent) makes a training set that many times larger: its epochs span that many passes over
-    the rows, at most ``config.epoch_rows`` rows, and the size-dependent settings are those of
-    the larger set. Held-out rows are scored in :data:`VALIDATION_COPIES` versions, the
-    original and random ones drawn once. Early stopping, which counts epochs, then reacts after
-    as many steps as for the same data augmented once and for all.
+    the rows (at most :data:`MAX_AUGMENTED_PASSES`, and ``config.epoch_rows`` rows), and the
+    size-dependent settings are those of the rows an epoch sees. Held-out rows are scored in
+    :data:`VALIDATION_COPIES` versions, the original and random ones drawn once. Early
+    stopping, which counts epochs, then reacts after as many steps as for the same data
+    augmented once and for all.
     """
     variety = max(int(getattr(augment, "variety", 1)), 1)
-    passes = variety
+    passes = min(variety, MAX_AUGMENTED_PASSES)
     if config.epoch_rows is not None:
-        passes = max(1, min(variety, math.ceil(config.epoch_rows / max(data.n_train, 1))))
+        passes = max(1, min(passes, math.ceil(config.epoch_rows / max(data.n_train, 1))))
     plain = data.epoch_batches
 
     def epoch() -> Iterator:
@@ -573,7 +576,7 @@ def _augmented(data: _Data, augment: Callable, config: TrainConfig) -> tuple[_Da
     if val_context is not None:
         val_context = torch.cat([val_context, *[c for _, c in held]])
     data = replace(data, epoch_batches=epoch, val_inputs=val_inputs, val_context=val_context)
-    return data, data.n_train * variety
+    return data, data.n_train * passes
 
 
 def _cat(

@@ -15,6 +15,7 @@ from sbitk.inference.nle import NLE
 from sbitk.inference.npe import NPE
 from sbitk.inference.sequential import fit_rounds, round_sizes, truncated_prior
 from sbitk.inference.training import TrainConfig
+from sbitk.models.gaussian import ConditionalGaussian
 from sbitk.posteriors.mcmc import MCMCConfig
 from sbitk.simulation.priors import BoxUniform
 from sbitk.simulation.runner import simulate, simulate_batch
@@ -116,6 +117,28 @@ def test_rounds_record_their_proposals_and_train_on_every_row():
     assert second["proposal"].startswith("truncated prior") and 0 < second["acceptance"] < 0.2
     with pytest.raises(SbitkError, match="NPE takes one observation"):
         fit_rounds(npe, shift, torch.zeros(3, 2), 600, rounds=2, workers=1)
+
+
+def test_rounds_refuse_up_front_what_they_cannot_use_and_copy_a_given_network():
+    gan = NPE(estimator="gan", config=QUICK)
+    with pytest.raises(SbitkError, match="offers samples only"):
+        fit_rounds(gan, shift, torch.zeros(2), 600, rounds=2, workers=1)
+    prior_bank = simulate(shift, 300, seed=0, workers=1, progress=False)
+    given = simulate(shift, 300, seed=0, workers=1, theta=torch.zeros(300, 2), progress=False)
+    npe = NPE(estimator="gaussian", config=QUICK)
+    with pytest.raises(SbitkError, match="at given theta"):
+        fit_rounds(npe, shift, torch.zeros(2), 600, rounds=2, workers=1, first_round=given)
+    network = ConditionalGaussian(2, 2)
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    nle = NLE(estimator=network, config=QUICK,
+              mcmc=MCMCConfig(num_chains=40, warmup=20, progress=False))  # fmt: skip
+    posterior = fit_rounds(nle, shift, torch.zeros(2), 600, rounds=2, workers=1,
+                           first_round=prior_bank)  # fmt: skip
+    assert posterior.likelihood.estimator is not network and nle.estimator is network
+    assert all(torch.equal(v, before[k]) for k, v in network.state_dict().items())
+    one = fit_rounds(NPE(estimator="gaussian", config=QUICK), shift, torch.zeros(2), 300,
+                     rounds=1, workers=1)  # fmt: skip
+    assert one.history.rounds == [] and one.history.observation is None  # amortized
 
 
 def test_run_with_rounds_skips_the_amortized_checks_and_refuses_several_observations(tmp_path):
