@@ -82,6 +82,9 @@ class Estimation:
         #: (:func:`~sbitk.inference.data.permute_trials`); None: read from the bank's
         #: simulator; False or []: never permute.
         self.trials: list[tuple[int, int, int]] | bool | None = None
+        #: How many training rows each simulation gives: its trials when the role models them
+        #: one at a time (NLE's ``per_trial``), else 1.
+        self.trial_count = 1
 
     @property
     def estimator_class(self) -> type:
@@ -140,9 +143,10 @@ class Estimation:
         return replace(self.config, **unset)
 
     def _augmenter(self, x_dim: int):
-        """Training-batch augmentation that permutes x's i.i.d. trials, or None."""
+        """Training-batch augmentation that permutes x's i.i.d. trials, or None (also when each
+        trial is a row of its own)."""
         blocks = list(self.trials or [])
-        if not blocks:
+        if not blocks or self.trial_count > 1:
             return None
         if max(o + t * w for o, t, w in blocks) > x_dim or min(t for _, t, _ in blocks) < 2:
             raise SbitkError(f"trials {blocks} do not fit x of {x_dim} values")
@@ -164,15 +168,16 @@ class Estimation:
             inputs, context = self._pair(theta, x)
             model = self._build(inputs.shape[1], context.shape[1])
             config = self._train_config(len(inputs))
-            self.history = train(model, inputs, context, config, self._augmenter(x.shape[1]))
+            augment = self._augmenter(x.shape[1])
+            self.history = train(model, inputs, context, config, augment, self.trial_count)
             self.history.rows = asdict(self.report)
             return model
         inputs, context = source.load(0)
         model = self._build(inputs.shape[1], context.shape[1])
         checked = self._check_stream(source)
         # A source without a length streams because it is large.
-        n_rows = len(source.bank) if hasattr(source.bank, "__len__") else 2**62
-        x_dim = (context if self.x_side == "context" else inputs).shape[1]
+        n_rows = self.trial_count * len(source.bank) if hasattr(source.bank, "__len__") else 2**62
+        x_dim = (context if self.x_side == "context" else inputs).shape[1] * self.trial_count
         self.history = train(
             model, source, None, self._train_config(n_rows), self._augmenter(x_dim)
         )

@@ -77,6 +77,13 @@ class NLE(Estimation):
             training batch permutes (data augmentation: their order carries no information).
             ``None`` (the default): the blocks the bank's simulator declares
             (:func:`~sbitk.simulation.simulator.trial_blocks`); ``False``: never.
+        per_trial: Learn the likelihood of one trial, :math:`q(x_t \\mid \\theta)`, from the
+            N · T pairs :math:`(\\theta_i, x_{i,t})`, and take :math:`q(x \\mid \\theta)` as the
+            product over x's T trials. This is exact, not an approximation, when x is nothing
+            but i.i.d. trials (one block of ``trials`` covering x), and the surrogate learns a
+            T-times smaller density from T times the pairs. ``None`` (the default): whenever x is
+            nothing but trials; ``True``: require it; ``False``: learn x whole (and permute
+            its trials in training).
         unconstrained: Condition the surrogate on the prior's unconstrained
             :math:`u = f(\\theta)` (True) or on θ (False). ``None`` (the default): θ when the
             prior is a box, whose bounded θ is a better input than its logit (on slcp the
@@ -101,6 +108,7 @@ class NLE(Estimation):
         invalid: str = "error",
         unconstrained: bool | None = None,
         trials: list[tuple[int, int, int]] | bool | None = None,
+        per_trial: bool | None = None,
         config: TrainConfig | None = None,
         mcmc: MCMCConfig | None = None,
         parameter_names: Sequence[str] | None = None,
@@ -121,7 +129,10 @@ class NLE(Estimation):
             estimator_kwargs,
         )
         self.invalid = invalid
+        if per_trial is not None and not isinstance(per_trial, bool):
+            raise SbitkError(f"per_trial must be True, False or None, got {per_trial!r}")
         self.trials = trials
+        self.per_trial = per_trial
         self.conditions_unconstrained = True
         self.mcmc = mcmc or MCMCConfig()
 
@@ -186,7 +197,22 @@ class NLE(Estimation):
             config = replace(config, batch_size=2 * NLE_BATCH_SIZE if large else NLE_BATCH_SIZE)
         return config
 
+    def _split_trials(self, x_dim: int) -> int:
+        """T when x of ``x_dim`` values is T i.i.d. trials that the surrogate models one at a
+        time (see ``per_trial``), else 1."""
+        blocks = list(self.trials or [])
+        whole = len(blocks) == 1 and blocks[0][0] == 0 and blocks[0][1] * blocks[0][2] == x_dim
+        if self.per_trial and not whole:
+            raise SbitkError(
+                f"per_trial=True needs x to be nothing but i.i.d. trials, one block covering "
+                f"its {x_dim} values; the trials are {blocks or 'not declared'}"
+            )
+        return blocks[0][1] if whole and self.per_trial is not False else 1
+
     def _pair(self, theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        self.trial_count = t = self._split_trials(x.shape[1])
+        if t > 1:  # row i's trials become rows i·T, ..., i·T + T − 1
+            theta, x = theta.repeat_interleave(t, 0), x.reshape(len(x) * t, -1)
         if not self.conditions_unconstrained:
             return x, theta
         return x, self.prior.bijection().forward(theta)[0]
@@ -205,6 +231,7 @@ class NLE(Estimation):
             model,
             self.prior,
             unconstrained=self.conditions_unconstrained,
+            trials=self.trial_count,
             parameter_names=self.parameter_names,
             output_names=self.output_names,
             simulator_name=self.simulator_name,

@@ -374,6 +374,7 @@ def train(
     context: Tensor | None = None,
     config: TrainConfig | None = None,
     augment: Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor | None]] | None = None,
+    group: int = 1,
 ) -> History:
     """Fit ``model`` by minimising ``model.loss(inputs, context).mean()``.
 
@@ -388,6 +389,9 @@ def train(
         augment: Applied to every training batch, ``(inputs, context) -> (inputs, context)``,
             drawing from torch's (seeded) generator: data augmentation that leaves the
             distribution of the rows unchanged (permuted i.i.d. trials). Not to held-out rows.
+        group: In-memory rows come in consecutive groups of this many that are held out
+            together (the trials of one simulation, split into rows of their own), so that no
+            group is partly trained on and partly held out. Chunks stay whole anyway.
 
     Returns:
         The :class:`History`. The model is left on the training device in eval mode, holding the
@@ -400,12 +404,12 @@ def train(
     if not callable(getattr(model, "loss", None)):
         raise SbitkError(f"model {type(model).__name__} has no loss(inputs, context) method")
     with thread_limit():
-        return _train(model, inputs, context, config, augment)
+        return _train(model, inputs, context, config, augment, group)
 
 
 def _train(
     model: nn.Module, inputs: Tensor | ChunkSource, context: Tensor | None, config: TrainConfig,
-    augment: Callable | None = None,
+    augment: Callable | None = None, group: int = 1,
 ) -> History:  # fmt: skip
     """The engine: seeded, it splits the data, settles the settings and optimises."""
     device = resolve_device(config.device)
@@ -419,7 +423,7 @@ def _train(
         if isinstance(inputs, ChunkSource):
             data = _streamed_data(model, inputs, context, config, batches, history)
         else:
-            data = _in_memory_data(model, inputs, context, config, batches, history)
+            data = _in_memory_data(model, inputs, context, config, batches, history, group)
         rows, history.n_val = data.n_train, data.val_inputs.shape[0]
         if augment is not None:
             data, rows = _augmented(data, augment, config)
@@ -478,14 +482,19 @@ def _in_memory_data(
     config: TrainConfig,
     batches: _Batches,
     history: History,
+    group: int = 1,
 ) -> _Data:
-    """Split rows at random into training and validation; standardise on the training rows."""
+    """Split rows at random into training and validation, ``group`` consecutive rows together;
+    standardise on the training rows."""
     inputs, context = check_pair(inputs, context, names=("inputs", "context"))
     n = inputs.shape[0]
-    n_val = config.n_validation(n)
+    if group < 1 or n % group:
+        raise SbitkError(f"{n} rows do not come in groups of {group}")
+    n_val = max(1, config.n_validation(n) // group) * group
     if n - n_val < 1:
         raise SbitkError(f"need at least 2 training rows, got {n}")
-    perm = torch.randperm(n, generator=batches.generator)
+    perm = torch.randperm(n // group, generator=batches.generator)
+    perm = (perm[:, None] * group + torch.arange(group)).reshape(-1)
     val_idx, train_idx = perm[:n_val], perm[n_val:]
     device, dtype = batches.device, torch.get_default_dtype()
     train_a = inputs[train_idx].to(device, dtype)

@@ -19,6 +19,8 @@ under the key ``"sbitk"``:
 ``simulator_name``        the simulator of the training data, or null
 ``training``              training summary and loss curves, or null
 ``mcmc``                  NLE: the posterior's MCMC settings
+``trials``                NLE: how many i.i.d. trials of the estimator's x make one x (1: the
+                          estimator models x whole)
 ``tensors``               name → ``[dtype, shape]`` of every tensor
 ``checksum``              SHA-256 over the JSON above and every tensor's bytes
 ========================  ===================================================================
@@ -63,8 +65,8 @@ from sbitk.errors import ModelFileError, SbitkError
 
 FORMAT = "sbitk-model"
 #: Format version this sbitk writes; it reads this one and the versions in READABLE_VERSIONS.
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 METADATA_KEY = "sbitk"
 
 _DTYPES = {
@@ -113,9 +115,11 @@ def _parts(obj) -> tuple[str, nn.Module, dict]:
         mcmc = dataclasses.asdict(obj.config)
         likelihood = obj.likelihood
         extra = {"unconstrained": likelihood.unconstrained, "mcmc": mcmc, "source": likelihood}
+        extra["trials"] = likelihood.trials
         return "nle", likelihood.estimator, extra
     if isinstance(obj, SurrogateLikelihood):
         extra = {"unconstrained": obj.unconstrained, "mcmc": None, "source": obj}
+        extra["trials"] = obj.trials
         return "nle", obj.estimator, extra
     raise SbitkError(
         "save_model takes a DirectPosterior (NPE), an MCMCPosterior or a SurrogateLikelihood "
@@ -291,6 +295,13 @@ def _validate(header: dict, where: str) -> None:
         raise ModelFileError(
             f"{where}: an {header['role'].upper()} model needs a boolean 'unconstrained' field"
         )
+    trials = header.get("trials")
+    if header["role"] == "nle" and version >= 4 and not _positive_int(trials):
+        raise ModelFileError(f"{where}: an NLE model needs a positive integer 'trials' field")
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _upgrade(header: dict) -> dict:
@@ -304,6 +315,9 @@ def _upgrade(header: dict) -> dict:
     Version 2 to 3: an NLE surrogate may be conditioned on θ instead of the unconstrained
     :math:`f(\\theta)`, recorded in ``unconstrained``; version 2 NLE files were always
     conditioned on :math:`f(\\theta)`.
+
+    Version 3 to 4: an NLE surrogate may model one of x's i.i.d. trials, recorded in
+    ``trials``; version 3 NLE files modelled x whole (``trials`` 1).
     """
     if header["format_version"] < 2 and header["estimator"]["name"] == "nsf":
         config = header["estimator"]["config"]
@@ -312,6 +326,8 @@ def _upgrade(header: dict) -> dict:
             config.setdefault("conditioner", "mlp")
     if header["format_version"] < 3 and header["role"] == "nle":
         header.setdefault("unconstrained", True)
+    if header["format_version"] < 4 and header["role"] == "nle":
+        header.setdefault("trials", 1)
     return header
 
 
@@ -397,7 +413,9 @@ def load_model(path: str | os.PathLike, *, device: str = "cpu"):
             obj = DirectPosterior(model, prior, unconstrained=header["unconstrained"], **common)
         else:
             unconstrained = header["unconstrained"]
-            likelihood = SurrogateLikelihood(model, prior, unconstrained=unconstrained, **common)
+            likelihood = SurrogateLikelihood(
+                model, prior, unconstrained=unconstrained, trials=header["trials"], **common
+            )
             mcmc = header.get("mcmc")
             config = MCMCConfig(**mcmc) if isinstance(mcmc, dict) else None
             obj = MCMCPosterior(likelihood, config)

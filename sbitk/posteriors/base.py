@@ -58,6 +58,8 @@ class TrainedEstimator:
     #: Which of the estimator's sizes is θ: ``"features"`` (a posterior) or ``"context"`` (a
     #: likelihood); the other is x.
     theta_size: str
+    #: How many i.i.d. trials of the estimator's x make one x of the simulator (1: x is whole).
+    trials: int = 1
 
     def __init__(
         self,
@@ -84,7 +86,7 @@ class TrainedEstimator:
         #: The prior's bijection f to unconstrained coordinates.
         self.bijection: Bijection = prior.bijection()
         self.theta_dim = prior.dim
-        self.x_dim = int(getattr(estimator.config, x_size))
+        self.x_dim = int(getattr(estimator.config, x_size)) * self.trials
         self.parameter_names = _names(parameter_names, self.theta_dim, "theta")
         self.output_names = _names(output_names, self.x_dim, "x")
         self.simulator_name = simulator_name

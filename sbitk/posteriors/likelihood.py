@@ -55,11 +55,20 @@ class SurrogateLikelihood(TrainedEstimator):
         prior: The prior of the training θ (gives the bijection f and the support).
         unconstrained: The estimator's context is :math:`u = f(\\theta)` (True, the default) or θ
             itself (False).
+        trials: The estimator models one of ``trials`` i.i.d. trials that make up the
+            simulator's x, so that :math:`q(x \\mid \\theta) = \\prod_t q(x_t \\mid \\theta)`
+            and x has ``trials`` times the estimator's features (1, the default: x is whole).
         parameter_names, output_names, simulator_name, history: Carried into model files.
     """
 
     role = "nle"
     theta_size = "context"
+
+    def __init__(self, estimator: nn.Module, prior, *, trials: int = 1, **kwargs):
+        if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+            raise SbitkError(f"trials must be a positive integer, got {trials!r}")
+        self.trials = trials
+        super().__init__(estimator, prior, **kwargs)
 
     def _accept(self, estimator: nn.Module) -> None:
         if not has_density(estimator):
@@ -75,8 +84,10 @@ class SurrogateLikelihood(TrainedEstimator):
         return theta.to(self.device, torch.get_default_dtype()), single
 
     def observations(self, x: Tensor) -> Tensor:
-        """Check x and return it as i.i.d. trials (T, D_x) on the device."""
-        return self._x_rows(x, "n_trials")[0]
+        """Check x and return its i.i.d. trials as the estimator's rows on the device: x's rows
+        (T, D_x), each split into its :attr:`trials` (T · trials, D_x / trials)."""
+        xs = self._x_rows(x, "n_trials")[0]
+        return xs.reshape(-1, self.x_dim // self.trials)
 
     @limited_threads
     @torch.no_grad()
@@ -93,7 +104,9 @@ class SurrogateLikelihood(TrainedEstimator):
         """
         theta, single = self._theta(theta)
         with seeded(seed, self.device):
-            x = self.estimator(self.context(theta)).sample((n,)).cpu()
+            x = self.estimator(self.context(theta)).sample((n * self.trials,)).cpu()
+        # The draws are i.i.d.: trial t of draw i is draw i · trials + t.
+        x = x.reshape(n, self.trials, len(theta), -1).transpose(1, 2).reshape(n, len(theta), -1)
         return x[:, 0] if single else x
 
     def context(self, theta: Tensor, u: Tensor | None = None) -> Tensor:

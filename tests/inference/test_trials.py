@@ -61,7 +61,8 @@ def test_training_batches_see_permuted_trials_and_held_out_rows_fixed_versions(c
     shape = (1, 3) if cls is NPE else (3, 1)
     model = recording(*shape)
     config = TrainConfig(progress=False, max_epochs=2, batch_size=100)
-    cls(Normal(0.0, 1.0, dim=1), model, config=config, trials=[(0, 3, 1)]).fit(theta, x)
+    whole = {} if cls is NPE else {"per_trial": False}  # NLE would model one trial at a time
+    cls(Normal(0.0, 1.0, dim=1), model, config=config, trials=[(0, 3, 1)], **whole).fit(theta, x)
     side = 2 if cls is NPE else 1
     rows = {tuple(r) for r in x.tolist()}
     as_sets = {tuple(sorted(r)) for r in x.tolist()}
@@ -74,7 +75,7 @@ def test_training_batches_see_permuted_trials_and_held_out_rows_fixed_versions(c
     assert all(tuple(r) in rows for r in held[0][:40].tolist())  # the originals first
     assert {tuple(sorted(r)) for r in held[0].tolist()} <= as_sets
     model.seen.clear()
-    cls(Normal(0.0, 1.0, dim=1), model, config=config, trials=False).fit(theta, x)
+    cls(Normal(0.0, 1.0, dim=1), model, config=config, trials=False, **whole).fit(theta, x)
     assert all(tuple(r) in rows for b in model.seen for r in b[side].tolist())
 
 
@@ -85,3 +86,54 @@ def test_fitting_from_a_bank_reads_the_trials_of_its_simulator():
     assert npe.trials == [(0, 4, 2)]
     with pytest.raises(SbitkError, match="do not fit x"):
         NPE(bank.prior, "gaussian", trials=[(6, 4, 2)], config=npe.config).fit(bank.theta, bank.x)
+
+
+def _trials_data(n=400, seed=0):
+    """θ ~ N(0, I₂) and x of 3 i.i.d. trials x_t = θ + 0.5 ε_t, flat (n, 6)."""
+    g = torch.Generator().manual_seed(seed)
+    theta = torch.randn(n, 2, generator=g)
+    x = theta[:, None, :] + 0.5 * torch.randn(n, 3, 2, generator=g)
+    return theta, x.reshape(n, 6)
+
+
+def test_nle_learns_one_trial_from_every_trial_and_holds_out_whole_simulations():
+    theta, x = _trials_data()
+    model = recording(2, 2)
+    config = TrainConfig(progress=False, max_epochs=2, batch_size=100)
+    nle = NLE(Normal(0.0, 1.0, dim=2), model, config=config, trials=[(0, 3, 2)])
+    likelihood = nle.fit(theta, x).likelihood
+    assert nle.trial_count == 3 and likelihood.trials == 3 and likelihood.x_dim == 6
+    pairs = {(tuple(th), tuple(xt)) for th, r in zip(theta.tolist(), x.tolist(), strict=True)
+             for xt in (r[:2], r[2:4], r[4:])}  # fmt: skip
+
+    def rows(batches):
+        return {(tuple(c), tuple(a)) for _, inputs, context in batches
+                for a, c in zip(inputs.tolist(), context.tolist(), strict=True)}  # fmt: skip
+
+    train = rows(b for b in model.seen if b[0])
+    held = rows(b for b in model.seen if not b[0])
+    assert train | held == pairs and len(held) == 120  # 40 simulations, 3 trials each
+    assert not {c for c, _ in train} & {c for c, _ in held}  # no simulation on both sides
+
+    x_o, th = x[0], theta[:5]
+    by_hand = sum(model(th).log_prob(x_o[2 * t : 2 * t + 2].expand(5, 2)) for t in range(3))
+    assert torch.allclose(likelihood.log_prob(x_o, th), by_hand)
+    draws = likelihood.sample(20_000, theta[7:9], seed=0).reshape(20_000, 2, 3, 2)
+    with torch.no_grad():
+        ref = model(theta[7:9]).sample((20_000,))[:, :, None]  # one trial per θ, by the model
+    se = (2 / 20_000) ** 0.5 * ref.std(0)
+    assert ((draws.mean(0) - ref.mean(0)).abs() < 4 * se).all()  # each θ, trial and value
+    r = torch.corrcoef(draws[:, 0, :, 0].T)  # the trials of a draw are independent
+    assert (r - torch.eye(3)).abs().max() < 4 / 20_000**0.5
+
+
+def test_per_trial_needs_x_to_be_nothing_but_trials():
+    theta, x = _trials_data(100)
+    config = TrainConfig(progress=False, max_epochs=1)
+    with pytest.raises(SbitkError, match="per_trial=True needs x to be nothing but"):
+        NLE(Normal(0.0, 1.0, dim=2), "gaussian", config=config, trials=[(2, 2, 2)],
+            per_trial=True).fit(theta, x)  # fmt: skip
+    with pytest.raises(SbitkError, match="per_trial must be True, False or None"):
+        NLE(Normal(0.0, 1.0, dim=2), per_trial="yes")
+    nle = NLE(Normal(0.0, 1.0, dim=2), "gaussian", config=config, trials=[(2, 2, 2)])
+    assert nle.fit(theta, x).likelihood.trials == 1 and nle.trial_count == 1  # x kept whole

@@ -320,6 +320,33 @@ def test_nle_context_choice_round_trips_and_version_2_files_read_as_unconstraine
         load_model(path)
 
 
+def test_an_nle_model_of_one_trial_keeps_its_trials(tmp_path):
+    box = BoxUniform([-1.0, 0.0], [1.0, 2.0])
+    g = torch.Generator().manual_seed(0)
+    theta = box.sample(300, g)
+    x = (theta[:, None] + 0.2 * torch.randn(300, 3, 2, generator=g)).reshape(300, 6)
+    mcmc = MCMCConfig(num_chains=16, warmup=5, sir_candidates=100, progress=False)
+    posterior = NLE(box, "gaussian", trials=[(0, 3, 2)], config=QUICK, mcmc=mcmc).fit(theta, x)
+    path = tmp_path / "trials.safetensors"
+    save_model(path, posterior)
+    assert read_metadata(path)["trials"] == 3
+    loaded = load_model(path)
+    assert loaded.likelihood.trials == 3 and loaded.x_dim == 6
+    th = box.sample(20, torch.Generator().manual_seed(1))
+    assert torch.equal(loaded.log_prob(th, x=x[0]), posterior.log_prob(th, x=x[0]))
+    rewrite(path, lambda m: m.update(trials=0))
+    with pytest.raises(ModelFileError, match="NLE model needs a positive integer 'trials'"):
+        load_model(path)
+
+    def as_version_3(meta):
+        meta.update(format_version=3, output_names=meta["output_names"][:2])
+        del meta["trials"]
+
+    _resave(path, as_version_3)
+    old = load_model(path)  # format 3 files modelled x whole: here x of 2 values
+    assert old.likelihood.trials == 1 and old.x_dim == 2
+
+
 def _resave(path, edit_meta=None, edit_tensors=None):
     """Rewrite a model file with edited metadata or tensors and a recomputed checksum: a file
     that passes the checksum but says something it should not."""
