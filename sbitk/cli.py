@@ -500,8 +500,9 @@ def train(
             **_parse_estimator_options(estimator_options),
         )  # fmt: skip
     history = posterior.history
+    trials = getattr(getattr(posterior, "likelihood", None), "trials", 1)
     click.echo(
-        f"trained {method.upper()} ({estimator}) in {history.epochs} epochs "
+        f"trained {method.upper()} ({estimator}{_per_trial(trials)}) in {history.epochs} epochs "
         f"({history.time_s:.1f} s, {history.stop_reason or 'done'}); best validation loss "
         f"{history.best_val_loss:.4g} at epoch {history.best_epoch + 1}; wrote {output}"
     )
@@ -865,7 +866,8 @@ def _describe_model(path: Path) -> str:
     density = density_kind(get_estimator(est["name"]))
     lines = [
         f"model file {path} (format {meta['format_version']}, sbitk {meta['sbitk_version']})",
-        f"  method: {meta['role'].upper()} ({kind} estimator {est['name']})",
+        f"  method: {meta['role'].upper()} ({kind} estimator {est['name']}"
+        f"{_per_trial(meta.get('trials', 1))})",
         f"  estimator: {est['name']} from {est.get('package') or 'this process'}, "
         f"{density} density",
         f"  simulator: {meta['simulator_name']}",
@@ -893,6 +895,10 @@ def _describe_model(path: Path) -> str:
     n_weights = sum(math.prod(shape) for _, shape in meta["tensors"].values())
     lines.append(f"  weights: {len(meta['tensors'])} tensors, {n_weights} values")
     return "\n".join(lines)
+
+
+def _per_trial(trials: int) -> str:
+    return f", of one trial: x holds {trials} i.i.d. trials" if trials > 1 else ""
 
 
 def _is_result(path: Path) -> bool:

@@ -466,3 +466,22 @@ def test_estimator_options_reach_the_estimator_and_bad_ones_are_one_line(trained
     assert bad.exit_code == 2 and "expected KEY=VALUE, got 'transforms'" in bad.output
     unknown = CliRunner().invoke(main, [*args, "--force", "-O", "wings=2"])
     _one_line_error(unknown, "wings")
+
+
+def test_nle_on_a_simulator_of_trials_learns_one_trial_and_says_so(tmp_path):
+    """slcp's x is nothing but four i.i.d. points: train says NLE learned one, inspect too."""
+    bank = tmp_path / "slcp.zarr"
+    simulate("slcp", 200, seed=0, workers=1, bank=bank, progress=False)
+    model = tmp_path / "nle.safetensors"
+    args = ["train", str(bank), "-o", str(model), "--method", "nle", "--estimator", "gaussian",
+            "--epochs", "1", "--device", "cpu"]  # fmt: skip
+    trained = CliRunner().invoke(main, args)
+    assert trained.exit_code == 0, trained.output
+    assert "trained NLE (gaussian, of one trial: x holds 4 i.i.d. trials) in 1 epochs" in (
+        trained.output
+    )
+    shown = CliRunner().invoke(main, ["inspect", str(model)])
+    assert "NLE (likelihood estimator gaussian, of one trial: x holds 4 i.i.d. trials)" in (
+        shown.output
+    )
+    assert "outputs: x[0,0], x[0,1]," in shown.output  # x's names, all eight of them
