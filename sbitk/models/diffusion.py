@@ -88,7 +88,9 @@ class DiffusionConfig:
         sde_steps: Euler–Maruyama steps of the reverse SDE.
         hidden_features, time_features, network: The noise network (as in flow matching).
         solver, steps, rtol, atol, divergence, probes: The probability-flow ODE's solver, for
-            sampling with ``sampler="ode"`` and for every density.
+            sampling with ``sampler="ode"`` and for every density. In log time 12 Runge–Kutta
+            steps suffice (two_moons at 10,000 simulations, observations 1-3: C2ST 0.555,
+            against 0.559 with 50 and 0.568 with 25 midpoint steps).
     """
 
     features: int
@@ -106,7 +108,7 @@ class DiffusionConfig:
     time_features: int = 8
     network: str = "residual"
     solver: str = "rk4"
-    steps: int = 50
+    steps: int = 12
     rtol: float = 1e-5
     atol: float = 1e-5
     divergence: str = "exact"
@@ -135,8 +137,12 @@ class Diffusion(StandardizedEstimator):
 
     @classmethod
     def train_defaults(cls) -> dict:
-        """Training settings left unset: those of flow matching, whose regression is as noisy."""
-        return FlowMatching.train_defaults()
+        """Training settings left unset: those of flow matching, whose regression is as noisy,
+        but the raw weights. On two_moons (10,000 simulations, observations 1-3, 10,000 samples
+        a side, sbibm's classifier) C2ST was 0.559 with batches of 256 at 1e-3 (the former
+        default), 0.527 at 3e-3, and 0.535 at 3e-3 with the weights averaged, which took twice
+        the epochs."""
+        return {**FlowMatching.train_defaults(), "ema_decay": None}
 
     # --- the forward SDE -------------------------------------------------------------------
 
