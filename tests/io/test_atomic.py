@@ -196,8 +196,11 @@ def test_directory_write_refuse_and_replace(tmp_path):
 
 _WRITER = textwrap.dedent(
     """
-    import sys, time
+    import signal, sys, time
     from sbitk.io.atomic import atomic_file, atomic_directory
+    # Interrupts raise KeyboardInterrupt even where the parent ignores SIGINT (a background job
+    # of a non-interactive shell does, and a child inherits that).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     old, new, kind = sys.argv[1:]
     chunk = b"n" * 65536
     if kind == "file":
