@@ -212,7 +212,7 @@ class NLE(Estimation):
     def _pair(self, theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         self.trial_count = t = self._split_trials(x.shape[1])
         if t > 1:  # row i's trials become rows i·T, ..., i·T + T − 1
-            theta, x = theta.repeat_interleave(t, 0), x.reshape(len(x) * t, -1)
+            theta, x = theta.repeat_interleave(t, 0), x.reshape(len(x) * t, x.shape[1] // t)
         if not self.conditions_unconstrained:
             return x, theta
         return x, self.prior.bijection().forward(theta)[0]

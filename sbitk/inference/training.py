@@ -86,8 +86,9 @@ class TrainConfig:
         nan_lr_factor: Learning-rate factor applied on each recovery.
         min_improvement: Relative validation improvement that counts as progress.
         ema_decay: Validate and keep an exponential moving average of the weights with this
-            decay (``None``: the raw weights). Averaging smooths the optimiser's noise and
-            overfits less on small banks.
+            decay; 0: the raw weights. ``None`` (the default): the estimator's
+            ``train_defaults`` (flow matching averages with 0.999), else the raw weights.
+            Averaging smooths the optimiser's noise and overfits less on small banks.
         seed: Seeds the split, the shuffling and any randomness inside ``loss``.
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
         progress: Show a progress bar (also off when ``TQDM_DISABLE=1`` or not a terminal).
@@ -168,9 +169,9 @@ class TrainConfig:
             raise SbitkError(
                 f"TrainConfig.epoch_rows must be an integer >= 1 or None, got {self.epoch_rows!r}"
             )
-        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+        if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
             raise SbitkError(
-                f"TrainConfig.ema_decay must be in (0, 1) or None, got {self.ema_decay!r}"
+                f"TrainConfig.ema_decay must be in [0, 1) or None, got {self.ema_decay!r}"
             )
         if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
             raise SbitkError(

@@ -61,6 +61,10 @@ from sbitk.models.base import StandardizedEstimator, build_config, check_inputs
 from sbitk.models.contract import RATIO
 from sbitk.nn.mlp import ACTIVATIONS, ResidualMLP
 
+#: Seed of the fixed order in which :meth:`RatioEstimator.validation_loss` takes held-out rows.
+VALIDATION_SEED = 1234
+#: Held-out rows per batch of the validation loss (NRE's default training batch).
+VALIDATION_BATCH = 256
 LOSSES = ("a", "b", "c", "balanced")
 
 
@@ -152,6 +156,19 @@ class RatioEstimator(StandardizedEstimator):
         """Logits (B, k) of x_i with θ_{i+1}, ..., θ_{i+k}."""
         shifted = torch.stack([torch.roll(theta, -s, 0) for s in range(1, k + 1)], 1)
         return self.logit(x.unsqueeze(1).expand(-1, k, -1), shifted)
+
+    def validation_loss(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
+        """The mean loss over held-out rows taken in one fixed random order, in batches of
+        :data:`VALIDATION_BATCH`. The loss pairs each row with the next ones, and held-out rows
+        may come in runs that share θ (the trials of one simulation, modelled one at a time):
+        in their given order such a run would count true pairs as apart."""
+        gen = torch.Generator().manual_seed(VALIDATION_SEED)
+        order = torch.randperm(inputs.shape[0], generator=gen).to(inputs.device)
+        total = inputs.new_zeros(())
+        for rows in order.split(VALIDATION_BATCH):
+            c = None if context is None else context[rows]
+            total = total + self.loss(inputs[rows], c).sum()
+        return total / max(inputs.shape[0], 1)
 
     def loss(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
         """The classification loss of each row of x ``inputs`` (B, D_x) and θ ``context``

@@ -226,6 +226,19 @@ def test_ema_weights_train_to_the_same_quality():
     assert held_out_loss(model, test_a, test_c) == pytest.approx(ideal_loss(), abs=0.05)
 
 
+def test_an_estimators_weight_average_is_its_default_and_zero_turns_it_off():
+    from sbitk.inference.npe import NPE
+    from sbitk.simulation.priors import Normal
+
+    prior = Normal(0.0, 1.0, dim=1)
+    assert NPE(prior, "flow_matching")._train_config(1000).ema_decay == 0.999
+    raw = NPE(prior, "flow_matching", config=TrainConfig(ema_decay=0))
+    assert raw._train_config(1000).ema_decay == 0
+    assert NPE(prior, "diffusion")._train_config(1000).ema_decay is None
+    with pytest.raises(SbitkError, match=r"ema_decay must be in \[0, 1\)"):
+        TrainConfig(ema_decay=-0.1)
+
+
 class RowRecorder(nn.Module):
     """Records each training batch's rows, and how many batches came before each validation."""
 

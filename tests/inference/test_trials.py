@@ -137,3 +137,5 @@ def test_per_trial_needs_x_to_be_nothing_but_trials():
         NLE(Normal(0.0, 1.0, dim=2), per_trial="yes")
     nle = NLE(Normal(0.0, 1.0, dim=2), "gaussian", config=config, trials=[(2, 2, 2)])
     assert nle.fit(theta, x).likelihood.trials == 1 and nle.trial_count == 1  # x kept whole
+    nle.trials = [(0, 3, 2)]  # a streamed chunk may hold no rows (none finished, or all invalid)
+    assert [t.shape for t in nle._pair(theta[:0], x[:0])] == [(0, 2), (0, 2)]
