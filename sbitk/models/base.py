@@ -23,6 +23,10 @@ from torch import Tensor, nn
 from sbitk.errors import SbitkError
 from sbitk.nn.standardize import Standardize
 
+#: Seed of the fixed draws (times, noise, orders) that make an estimator's validation loss the
+#: same function every epoch (common random numbers), so that epochs are compared fairly.
+VALIDATION_SEED = 1234
+
 
 def build_config(config_class: type, features: int, context: int, options: Mapping) -> Any:
     """``config_class(features, context, **options)``, JSON lists read as tuples; an unknown or
@@ -96,4 +100,4 @@ class StandardizedEstimator(nn.Module):
         return self.context_standardization(context)
 
 
-__all__ = ["StandardizedEstimator", "build_config", "check_inputs"]
+__all__ = ["VALIDATION_SEED", "StandardizedEstimator", "build_config", "check_inputs"]

@@ -44,13 +44,10 @@ import torch
 from torch import Tensor
 
 from sbitk.errors import SbitkError
-from sbitk.models.base import StandardizedEstimator, build_config
+from sbitk.models.base import VALIDATION_SEED, StandardizedEstimator, build_config
 from sbitk.models.contract import EXACT
 from sbitk.models.ode import METHODS, divergence, odeint
 from sbitk.nn.mlp import MLP, GatedResidualMLP
-
-#: Seed of the fixed draws (t, ε) that make the validation loss the same function every epoch.
-VALIDATION_SEED = 1234
 
 
 @dataclasses.dataclass(frozen=True)

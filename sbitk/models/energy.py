@@ -97,13 +97,11 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from sbitk.errors import SbitkError
-from sbitk.models.base import StandardizedEstimator
+from sbitk.models.base import VALIDATION_SEED, StandardizedEstimator
 from sbitk.models.contract import UNNORMALISED
 from sbitk.models.langevin import mala, ula
 from sbitk.nn.mlp import ACTIVATIONS, MLP
 
-#: Seed of the fixed noise draws that make the validation loss the same function every epoch.
-VALIDATION_SEED = 1234
 OBJECTIVES = ("nce", "cd")
 
 

@@ -57,12 +57,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sbitk.errors import SbitkError
-from sbitk.models.base import StandardizedEstimator, build_config, check_inputs
+from sbitk.models.base import (
+    VALIDATION_SEED,
+    StandardizedEstimator,
+    build_config,
+    check_inputs,
+)
 from sbitk.models.contract import RATIO
 from sbitk.nn.mlp import ACTIVATIONS, ResidualMLP
 
-#: Seed of the fixed order in which :meth:`RatioEstimator.validation_loss` takes held-out rows.
-VALIDATION_SEED = 1234
 #: Held-out rows per batch of the validation loss (NRE's default training batch).
 VALIDATION_BATCH = 256
 LOSSES = ("a", "b", "c", "balanced")

@@ -63,13 +63,11 @@ import torch
 from torch import Tensor
 
 from sbitk.errors import SbitkError
-from sbitk.models.base import StandardizedEstimator
+from sbitk.models.base import VALIDATION_SEED, StandardizedEstimator
 from sbitk.models.contract import NONE
 from sbitk.models.langevin import annealed_langevin, geometric_sigmas
 from sbitk.nn.mlp import ACTIVATIONS, MLP
 
-#: Seed of the fixed draws (levels, noise, directions) of the validation loss.
-VALIDATION_SEED = 1234
 OBJECTIVES = ("dsm", "ssm")
 
 
