@@ -8,10 +8,11 @@ For two_moons and slcp, prints simulations per second for:
   as it is (θ and x in memory, nothing written), and followed by ``torch.save`` of θ and x, so
   that both sides end with the simulations in a file;
 
-and what the bank costs: the time to write every batch into a bank one after another, and the
+each library's fastest way next to the other's, and what the bank costs: the time to write every batch into a bank one after another, and the
 wall-clock time the 1-worker run spends beyond simulating (the runner writes each batch on a
 thread while it simulates the next), both as fractions of the time to simulate the batches in one
-process without a bank.
+process without a bank. Both libraries keep their worker processes between runs and are warmed
+up first; the Dask cluster is started only for its own rows, after the local ones.
 
 Usage: ``python benchmarks/simulate.py [-n 1000000] [--batch-size B]``. Wall-clock times on a
 shared machine vary by some 10-20 % between runs.
@@ -37,7 +38,7 @@ from sbitk.simulation.runner import simulate, simulate_batch, simulator_batch_si
 
 #: Each rate is the best of this many runs (``--repeats``): a run of 10^6 cheap simulations
 #: lasts a tenth of a second, where a shared machine's noise is large.
-REPEATS = [3]
+REPEATS = [5]
 
 
 def _timed(fn) -> float:
@@ -110,6 +111,27 @@ def write_overhead(sim, n: int, batch_size: int, workdir: Path) -> tuple[float, 
     return t_sim, _timed(write)
 
 
+def dask_rates(tasks, batches: dict[str, int], n: int, workdir: Path, rows: list) -> None:
+    """sbitk on a 2-worker Dask LocalCluster, next to sbi's 2 local workers (measured before)."""
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster) as client,
+    ):  # fmt: skip
+        for name in tasks:
+            sim = sbitk.get_simulator(name)
+            batch = batches[name]
+            sbitk_rate(sim, 2 * batch, batch, workdir, client=client)  # the workers' imports
+            rate = sbitk_rate(sim, n, batch, workdir, client=client)
+            peer = next(r[3] for r in rows if r[0] == name and r[1] == "2 workers")
+            at = max(i for i, r in enumerate(rows) if r[0] == name and r[1] == "2 workers")
+            rows.insert(at + 1, (name, "Dask, 2 workers", rate, peer))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=1_000_000, help="simulations per measurement")
@@ -121,42 +143,33 @@ def main() -> None:
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
 
-    from distributed import Client, LocalCluster
-
     rows = []
     batches: dict[str, int] = {}
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-            dashboard_address=None,
-        ) as cluster,
-        Client(cluster) as client,
-    ):  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         for name in args.tasks:
             sim = sbitk.get_simulator(name)
-            batch = args.batch_size or simulator_batch_size(sim, args.n)
-            # Warm up: the fork server, the Dask workers' imports, sbi's imports and joblib pool.
+            batches[name] = batch = args.batch_size or simulator_batch_size(sim, args.n)
+            # Warm up: the fork server and sbitk's pool of workers, sbi's imports and joblib's
+            # pool; both libraries keep their pool of worker processes between runs.
             sbitk_rate(sim, 2 * batch, batch, workdir, workers=2)
-            sbitk_rate(sim, 2 * batch, batch, workdir, client=client)
             sbi_rate(sim, 2 * batch, batch, 1)
             sbi_rate(sim, 2 * batch, batch, 2)
-
             saved = workdir / f"{name}.pt"
             sbi1, sbi2 = (sbi_rate(sim, args.n, batch, w) for w in (1, 2))
             sbi1_saved, sbi2_saved = (sbi_rate(sim, args.n, batch, w, saved) for w in (1, 2))
-            for label, kwargs, peer in (
-                ("1 worker", {"workers": 1}, (sbi1, sbi1_saved)),
-                ("2 workers", {"workers": 2}, (sbi2, sbi2_saved)),
-                ("Dask, 2 workers", {"client": client}, (sbi2, sbi2_saved)),
+            for label, workers, peer in (
+                ("1 worker", 1, (sbi1, sbi1_saved)),
+                ("2 workers", 2, (sbi2, sbi2_saved)),
             ):
-                rate = sbitk_rate(sim, args.n, batch, workdir, **kwargs)
+                rate = sbitk_rate(sim, args.n, batch, workdir, workers=workers)
                 rows.append((name, label, rate, peer))
             t_sim, t_write = write_overhead(sim, args.n, batch, workdir)
-            in_process = args.n / rows[-3][2]  # the 1-worker run's seconds
+            in_process = args.n / rows[-2][2]  # the 1-worker run's seconds
             rows.append((name, "bank writing", t_sim, (t_write, in_process - t_sim)))
-            batches[name] = batch
+        # The Dask rows last: an idle cluster's processes slow a run of 50 ms on 2 cores by a
+        # third, so none runs while the local rows are measured.
+        dask_rates(args.tasks, batches, args.n, workdir, rows)
 
     sizes = ", ".join(f"{k} {v}" for k, v in batches.items())
     print(f"\nsimulations per second, n = {args.n}, batch size: {sizes} (sbi: the same)")
@@ -166,6 +179,14 @@ def main() -> None:
     for name, label, a, (b, c) in (r for r in rows if r[1] != "bank writing"):
         print(f"{name:<10}  {label:<16}  {a:>12,.0f}  {b:>10,.0f}  {a / b:5.2f}"
               f"  {c:>10,.0f}  {a / c:5.2f}")  # fmt: skip
+    print("\neach library's fastest way on this machine (sbi in memory)")
+    for name in batches:
+        ours = [r for r in rows if r[0] == name and r[1] != "bank writing"]
+        best = max(ours, key=lambda r: r[2])
+        sbi1, sbi2 = (next(r[3][0] for r in ours if r[1] == w) for w in ("1 worker", "2 workers"))
+        peer, how = max((sbi1, "1 worker"), (sbi2, "2 workers"))
+        print(f"{name:<10}  sbitk {best[2]:>12,.0f} ({best[1]})  sbi {peer:>12,.0f} ({how})"
+              f"  ratio {best[2] / peer:5.2f}")  # fmt: skip
     print("\nwhat the bank costs, as a fraction of simulating the batches in one process")
     print(f"{'task':<10}  {'simulate s':>10}  {'write s':>8}  {'write/sim':>9}  {'ms/batch':>8}"
           f"  {'1-worker run beyond simulating / sim':>36}")  # fmt: skip

@@ -187,8 +187,8 @@ def dumps_simulator(sim: Simulator) -> bytes:
 
 
 # ---- local worker processes ------------------------------------------------------------------
-_WORKER_SIMULATOR: Simulator | None = None
-#: The bank a worker process writes its batches into (opened on its first batch), and its path.
+#: A worker's simulators by payload hash, and the bank it writes into: (run token, Bank).
+_WORKER_SIMULATORS: dict[str, Simulator] = {}
 _WORKER_BANK: dict[str, Any] = {}
 
 
@@ -205,29 +205,41 @@ def _watch_parent(pid: int) -> None:
             pass
 
 
-def _init_worker(payload: bytes, parent: int, bank: str | None = None) -> None:
-    global _WORKER_SIMULATOR
+def _init_worker(parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller handles Ctrl-C and stops us
     torch.set_num_threads(1)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
-    _WORKER_SIMULATOR = cloudpickle.loads(payload)
-    _WORKER_BANK.update(path=bank, store=None)
+
+
+def _worker_simulator(job: tuple[str, bytes]) -> Simulator:
+    key, payload = job
+    sim = _WORKER_SIMULATORS.get(key)
+    if sim is None:
+        _WORKER_SIMULATORS.clear()  # a pool serves one run at a time: keep its simulator only
+        sim = _WORKER_SIMULATORS[key] = cloudpickle.loads(payload)
+    return sim
+
+
+def _worker_bank(where: tuple[str, str]) -> Bank:
+    path, token = where  # the token names the run: a bank made anew at the same path is another
+    if _WORKER_BANK.get("token") != token:
+        _WORKER_BANK.update(token=token, store=Bank._open(Path(path), mode="r+"))
+    return _WORKER_BANK["store"]
 
 
 def _run_in_worker(
-    seed: int, index: int, rows: int, start: int | None, theta: np.ndarray | None
-) -> dict[str, Any]:
-    """Simulate batch ``index`` (at the ``theta`` given, if any); with a ``start`` row, write its
-    rows into the bank here and return only what the caller needs to mark it done
-    (:func:`_written`)."""
-    assert _WORKER_SIMULATOR is not None
-    result = simulate_batch(_WORKER_SIMULATOR, seed, index, rows, theta)
-    if start is None:
+    job: tuple[str, bytes], seed: int, index: int, rows: int, theta: np.ndarray | None,
+    write: tuple[str, str, int] | None,
+) -> dict[str, Any]:  # fmt: skip
+    """Simulate batch ``index`` (at the ``theta`` given, if any); with ``write`` = (bank path,
+    run token, first row), write its rows into the bank here and return only what the caller
+    needs to mark it done (:func:`_written`)."""
+    result = simulate_batch(_worker_simulator(job), seed, index, rows, theta)
+    if write is None:
         return result
-    if _WORKER_BANK["store"] is None:
-        _WORKER_BANK["store"] = Bank._open(Path(_WORKER_BANK["path"]), mode="r+")
-    _WORKER_BANK["store"]._write_rows(start, result["theta"], result["x"], result["status"],
-                                      result["errors"])  # fmt: skip
+    path, token, start = write
+    store = _worker_bank((path, token))
+    store._write_rows(start, result["theta"], result["x"], result["status"], result["errors"])
     return _written(result)
 
 
@@ -289,6 +301,16 @@ def _sigint_held(inherited: bool):
         raise KeyboardInterrupt
 
 
+#: Seconds a pool of worker processes outlives the run that started it: the next run with as
+#: many workers (a round, a benchmark, a notebook cell) then starts without forking any: that
+#: was a third of a run of 10^6 two_moons simulations on 2 workers. Idle workers use no CPU.
+POOL_IDLE_SECONDS = 60.0
+#: The kept pool: ``executor``, ``workers``, ``pid`` (of the process that made it), ``busy``
+#: (a run uses it) and ``timer`` (its retirement, while idle).
+_POOL: dict[str, Any] = {}
+_POOL_LOCK = threading.Lock()
+
+
 def _stop_workers(executor: ProcessPoolExecutor) -> None:
     """Terminate the pool's workers: the batches they run are lost anyway, so waiting for them
     would keep a Ctrl-C waiting for a whole batch of a slow simulator."""
@@ -296,6 +318,68 @@ def _stop_workers(executor: ProcessPoolExecutor) -> None:
     for process in list(processes.values()):
         with contextlib.suppress(Exception):
             process.terminate()
+
+
+def _new_pool(workers: int, context) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_init_worker,
+        initargs=(os.getpid(),),
+    )  # fmt: skip
+
+
+def _take_pool(workers: int, context) -> tuple[ProcessPoolExecutor, bool]:
+    """A pool of ``workers`` processes for one run: the kept one when it is idle and the same
+    size, else a new one. Returns it and whether it is the kept pool."""
+    with _POOL_LOCK:
+        if _POOL.get("busy"):  # another thread's run: give this one a pool of its own
+            return _new_pool(workers, context), False
+        if "timer" in _POOL:
+            _POOL.pop("timer").cancel()
+        executor = _POOL.get("executor")
+        if executor is not None and (
+            _POOL["workers"] != workers or _POOL["pid"] != os.getpid() or _broken(executor)
+        ):
+            if _POOL["pid"] == os.getpid():
+                executor.shutdown(wait=False, cancel_futures=True)
+            _POOL.clear()
+            executor = None
+        if executor is None:
+            executor = _new_pool(workers, context)
+            _POOL.update(executor=executor, workers=workers, pid=os.getpid())
+        _POOL["busy"] = True
+        return executor, True
+
+
+def _broken(executor: ProcessPoolExecutor) -> bool:
+    return bool(getattr(executor, "_broken", False))  # a worker died; no public flag
+
+
+def _give_back(executor: ProcessPoolExecutor, kept: bool, clean: bool) -> None:
+    """End a run's use of its pool. After a clean run the kept pool waits
+    :data:`POOL_IDLE_SECONDS` for the next; after an early stop its workers are terminated."""
+    if not clean:
+        _stop_workers(executor)
+    if not (kept and clean):
+        with _POOL_LOCK:
+            if kept:
+                _POOL.clear()
+        executor.shutdown(wait=True, cancel_futures=True)
+        return
+    with _POOL_LOCK:
+        _POOL["busy"] = False
+        timer = threading.Timer(POOL_IDLE_SECONDS, _retire, args=(executor,))
+        timer.daemon = True
+        _POOL["timer"] = timer
+        timer.start()
+
+
+def _retire(executor: ProcessPoolExecutor) -> None:
+    """Shut the kept pool down once it has been idle for :data:`POOL_IDLE_SECONDS`."""
+    with _POOL_LOCK:
+        if _POOL.get("executor") is not executor or _POOL.get("busy"):
+            return
+        _POOL.clear()
+    executor.shutdown(wait=False)
 
 
 def _reraise(exc: BaseException):
@@ -311,6 +395,8 @@ def _run_local(
     """Run ``batches`` on ``workers`` local processes. A bank on disk is written by the workers
     themselves (batches that share a chunk excepted): only the status comes back, not θ and x."""
     payload = dumps_simulator(sim)
+    job = (hashlib.sha256(payload).hexdigest(), payload)
+    token = os.urandom(8).hex()
     context = _mp_context()
     queue = list(batches)[::-1]
     running: dict = {}
@@ -320,8 +406,8 @@ def _run_local(
         # A bounded window of submitted batches keeps memory flat on long runs.
         while queue and len(running) < 2 * workers:
             index, start, rows = queue.pop()
-            where = start if index in direct else None
-            task = (seed, index, rows, where, given(start, rows))
+            write = (str(store.path), token, start) if index in direct else None
+            task = (job, seed, index, rows, given(start, rows), write)
             running[executor.submit(_run_in_worker, *task)] = index
 
     spawn = context.get_start_method() != "forkserver"
@@ -329,15 +415,10 @@ def _run_local(
         resource_tracker.ensure_running()
         if not spawn:
             forkserver.ensure_running()  # the workers are its children
-    executor = ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=context,
-        initializer=_init_worker,
-        initargs=(payload, os.getpid(), None if store.path is None else str(store.path)),
-    )
+    executor, kept = _take_pool(workers, context)
     try:
         with _sigint_held(inherited=spawn):
-            fill()  # the pool starts its workers on the first submissions
+            fill()  # a new pool starts its workers on the first submissions
         while queue or running:
             fill()
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -354,9 +435,8 @@ def _run_local(
                 except Exception as exc:
                     _reraise(exc)
     finally:
-        if queue or running:  # stopped early: a Ctrl-C, an error, or the caller closed us
-            _stop_workers(executor)
-        executor.shutdown(wait=True, cancel_futures=True)
+        # Stopped early (a Ctrl-C, an error, or the caller closed us): the pool goes too.
+        _give_back(executor, kept, clean=not (queue or running))
 
 
 def _write_behind(
@@ -692,10 +772,9 @@ def simulate(
             seed=seed,
             batch_size=batch_size or simulator_batch_size(sim, n),
             sbitk_version=sbitk.__version__,
+            rows=n,
+            attrs=None if given is None else {"given_theta_sha256": _sha256(given)},
         )
-        if given is not None:
-            store._set_attrs(given_theta_sha256=_sha256(given))
-        store._extend(n)
 
     pending = store.pending_batches()
     starts = {index: start for index, start, _ in pending}

@@ -200,6 +200,31 @@ def test_workers_write_their_own_batches_except_those_sharing_a_chunk(tmp_path):
     assert two.complete and len(two) == 1500
 
 
+def _files(root) -> dict[str, bytes]:
+    return {str(f.relative_to(root)): f.read_bytes() for f in root.rglob("*") if f.is_file()}
+
+
+def test_whole_chunks_are_written_as_the_very_files_zarr_writes(tmp_path, monkeypatch):
+    put = Bank._put_chunk
+    written = []
+
+    def recording(self, name, start, values):
+        done = put(self, name, start, values)
+        written.append((name, start)) if done else None
+        return done
+
+    monkeypatch.setattr(Bank, "_put_chunk", recording)
+    fast = _quiet(line, 500, seed=3, workers=1, batch_size=200, bank=tmp_path / "fast.zarr")
+    # Rows 0-400 are two whole chunks, written as files; the last 100 rows are part of a chunk.
+    assert {("theta", 0), ("x", 200), ("valid", 0), ("status", 200), ("done", 1)} < set(written)
+    assert ("theta", 400) not in written and ("done", 2) in written
+    monkeypatch.setattr(Bank, "_put_chunk", lambda self, name, start, values: False)
+    slow = _quiet(line, 500, seed=3, workers=1, batch_size=200, bank=tmp_path / "zarr.zarr")
+    _same(fast, slow)
+    assert not fast.valid.all() and fast.valid.any()  # both kinds of row are in the chunks
+    assert _files(tmp_path / "fast.zarr") == _files(tmp_path / "zarr.zarr")
+
+
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
     [

@@ -2,6 +2,7 @@
 
 import math
 import os
+import time
 import warnings
 
 import numpy as np
@@ -351,3 +352,52 @@ def test_a_worker_that_dies_is_a_clear_error(tmp_path):
     with pytest.raises(SimulatorError, match=r"worker process died .* 'runner_crash' on batch"):
         simulate(crash, 400, workers=2, batch_size=100, bank=path, progress=False)
     assert len(Bank.open(path)) == 0 and Bank.open(path).planned == 400  # resumable
+
+
+@sbitk.simulator(
+    "runner_pid",
+    parameters={"a": sbitk.BoxUniform(-1.0, 1.0)},
+    outputs={"pid": ()},
+    register=False,
+)
+def pid(theta, generator):
+    return torch.full((theta.shape[0],), float(os.getpid()))
+
+
+def _pids(bank: Bank) -> set[int]:
+    return {int(p) for p in bank.x[:, 0].tolist()}
+
+
+def test_worker_processes_serve_the_next_run_and_retire_when_idle(tmp_path, monkeypatch):
+    from sbitk.simulation import runner
+
+    monkeypatch.setattr(runner, "POOL_IDLE_SECONDS", 0.5)
+    first = _pids(simulate(pid, 400, workers=2, batch_size=50, progress=False))
+    assert len(first) == 2 and os.getpid() not in first
+    # The next run with as many workers starts none: the same processes run it.
+    assert _pids(simulate(pid, 400, seed=1, workers=2, batch_size=50, progress=False)) == first
+    time.sleep(1.5)  # idle past POOL_IDLE_SECONDS: the pool is shut down
+    assert not runner._POOL
+    for p in first:
+        with pytest.raises(ProcessLookupError):
+            for _ in range(50):  # shutdown(wait=False): the processes exit shortly after
+                os.kill(p, 0)
+                time.sleep(0.1)
+    assert _pids(simulate(pid, 400, workers=2, batch_size=50, progress=False)).isdisjoint(first)
+
+
+def test_a_kept_worker_writes_a_bank_made_anew_at_the_same_path(tmp_path):
+    path = tmp_path / "again.zarr"
+    simulate(gauss, 600, seed=5, workers=2, batch_size=100, bank=path, progress=False)
+    # The same path, overwritten with another plan: the kept workers must not write with the
+    # first bank's chunk layout.
+    again = simulate(gauss, 600, seed=6, workers=2, batch_size=150, bank=path, overwrite=True)
+    _same(again, simulate(gauss, 600, seed=6, workers=1, batch_size=150, progress=False))
+    assert again.batch_size == 150 and again.complete
+
+
+def test_a_pool_whose_worker_died_is_replaced(tmp_path):
+    with pytest.raises(SimulatorError, match="worker process died"):
+        simulate(crash, 400, workers=2, batch_size=100, progress=False)
+    bank = simulate(gauss, 400, seed=2, workers=2, batch_size=100, progress=False)
+    _same(bank, simulate(gauss, 400, seed=2, workers=1, batch_size=100, progress=False))
