@@ -8,11 +8,12 @@ For two_moons and slcp, prints simulations per second for:
   as it is (θ and x in memory, nothing written), and followed by ``torch.save`` of θ and x, so
   that both sides end with the simulations in a file;
 
-each library's fastest way next to the other's, and what the bank costs: the time to write every batch into a bank one after another, and the
-wall-clock time the 1-worker run spends beyond simulating (the runner writes each batch on a
-thread while it simulates the next), both as fractions of the time to simulate the batches in one
-process without a bank. Both libraries keep their worker processes between runs and are warmed
-up first; the Dask cluster is started only for its own rows, after the local ones.
+each library's fastest way next to the other's, and what the bank costs: the time to write
+every batch into a bank one after another, and the wall-clock time the 1-worker run spends
+beyond simulating (the runner writes each batch on a thread while it simulates the next), both
+as fractions of the time to simulate the batches in one process without a bank. Both libraries
+keep their worker processes between runs and are warmed up first; the Dask cluster is started
+only for its own rows, after the local ones.
 
 Usage: ``python benchmarks/simulate.py [-n 1000000] [--batch-size B]``. Wall-clock times on a
 shared machine vary by some 10-20 % between runs.

@@ -500,11 +500,13 @@ def train(
             **_parse_estimator_options(estimator_options),
         )  # fmt: skip
     history = posterior.history
-    trials = getattr(getattr(posterior, "likelihood", None), "trials", 1)
+    trained = getattr(posterior, "likelihood", posterior)
+    trials, logged = getattr(trained, "trials", 1), _logged_x(trained.logged_x, trained)
     click.echo(
-        f"trained {method.upper()} ({estimator}{_per_trial(trials)}) in {history.epochs} epochs "
-        f"({history.time_s:.1f} s, {history.stop_reason or 'done'}); best validation loss "
-        f"{history.best_val_loss:.4g} at epoch {history.best_epoch + 1}; wrote {output}"
+        f"trained {method.upper()} ({estimator}{_per_trial(trials)}{logged}) in "
+        f"{history.epochs} epochs ({history.time_s:.1f} s, {history.stop_reason or 'done'}); "
+        f"best validation loss {history.best_val_loss:.4g} at epoch {history.best_epoch + 1}; "
+        f"wrote {output}"
     )
 
 
@@ -867,7 +869,7 @@ def _describe_model(path: Path) -> str:
     lines = [
         f"model file {path} (format {meta['format_version']}, sbitk {meta['sbitk_version']})",
         f"  method: {meta['role'].upper()} ({kind} estimator {est['name']}"
-        f"{_per_trial(meta.get('trials', 1))})",
+        f"{_per_trial(meta.get('trials', 1))}{_logged_x(_spec_logged(meta), meta)})",
         f"  estimator: {est['name']} from {est.get('package') or 'this process'}, "
         f"{density} density",
         f"  simulator: {meta['simulator_name']}",
@@ -899,6 +901,22 @@ def _describe_model(path: Path) -> str:
 
 def _per_trial(trials: int) -> str:
     return f", of one trial: x holds {trials} i.i.d. trials" if trials > 1 else ""
+
+
+def _logged_x(columns: list[int], source) -> str:
+    """What the estimator learned in log coordinates, for a line of ``train`` or ``inspect``."""
+    if not columns:
+        return ""
+    names = source["output_names"] if isinstance(source, dict) else source.output_names
+    shown = ", ".join(names[j] for j in columns[:3]) + (", …" if len(columns) > 3 else "")
+    return f"; log x for {len(columns)} output(s): {shown}"
+
+
+def _spec_logged(meta: dict) -> list[int]:
+    from sbitk.simulation.bijections import bijection_from_spec, logged_columns
+
+    spec = meta.get("x_bijection")
+    return logged_columns(bijection_from_spec(spec)) if spec else []
 
 
 def _is_result(path: Path) -> bool:

@@ -485,3 +485,21 @@ def test_nle_on_a_simulator_of_trials_learns_one_trial_and_says_so(tmp_path):
         shown.output
     )
     assert "outputs: x[0,0], x[0,1]," in shown.output  # x's names, all eight of them
+
+
+def test_a_model_learned_on_log_x_says_so_in_train_and_inspect(tmp_path):
+    """lotka_volterra's populations are positive and right-skewed: learned as log x."""
+    bank = tmp_path / "lv.zarr"
+    simulate("lotka_volterra", 300, seed=0, workers=1, bank=bank, progress=False)
+    model = tmp_path / "npe.safetensors"
+    args = ["train", str(bank), "-o", str(model), "--estimator", "gaussian", "--epochs", "1",
+            "--device", "cpu"]  # fmt: skip
+    trained = CliRunner().invoke(main, args)
+    assert trained.exit_code == 0, trained.output
+    # Not the initial states (prey[0], predator[0]: 30 and 1 times noise, not skewed), nor, in
+    # these 300 rows, prey[4] and prey[6], whose log is more skewed (extinct prey, clipped at
+    # 10^-10); all 18 at 10,000 rows.
+    said = "log x for 16 output(s): prey[1], prey[2], prey[3], …) in 1 epochs"
+    assert f"trained NPE (gaussian; {said}" in trained.output
+    shown = CliRunner().invoke(main, ["inspect", str(model)])
+    assert "NPE (posterior estimator gaussian; log x for 16 output(s): prey[1]," in shown.output

@@ -19,6 +19,7 @@ from sbitk.errors import SbitkError
 from sbitk.inference.data import (
     RowReport,
     check_pair,
+    choose_x_bijection,
     clean_rows,
     permute_trials,
     prepare_fit,
@@ -26,6 +27,7 @@ from sbitk.inference.data import (
 from sbitk.inference.training import History, TrainConfig, train
 from sbitk.models.contract import check_estimator, role_options
 from sbitk.models.registry import build_estimator, default_estimator, get_estimator
+from sbitk.simulation.bijections import Bijection
 from sbitk.simulation.priors import Prior, as_prior
 
 
@@ -85,6 +87,11 @@ class Estimation:
         #: How many training rows each simulation gives: its trials when the role models them
         #: one at a time (NLE's ``per_trial``), else 1.
         self.trial_count = 1
+        #: Log x column by column: None (chosen from the data), True (every column) or False.
+        self.log_x: bool | None = None
+        #: The transform of x the estimator learns on, chosen from the first training rows
+        #: :meth:`_pair` sees in each fit (:func:`~sbitk.inference.data.choose_x_bijection`).
+        self.x_bijection: Bijection | None = None
 
     @property
     def estimator_class(self) -> type:
@@ -123,6 +130,14 @@ class Estimation:
         """Clean (θ, x) rows as the estimator's ``(inputs, context)``."""
         raise NotImplementedError
 
+    def _x_view(self, x: Tensor) -> Tensor:
+        """x's rows (as the estimator's side holds them) in the coordinates it learns on; the
+        first call of a fit chooses them from those rows."""
+        if self.x_bijection is None:
+            blocks = [] if self.trial_count > 1 else list(self.trials or [])
+            self.x_bijection = choose_x_bijection(x, self.log_x, blocks)
+        return self.x_bijection.forward(x)[0]
+
     def _handle(self, report: RowReport) -> None:
         """Warn about, or refuse, the rows ``report`` excluded."""
         raise NotImplementedError
@@ -155,6 +170,7 @@ class Estimation:
     def _train(self, theta, x: Tensor | None, stream: bool | None) -> nn.Module:
         """Resolve the data, exclude and report invalid rows, build the estimator and train it."""
         _warn_if_incomplete(theta)
+        self.x_bijection = None  # chosen anew from this fit's rows
         source, theta, x, valid = prepare_fit(self, theta, x, stream, self._pair)
         self._resolve()
         if source is None:
@@ -188,6 +204,13 @@ class Estimation:
         return model
 
 
+def check_log_x(value) -> bool | None:
+    """``log_x`` checked: True, False or None."""
+    if value is not None and not isinstance(value, bool):
+        raise SbitkError(f"log_x must be True, False or None, got {value!r}")
+    return value
+
+
 class _PermuteTrials:
     """Training-batch augmentation: x's i.i.d. trials in a random order per row; ``variety`` is
     the number of distinct orders (at most 10⁶, which is as good as endless here)."""
@@ -218,4 +241,4 @@ def _warn_if_incomplete(data) -> None:
         )
 
 
-__all__ = ["Estimation"]
+__all__ = ["Estimation", "check_log_x"]

@@ -43,7 +43,7 @@ from dataclasses import replace
 from torch import Tensor, nn
 
 from sbitk.errors import SbitkError
-from sbitk.inference.base import Estimation
+from sbitk.inference.base import Estimation, check_log_x
 from sbitk.inference.data import RowReport
 from sbitk.inference.training import LARGE_BANK_ROWS, TrainConfig
 from sbitk.models.contract import NONE, RATIO, UNNORMALISED, density_kind
@@ -88,6 +88,12 @@ class NLE(Estimation):
             :math:`u = f(\\theta)` (True) or on θ (False). ``None`` (the default): θ when the
             prior is a box, whose bounded θ is a better input than its logit (on slcp the
             held-out log-likelihood is 0.7 nats higher), and u otherwise.
+        log_x: Learn the density of log x, column by column (the surrogate's density of x
+            takes the Jacobian in): ``None`` (the default) for the columns of x that are
+            positive and right-skewed in the training data
+            (:func:`~sbitk.inference.data.choose_x_bijection`; on lotka_volterra's populations
+            with log-normal noise, C2ST 0.80 instead of 0.96 on observations 1-3), ``True`` for
+            every column, ``False`` for none.
         config: Training settings.
         mcmc: Settings of the posterior's MCMC.
         parameter_names, output_names, simulator_name: Carried into the posterior and files.
@@ -109,6 +115,7 @@ class NLE(Estimation):
         unconstrained: bool | None = None,
         trials: list[tuple[int, int, int]] | bool | None = None,
         per_trial: bool | None = None,
+        log_x: bool | None = None,
         config: TrainConfig | None = None,
         mcmc: MCMCConfig | None = None,
         parameter_names: Sequence[str] | None = None,
@@ -133,6 +140,7 @@ class NLE(Estimation):
             raise SbitkError(f"per_trial must be True, False or None, got {per_trial!r}")
         self.trials = trials
         self.per_trial = per_trial
+        self.log_x = check_log_x(log_x)
         self.conditions_unconstrained = True
         self.mcmc = mcmc or MCMCConfig()
 
@@ -213,6 +221,7 @@ class NLE(Estimation):
         self.trial_count = t = self._split_trials(x.shape[1])
         if t > 1:  # row i's trials become rows i·T, ..., i·T + T − 1
             theta, x = theta.repeat_interleave(t, 0), x.reshape(len(x) * t, x.shape[1] // t)
+        x = self._x_view(x)
         if not self.conditions_unconstrained:
             return x, theta
         return x, self.prior.bijection().forward(theta)[0]
@@ -232,6 +241,7 @@ class NLE(Estimation):
             self.prior,
             unconstrained=self.conditions_unconstrained,
             trials=self.trial_count,
+            x_bijection=self.x_bijection,
             parameter_names=self.parameter_names,
             output_names=self.output_names,
             simulator_name=self.simulator_name,

@@ -42,7 +42,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from sbitk.errors import SbitkError
-from sbitk.inference.base import Estimation
+from sbitk.inference.base import Estimation, check_log_x
 from sbitk.inference.data import RowReport, warn_excluded
 from sbitk.inference.training import TrainConfig
 from sbitk.models.contract import RATIO, density_kind, has_density
@@ -70,6 +70,10 @@ class NPE(Estimation):
             on slcp a spline flow's C2ST went from 0.78 to 0.74 on a screen of three
             observations). ``None`` (the default): the blocks the bank's simulator declares
             (:func:`~sbitk.simulation.simulator.trial_blocks`); ``False``: never.
+        log_x: Condition on log x, column by column: ``None`` (the default) for the columns
+            of x that are positive and right-skewed in the training data
+            (:func:`~sbitk.inference.data.choose_x_bijection`), ``True`` for every column,
+            ``False`` for none. The posterior applies it to the x it is given.
         config: Training settings.
         parameter_names, output_names, simulator_name: Carried into the posterior and model
             files (read from the bank when fitting from one).
@@ -88,6 +92,7 @@ class NPE(Estimation):
         *,
         unconstrained: bool | None = None,
         trials: list[tuple[int, int, int]] | bool | None = None,
+        log_x: bool | None = None,
         config: TrainConfig | None = None,
         parameter_names: Sequence[str] | None = None,
         output_names: Sequence[str] | None = None,
@@ -105,6 +110,7 @@ class NPE(Estimation):
             estimator_kwargs,
         )
         self.trials = trials
+        self.log_x = check_log_x(log_x)
         self.trains_unconstrained = True
 
     def _check_kind(self, cls: type) -> None:
@@ -133,7 +139,8 @@ class NPE(Estimation):
         return not self.trains_unconstrained and is_box(self.prior.bijection())
 
     def _pair(self, theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-        return (self.bijection.forward(theta)[0] if self.trains_unconstrained else theta), x
+        u = self.bijection.forward(theta)[0] if self.trains_unconstrained else theta
+        return u, self._x_view(x)
 
     def _handle(self, report: RowReport) -> None:
         warn_excluded(report, stacklevel=5)
@@ -159,6 +166,7 @@ class NPE(Estimation):
             model,
             self.prior,
             unconstrained=self.trains_unconstrained,
+            x_bijection=self.x_bijection,
             parameter_names=self.parameter_names,
             output_names=self.output_names,
             simulator_name=self.simulator_name,

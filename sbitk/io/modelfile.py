@@ -21,6 +21,8 @@ under the key ``"sbitk"``:
 ``mcmc``                  NLE: the posterior's MCMC settings
 ``trials``                NLE: how many i.i.d. trials of the estimator's x make one x (1: the
                           estimator models x whole)
+``x_bijection``           the transform of (the estimator's) x that it learned on: the spec of
+                          an ``identity``, a ``log``, or a ``stack`` of them, column by column
 ``tensors``               name → ``[dtype, shape]`` of every tensor
 ``checksum``              SHA-256 over the JSON above and every tensor's bytes
 ========================  ===================================================================
@@ -53,6 +55,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -65,8 +68,8 @@ from sbitk.errors import ModelFileError, SbitkError
 
 FORMAT = "sbitk-model"
 #: Format version this sbitk writes; it reads this one and the versions in READABLE_VERSIONS.
-FORMAT_VERSION = 4
-READABLE_VERSIONS = (1, 2, 3, 4)
+FORMAT_VERSION = 5
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 METADATA_KEY = "sbitk"
 
 _DTYPES = {
@@ -110,17 +113,15 @@ def _parts(obj) -> tuple[str, nn.Module, dict]:
     from sbitk.posteriors.likelihood import MCMCPosterior, SurrogateLikelihood
 
     if isinstance(obj, DirectPosterior):
-        return "npe", obj.estimator, {"unconstrained": obj.unconstrained, "source": obj}
-    if isinstance(obj, MCMCPosterior):
-        mcmc = dataclasses.asdict(obj.config)
-        likelihood = obj.likelihood
+        extra = {"unconstrained": obj.unconstrained, "source": obj}
+        return "npe", obj.estimator, {**extra, "x_bijection": obj.x_bijection.spec()}
+    if isinstance(obj, MCMCPosterior | SurrogateLikelihood):
+        mcmc = dataclasses.asdict(obj.config) if isinstance(obj, MCMCPosterior) else None
+        likelihood = obj.likelihood if isinstance(obj, MCMCPosterior) else obj
         extra = {"unconstrained": likelihood.unconstrained, "mcmc": mcmc, "source": likelihood}
         extra["trials"] = likelihood.trials
+        extra["x_bijection"] = likelihood.x_bijection.spec()
         return "nle", likelihood.estimator, extra
-    if isinstance(obj, SurrogateLikelihood):
-        extra = {"unconstrained": obj.unconstrained, "mcmc": None, "source": obj}
-        extra["trials"] = obj.trials
-        return "nle", obj.estimator, extra
     raise SbitkError(
         "save_model takes a DirectPosterior (NPE), an MCMCPosterior or a SurrogateLikelihood "
         f"(NLE), got {type(obj).__name__}"
@@ -298,6 +299,31 @@ def _validate(header: dict, where: str) -> None:
     trials = header.get("trials")
     if header["role"] == "nle" and version >= 4 and not _positive_int(trials):
         raise ModelFileError(f"{where}: an NLE model needs a positive integer 'trials' field")
+    if version >= 5 and not _x_bijection_spec(header.get("x_bijection")):
+        raise ModelFileError(
+            f"{where}: field 'x_bijection' must be the spec of an identity, a log, or a stack "
+            f"of them, got {header.get('x_bijection')!r}"
+        )
+
+
+def _x_bijection_spec(spec, top: bool = True) -> bool:
+    """Whether ``spec`` describes a transform of x this sbitk writes: the identity or the log
+    of some columns (a stack of the two)."""
+    if not isinstance(spec, dict):
+        return False
+    kind = spec.get("type")
+    if kind == "stack" and top:
+        parts = spec.get("parts")
+        return isinstance(parts, list) and len(parts) > 0 and all(
+            _x_bijection_spec(p, top=False) for p in parts
+        )  # fmt: skip
+    if kind not in ("identity", "log") or not _positive_int(spec.get("dim")):
+        return False
+    low = spec.get("low", [0.0] * spec["dim"])
+    return kind == "identity" or (
+        isinstance(low, list) and len(low) == spec["dim"]
+        and all(isinstance(v, int | float) and math.isfinite(v) for v in low)
+    )  # fmt: skip
 
 
 def _positive_int(value) -> bool:
@@ -318,6 +344,9 @@ def _upgrade(header: dict) -> dict:
 
     Version 3 to 4: an NLE surrogate may model one of x's i.i.d. trials, recorded in
     ``trials``; version 3 NLE files modelled x whole (``trials`` 1).
+
+    Version 4 to 5: the estimator may learn on the log of some of x's columns, recorded in
+    ``x_bijection``; version 4 files learned on x itself (``None``: the identity).
     """
     if header["format_version"] < 2 and header["estimator"]["name"] == "nsf":
         config = header["estimator"]["config"]
@@ -328,6 +357,8 @@ def _upgrade(header: dict) -> dict:
         header.setdefault("unconstrained", True)
     if header["format_version"] < 4 and header["role"] == "nle":
         header.setdefault("trials", 1)
+    if header["format_version"] < 5:
+        header.setdefault("x_bijection", None)
     return header
 
 
@@ -359,6 +390,7 @@ def load_model(path: str | os.PathLike, *, device: str = "cpu"):
     from sbitk.posteriors.direct import DirectPosterior
     from sbitk.posteriors.likelihood import MCMCPosterior, SurrogateLikelihood
     from sbitk.posteriors.mcmc import MCMCConfig
+    from sbitk.simulation.bijections import bijection_from_spec
     from sbitk.simulation.priors import prior_from_spec
 
     path = Path(path)
@@ -402,11 +434,13 @@ def load_model(path: str | os.PathLike, *, device: str = "cpu"):
         prior = prior_from_spec(header["prior"])
     except SbitkError as exc:
         raise ModelFileError(f"{where}: invalid prior spec: {exc}") from exc
+    spec = header["x_bijection"]
     common = {
         "parameter_names": header["parameter_names"],
         "output_names": header["output_names"],
         "simulator_name": header["simulator_name"],
         "history": header["training"],
+        "x_bijection": None if spec is None else bijection_from_spec(spec),
     }
     try:
         if header["role"] == "npe":

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from sbitk.errors import SbitkError
-from sbitk.simulation.bijections import Bijection
+from sbitk.simulation.bijections import Bijection, IdentityBijection, logged_columns
 from sbitk.simulation.priors import Prior
 
 
@@ -53,6 +53,9 @@ class TrainedEstimator:
         output_names: Names of x's columns (default ``x[0]``, ...).
         simulator_name: The simulator the training data came from.
         history: The training history (a :class:`~sbitk.inference.training.History`) or None.
+        x_bijection: The transform of x's columns (of the estimator's x: one trial where it
+            models one) that the estimator learned on, e.g. the log of some columns; ``None``:
+            the identity.
     """
 
     #: Which of the estimator's sizes is θ: ``"features"`` (a posterior) or ``"context"`` (a
@@ -71,6 +74,7 @@ class TrainedEstimator:
         output_names: Sequence[str] | None = None,
         simulator_name: str | None = None,
         history: Any = None,
+        x_bijection: Bijection | None = None,
     ):
         self._accept(estimator)
         x_size = "context" if self.theta_size == "features" else "features"
@@ -86,7 +90,16 @@ class TrainedEstimator:
         #: The prior's bijection f to unconstrained coordinates.
         self.bijection: Bijection = prior.bijection()
         self.theta_dim = prior.dim
-        self.x_dim = int(getattr(estimator.config, x_size)) * self.trials
+        x_est = int(getattr(estimator.config, x_size))
+        self.x_dim = x_est * self.trials
+        if x_bijection is not None and x_bijection.dim != x_est:
+            raise SbitkError(
+                f"the transform of x acts on {x_bijection.dim} columns, the estimator's x has "
+                f"{x_est}"
+            )
+        self.x_bijection: Bijection = x_bijection or IdentityBijection(x_est)
+        #: The columns of the estimator's x that it learned as log x.
+        self.logged_x = logged_columns(self.x_bijection)
         self.parameter_names = _names(parameter_names, self.theta_dim, "theta")
         self.output_names = _names(output_names, self.x_dim, "x")
         self.simulator_name = simulator_name
@@ -119,6 +132,21 @@ class TrainedEstimator:
         if not torch.isfinite(x).all():
             raise SbitkError("x must be finite, found NaN or Inf")
         return x.to(self.device, torch.get_default_dtype()), single
+
+    def _x_view(self, x: Tensor) -> Tensor:
+        """Rows of the estimator's x (*, D) in the coordinates it learned on; refuses a value
+        outside the transform's domain (a logged column at or below 0)."""
+        if self.logged_x:
+            low = x[..., self.logged_x].amin() if x.numel() else None
+            if low is not None and low <= 0:
+                bad = [j for j in self.logged_x if bool((x[..., j] <= 0).any())]
+                name = self.output_names[bad[0]] if self.trials == 1 else f"column {bad[0]}"
+                raise SbitkError(
+                    f"x has {float(x[..., bad[0]].min()):g} in {name}, where every training "
+                    f"simulation was positive: the model learned log x there ({len(bad)} such "
+                    "column(s)); check the observation, or retrain with log_x=False"
+                )
+        return self.x_bijection.forward(x)[0]
 
     def _check_theta(self, theta: Tensor) -> Tensor:
         """θ of shape (*, D_θ), checked, on the device."""

@@ -158,7 +158,8 @@ class DirectPosterior(TrainedEstimator):
         """Check x and return it as (B, D_x) on the device, and whether it was a single row."""
         if x is None:
             raise SbitkError("pass the observation: x=x_o of shape (D_x,) or (B, D_x)")
-        return self._x_rows(x, "B")
+        x, single = self._x_rows(x, "B")
+        return self._x_view(x), single
 
     def _draw_u(self, n: int, x: Tensor, chunk_rows: int) -> Tensor:
         per = max(1, chunk_rows // x.shape[0])

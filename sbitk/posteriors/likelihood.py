@@ -86,8 +86,11 @@ class SurrogateLikelihood(TrainedEstimator):
     def observations(self, x: Tensor) -> Tensor:
         """Check x and return its i.i.d. trials as the estimator's rows on the device: x's rows
         (T, D_x), each split into its :attr:`trials` (T · trials, D_x / trials)."""
-        xs = self._x_rows(x, "n_trials")[0]
-        return xs.reshape(-1, self.x_dim // self.trials)
+        return self._x_view(self._trial_rows(x))
+
+    def _trial_rows(self, x: Tensor) -> Tensor:
+        """x's rows checked and split into trials, as given (not transformed)."""
+        return self._x_rows(x, "n_trials")[0].reshape(-1, self.x_dim // self.trials)
 
     @limited_threads
     @torch.no_grad()
@@ -104,7 +107,8 @@ class SurrogateLikelihood(TrainedEstimator):
         """
         theta, single = self._theta(theta)
         with seeded(seed, self.device):
-            x = self.estimator(self.context(theta)).sample((n * self.trials,)).cpu()
+            x = self.estimator(self.context(theta)).sample((n * self.trials,))
+        x = self.x_bijection.inverse(x).cpu()
         # The draws are i.i.d.: trial t of draw i is draw i · trials + t.
         x = x.reshape(n, self.trials, len(theta), -1).transpose(1, 2).reshape(n, len(theta), -1)
         return x[:, 0] if single else x
@@ -124,12 +128,15 @@ class SurrogateLikelihood(TrainedEstimator):
 
     @limited_threads
     def log_prob(self, x: Tensor, theta: Tensor) -> Tensor:
-        """Surrogate :math:`\\sum_t \\log q(x_t \\mid \\theta)` for θ (*, D_θ): shape (*)."""
-        xs = self.observations(x)
+        """Surrogate :math:`\\sum_t \\log q(x_t \\mid \\theta)` for θ (*, D_θ): shape (*),
+        a density of x itself (with the Jacobian of the transform x was learned in)."""
+        raw = self._trial_rows(x)
+        xs = self._x_view(raw)
         theta = self._check_theta(theta)
         flat = theta.reshape(-1, self.theta_dim)
         inside = self.prior.support_contains(flat)
-        lp = self.log_prob_context(xs, self.context(flat))
+        jacobian = self.x_bijection.forward(raw)[1].sum()
+        lp = self.log_prob_context(xs, self.context(flat)) + jacobian
         lp = torch.where(inside, lp, torch.full_like(lp, -math.inf))
         return lp.reshape(theta.shape[:-1])
 

@@ -158,6 +158,38 @@ class TorchTransformBijection(Bijection):
         return {"type": "torch", "dim": self.dim, "transform": repr(self.transform)}
 
 
+def log_columns(mask: Sequence[bool]) -> Bijection:
+    """The log of the columns where ``mask`` is true and the identity elsewhere: a
+    :class:`StackBijection` of runs, or a single bijection when there is one run.
+
+    Example:
+        >>> log_columns([False, True, True]).spec()["parts"][1]
+        {'type': 'log', 'dim': 2, 'low': [0.0, 0.0]}
+        >>> log_columns([False, False]).spec()
+        {'type': 'identity', 'dim': 2}
+    """
+    runs: list[list] = []
+    for logged in map(bool, mask):
+        if runs and runs[-1][0] == logged:
+            runs[-1][1] += 1
+        else:
+            runs.append([logged, 1])
+    parts = [LogBijection(n) if logged else IdentityBijection(n) for logged, n in runs]
+    return parts[0] if len(parts) == 1 else StackBijection(parts)
+
+
+def logged_columns(bijection: Bijection) -> list[int]:
+    """The columns a bijection built by :func:`log_columns` (or any stack of identities and
+    logs) takes the log of."""
+    parts = bijection.parts if isinstance(bijection, StackBijection) else [bijection]
+    out, start = [], 0
+    for part in parts:
+        if isinstance(part, LogBijection):
+            out.extend(range(start, start + part.dim))
+        start += part.dim
+    return out
+
+
 def is_box(bijection: Bijection) -> bool:
     """Whether a bijection maps a box: logit on some dimensions, the identity on the others."""
     if isinstance(bijection, LogitBijection):
@@ -194,4 +226,6 @@ __all__ = [
     "TorchTransformBijection",
     "bijection_from_spec",
     "is_box",
+    "log_columns",
+    "logged_columns",
 ]

@@ -17,7 +17,7 @@ from sbitk.models.gaussian import ConditionalGaussian
 from sbitk.posteriors.direct import DirectPosterior
 from sbitk.posteriors.likelihood import MCMCPosterior, SurrogateLikelihood
 from sbitk.posteriors.mcmc import MCMCConfig
-from sbitk.simulation.priors import BoxUniform, LogNormal, Product
+from sbitk.simulation.priors import BoxUniform, LogNormal, Normal, Product
 
 QUICK = TrainConfig(progress=False, max_epochs=3, batch_size=256)
 PRIOR = Product([BoxUniform([-1.0, 0.0], [1.0, 2.0]), LogNormal(0.0, 0.5)])
@@ -345,6 +345,33 @@ def test_an_nle_model_of_one_trial_keeps_its_trials(tmp_path):
     _resave(path, as_version_3)
     old = load_model(path)  # format 3 files modelled x whole: here x of 2 values
     assert old.likelihood.trials == 1 and old.x_dim == 2
+
+
+def test_the_transform_of_x_is_kept_and_checked(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    theta = torch.randn(400, 2, generator=g)
+    x = (theta + 0.3 * torch.randn(400, 2, generator=g)).exp()  # log-normal: learned in log
+    posterior = NPE(Normal(0.0, 1.0, dim=2), "gaussian", config=QUICK).fit(theta, x)
+    path = tmp_path / "log.safetensors"
+    save_model(path, posterior)
+    assert read_metadata(path)["x_bijection"]["type"] == "log"
+    th, xo = theta[:5], x[0]
+    assert torch.equal(load_model(path).log_prob(th, x=xo), posterior.log_prob(th, x=xo))
+    for spec, message in (
+        ({"type": "logit", "low": [0.0, 0.0], "high": [1.0, 1.0]}, "must be the spec of"),
+        ({"type": "log", "dim": 2, "low": [0.0, float("inf")]}, "must be the spec of"),
+        ({"type": "log", "dim": 3, "low": [0.0, 0.0, 0.0]}, "acts on 3 columns, the estim"),
+    ):
+        _resave(path, edit_meta=lambda m, spec=spec: m.update(x_bijection=spec))
+        with pytest.raises(ModelFileError, match=message):
+            load_model(path)
+
+    def as_version_4(meta):
+        meta["format_version"] = 4
+        del meta["x_bijection"]
+
+    _resave(path, edit_meta=as_version_4)  # format 4 files learned on x itself
+    assert load_model(path).logged_x == []
 
 
 def _resave(path, edit_meta=None, edit_tensors=None):
