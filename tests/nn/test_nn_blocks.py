@@ -7,10 +7,12 @@ from sbitk.errors import SbitkError
 from sbitk.nn import (
     MADE,
     MLP,
+    Conv1dEmbedding,
     GatedResidualMLP,
     MLPEmbedding,
     ResidualEmbedding,
     ResidualMLP,
+    SetEmbedding,
     Standardize,
     embedding_from_spec,
     made_degrees,
@@ -155,7 +157,13 @@ def test_standardize_ignores_non_finite_rows_and_names_bad_input():
 
 
 @pytest.mark.parametrize(
-    "emb", [lambda: MLPEmbedding(6, 3, (8,)), lambda: ResidualEmbedding(6, 3, 8, 1, "elu")]
+    "emb",
+    [
+        lambda: MLPEmbedding(6, 3, (8,)),
+        lambda: ResidualEmbedding(6, 3, 8, 1, "elu"),
+        lambda: SetEmbedding(6, 3, trials=2, width=2, offset=1, hidden_features=(8,), summary=4),
+        lambda: Conv1dEmbedding(6, 3, channels=2, hidden_channels=(4,), hidden_features=(8,)),
+    ],
 )
 def test_embeddings_rebuild_from_spec(emb):
     torch.manual_seed(0)
@@ -166,6 +174,57 @@ def test_embeddings_rebuild_from_spec(emb):
     c = torch.randn(4, 6)
     assert torch.equal(copy(c), net(c))
     assert net(c).shape == (4, 3)
+
+
+def test_the_set_embedding_is_blind_to_the_order_of_trials_and_to_nothing_else():
+    torch.manual_seed(0)
+    # One leading value, 3 trials of 2 values, one trailing value.
+    net = SetEmbedding(8, 5, trials=3, width=2, offset=1, hidden_features=(16,), summary=6)
+    c = torch.randn(10, 8)
+    trials = c[:, 1:7].reshape(10, 3, 2)
+    for order in ([2, 0, 1], [1, 2, 0]):
+        shuffled = torch.cat([c[:, :1], trials[:, order].reshape(10, 6), c[:, 7:]], -1)
+        assert torch.allclose(net(shuffled), net(c), atol=1e-6)
+    # Not blind to the values within a trial, nor to the values outside the trials.
+    inside = torch.cat([c[:, :1], trials.flip(-1).reshape(10, 6), c[:, 7:]], -1)
+    assert not torch.allclose(net(inside), net(c), atol=1e-3)
+    for j in (0, 7):
+        moved = c.clone()
+        moved[:, j] += 1.0
+        assert not torch.allclose(net(moved), net(c), atol=1e-3)
+
+
+def test_the_conv_embedding_sees_each_series_in_time_order():
+    torch.manual_seed(0)
+    net = Conv1dEmbedding(12, 4, channels=2, hidden_channels=(3,), kernel_size=3)
+    c = torch.randn(5, 12)
+    assert net(c).shape == (5, 4) and net(c[0]).shape == (4,)
+    # A convolution's output at time t depends on times t-1..t+1 only: change the first value
+    # of series 0 and only the first two time steps of the convolution's output move.
+    moved = c.clone()
+    moved[:, 0] += 1.0
+    a, b = (net.convolutions(x.reshape(5, 2, 6)) for x in (c, moved))
+    changed = (a - b).abs().amax((0, 1)) > 0
+    assert changed.tolist() == [True, True, False, False, False, False]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"type": "set", "in_features": 7, "out_features": 2, "trials": 2, "width": 4},
+         "2 trials of 4 values from offset 0 do not fit a context of 7"),
+        ({"type": "set", "in_features": 8, "out_features": 2, "trials": 0}, "trials must be"),
+        ({"type": "conv1d", "in_features": 7, "out_features": 2, "channels": 2},
+         "not 2 series of equal length"),
+        ({"type": "conv1d", "in_features": 8, "out_features": 2, "kernel_size": 4},
+         "kernel_size must be odd"),
+        ({"type": "set", "in_features": 8, "out_features": 2, "trails": 4},
+         "embedding spec of type 'set': .*trails"),
+    ],
+)  # fmt: skip
+def test_bad_embedding_specs_are_one_clear_error(spec, message):
+    with pytest.raises(SbitkError, match=message):
+        embedding_from_spec(spec)
 
 
 def test_unknown_embedding_spec_is_named():

@@ -224,8 +224,8 @@ class Flow(nn.Module):
         embedded = config.context
         if embedding is not None and config.context == 0:
             raise FlowError("flow: an embedding net needs a context, found context=0")
-        if isinstance(embedding, Mapping):
-            embedding = embedding_from_spec(embedding)
+        if isinstance(embedding, Mapping):  # a spec; it reads the whole context unless it says
+            embedding = embedding_from_spec({"in_features": config.context, **embedding})
         if embedding is not None:
             embedded = getattr(embedding, "out_features", None)
             if not isinstance(embedded, int):
