@@ -503,3 +503,5 @@ def test_a_model_learned_on_log_x_says_so_in_train_and_inspect(tmp_path):
     assert f"trained NPE (gaussian; {said}" in trained.output
     shown = CliRunner().invoke(main, ["inspect", str(model)])
     assert "NPE (posterior estimator gaussian; log x for 16 output(s): prey[1]," in shown.output
+    plain = CliRunner().invoke(main, [*args, "--force", "-O", "log_x=false"])
+    assert plain.exit_code == 0 and "trained NPE (gaussian) in 1 epochs" in plain.output
