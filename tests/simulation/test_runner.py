@@ -373,17 +373,19 @@ def test_worker_processes_serve_the_next_run_and_retire_when_idle(tmp_path, monk
 
     monkeypatch.setattr(runner, "POOL_IDLE_SECONDS", 0.5)
     first = _pids(simulate(pid, 400, workers=2, batch_size=50, progress=False))
-    assert len(first) == 2 and os.getpid() not in first
+    pool = set(runner._POOL["executor"]._processes)  # on a busy machine one may run every batch
+    assert len(pool) == 2 and first <= pool and os.getpid() not in first
     # The next run with as many workers starts none: the same processes run it.
-    assert _pids(simulate(pid, 400, seed=1, workers=2, batch_size=50, progress=False)) == first
+    assert _pids(simulate(pid, 400, seed=1, workers=2, batch_size=50, progress=False)) <= pool
+    assert set(runner._POOL["executor"]._processes) == pool
     time.sleep(1.5)  # idle past POOL_IDLE_SECONDS: the pool is shut down
     assert not runner._POOL
-    for p in first:
+    for p in pool:
         with pytest.raises(ProcessLookupError):
             for _ in range(50):  # shutdown(wait=False): the processes exit shortly after
                 os.kill(p, 0)
                 time.sleep(0.1)
-    assert _pids(simulate(pid, 400, workers=2, batch_size=50, progress=False)).isdisjoint(first)
+    assert _pids(simulate(pid, 400, workers=2, batch_size=50, progress=False)).isdisjoint(pool)
 
 
 def test_a_kept_worker_writes_a_bank_made_anew_at_the_same_path(tmp_path):
