@@ -405,10 +405,22 @@ def _run_local(
     def fill() -> None:
         # A bounded window of submitted batches keeps memory flat on long runs.
         while queue and len(running) < 2 * workers:
-            index, start, rows = queue.pop()
+            index, start, rows = queue[-1]
             write = (str(store.path), token, start) if index in direct else None
             task = (job, seed, index, rows, given(start, rows), write)
-            running[executor.submit(_run_in_worker, *task)] = index
+            try:
+                future = executor.submit(_run_in_worker, *task)
+            except BrokenProcessPool:
+                return  # a worker died: the batches running say which, below
+            queue.pop()
+            running[future] = index
+
+    def died(index: int) -> SimulatorError:
+        return SimulatorError(
+            f"a worker process died while running simulator {sim.name!r} on batch {index}: "
+            "killed, out of memory, a crash in native code, or a script that calls simulate() "
+            "without an `if __name__ == '__main__':` guard"
+        )
 
     spawn = context.get_start_method() != "forkserver"
     with _sigint_held(inherited=True):
@@ -421,22 +433,22 @@ def _run_local(
             fill()  # a new pool starts its workers on the first submissions
         while queue or running:
             fill()
+            if not running:  # the pool broke before any batch of ours was running
+                raise died(queue[-1][0])
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
                 index = running.pop(future)
                 try:
                     yield future.result()
                 except BrokenProcessPool as exc:
-                    raise SimulatorError(
-                        f"a worker process died while running simulator {sim.name!r} on batch "
-                        f"{index}: killed, out of memory, a crash in native code, or a script "
-                        "that calls simulate() without an `if __name__ == '__main__':` guard"
-                    ) from exc
+                    raise died(index) from exc
                 except Exception as exc:
                     _reraise(exc)
     finally:
-        # Stopped early (a Ctrl-C, an error, or the caller closed us): the pool goes too.
-        _give_back(executor, kept, clean=not (queue or running))
+        # Stopped early (a Ctrl-C, an error, or the caller closed us), or a worker died: the
+        # pool goes too.
+        clean = not (queue or running or _broken(executor))
+        _give_back(executor, kept, clean=clean)
 
 
 def _write_behind(

@@ -403,3 +403,28 @@ def test_a_pool_whose_worker_died_is_replaced(tmp_path):
         simulate(crash, 400, workers=2, batch_size=100, progress=False)
     bank = simulate(gauss, 400, seed=2, workers=2, batch_size=100, progress=False)
     _same(bank, simulate(gauss, 400, seed=2, workers=1, batch_size=100, progress=False))
+
+
+def test_a_pool_that_breaks_between_submissions_is_a_clear_error(monkeypatch):
+    """A warm worker can die of its first batch before the next one is even submitted: then
+    ``submit`` itself raises, and that too is the one clear error, the pool dropped."""
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    from sbitk.simulation import runner
+
+    real, calls = ProcessPoolExecutor.submit, []
+
+    def submit(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > 2:
+            raise BrokenProcessPool("A child process terminated abruptly")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ProcessPoolExecutor, "submit", submit)
+    with pytest.raises(SimulatorError, match=r"worker process died .* on batch 2:"):
+        simulate(gauss, 800, workers=2, batch_size=100, progress=False)
+    monkeypatch.undo()
+    assert not runner._POOL
+    bank = simulate(gauss, 400, seed=2, workers=2, batch_size=100, progress=False)
+    _same(bank, simulate(gauss, 400, seed=2, workers=1, batch_size=100, progress=False))
