@@ -516,7 +516,10 @@ def _run_dask(
 
     payload = dumps_simulator(sim)
     key = hashlib.sha256(payload).hexdigest()
-    shipped = client.scatter(payload, broadcast=True)
+    # A key of its own (hash=False): under the content's hash, a run right after another of
+    # the same simulator scattered the key the first run was releasing, and its batches were
+    # cancelled for "lost dependencies" (or waited for the key for ever).
+    shipped = client.scatter(payload, broadcast=True, hash=False)
     threads = max(sum(client.nthreads().values()), 1)
     queue = list(batches)[::-1]
 

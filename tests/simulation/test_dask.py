@@ -91,6 +91,25 @@ def test_dask_bank_equals_the_local_bank_for_the_same_seed(client, tmp_path):
     assert len(log) == 2 and all(n >= 1 for n in log.values())
 
 
+def test_runs_in_a_row_ship_the_simulator_under_keys_of_their_own(client, monkeypatch):
+    """Under the payload's hash, a run right after another of the same simulator scattered the
+    key the first was releasing: its batches were cancelled for lost dependencies, or hung."""
+    keys, real = [], client.scatter
+
+    def scatter(*args, **kwargs):
+        future = real(*args, **kwargs)
+        keys.append(future.key)
+        return future
+
+    monkeypatch.setattr(client, "scatter", scatter)
+    banks = []
+    for _ in range(3):
+        with pytest.warns(SimulationFailureWarning):
+            banks.append(simulate(ring, 400, seed=4, client=client, batch_size=100))
+    assert len(set(keys)) == 3
+    _same(banks[0], banks[2])
+
+
 @pytest.mark.slow
 def test_dask_runs_plain_python_functions_and_resumes_local_banks(client, tmp_path):
     path = tmp_path / "scalar.zarr"
