@@ -694,7 +694,7 @@ class Bank:
 
         This is the file Zarr itself writes for such a chunk: the values in C order and the
         array's byte order, at the chunk's key, renamed into place from a temporary sibling. It
-        costs a tenth of Zarr's write of the same chunk (``benchmarks/simulate.py``), which is
+        costs a fifth of Zarr's write of the same chunk (``benchmarks/simulate.py``), which is
         most of the bank's time for cheap simulators. Anything else (a bank in memory, part of a
         chunk, an encoded array, the messages) is left to Zarr;
         ``tests/simulation/test_bank.py`` checks the files against Zarr's own, byte for byte.
