@@ -247,19 +247,14 @@ class Bank:
     ) -> Bank:
         """Create a bank planning ``rows`` rows as its first segment (more are planned with
         ``_extend``), with ``attrs`` added to its attributes."""
-        if path is None:
-            store = zarr.storage.MemoryStore()
-            where = None
-        else:
-            where = Path(path)
+        where = None if path is None else Path(path)
+        if where is not None:
             if where.exists() and (not where.is_dir() or any(where.iterdir())):
                 raise BankError(f"cannot create a bank at {where}: the path exists")
             _make_parent(where)
-            store = str(where)
-        try:
-            group = zarr.open_group(store, mode="w")
-        except OSError as exc:
-            raise BankError(f"cannot create a bank at {where}: {exc.strerror or exc}") from None
+        # Made in memory, then written out in one go (half the time of Zarr's writes).
+        contents: dict = {}
+        group = zarr.open_group(zarr.storage.MemoryStore(contents), mode="w")
         d_theta = len(simulator["parameter_names"])
         d_x = len(simulator["output_names"])
         chunk, n = (batch_size,), (rows,)
@@ -305,7 +300,13 @@ class Bank:
                 **(attrs or {}),
             }
         )
-        return cls(group, where)
+        if where is not None:
+            group = _write_out(where, contents)
+        bank = cls(group, where)
+        # Nothing is done yet: a run on a new bank need not read the marks nor look for files.
+        bank.__dict__["_marked_done"] = np.zeros(bank.num_batches, dtype=bool)
+        bank.__dict__["_damaged"] = {}
+        return bank
 
     @staticmethod
     def _remove(path: str | os.PathLike) -> None:
@@ -747,6 +748,20 @@ def _make_parent(path: Path) -> None:
         raise BankError(f"cannot create a bank at {path}: {exc.strerror} ({parent})") from None
     if not os.access(parent, os.W_OK | os.X_OK) or _read_only(parent):
         raise BankError(f"cannot create a bank at {path}: directory {parent} is not writable")
+
+
+def _write_out(where: Path, contents: dict) -> zarr.Group:
+    """Write the files of a store made in memory (``contents``: key → buffer) under ``where``
+    and open them there. The group's own metadata, which holds the format marker, goes last."""
+    keys = sorted(contents, key=lambda key: key == "zarr.json")
+    try:
+        for key in keys:
+            target = where / key
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(contents[key].to_bytes())
+        return zarr.open_group(str(where), mode="r+")
+    except OSError as exc:
+        raise BankError(f"cannot create a bank at {where}: {exc.strerror or exc}") from None
 
 
 def _read_only(directory: Path) -> bool:

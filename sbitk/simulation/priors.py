@@ -121,8 +121,13 @@ class BoxUniform(_Base):
         self.dim = dim
 
     def sample(self, n: int, generator=None, dtype=None) -> Tensor:
-        u = torch.rand((n, self.dim), generator=generator, dtype=torch.float64)
-        return self._out(self.low + (self.high - self.low) * u, dtype)
+        """Draws in the output dtype itself: in float32 (as simulations run) that takes half
+        the time of a float64 draw rounded down, for the same 24 bits a value keeps."""
+        dtype = dtype or torch.get_default_dtype()
+        u = torch.rand((n, self.dim), generator=generator, dtype=dtype)
+        low, high = self.low.to(dtype), self.high.to(dtype)
+        theta = torch.addcmul(low, u, high - low)
+        return torch.minimum(theta, high, out=theta)  # rounding may pass high by an ulp
 
     def support_contains(self, theta: Tensor) -> Tensor:
         _check_theta(theta, self.dim)

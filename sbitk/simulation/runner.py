@@ -232,20 +232,28 @@ def _run_in_worker(
     write: tuple[str, str, int] | None,
 ) -> dict[str, Any]:  # fmt: skip
     """Simulate batch ``index`` (at the ``theta`` given, if any); with ``write`` = (bank path,
-    run token, first row), write its rows into the bank here and return only what the caller
-    needs to mark it done (:func:`_written`)."""
+    run token, first row), write its rows into the bank here, mark it done, and return only its
+    index and the rows of each status code (:func:`_written`): the caller, which shares the
+    machine's cores with us, then does next to nothing a batch."""
     result = simulate_batch(_worker_simulator(job), seed, index, rows, theta)
     if write is None:
         return result
     path, token, start = write
     store = _worker_bank((path, token))
-    store._write_rows(start, result["theta"], result["x"], result["status"], result["errors"])
+    store._write_batch(index, start, result["theta"], result["x"], result["status"],
+                       result["errors"])  # fmt: skip
     return _written(result)
 
 
+def _tally(status: np.ndarray) -> dict[int, int]:
+    """Rows of each status code in ``status``."""
+    counts = np.bincount(status.astype(np.intp) - STATUS_PENDING)
+    return {int(code) + STATUS_PENDING: int(counts[code]) for code in np.flatnonzero(counts)}
+
+
 def _written(result: dict[str, Any]) -> dict[str, Any]:
-    """A batch result whose rows are in the bank already: its index, row count and status."""
-    return {"index": result["index"], "rows": len(result["theta"]), "status": result["status"]}
+    """A batch result whose rows are in the bank and marked done: its index and tally."""
+    return {"index": result["index"], "written": _tally(result["status"])}
 
 
 def _exclusive(store: Bank, batches: Sequence[tuple[int, int, int]]) -> set[int]:
@@ -457,8 +465,8 @@ def _write_behind(
     """Write each batch into the bank on a thread while the next one is simulated.
 
     At most one write is in flight, so memory holds two batches; writes keep their order, and a
-    batch is marked done only once its rows are written (a batch a worker wrote itself is only
-    marked). Returns the rows of each status code.
+    batch is marked done only once its rows are written (a batch a worker wrote and marked
+    itself is only counted). Returns the rows of each status code.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -471,19 +479,21 @@ def _write_behind(
             bar.update(rows)
 
     def write(r: dict[str, Any]) -> None:
-        if "theta" in r:
-            store._write_rows(starts[r["index"]], r["theta"], r["x"], r["status"], r["errors"])
-        store._mark_done(r["index"])
+        store._write_batch(
+            r["index"], starts[r["index"]], r["theta"], r["x"], r["status"], r["errors"]
+        )
 
     with ThreadPoolExecutor(1, thread_name_prefix="sbitk-bank") as writer:
         try:
             for r in results:
                 finish()
-                writing, rows = writer.submit(write, r), len(r["status"])
-                tally = np.bincount(r["status"].astype(np.intp) - STATUS_PENDING)
-                for code in np.flatnonzero(tally).tolist():
-                    key = code + STATUS_PENDING
-                    counts[key] = counts.get(key, 0) + int(tally[code])
+                tally = r["written"] if "written" in r else _tally(r["status"])
+                writing = None if "written" in r else writer.submit(write, r)
+                rows = sum(tally.values())
+                if writing is None:
+                    bar.update(rows)
+                for code, k in tally.items():
+                    counts[code] = counts.get(code, 0) + k
             finish()
         finally:
             close = getattr(results, "close", None)

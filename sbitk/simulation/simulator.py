@@ -269,9 +269,9 @@ class Simulator:
         else:
             x, status, errors = self._rows(theta, generator, batched_fn=False)
             self._raise_if_misdeclared(theta, status, errors, None)
-        finite = torch.isfinite(x)
-        if not errors and bool(finite.all()):  # the common case, without per-row passes
+        if not errors and _all_finite(x):  # the common case, without per-row passes
             return BatchResult(x=x, status=status, errors=errors)
+        finite = torch.isfinite(x)
         nan_rows = torch.isnan(x).any(-1) & (status == STATUS_OK)
         inf_rows = (~finite).any(-1) & ~torch.isnan(x).any(-1) & (status == STATUS_OK)
         status[nan_rows] = STATUS_NAN
@@ -314,6 +314,15 @@ class Simulator:
             f"{message}, for every row of a batch of {len(status)} (the first at θ = {row}); "
             f"check the outputs declared for simulator {self.name!r}"
         )
+
+
+def _all_finite(x: Tensor) -> bool:
+    """Whether every value of ``x`` is finite. A sum is NaN or ±Inf whenever a value is, and
+    costs a tenth of :func:`torch.isfinite`'s pass for a cheap simulator's batch; only a sum
+    that is not finite (a value that is not, or an overflow) takes the exact check."""
+    if not x.is_floating_point():
+        return True
+    return math.isfinite(float(x.sum())) or bool(torch.isfinite(x).all())
 
 
 #: Fewest rows of a batch whose every row has the wrong output that :meth:`Simulator.run_batch`

@@ -142,6 +142,22 @@ def test_run_batch_catches_failures_per_row():
     assert set(result.errors) == {1}
 
 
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ([3e38, 3e38, -1.0], [STATUS_OK] * 3),  # finite values whose sum overflows
+        ([math.inf, -math.inf, 0.0], [STATUS_INF, STATUS_INF, STATUS_OK]),  # a NaN sum
+        ([1.0, math.nan, 2.0], [STATUS_OK, STATUS_NAN, STATUS_OK]),
+    ],
+)
+def test_run_batch_finds_non_finite_rows_whatever_their_sum(values, expected):
+    # The batch is checked by its sum first; a sum that is not finite takes the exact check.
+    sim = make(fn=lambda t, g: torch.tensor(values).repeat_interleave(2).reshape(3, 2))
+    result = sim.run_batch(torch.zeros(3, 2), torch.Generator().manual_seed(0))
+    assert result.status.tolist() == expected
+    assert torch.isfinite(result.x[result.valid]).all()
+
+
 def test_run_batch_without_failures_equals_direct_call():
     sim = make()
     theta = sim.prior.sample(8, torch.Generator().manual_seed(0))
