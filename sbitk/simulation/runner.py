@@ -401,7 +401,8 @@ def _run_local(
     store: Bank, given: Callable[[int, int], np.ndarray | None],
 ) -> Iterator[dict[str, Any]]:  # fmt: skip
     """Run ``batches`` on ``workers`` local processes. A bank on disk is written by the workers
-    themselves (batches that share a chunk excepted): only the status comes back, not θ and x."""
+    themselves, and marked done (batches that share a chunk excepted): only a tally of the
+    status codes comes back, not θ and x."""
     payload = dumps_simulator(sim)
     job = (hashlib.sha256(payload).hexdigest(), payload)
     token = os.urandom(8).hex()
