@@ -121,7 +121,7 @@ class BoxUniform(_Base):
         self.dim = dim
 
     def sample(self, n: int, generator=None, dtype=None) -> Tensor:
-        """Draws in the output dtype itself: in float32 (as simulations run) that takes half
+        """Draws in the output dtype itself: in float32 (as simulations run) that takes 0.7 of
         the time of a float64 draw rounded down, for the same 24 bits a value keeps."""
         dtype = dtype or torch.get_default_dtype()
         u = torch.rand((n, self.dim), generator=generator, dtype=dtype)
