@@ -232,8 +232,7 @@ def main() -> None:
     cap = (
         f"both capped at {args.max_epochs} epochs"
         if args.max_epochs
-        else "each library's own rule (sbitk: flow matching a fixed 100 epochs, diffusion at "
-        "most 500; sbi: no cap)"
+        else "each library's own stopping rule (sbitk: at most 500 epochs; sbi: no cap)"
     )
     text = (
         f"C2ST: mean over the reference observations ({len(observations)} unless marked), "

@@ -49,8 +49,6 @@ from sbitk.nn.threads import THREADS_ENV, thread_limit, torch_threads
 LARGE_BANK_ROWS = 50_000
 #: Default ``patience`` and ``lr_patience`` of :class:`TrainConfig` (NLE: see its docs).
 PATIENCE, LR_PATIENCE = 30, 8
-#: Default ``max_epochs`` of :class:`TrainConfig`, for estimators that name none.
-MAX_EPOCHS = 500
 
 
 @dataclass(frozen=True)
@@ -71,7 +69,6 @@ class TrainConfig:
             up to 512 rows, 3e-3 for larger ones.
         weight_decay: AdamW decoupled weight decay.
         max_epochs: Hard limit on epochs (full passes, or ``epoch_rows`` rows on a large bank).
-            ``None`` (the default): the estimator's ``train_defaults``, else 500.
         patience: Epochs without validation improvement before stopping. ``None`` (the
             default): 30, or 16 for NLE (on slcp, 16 and an ``lr_patience`` of 8 held out
             -11.63 nats against -12.06 with 10 and 4; NLE's MCMC dominates its time).
@@ -105,7 +102,7 @@ class TrainConfig:
     batch_size: int | None = None
     learning_rate: float | None = None
     weight_decay: float = 1e-5
-    max_epochs: int | None = None
+    max_epochs: int = 500
     patience: int | None = None
     schedule: str | None = None
     lr_patience: int | None = None
@@ -150,7 +147,7 @@ class TrainConfig:
             ("batch_size", self.batch_size is None or self.batch_size >= 1, "an integer >= 1"),
             ("learning_rate", self.learning_rate is None or self.learning_rate > 0, "> 0"),
             ("weight_decay", self.weight_decay >= 0, ">= 0"),
-            ("max_epochs", self.max_epochs is None or self.max_epochs >= 1, "an integer >= 1"),
+            ("max_epochs", self.max_epochs >= 1, "an integer >= 1"),
             ("patience", self.patience is None or self.patience >= 1, "an integer >= 1"),
             ("lr_patience", self.lr_patience is None or self.lr_patience >= 1, "an integer >= 1"),
             (
@@ -608,7 +605,6 @@ def _settled(config: TrainConfig, n_train: int) -> TrainConfig:
         config,
         batch_size=batch_size,
         learning_rate=learning_rate,
-        max_epochs=MAX_EPOCHS if config.max_epochs is None else config.max_epochs,
         patience=PATIENCE if config.patience is None else config.patience,
         schedule=config.schedule or "plateau",
         lr_patience=LR_PATIENCE if config.lr_patience is None else config.lr_patience,

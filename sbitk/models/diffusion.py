@@ -137,11 +137,11 @@ class Diffusion(StandardizedEstimator):
     @classmethod
     def train_defaults(cls) -> dict:
         """Training settings left unset: batches of 256 at 3e-3 on a plateau schedule, with a
-        patience of 40 epochs and a decay after 15 stalled ones, and the raw weights. Flow
-        matching's fixed cosine budget from 8e-3 with a stream of 96 is not for diffusion: on
-        slcp (10,000 simulations, 10,000 samples a side, sbibm's classifier) it scored 0.938
-        (observations 1-10) against 0.838 for these settings, and 0.875 from 3e-3
-        (observations 1-3, against 0.821). On two_moons (observations 1-3) C2ST was 0.559
+        patience of 40 epochs and a decay after 15 stalled ones, and the raw weights. A fixed
+        budget of 130 epochs annealed on a cosine from 8e-3, with a stream of 96, is not for
+        diffusion: on slcp (10,000 simulations, 10,000 samples a side, sbibm's classifier)
+        it scored 0.938 (observations 1-10) against 0.838 for these settings, and 0.875 from
+        3e-3 (observations 1-3, against 0.821). On two_moons (observations 1-3) C2ST was 0.559
         with batches of 256 at 1e-3, 0.527 at 3e-3, and 0.535 at 3e-3 with the weights
         averaged, which took twice the epochs; with a stream of 96 instead of 128, 0.547."""
         return {

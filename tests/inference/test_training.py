@@ -239,23 +239,6 @@ def test_an_estimators_weight_average_is_its_default_and_zero_turns_it_off():
         TrainConfig(ema_decay=-0.1)
 
 
-def test_an_estimators_epoch_budget_fills_an_unset_limit_and_a_given_one_wins():
-    from sbitk.inference.npe import NPE
-    from sbitk.inference.training import MAX_EPOCHS, _settled
-    from sbitk.simulation.priors import Normal
-
-    prior = Normal(0.0, 1.0, dim=1)
-    fixed = NPE(prior, "flow_matching")._train_config(1000)
-    assert (fixed.schedule, fixed.max_epochs) == ("cosine", 100)
-    given = NPE(prior, "flow_matching", config=TrainConfig(max_epochs=7))._train_config(1000)
-    assert given.max_epochs == 7
-    assert NPE(prior, "diffusion")._train_config(1000).max_epochs is None  # the engine's
-    assert _settled(TrainConfig(), 1000).max_epochs == MAX_EPOCHS == 500
-    assert _settled(fixed, 1000).max_epochs == 100
-    with pytest.raises(SbitkError, match="max_epochs"):
-        TrainConfig(max_epochs=0)
-
-
 class RowRecorder(nn.Module):
     """Records each training batch's rows, and how many batches came before each validation."""
 
