@@ -488,11 +488,12 @@ def _write_behind(
         try:
             for r in results:
                 finish()
-                tally = r["written"] if "written" in r else _tally(r["status"])
-                writing = None if "written" in r else writer.submit(write, r)
+                if "written" in r:  # a worker wrote and marked it: only its rows to count
+                    tally, writing = r["written"], None
+                    bar.update(sum(tally.values()))
+                else:
+                    tally, writing = _tally(r["status"]), writer.submit(write, r)
                 rows = sum(tally.values())
-                if writing is None:
-                    bar.update(rows)
                 for code, k in tally.items():
                     counts[code] = counts.get(code, 0) + k
             finish()
