@@ -77,9 +77,12 @@ from sbitk.simulation.simulator import trial_blocks
 
 BUDGETS = "1000,10000,100000"
 #: The methods, and the one visible table from their names to classes. The sequential ones
-#: (truncated SNPE, SNLE, SNRE) train for each observation in ``--rounds`` rounds.
-METHODS = {"npe": NPE, "nle": NLE, "nre": NRE, "tsnpe": NPE, "snle": NLE, "snre": NRE}
-SEQUENTIAL = ("tsnpe", "snle", "snre")
+#: (truncated SNPE, SNPE by APT's atomic loss, SNLE, SNRE) train for each observation in
+#: ``--rounds`` rounds.
+METHODS = {"npe": NPE, "nle": NLE, "nre": NRE, "tsnpe": NPE, "snpe": NPE, "snle": NLE,
+           "snre": NRE}  # fmt: skip
+#: The sequential methods, and sequential NPE's variant for the NPE ones.
+SEQUENTIAL = {"tsnpe": "truncated", "snpe": "atomic", "snle": None, "snre": None}
 #: The rounds of a sequential run, as in the published SNPE and SNLE.
 ROUNDS = 10
 #: The published algorithms shown next to sbitk.
@@ -184,7 +187,7 @@ def train_sequential(run: Run, sim, rounds: int, seed: int):
         method = build(run, sim, seed)
         start = time.perf_counter()
         posterior = fit_rounds(method, sim, x_o, run.budget, rounds=rounds, seed=seed + 1000 * k,
-                               workers=1)  # fmt: skip
+                               workers=1, sequential_npe=SEQUENTIAL[run.method])  # fmt: skip
         simulated = sum(r["simulate_s"] for r in method.history.rounds)
         totals["train_s"] += time.perf_counter() - start - simulated
         totals["simulate_s"] += simulated
@@ -372,8 +375,9 @@ def describe(p: Protocol, parallel: int, refused: list[str]) -> str:
         f"{'all 10 reference observations' if every else 'observations ' + obs}, "
         f"{p.samples:,} samples per side, classifier {p.classifier!r}, reference samples "
         "of the sbibm package. sbitk: one amortized network per task, budget, method and "
-        f"estimator, seed {p.seed}; NLE and NRE sample by MCMC; TSNPE, SNLE and SNRE train for "
-        f"each observation in {p.rounds} rounds (their times add up over the observations). "
+        f"estimator, seed {p.seed}; NLE and NRE sample by MCMC; TSNPE, SNPE (APT), SNLE and "
+        f"SNRE train for each observation in {p.rounds} rounds (their times add up over the "
+        "observations). "
         "Published (Lueckmann et al. 2021): NPE, NLE and NRE trained one network per "
         "observation, SNPE, SNLE and SNRE ran 10 sequential rounds for the one observation; "
         "gaussian_mixture is the authors' rerun. Times are "

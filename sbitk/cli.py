@@ -26,6 +26,7 @@ import click
 from sbitk import __version__
 from sbitk.errors import SbitkError, SimulatorError
 from sbitk.inference.abc import DEFAULT_PARTICLES, DEFAULT_QUANTILE, ABCConfig
+from sbitk.inference.sequential import SEQUENTIAL_NPE
 from sbitk.workflow import RunOptions
 
 EXIT_OK = 0
@@ -665,8 +666,11 @@ _ABC = ABCConfig()
               help="Local simulation processes [default: the available cores].")  # fmt: skip
 @click.option("--rounds", type=click.IntRange(min=1), default=_RUN.rounds, show_default=True,
               help="Sequential rounds for the one observation: later rounds simulate where "
-                   "the posterior is (NPE: truncated prior; NLE, NRE: the posterior). "
+                   "the posterior is (NPE: see --sequential-npe; NLE, NRE: the posterior). "
                    "1: amortized.")  # fmt: skip
+@click.option("--sequential-npe", type=click.Choice(SEQUENTIAL_NPE), default=None,
+              help="Sequential NPE's variant: truncated prior (TSNPE) or the posterior as "
+                   f"proposal with APT's atomic loss. [default: {SEQUENTIAL_NPE[0]}]")  # fmt: skip
 @_estimator_option
 @_seed_option
 @_device_option
@@ -689,6 +693,7 @@ def run(
     predictive: bool,
     workers: int | None,
     rounds: int,
+    sequential_npe: str | None,
     seed: int,
     device: str,
     force: bool,
@@ -715,6 +720,7 @@ def run(
         n_samples=num_samples,
         n_diagnose=diagnose_simulations, n_diagnose_samples=diagnose_samples, iid=iid,
         predictive=predictive, seed=seed, device=device, workers=workers, rounds=rounds,
+        sequential_npe=sequential_npe,
     )  # fmt: skip
     with _warnings_as_lines():
         result = workflow.run(

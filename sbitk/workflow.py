@@ -847,6 +847,8 @@ class RunOptions:
         workers: Local simulation processes (default: the available cores).
         rounds: Sequential rounds for one observation (:mod:`sbitk.inference.sequential`);
             1 trains an amortized posterior on prior draws.
+        sequential_npe: Sequential NPE's variant, ``"truncated"`` or ``"atomic"`` (APT);
+            ``None``: :data:`~sbitk.inference.sequential.SEQUENTIAL_NPE`'s first.
     """
 
     num_simulations: int = 10_000
@@ -865,6 +867,7 @@ class RunOptions:
     device: str = "auto"
     workers: int | None = None
     rounds: int = 1
+    sequential_npe: str | None = None
 
     def train_config(self, progress: bool):
         from sbitk.inference.training import TrainConfig
@@ -1034,6 +1037,8 @@ def run(
         train_inputs["rounds"] = options.rounds
         train_inputs["num_simulations"] = options.num_simulations
         train_inputs["observed_sha256"] = file_sha256(observed)
+        if options.sequential_npe is not None:
+            train_inputs["sequential_npe"] = options.sequential_npe
     model_hash = options_hash(train_inputs)
     reused["model"] = not force and _model_reusable(
         paths["model"], steps.get("model", {}), model_hash
@@ -1105,7 +1110,7 @@ def _train_rounds(simulator, x_o, paths: dict, options: RunOptions, config, prog
             method, simulator, x_o if options.iid else x_o[0], options.num_simulations,
             rounds=options.rounds, seed=options.seed, workers=options.workers,
             banks=paths["bank"].parent / "rounds", first_round=Bank.open(paths["bank"]),
-            progress=progress, log=say,
+            sequential_npe=options.sequential_npe, progress=progress, log=say,
         )  # fmt: skip
     save_model(paths["model"], posterior)
 
@@ -1140,7 +1145,7 @@ def _check_run_options(simulator, options: RunOptions, n_observed: int, bank: Pa
     if options.rounds > 1:
         from sbitk.inference.sequential import check_method
 
-        check_method(method)
+        check_method(method, options.sequential_npe)
     existing = existing_batch_size(bank)
     size = existing or simulator_batch_size(simulator, options.num_simulations)
     check_sizes(simulator, options.num_simulations, size, bank, new_rows=existing is None)

@@ -157,6 +157,11 @@ class Estimation:
         unset = {k: v for k, v in defaults.items() if getattr(self.config, k) is None}
         return replace(self.config, **unset)
 
+    def _objective(self, model: nn.Module) -> nn.Module:
+        """What training minimises the loss of: the estimator itself, or a module around it
+        whose ``loss`` replaces the estimator's (NPE's atomic loss); the estimator is kept."""
+        return model
+
     def _augmenter(self, x_dim: int):
         """Training-batch augmentation that permutes x's i.i.d. trials, or None (also when each
         trial is a row of its own)."""
@@ -185,7 +190,9 @@ class Estimation:
             model = self._build(inputs.shape[1], context.shape[1])
             config = self._train_config(len(inputs))
             augment = self._augmenter(x.shape[1])
-            self.history = train(model, inputs, context, config, augment, self.trial_count)
+            self.history = train(
+                self._objective(model), inputs, context, config, augment, self.trial_count
+            )
             self.history.rows = asdict(self.report)
             return model
         inputs, context = source.load(0)
@@ -195,7 +202,11 @@ class Estimation:
         n_rows = self.trial_count * len(source.bank) if hasattr(source.bank, "__len__") else 2**62
         x_dim = (context if self.x_side == "context" else inputs).shape[1] * self.trial_count
         self.history = train(
-            model, source, None, self._train_config(n_rows), self._augmenter(x_dim)
+            self._objective(model),
+            source,
+            None,
+            self._train_config(n_rows),
+            self._augmenter(x_dim),
         )
         self.report = source.report
         self.history.rows = asdict(self.report)

@@ -39,9 +39,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from sbitk.errors import SbitkError
+from sbitk.inference.apt import AtomicLoss
 from sbitk.inference.base import Estimation, check_log_x
 from sbitk.inference.data import RowReport, warn_excluded
 from sbitk.inference.training import TrainConfig
@@ -74,6 +76,10 @@ class NPE(Estimation):
             of x that are positive and right-skewed in the training data
             (:func:`~sbitk.inference.data.choose_x_bijection`), ``True`` for every column,
             ``False`` for none. The posterior applies it to the x it is given.
+        atoms: ``None`` (the default): maximum likelihood, which learns the posterior when the
+            training θ are prior draws. An integer K >= 2: APT's atomic loss with K atoms per
+            row (:mod:`sbitk.inference.apt`), which learns it from θ drawn from any proposal
+            (sequential NPE's later rounds). The estimator needs a density.
         config: Training settings.
         parameter_names, output_names, simulator_name: Carried into the posterior and model
             files (read from the bank when fitting from one).
@@ -93,6 +99,7 @@ class NPE(Estimation):
         unconstrained: bool | None = None,
         trials: list[tuple[int, int, int]] | bool | None = None,
         log_x: bool | None = None,
+        atoms: int | None = None,
         config: TrainConfig | None = None,
         parameter_names: Sequence[str] | None = None,
         output_names: Sequence[str] | None = None,
@@ -112,6 +119,15 @@ class NPE(Estimation):
         self.trials = trials
         self.log_x = check_log_x(log_x)
         self.trains_unconstrained = True
+        #: APT's atoms per row (None: maximum likelihood); see ``atoms`` above.
+        self.atoms = atoms
+        if atoms is not None:
+            AtomicLoss(nn.Identity(), lambda a: a, atoms)  # checks the number
+            if not has_density(self.estimator_class):
+                raise SbitkError(
+                    f"the atomic loss needs a density; estimator "
+                    f"{self.estimator_class.__name__} offers samples only"
+                )
 
     def _check_kind(self, cls: type) -> None:
         if density_kind(cls) == RATIO:
@@ -144,6 +160,18 @@ class NPE(Estimation):
 
     def _handle(self, report: RowReport) -> None:
         warn_excluded(report, stacklevel=5)
+
+    def _objective(self, model: nn.Module) -> nn.Module:
+        return model if self.atoms is None else AtomicLoss(model, self._log_prior, self.atoms)
+
+    def _log_prior(self, a: Tensor) -> Tensor:
+        """The prior's log density in the coordinates the estimator learns (u or θ):
+        :math:`\\log p_u(u) = \\log p(\\theta) - \\log|\\det J_f(\\theta)|`."""
+        theta = self.bijection.inverse(a) if self.trains_unconstrained else a
+        log_p = self.prior.log_prob(theta.detach().cpu().to(torch.get_default_dtype())).to(a)
+        if self.trains_unconstrained:
+            log_p = log_p - self.bijection.forward(theta)[1]
+        return log_p.detach()
 
     def fit(
         self, theta, x: Tensor | None = None, *, stream: bool | None = None

@@ -11,13 +11,19 @@ What the proposal is depends on the method, so that training stays valid:
   not depend on where θ was drawn, and a ratio trained on proposal draws is
   :math:`p(x \mid \theta) / \tilde p(x)`, which differs from the prior's ratio by a function of x
   only: MCMC over θ is unchanged.
-* **NPE** (truncated sequential NPE, TSNPE; Deistler et al. 2022): the proposal is the prior
-  truncated to the current posterior's highest-density region of mass :math:`1 - \varepsilon`,
-  :math:`\tilde p(\theta) \propto p(\theta)\,\mathbb 1[q(\theta \mid x_o) \ge \tau]`. Inside the
-  region the proposal is the prior up to a constant, so NPE's loss on all rows still targets
-  the posterior there, with no importance weights and no atomic loss. It is sampled by
-  rejection from the prior, and by slice sampling the truncated prior from posterior draws when
-  the region is too small for rejection.
+* **NPE**, two variants (``sequential_npe``):
+
+  - ``"truncated"`` (the default; truncated sequential NPE, TSNPE, Deistler et al. 2022): the
+    proposal is the prior truncated to the current posterior's highest-density region of mass
+    :math:`1 - \varepsilon`,
+    :math:`\tilde p(\theta) \propto p(\theta)\,\mathbb 1[q(\theta \mid x_o) \ge \tau]`.
+    Inside the region the proposal is the prior up to a constant, so NPE's loss on all rows
+    still targets the posterior there, with no importance weights and no atomic loss. It is
+    sampled by rejection from the prior, and by slice sampling the truncated prior from
+    posterior draws when the region is too small for rejection.
+  - ``"atomic"`` (APT, SNPE-C; Greenberg et al. 2019): the proposal is the current posterior at
+    :math:`x_o`, and every round after the first trains on all rows with APT's atomic loss
+    (:mod:`sbitk.inference.apt`), which learns the posterior whatever the proposal.
 
 The result is a posterior for :math:`x_o` only: its training history records the rounds and
 the observation, and :func:`sbitk.workflow.diagnose` skips the checks that average over the
@@ -26,7 +32,8 @@ prior predictive (SBC, coverage, TARP, z-score), which do not apply to it.
 References:
     Papamakarios, Sterratt & Murray (2019), arXiv:1805.07226; Hermans, Begy & Louppe (2020),
     arXiv:1903.04057; Deistler, Goncalves & Macke (2022), Truncated proposals for scalable and
-    hassle-free simulation-based inference, arXiv:2210.04815.
+    hassle-free simulation-based inference, arXiv:2210.04815; Greenberg, Nonnenmacher & Macke
+    (2019), Automatic posterior transformation for likelihood-free inference, arXiv:1905.07488.
 
 Example:
     >>> import torch, sbitk
@@ -55,6 +62,7 @@ import torch
 from torch import Tensor, nn
 
 from sbitk.errors import SbitkError
+from sbitk.inference.apt import ATOMS
 from sbitk.models.contract import has_density
 from sbitk.posteriors.mcmc import slice_sample
 from sbitk.simulation.simulator import trial_blocks
@@ -69,6 +77,8 @@ REJECTION_BUDGET = 100
 SLICE_CHAINS = 1000
 #: Prior candidates scored per batch during rejection.
 CANDIDATES_PER_BATCH = 20_000
+#: Sequential NPE's variants (see the module docstring); the first is the default.
+SEQUENTIAL_NPE = ("truncated", "atomic")
 
 
 def round_sizes(num_simulations: int, rounds: int) -> list[int]:
@@ -100,6 +110,7 @@ def fit_rounds(
     workers: int | None = None,
     banks: str | Path | None = None,
     first_round=None,
+    sequential_npe: str | None = None,
     progress: bool = False,
     log=None,
 ):
@@ -117,6 +128,8 @@ def fit_rounds(
         banks: A directory for one bank per round (``round-1.zarr``, ...); in memory if None.
         first_round: A bank of prior draws to use as round 1 (its rows count in the budget);
             the rest of the budget is split equally over the later rounds.
+        sequential_npe: For NPE, ``"truncated"`` (TSNPE) or ``"atomic"`` (APT); ``None``: the
+            first of :data:`SEQUENTIAL_NPE`. Ignored by NLE and NRE.
         progress: Show progress bars.
         log: Called with one line per round.
 
@@ -128,7 +141,7 @@ def fit_rounds(
     from sbitk.simulation.registry import get_simulator
 
     sim = get_simulator(simulator)
-    check_method(method)
+    atomic = check_method(method, sequential_npe)
     sizes = round_sizes(num_simulations, rounds)
     if first_round is not None:
         _check_first_round(first_round, sim)
@@ -145,7 +158,7 @@ def fit_rounds(
             proposal, where, acceptance = None, "prior", None
         else:
             proposal, where, acceptance = _proposal(
-                method, posterior, sim.prior, x_o, n, round_seed(seed, r, "proposal")
+                method, posterior, sim.prior, x_o, n, round_seed(seed, r, "proposal"), atomic
             )
         say(f"round {r + 1} of {len(sizes)}: {n} simulations at {where} draws")
         bank = first_round if r == 0 and first_round is not None else _simulate_round(
@@ -157,13 +170,17 @@ def fit_rounds(
         start = time.perf_counter()
         if isinstance(given, nn.Module):
             method.estimator = copy.deepcopy(given)
+        if atomic:
+            method.atoms = ATOMS if r > 0 else None
         posterior = method.fit(torch.cat(theta_all), torch.cat(x_all))
         records.append(
             {"round": r + 1, "simulations": n, "proposal": where, "acceptance": acceptance,
              "simulate_s": round(simulated, 3), "train_s": round(time.perf_counter() - start, 3),
-             "epochs": method.history.epochs}
+             "epochs": method.history.epochs, "loss": _loss_name(method)}
         )  # fmt: skip
     method.estimator = given
+    if atomic:
+        method.atoms = None
     if len(sizes) > 1:  # one round is amortized training on prior draws
         method.history.rounds = records
         method.history.observation = x_o.tolist()
@@ -186,14 +203,24 @@ def round_seed(seed: int, r: int, purpose: str) -> int:
     return (int(words[0]) | (int(words[1]) << 32)) >> 1
 
 
-def check_method(method) -> None:
-    """Refuse, before anything is simulated, a method that sequential rounds cannot use: NPE
-    truncates its proposal by the posterior's density, which a sample-only estimator lacks."""
+def check_method(method, sequential_npe: str | None = None) -> bool:
+    """Refuse, before anything is simulated, a method or variant that sequential rounds cannot
+    use: both NPE variants need the posterior's density (to truncate the prior, or in the
+    atomic loss), which a sample-only estimator lacks. True when NPE trains by APT."""
+    variant = SEQUENTIAL_NPE[0] if sequential_npe is None else sequential_npe
+    if variant not in SEQUENTIAL_NPE:
+        raise SbitkError(f"sequential_npe must be one of {SEQUENTIAL_NPE}, got {variant!r}")
     if method.role == "npe" and not has_density(method.estimator_class):
         raise SbitkError(
-            f"sequential NPE truncates the prior by the posterior's density; estimator "
+            f"sequential NPE ({variant}) needs the posterior's density; estimator "
             f"{method.estimator_class.__name__} offers samples only: pick one with a density"
         )
+    return method.role == "npe" and variant == "atomic"
+
+
+def _loss_name(method) -> str:
+    atoms = getattr(method, "atoms", None)
+    return f"atomic ({atoms} atoms)" if atoms else "likelihood"
 
 
 def _check_first_round(bank, sim) -> None:
@@ -248,8 +275,10 @@ def _observation(method, sim, x_o) -> Tensor:
     return trials[0] if trials.shape[0] == 1 else trials
 
 
-def _proposal(method, posterior, prior, x_o: Tensor, n: int, seed: int):
+def _proposal(method, posterior, prior, x_o: Tensor, n: int, seed: int, atomic: bool):
     """θ (n, D_θ) for the next round, what they are, and the rejection acceptance (TSNPE)."""
+    if atomic:
+        return posterior.sample(n, x=x_o, seed=seed).cpu(), "posterior", None
     if method.role != "npe":
         config = dataclasses.replace(posterior.config, progress=False)
         return posterior.sample(n, x=x_o, seed=seed, config=config), "posterior", None
@@ -301,6 +330,7 @@ def _slice_truncated(posterior, prior, x_o, tau: float, starts: Tensor, n: int, 
 
 
 __all__ = [
+    "SEQUENTIAL_NPE",
     "TRUNCATION",
     "check_method",
     "fit_rounds",

@@ -115,6 +115,19 @@ def test_rounds_record_their_proposals_and_train_on_every_row():
     posterior = fit_rounds(npe, shift, torch.tensor([0.5, -0.5]), 2000, rounds=2, workers=1)
     second = posterior.history.rounds[1]
     assert second["proposal"].startswith("truncated prior") and 0 < second["acceptance"] < 0.2
+    assert second["loss"] == "likelihood"
+    # APT: later rounds simulate at posterior draws and train on every row by the atomic loss;
+    # the method is left as it was given.
+    posterior = fit_rounds(npe, shift, torch.tensor([0.5, -0.5]), 2000, rounds=2, workers=1,
+                           sequential_npe="atomic")  # fmt: skip
+    rounds = posterior.history.rounds
+    assert [(r["proposal"], r["loss"]) for r in rounds] == [
+        ("prior", "likelihood"), ("posterior", "atomic (10 atoms)")]  # fmt: skip
+    assert npe.atoms is None and npe.history.rows["n_rows"] == 2000
+    draws = posterior.sample(4000, x=torch.tensor([0.5, -0.5]), seed=0)
+    assert (draws.mean(0) - torch.tensor([0.5, -0.5])).abs().max() < 0.1
+    with pytest.raises(SbitkError, match="sequential_npe must be one of"):
+        fit_rounds(npe, shift, torch.zeros(2), 600, rounds=2, workers=1, sequential_npe="apt")
     with pytest.raises(SbitkError, match="NPE takes one observation"):
         fit_rounds(npe, shift, torch.zeros(3, 2), 600, rounds=2, workers=1)
 
@@ -154,6 +167,10 @@ def test_run_with_rounds_skips_the_amortized_checks_and_refuses_several_observat
     assert "round 2 of 2: 300 simulations at truncated prior" in result.output
     assert result.output.count("SKIP") == 4 and "sequential rounds" in result.output
     assert (tmp_path / "run" / "rounds" / "round-2.zarr").is_dir()
+    result = runner.invoke(main, [*args, "-o", str(tmp_path / "apt"), "--sequential-npe",
+                                  "atomic"])  # fmt: skip
+    assert result.exit_code == (1 if "FAIL" in result.output else 0), result.output
+    assert "round 2 of 2: 300 simulations at posterior draws" in result.output
     two = tmp_path / "two.csv"
     two.write_text("x[0],x[1]\n0.4,-0.2\n0.1,0.1\n")
     result = runner.invoke(main, [*args[:3], str(two), *args[4:], "-o", str(tmp_path / "b")])
