@@ -110,7 +110,11 @@ class Estimation:
     def _options(self) -> dict:
         """The estimator's constructor options: its defaults for the role under given ones."""
         defaults = role_options(self.estimator_class, self.contract_role, self._box())
-        return {**defaults, **self.estimator_kwargs}
+        return {**defaults, **self._context_options(), **self.estimator_kwargs}
+
+    def _context_options(self) -> dict:
+        """Constructor options the data's layout calls for (none here; NPE's trials)."""
+        return {}
 
     def _build(self, features: int, context: int) -> nn.Module:
         if isinstance(self.estimator, nn.Module):

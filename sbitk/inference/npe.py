@@ -37,6 +37,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -45,9 +46,9 @@ from torch import Tensor, nn
 from sbitk.errors import SbitkError
 from sbitk.inference.apt import AtomicLoss
 from sbitk.inference.base import Estimation, check_log_x
-from sbitk.inference.data import RowReport, warn_excluded
+from sbitk.inference.data import RowReport, permute_trials, warn_excluded
 from sbitk.inference.training import TrainConfig
-from sbitk.models.contract import RATIO, density_kind, has_density
+from sbitk.models.contract import RATIO, density_kind, has_density, trial_options
 from sbitk.posteriors.direct import DirectPosterior
 from sbitk.simulation.bijections import is_box
 from sbitk.simulation.priors import Prior
@@ -76,6 +77,12 @@ class NPE(Estimation):
             of x that are positive and right-skewed in the training data
             (:func:`~sbitk.inference.data.choose_x_bijection`), ``True`` for every column,
             ``False`` for none. The posterior applies it to the x it is given.
+        variable_trials: Learn from x with any number of its i.i.d. trials, 1 to T, so that
+            the posterior takes an x that leaves some out (as NaN). x must hold one block of
+            trials (``trials``); the estimator gets its ``trial_options`` for it (a flow: a
+            set embedding that skips absent trials), and each training batch keeps a random
+            number of its trials, in a random order. A ready ``nn.Module`` must take absent
+            trials itself.
         atoms: ``None`` (the default): maximum likelihood, which learns the posterior when the
             training θ are prior draws. An integer K >= 2: APT's atomic loss with K atoms per
             row (:mod:`sbitk.inference.apt`), which learns it from θ drawn from any proposal
@@ -99,6 +106,7 @@ class NPE(Estimation):
         unconstrained: bool | None = None,
         trials: list[tuple[int, int, int]] | bool | None = None,
         log_x: bool | None = None,
+        variable_trials: bool = False,
         atoms: int | None = None,
         config: TrainConfig | None = None,
         parameter_names: Sequence[str] | None = None,
@@ -119,6 +127,9 @@ class NPE(Estimation):
         self.trials = trials
         self.log_x = check_log_x(log_x)
         self.trains_unconstrained = True
+        if not isinstance(variable_trials, bool):
+            raise SbitkError(f"variable_trials must be True or False, got {variable_trials!r}")
+        self.variable_trials = variable_trials
         #: APT's atoms per row (None: maximum likelihood); see ``atoms`` above.
         self.atoms = atoms
         if atoms is not None:
@@ -161,6 +172,34 @@ class NPE(Estimation):
     def _handle(self, report: RowReport) -> None:
         warn_excluded(report, stacklevel=5)
 
+    def _missing_block(self) -> tuple[int, int, int] | None:
+        """The block of trials that may be absent (``variable_trials``), or None."""
+        if not self.variable_trials:
+            return None
+        blocks = list(self.trials or [])
+        if len(blocks) != 1 or blocks[0][1] < 2:
+            raise SbitkError(
+                "variable_trials needs x to hold one block of at least 2 i.i.d. trials, got "
+                f"{blocks or 'none'} (pass trials=[(offset, trials, width)] or fit from a bank "
+                "whose simulator declares them)"
+            )
+        return tuple(blocks[0])
+
+    def _context_options(self) -> dict:
+        if not self.variable_trials:
+            return {}
+        options = trial_options(self.estimator_class, [self._missing_block()], True)
+        if options is None:
+            raise SbitkError(
+                f"estimator {self.estimator_class.__name__} offers no trial_options, so it "
+                "cannot take absent trials: use a flow (nsf, maf, ...) or an ensemble of them"
+            )
+        return options
+
+    def _augmenter(self, x_dim: int):
+        block = self._missing_block()
+        return super()._augmenter(x_dim) if block is None else _DropTrials(block)
+
     def _objective(self, model: nn.Module) -> nn.Module:
         return model if self.atoms is None else AtomicLoss(model, self._log_prior, self.atoms)
 
@@ -199,7 +238,28 @@ class NPE(Estimation):
             output_names=self.output_names,
             simulator_name=self.simulator_name,
             history=self.history,
+            missing_trials=self._missing_block(),
         )
+
+
+class _DropTrials:
+    """Training-batch augmentation for ``variable_trials``: the block's T trials in a random
+    order per row, of which a uniform number from 1 to T are kept and the rest set to NaN;
+    ``variety`` counts the distinct versions of a row (at most 10⁶)."""
+
+    def __init__(self, block: tuple[int, int, int]):
+        self.block = block
+        self.variety = min(math.factorial(block[1]) * block[1], 10**6)
+
+    def __call__(self, inputs: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+        offset, trials, width = self.block
+        context = permute_trials(context, [self.block])  # a copy
+        kept = torch.randint(1, trials + 1, (context.shape[0], 1), device=context.device)
+        absent = torch.arange(trials, device=context.device) >= kept  # (B, T)
+        stop = offset + trials * width
+        part = context[:, offset:stop].reshape(-1, trials, width)
+        context[:, offset:stop] = part.masked_fill(absent[..., None], math.nan).flatten(1)
+        return inputs, context
 
 
 __all__ = ["NPE"]

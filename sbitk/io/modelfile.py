@@ -23,6 +23,8 @@ under the key ``"sbitk"``:
                           estimator models x whole)
 ``x_bijection``           the transform of (the estimator's) x that it learned on: the spec of
                           an ``identity``, a ``log``, or a ``stack`` of them, column by column
+``missing_trials``        NPE: ``[offset, trials, width]``, the block of x's i.i.d. trials an x
+                          may leave some of out (trained with ``variable_trials``), or null
 ``tensors``               name → ``[dtype, shape]`` of every tensor
 ``checksum``              SHA-256 over the JSON above and every tensor's bytes
 ========================  ===================================================================
@@ -68,8 +70,8 @@ from sbitk.errors import ModelFileError, SbitkError
 
 FORMAT = "sbitk-model"
 #: Format version this sbitk writes; it reads this one and the versions in READABLE_VERSIONS.
-FORMAT_VERSION = 5
-READABLE_VERSIONS = (1, 2, 3, 4, 5)
+FORMAT_VERSION = 6
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
 METADATA_KEY = "sbitk"
 
 _DTYPES = {
@@ -114,6 +116,8 @@ def _parts(obj) -> tuple[str, nn.Module, dict]:
 
     if isinstance(obj, DirectPosterior):
         extra = {"unconstrained": obj.unconstrained, "source": obj}
+        missing = None if obj.missing_trials is None else list(obj.missing_trials)
+        extra["missing_trials"] = missing
         return "npe", obj.estimator, {**extra, "x_bijection": obj.x_bijection.spec()}
     if isinstance(obj, MCMCPosterior | SurrogateLikelihood):
         mcmc = dataclasses.asdict(obj.config) if isinstance(obj, MCMCPosterior) else None
@@ -299,6 +303,15 @@ def _validate(header: dict, where: str) -> None:
     trials = header.get("trials")
     if header["role"] == "nle" and version >= 4 and not _positive_int(trials):
         raise ModelFileError(f"{where}: an NLE model needs a positive integer 'trials' field")
+    missing = header.get("missing_trials")
+    if header["role"] == "npe" and version >= 6 and missing is not None and not (
+        isinstance(missing, list) and len(missing) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in missing)
+    ):  # fmt: skip
+        raise ModelFileError(
+            f"{where}: field 'missing_trials' must be null or [offset, trials, width], got "
+            f"{missing!r}"
+        )
     if version >= 5 and not _x_bijection_spec(header.get("x_bijection")):
         raise ModelFileError(
             f"{where}: field 'x_bijection' must be the spec of an identity, a log, or a stack "
@@ -347,6 +360,9 @@ def _upgrade(header: dict) -> dict:
 
     Version 4 to 5: the estimator may learn on the log of some of x's columns, recorded in
     ``x_bijection``; version 4 files learned on x itself (``None``: the identity).
+
+    Version 5 to 6: an NPE posterior may take x with some i.i.d. trials left out, recorded in
+    ``missing_trials``; version 5 posteriors took x whole (``None``).
     """
     if header["format_version"] < 2 and header["estimator"]["name"] == "nsf":
         config = header["estimator"]["config"]
@@ -359,6 +375,8 @@ def _upgrade(header: dict) -> dict:
         header.setdefault("trials", 1)
     if header["format_version"] < 5:
         header.setdefault("x_bijection", None)
+    if header["format_version"] < 6 and header["role"] == "npe":
+        header.setdefault("missing_trials", None)
     return header
 
 
@@ -444,7 +462,10 @@ def load_model(path: str | os.PathLike, *, device: str = "cpu"):
     }
     try:
         if header["role"] == "npe":
-            obj = DirectPosterior(model, prior, unconstrained=header["unconstrained"], **common)
+            obj = DirectPosterior(
+                model, prior, unconstrained=header["unconstrained"],
+                missing_trials=header["missing_trials"], **common,
+            )  # fmt: skip
         else:
             unconstrained = header["unconstrained"]
             likelihood = SurrogateLikelihood(

@@ -32,6 +32,10 @@ Optional capabilities, used where present and never asked for by name:
   that differ from the first stage's; training leaves the model in its first stage.
 * ``role_options(role, box) -> dict``: default constructor options for a role (``"posterior"``
   or ``"likelihood"``) and whether the prior is a box; given options win.
+* ``trial_options(blocks, missing) -> dict``: a classmethod giving constructor options for a
+  context that holds i.i.d. trials in ``blocks`` (``(offset, trials, width)`` each), which make
+  the model blind to their order, and with ``missing`` let trials be absent (all NaN), so that
+  NPE takes a variable number of trials (a permutation-invariant set embedding, say).
 * ``box_on_theta``: a class flag: as a posterior on a box prior it models θ itself (its samples
   are then truncated to the box), not the prior's unconstrained coordinates.
 
@@ -154,6 +158,13 @@ def role_options(estimator: Any, role: str, box: bool) -> dict:
     return dict(hook(role, box)) if callable(hook) else {}
 
 
+def trial_options(estimator: Any, blocks: Sequence, missing: bool) -> dict | None:
+    """The estimator's constructor options for a context of i.i.d. trials in ``blocks``
+    (``None`` when it offers none)."""
+    hook = getattr(estimator, "trial_options", None)
+    return dict(hook([tuple(b) for b in blocks], missing)) if callable(hook) else None
+
+
 __all__ = [
     "DENSITY_KINDS",
     "ESTIMATED",
@@ -170,4 +181,5 @@ __all__ = [
     "density_kind",
     "has_density",
     "role_options",
+    "trial_options",
 ]

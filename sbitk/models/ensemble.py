@@ -43,7 +43,15 @@ from torch import Tensor, nn
 
 from sbitk.errors import SbitkError
 from sbitk.models.base import build_config
-from sbitk.models.contract import EXACT, NONE, RATIO, ROLES, density_kind, role_options
+from sbitk.models.contract import (
+    EXACT,
+    NONE,
+    RATIO,
+    ROLES,
+    density_kind,
+    role_options,
+    trial_options,
+)
 from sbitk.models.registry import get_estimator
 
 
@@ -59,6 +67,9 @@ class EnsembleConfig:
         role: ``"posterior"`` or ``"likelihood"`` when the ensemble plays a role: the members
             then start from their own defaults for it, under ``options``.
         box: Whether the prior is a box (for the members' role defaults).
+        trials: Blocks ``(offset, trials, width)`` of i.i.d. trials in the context, for the
+            members' ``trial_options``; ``None``: none.
+        missing_trials: Trials may be absent (see :mod:`sbitk.models.contract`).
     """
 
     features: int
@@ -68,6 +79,8 @@ class EnsembleConfig:
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     role: str | None = None
     box: bool = False
+    trials: Sequence[Sequence[int]] | None = None
+    missing_trials: bool = False
 
 
 class Ensemble(nn.Module):
@@ -90,6 +103,11 @@ class Ensemble(nn.Module):
         cls = _check(cfg)
         self.config = cfg
         kwargs = dict(role_options(cls, cfg.role, cfg.box)) if cfg.role else {}
+        if cfg.trials:
+            given = trial_options(cls, cfg.trials, cfg.missing_trials)
+            if given is None:
+                raise SbitkError(f"Ensemble: member {cfg.member!r} offers no trial_options")
+            kwargs.update(given)
         kwargs.update({k: tuple(v) if isinstance(v, list) else v for k, v in cfg.options.items()})
         try:
             self.members = nn.ModuleList(
@@ -112,6 +130,11 @@ class Ensemble(nn.Module):
     def role_options(cls, role: str, box: bool) -> dict:
         """The members take their own defaults for the role (see :mod:`sbitk.models.contract`)."""
         return {"role": role, "box": box}
+
+    @classmethod
+    def trial_options(cls, blocks: Sequence[tuple[int, int, int]], missing: bool) -> dict:
+        """The members take their own options for the trials (see :mod:`sbitk.models.contract`)."""
+        return {"trials": [list(b) for b in blocks], "missing_trials": missing}
 
     def fit_standardization(self, inputs: Tensor, context: Tensor | None = None) -> Self:
         """Each member's z-scoring statistics from the training rows, where it has them."""

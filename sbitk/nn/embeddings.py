@@ -120,6 +120,10 @@ class SetEmbedding(nn.Module):
     averaged, and a perceptron ρ maps the average, with the other values, to the embedding:
     reordering the trials leaves it unchanged, whatever the weights.
 
+    With ``missing=True`` a trial whose values are all NaN is absent: the average runs over the
+    trials present, and ρ also sees the share of trials present, so that one network serves
+    contexts with any number of trials from 1 to T (a posterior sharpens with more of them).
+
     Args:
         in_features: Context size C.
         out_features: Embedding size E.
@@ -129,6 +133,7 @@ class SetEmbedding(nn.Module):
         hidden_features: Hidden sizes of φ and of ρ.
         summary: Size of each trial's φ.
         activation: Name of the activation.
+        missing: Trials may be absent (all NaN); see above.
 
     References:
         Zaheer et al., "Deep sets" (2017), arXiv:1703.06114.
@@ -152,10 +157,14 @@ class SetEmbedding(nn.Module):
         hidden_features: Sequence[int] = (64, 64),
         summary: int = 32,
         activation: str = "relu",
+        missing: bool = False,
     ):
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.trials = _positive("trials", trials)
+        if not isinstance(missing, bool):
+            raise SbitkError(f"embedding: missing must be True or False, got {missing!r}")
+        self.missing = missing
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
             raise SbitkError(f"embedding: offset must be an integer >= 0, got {offset!r}")
         self.offset = offset
@@ -172,16 +181,23 @@ class SetEmbedding(nn.Module):
         self.activation = activation
         others = self.in_features - self.trials * self.width
         self.phi = MLP(self.width, self.summary, self.hidden_features, activation)
-        self.rho = MLP(self.summary + others, self.out_features, self.hidden_features, activation)
+        self.rho = MLP(
+            self.summary + others + missing, self.out_features, self.hidden_features, activation
+        )
 
     def forward(self, context: Tensor) -> Tensor:
         """Embed ``context`` (*, C) to (*, E)."""
         stop = self.offset + self.trials * self.width
         block = context[..., self.offset : stop]
         trials = block.reshape(*context.shape[:-1], self.trials, self.width)
-        pooled = self.phi(trials).mean(-2)
         rest = [context[..., : self.offset], context[..., stop:]]
-        return self.rho(torch.cat([pooled, *rest], -1))
+        if not self.missing:
+            return self.rho(torch.cat([self.phi(trials).mean(-2), *rest], -1))
+        present = ~torch.isnan(trials).all(-1, keepdim=True)  # (*, T, 1)
+        phi = self.phi(torch.where(present, trials, torch.zeros_like(trials)))
+        count = present.sum(-2).to(phi.dtype)  # (*, 1)
+        pooled = (phi * present).sum(-2) / count.clamp(min=1)
+        return self.rho(torch.cat([pooled, count / self.trials, *rest], -1))
 
     def spec(self) -> dict:
         """A JSON-serialisable description, read back by :func:`embedding_from_spec`."""
@@ -195,6 +211,7 @@ class SetEmbedding(nn.Module):
             "hidden_features": list(self.hidden_features),
             "summary": self.summary,
             "activation": self.activation,
+            **({"missing": True} if self.missing else {}),
         }
 
 

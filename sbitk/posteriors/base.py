@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,6 +57,9 @@ class TrainedEstimator:
         x_bijection: The transform of x's columns (of the estimator's x: one trial where it
             models one) that the estimator learned on, e.g. the log of some columns; ``None``:
             the identity.
+        missing_trials: ``(offset, trials, width)``: the block of x's i.i.d. trials of which
+            an x may leave some out, as NaN (an NPE trained with ``variable_trials``);
+            ``None``: x must be finite.
     """
 
     #: Which of the estimator's sizes is θ: ``"features"`` (a posterior) or ``"context"`` (a
@@ -75,6 +79,7 @@ class TrainedEstimator:
         simulator_name: str | None = None,
         history: Any = None,
         x_bijection: Bijection | None = None,
+        missing_trials: Sequence[int] | None = None,
     ):
         self._accept(estimator)
         x_size = "context" if self.theta_size == "features" else "features"
@@ -104,6 +109,14 @@ class TrainedEstimator:
         self.output_names = _names(output_names, self.x_dim, "x")
         self.simulator_name = simulator_name
         self.history = history
+        self.missing_trials = None if missing_trials is None else tuple(missing_trials)
+        if self.missing_trials is not None:
+            offset, trials, width = self.missing_trials
+            if offset < 0 or trials < 2 or width < 1 or offset + trials * width > self.x_dim:
+                raise SbitkError(
+                    f"missing_trials {self.missing_trials} is no block of at least 2 trials "
+                    f"within x's {self.x_dim} values"
+                )
 
     def _accept(self, estimator: nn.Module) -> None:
         """Raise unless this role can use ``estimator`` (what it needs of its density)."""
@@ -130,14 +143,32 @@ class TrainedEstimator:
         whether it was a single row."""
         x, single = self._rows(x, "x", self.x_dim, rows)
         if not torch.isfinite(x).all():
-            raise SbitkError("x must be finite, found NaN or Inf")
+            self._check_absent_trials(x)
         return x.to(self.device, torch.get_default_dtype()), single
+
+    def _check_absent_trials(self, x: Tensor) -> None:
+        """Refuse x (B, D_x) with a non-finite value unless every one is a NaN of a whole
+        trial of ``missing_trials``, with at least one trial left in each row."""
+        if self.missing_trials is None:
+            raise SbitkError("x must be finite, found NaN or Inf")
+        offset, trials, width = self.missing_trials
+        stop = offset + trials * width
+        nan = torch.isnan(x)
+        absent = nan[:, offset:stop].reshape(-1, trials, width)
+        if (
+            torch.isinf(x).any() or nan[:, :offset].any() or nan[:, stop:].any()
+            or (absent.any(-1) & ~absent.all(-1)).any() or absent.all(-1).all(-1).any()
+        ):  # fmt: skip
+            raise SbitkError(
+                f"x must be finite, except that whole trials of x[{offset}:{stop}] ({trials} "
+                f"trials of {width}) may be left out as NaN, at least one left in each row"
+            )
 
     def _x_view(self, x: Tensor) -> Tensor:
         """Rows of the estimator's x (*, D) in the coordinates it learned on; refuses a value
         outside the transform's domain (a logged column at or below 0)."""
-        if self.logged_x:
-            low = x[..., self.logged_x].amin() if x.numel() else None
+        if self.logged_x:  # absent trials (NaN) hide nothing: they count as +inf here
+            low = x[..., self.logged_x].nan_to_num(math.inf).amin() if x.numel() else None
             if low is not None and low <= 0:
                 bad = [j for j in self.logged_x if bool((x[..., j] <= 0).any())]
                 name = self.output_names[bad[0]] if self.trials == 1 else f"column {bad[0]}"

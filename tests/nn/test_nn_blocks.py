@@ -194,6 +194,28 @@ def test_the_set_embedding_is_blind_to_the_order_of_trials_and_to_nothing_else()
         assert not torch.allclose(net(moved), net(c), atol=1e-3)
 
 
+def test_the_set_embedding_with_missing_trials_averages_those_present_and_counts_them():
+    torch.manual_seed(0)
+    net = SetEmbedding(7, 5, trials=3, width=2, hidden_features=(16,), summary=6, missing=True)
+    c = torch.randn(4, 7)
+    nan = torch.full((4, 2), float("nan"))
+    a, b, rest = c[:, 0:2], c[:, 2:4], c[:, 6:]
+    two = net(torch.cat([a, b, nan, rest], -1))
+    assert torch.isfinite(two).all()
+    # The same two trials elsewhere in the block, in another order: the same embedding.
+    assert torch.allclose(net(torch.cat([nan, b, a, rest], -1)), two, atol=1e-6)
+    # A third trial, or one of them absent, changes it; so does the count of trials present
+    # alone: three copies of a trial are not one.
+    assert not torch.allclose(net(c), two, atol=1e-3)
+    assert not torch.allclose(net(torch.cat([a, nan, nan, rest], -1)), two, atol=1e-3)
+    once = net(torch.cat([a, nan, nan, rest], -1))
+    assert not torch.allclose(net(torch.cat([a, a, a, rest], -1)), once, atol=1e-3)
+    assert (
+        embedding_from_spec(net.spec()).missing
+        and "missing" not in SetEmbedding(7, 5, trials=3).spec()
+    )
+
+
 def test_the_conv_embedding_sees_each_series_in_time_order():
     torch.manual_seed(0)
     net = Conv1dEmbedding(12, 4, channels=2, hidden_channels=(3,), kernel_size=3)

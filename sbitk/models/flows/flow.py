@@ -205,6 +205,20 @@ class Flow(nn.Module):
     config_class: ClassVar[type[FlowConfig]] = FlowConfig
     #: ``log_prob`` is exact for every flow (see :mod:`sbitk.models.contract`).
     density: ClassVar[str] = EXACT
+    #: Size of the set embedding that :meth:`trial_options` gives a context of i.i.d. trials.
+    trial_embedding_features: ClassVar[int] = 32
+
+    @classmethod
+    def trial_options(cls, blocks: Sequence[tuple[int, int, int]], missing: bool) -> dict:
+        """A set embedding of the trials, which may be absent if ``missing`` (see
+        :mod:`sbitk.models.contract` and :class:`~sbitk.nn.embeddings.SetEmbedding`)."""
+        if len(blocks) != 1:
+            raise FlowError(f"flow: a set embedding takes one block of trials, got {len(blocks)}")
+        offset, trials, width = blocks[0]
+        return {"embedding": {
+            "type": "set", "out_features": cls.trial_embedding_features, "trials": trials,
+            "width": width, "offset": offset, "missing": missing,
+        }}  # fmt: skip
 
     def __init__(self, config: FlowConfig, embedding: nn.Module | Mapping | None = None):
         super().__init__()
