@@ -56,16 +56,22 @@ class AtomicLoss(nn.Module):
         log_prior: The prior's log density in the estimator's coordinates, ``(B, D) -> (B,)``,
             up to a constant.
         atoms: Atoms per row, its own θ included (at least 2).
+        standardize: Let training fit the estimator's standardisation to its rows; ``False``
+            keeps what it has (training resumed on more rows).
     """
 
     def __init__(
-        self, model: nn.Module, log_prior: Callable[[Tensor], Tensor], atoms: int = ATOMS
+        self,
+        model: nn.Module,
+        log_prior: Callable[[Tensor], Tensor],
+        atoms: int = ATOMS,
+        standardize: bool = True,
     ):
         super().__init__()
         if isinstance(atoms, bool) or not isinstance(atoms, int) or atoms < 2:
             raise SbitkError(f"atoms must be an integer >= 2, got {atoms!r}")
         self.model, self.log_prior, self.atoms = model, log_prior, atoms
-        for hook in ("fit_standardization", "optimizer_groups"):
+        for hook in ("fit_standardization", "optimizer_groups")[not standardize :]:
             if callable(getattr(model, hook, None)):
                 setattr(self, hook, getattr(model, hook))
 

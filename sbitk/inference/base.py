@@ -179,7 +179,8 @@ class Estimation:
     def _train(self, theta, x: Tensor | None, stream: bool | None) -> nn.Module:
         """Resolve the data, exclude and report invalid rows, build the estimator and train it."""
         _warn_if_incomplete(theta)
-        self.x_bijection = None  # chosen anew from this fit's rows
+        if not getattr(self, "resume", False):
+            self.x_bijection = None  # chosen anew from this fit's rows
         source, theta, x, valid = prepare_fit(self, theta, x, stream, self._pair)
         self._resolve()
         if source is None:

@@ -132,6 +132,9 @@ class NPE(Estimation):
         self.variable_trials = variable_trials
         #: APT's atoms per row (None: maximum likelihood); see ``atoms`` above.
         self.atoms = atoms
+        #: With ``atoms``: go on training the estimator module as it stands, with its
+        #: standardisation and transform of x (sequential APT's later rounds).
+        self.resume = False
         if atoms is not None:
             AtomicLoss(nn.Identity(), lambda a: a, atoms)  # checks the number
             if not has_density(self.estimator_class):
@@ -201,7 +204,9 @@ class NPE(Estimation):
         return super()._augmenter(x_dim) if block is None else _DropTrials(block)
 
     def _objective(self, model: nn.Module) -> nn.Module:
-        return model if self.atoms is None else AtomicLoss(model, self._log_prior, self.atoms)
+        if self.atoms is None:
+            return model
+        return AtomicLoss(model, self._log_prior, self.atoms, standardize=not self.resume)
 
     def _log_prior(self, a: Tensor) -> Tensor:
         """The prior's log density in the coordinates the estimator learns (u or θ):

@@ -22,8 +22,11 @@ What the proposal is depends on the method, so that training stays valid:
     sampled by rejection from the prior, and by slice sampling the truncated prior from
     posterior draws when the region is too small for rejection.
   - ``"atomic"`` (APT, SNPE-C; Greenberg et al. 2019): the proposal is the current posterior at
-    :math:`x_o`, and every round after the first trains on all rows with APT's atomic loss
-    (:mod:`sbitk.inference.apt`), which learns the posterior whatever the proposal.
+    :math:`x_o`, and every round after the first goes on training the last round's network,
+    its standardisation kept, on all rows with APT's atomic loss (:mod:`sbitk.inference.apt`),
+    which learns the posterior whatever the proposal. On two_moons' first observation (10
+    rounds of 1,000, one spline flow) going on scored C2ST 0.520 in 364 s, a fresh network per
+    round 0.569 in 616 s.
 
 The result is a posterior for :math:`x_o` only: its training history records the rounds and
 the observation, and :func:`sbitk.workflow.diagnose` skips the checks that average over the
@@ -172,6 +175,8 @@ def fit_rounds(
             method.estimator = copy.deepcopy(given)
         if atomic:
             method.atoms = ATOMS if r > 0 else None
+            if r > 0:  # go on training the last round's network, as sbi's SNPE-C does
+                method.estimator, method.resume = posterior.estimator.train(), True
         posterior = method.fit(torch.cat(theta_all), torch.cat(x_all))
         records.append(
             {"round": r + 1, "simulations": n, "proposal": where, "acceptance": acceptance,
@@ -180,7 +185,7 @@ def fit_rounds(
         )  # fmt: skip
     method.estimator = given
     if atomic:
-        method.atoms = None
+        method.atoms, method.resume = None, False
     if len(sizes) > 1:  # one round is amortized training on prior draws
         method.history.rounds = records
         method.history.observation = x_o.tolist()
