@@ -43,6 +43,8 @@ class Estimation:
     dims = ("features", "context")
     #: Which side of the estimator x is on: ``"context"`` (NPE) or ``"inputs"`` (NLE, NRE).
     x_side = "context"
+    #: Keep the transform of x of the last fit (training resumed on more rows; NPE's APT).
+    resume = False
 
     def __init__(
         self,
@@ -179,7 +181,7 @@ class Estimation:
     def _train(self, theta, x: Tensor | None, stream: bool | None) -> nn.Module:
         """Resolve the data, exclude and report invalid rows, build the estimator and train it."""
         _warn_if_incomplete(theta)
-        if not getattr(self, "resume", False):
+        if not self.resume:
             self.x_bijection = None  # chosen anew from this fit's rows
         source, theta, x, valid = prepare_fit(self, theta, x, stream, self._pair)
         self._resolve()
