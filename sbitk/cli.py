@@ -883,6 +883,13 @@ def _describe_model(path: Path) -> str:
         f"  outputs: {', '.join(meta['output_names'])}",
         f"  prior: {_format_spec(meta['prior'])}",
     ]
+    if meta.get("missing_trials"):
+        offset, trials, width = meta["missing_trials"]
+        names = meta["output_names"][offset : offset + trials * width]
+        lines.append(
+            f"  absent trials: x may leave out whole trials of its {trials} (of {width} "
+            f"value(s) each: {names[0]} to {names[-1]}) as empty cells, keeping at least one"
+        )
     if training:
         lines.append(
             f"  training: {training.get('epochs')} epochs, best validation loss "

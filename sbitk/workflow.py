@@ -369,7 +369,9 @@ def sample(
             simulator = None
     if simulator is not None:
         _check_same_simulator(posterior.simulator_name, simulator.name, "the simulator given")
-    obs = read_observed_data(observed, posterior.output_names, iid=iid)
+    obs = read_observed_data(
+        observed, posterior.output_names, iid=iid, absent=posterior.absent_columns
+    )
     if iid and not posterior.iid_trials and obs.x.shape[0] > 1:
         raise SbitkError(
             f"--iid treats the {obs.x.shape[0]} rows of {observed} as trials of one "
@@ -653,7 +655,9 @@ def diagnose(
     _check_same_simulator(source.simulator_name, simulator.name, "the simulator given")
     obs = None
     if observed is not None:
-        obs = read_observed_data(observed, posterior.output_names, iid=iid)
+        obs = read_observed_data(
+            observed, posterior.output_names, iid=iid, absent=posterior.absent_columns
+        )
         if iid and not posterior.iid_trials and obs.x.shape[0] > 1:
             raise SbitkError(f"--iid needs an NLE model; this model is {posterior.role.upper()}")
 

@@ -148,12 +148,21 @@ class TypicalityResult:
         return np.array([o.p_value for o in self.observations])
 
 
-def _rows(value: Any, name: str) -> Tensor:
+def _rows(value: Any, name: str, absent: bool = False) -> Tensor:
+    """``value`` as (n, D_x) float64 rows, finite; with ``absent``, NaN marks an absent value,
+    each row keeping at least one."""
     t = as_tensor(value, name).to("cpu", torch.float64)
     if t.dim() == 1:
         t = t[None]
     if t.dim() != 2:
         raise DiagnosticInputError(f"{name} must have shape (n, D_x), found {tuple(t.shape)}")
+    if absent and bool(torch.isnan(t).any()):
+        if bool(torch.isinf(t).any()) or bool(torch.isnan(t).all(1).any()):
+            raise DiagnosticInputError(
+                f"{name} must be finite where present (NaN: an absent value), with at least "
+                "one value present in each row"
+            )
+        return t
     check_finite_tensor(t, name)
     return t
 
@@ -200,7 +209,7 @@ def mmd_test(
         [False, True]
     """
     check_level(alpha)
-    x_o = _rows(observations, "observations")
+    x_o = _rows(observations, "observations", absent=per_observation and embedding is None)
     sims = _rows(simulations, "simulations")
     if x_o.shape[1] != sims.shape[1]:
         raise DiagnosticInputError(
@@ -252,14 +261,7 @@ def mmd_test(
 
     if per_observation:
         cal = (sims[order[n_ref:]] - mean) / std
-        # k(x, x) = 1 and the R-R term are shared by every unit, so they cancel in the
-        # p-value; they are kept so that the reported values are the actual MMD^2.
-        k_rr = gaussian_kernel_means(ref, ref, bw).mean()
-        stat = 1.0 + k_rr - 2.0 * gaussian_kernel_means(x_o, ref, bw)
-        null = 1.0 + k_rr - 2.0 * gaussian_kernel_means(cal, ref, bw)
-        null_sorted = torch.sort(null).values
-        n_ge = null.shape[0] - torch.searchsorted(null_sorted, stat, right=False)
-        p = ((1.0 + n_ge.to(torch.float64)) / (1.0 + null.shape[0])).numpy()
+        stat, null, p = _held_out_test(x_o, ref, cal, bw)
         method = "held-out calibration"
         stat_np = stat.numpy()
     else:
@@ -301,6 +303,36 @@ def mmd_test(
         alpha=float(alpha),
         flagged_fraction=float(np.mean(p < alpha)),
     )
+
+
+def _held_out_test(
+    x_o: Tensor, ref: Tensor, cal: Tensor, bw: float
+) -> tuple[Tensor, Tensor, np.ndarray]:
+    """Each observation's squared MMD to the reference set, the null of the same statistic
+    over the calibration rows, and the p-values.
+
+    An observation with absent values (NaN: trials left out) is tested on the columns it has,
+    its reference and calibration rows cut to the same columns, which keeps the level: the
+    statistic and its null are then one function of those columns. The null returned is the
+    one of the complete rows (of the first rows' columns when no row is complete).
+    """
+    stat = torch.empty(x_o.shape[0], dtype=torch.float64)
+    p = np.empty(x_o.shape[0])
+    present = ~torch.isnan(x_o)
+    nulls: dict[tuple[bool, ...], Tensor] = {}
+    for cols in torch.unique(present, dim=0):
+        rows = (present == cols).all(1)
+        r = ref[:, cols]
+        # k(x, x) = 1 and the R-R term are shared by every unit, so they cancel in the
+        # p-value; they are kept so that the reported values are the actual MMD^2.
+        k_rr = gaussian_kernel_means(r, r, bw).mean()
+        stat[rows] = 1.0 + k_rr - 2.0 * gaussian_kernel_means(x_o[rows][:, cols], r, bw)
+        null = 1.0 + k_rr - 2.0 * gaussian_kernel_means(cal[:, cols], r, bw)
+        n_ge = null.shape[0] - torch.searchsorted(torch.sort(null).values, stat[rows])
+        p[rows.numpy()] = ((1.0 + n_ge.to(torch.float64)) / (1.0 + null.shape[0])).numpy()
+        nulls[tuple(cols.tolist())] = null
+    complete = (True,) * x_o.shape[1]
+    return stat, nulls.get(complete, nulls[tuple(present[0].tolist())]), p
 
 
 def typicality_test(

@@ -47,8 +47,10 @@ class PPCResult:
         output_names: names of the outputs.
         simulator_kind: ``"simulator"`` (the real one) or ``"surrogate"``.
         n_failed: replicates dropped because the simulator returned non-finite values.
-        alpha: overall level; each output is tested at ``alpha / D_x``.
-        flagged: names of the outputs whose tail probability is below ``alpha / D_x``.
+        alpha: overall level; each output present is tested at ``alpha / m``, ``m`` the
+            number of outputs present (all but the absent ones, NaN in ``x_observed``, whose
+            PIT and tail probability are NaN).
+        flagged: names of the outputs whose tail probability is below ``alpha / m``.
         verdict: ``"consistent"`` or ``"inconsistent"``.
     """
 
@@ -77,7 +79,8 @@ def posterior_predictive_check(
     """Per-output PIT values and tail probabilities of an observation under re-simulation.
 
     Args:
-        x_o: the observation, shape ``(D_x,)`` or ``(1, D_x)``.
+        x_o: the observation, shape ``(D_x,)`` or ``(1, D_x)``; NaN marks an absent value
+            (an i.i.d. trial left out), which is not checked.
         posterior_samples: draws of ``q(θ | x_o)``, shape ``(L, D)``.
         simulator: ``simulator(theta (L, D), generator) -> (L, D_x)``: an
             :class:`sbitk.Simulator`, a surrogate likelihood's sampler, or any such callable.
@@ -108,7 +111,9 @@ def posterior_predictive_check(
         raise DiagnosticInputError(
             f"x_o must be one observation of shape (D_x,), found {tuple(x_obs.shape)}"
         )
-    check_finite_tensor(x_obs, "x_o")
+    present = ~torch.isnan(x_obs)
+    if bool(torch.isinf(x_obs).any()) or not bool(present.any()):
+        raise DiagnosticInputError("x_o must be finite where present (NaN: an absent value)")
     draws = as_tensor(posterior_samples, "posterior_samples", ndim=2)
     check_finite_tensor(draws, "posterior_samples")
     check_level(alpha)
@@ -143,8 +148,11 @@ def posterior_predictive_check(
     pit = ((below + 0.5) / (n + 1)).numpy()
     lower_tail = (below + 1) / (n + 1)
     upper_tail = (n - below + 1) / (n + 1)
-    tail = torch.clamp(2 * torch.minimum(lower_tail, upper_tail), max=1.0).numpy()
-    flagged = tuple(names[j] for j in range(dx) if tail[j] < alpha / dx)
+    tail = torch.clamp(2 * torch.minimum(lower_tail, upper_tail), max=1.0)
+    pit[~present.numpy()] = np.nan
+    tail = torch.where(present, tail, torch.nan).numpy()
+    m = int(present.sum())
+    flagged = tuple(names[j] for j in range(dx) if tail[j] < alpha / m)
     return PPCResult(
         x_observed=x_obs.numpy(),
         replicates=reps.numpy(),

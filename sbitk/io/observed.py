@@ -137,7 +137,9 @@ def _row_label(iid: bool) -> str:
     return "trial" if iid else "row"
 
 
-def _read_csv(path: Path, expected: tuple[str, ...], iid: bool) -> np.ndarray:
+def _read_csv(
+    path: Path, expected: tuple[str, ...], iid: bool, absent: frozenset[int]
+) -> np.ndarray:
     import pandas as pd
 
     try:
@@ -183,6 +185,9 @@ def _read_csv(path: Path, expected: tuple[str, ...], iid: bool) -> np.ndarray:
         for i, cell in enumerate(frame[name].tolist()):
             text = "" if cell is None else str(cell).strip()
             where = f"{label} {i + 1}, column {name!r}"
+            if text == "" and j in absent:
+                out[i, j] = math.nan  # an absent trial's value
+                continue
             if text == "":
                 raise ObservationError(f"observed data {path}: empty value at {where}")
             if text.lower() in _NON_FINITE:
@@ -217,7 +222,9 @@ def _csv_header(path: Path) -> list[str]:
     return []
 
 
-def _read_parquet(path: Path, expected: tuple[str, ...], iid: bool) -> np.ndarray:
+def _read_parquet(
+    path: Path, expected: tuple[str, ...], iid: bool, absent: frozenset[int]
+) -> np.ndarray:
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -257,6 +264,9 @@ def _read_parquet(path: Path, expected: tuple[str, ...], iid: bool) -> np.ndarra
         values = column.to_pylist()
         for i, value in enumerate(values):
             where = f"{label} {i + 1}, column {name!r}"
+            if j in absent and (value is None or (isinstance(value, float) and value != value)):
+                out[i, j] = math.nan  # an absent trial's value: a null or a NaN
+                continue
             if value is None:
                 raise ObservationError(f"observed data {path}: empty value at {where}")
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -281,6 +291,7 @@ def read_observed_data(
     *,
     iid: bool = False,
     dtype: torch.dtype | None = None,
+    absent: Sequence[int] = (),
 ) -> ObservedData:
     """Read observed data and keep how its rows are to be read.
 
@@ -289,6 +300,9 @@ def read_observed_data(
         output_names: the simulator's output names; the columns must be exactly these.
         iid: the rows are i.i.d. trials of one observation rather than separate observations.
         dtype: dtype of the tensor (default: torch's default dtype).
+        absent: indices of the columns whose cells may be left empty (a CSV's empty cell, a
+            Parquet null): the values of absent trials, read as NaN (a posterior's
+            ``absent_columns``, which then checks that whole trials are left out).
 
     Returns:
         An :class:`ObservedData`.
@@ -310,7 +324,8 @@ def read_observed_data(
     if path.stat().st_size == 0:
         raise ObservationError(f"observed data {path}: the file is empty")
     try:
-        values = (_read_csv if fmt == "csv" else _read_parquet)(path, expected, iid)
+        reader = _read_csv if fmt == "csv" else _read_parquet
+        values = reader(path, expected, iid, frozenset(absent))
     except PermissionError:
         raise ObservationError(f"observed data {path}: unreadable, permission denied") from None
     except UnicodeDecodeError as err:
@@ -320,8 +335,8 @@ def read_observed_data(
     except OSError as err:  # e.g. a truncated .gz
         raise ObservationError(f"observed data {path}: unreadable ({err})") from None
     x = torch.as_tensor(values, dtype=dtype or torch.get_default_dtype())
-    if not torch.isfinite(x).all():  # finite in float64 but overflowing the target dtype
-        i, j = (int(v) for v in torch.nonzero(~torch.isfinite(x))[0])
+    if torch.isinf(x).any():  # finite in float64 but overflowing the target dtype
+        i, j = (int(v) for v in torch.nonzero(torch.isinf(x))[0])
         raise ObservationError(
             f"observed data {path}: value {values[i, j]} at {_row_label(iid)} {i + 1}, column "
             f"{expected[j]!r} overflows {x.dtype}"
@@ -335,6 +350,7 @@ def read_observed(
     *,
     iid: bool = False,
     dtype: torch.dtype | None = None,
+    absent: Sequence[int] = (),
 ) -> Tensor:
     """Read observed data into a ``(B, D_x)`` tensor, columns in the order of ``output_names``.
 
@@ -345,6 +361,8 @@ def read_observed(
         iid: the rows are i.i.d. trials of one observation; the result is then ``(n_trials, D_x)``
             and is to be passed whole to a posterior that accepts i.i.d. trials (NLE).
         dtype: dtype of the tensor (default: torch's default dtype).
+        absent: columns whose empty cells are absent trials' values (NaN); see
+            :func:`read_observed_data`.
 
     Returns:
         The observations, shape ``(B, D_x)``.
@@ -352,4 +370,4 @@ def read_observed(
     Raises:
         ObservationError: see :func:`read_observed_data`.
     """
-    return read_observed_data(path, output_names, iid=iid, dtype=dtype).x
+    return read_observed_data(path, output_names, iid=iid, dtype=dtype, absent=absent).x

@@ -146,22 +146,44 @@ class TrainedEstimator:
             self._check_absent_trials(x)
         return x.to(self.device, torch.get_default_dtype()), single
 
+    @property
+    def absent_columns(self) -> tuple[int, ...]:
+        """The columns of x that may be NaN: the values of the trials of ``missing_trials``
+        (none when whole x is needed). A row may leave out whole trials of them, not all."""
+        if self.missing_trials is None:
+            return ()
+        offset, trials, width = self.missing_trials
+        return tuple(range(offset, offset + trials * width))
+
     def _check_absent_trials(self, x: Tensor) -> None:
         """Refuse x (B, D_x) with a non-finite value unless every one is a NaN of a whole
-        trial of ``missing_trials``, with at least one trial left in each row."""
+        trial of ``missing_trials``, with at least one trial left in each row; the message
+        names the first offending row and values."""
         if self.missing_trials is None:
             raise SbitkError("x must be finite, found NaN or Inf")
         offset, trials, width = self.missing_trials
         stop = offset + trials * width
         nan = torch.isnan(x)
         absent = nan[:, offset:stop].reshape(-1, trials, width)
-        if (
-            torch.isinf(x).any() or nan[:, :offset].any() or nan[:, stop:].any()
-            or (absent.any(-1) & ~absent.all(-1)).any() or absent.all(-1).all(-1).any()
-        ):  # fmt: skip
+        outside = nan.clone()
+        outside[:, offset:stop] = False
+        partial = torch.zeros_like(nan)  # the values given of trials partly left out
+        partial[:, offset:stop] = ((absent.any(-1) & ~absent.all(-1)).unsqueeze(-1) & ~absent
+                                   ).flatten(1)  # fmt: skip
+        problems = (
+            (torch.isinf(x), "is infinite"),
+            (outside, "is NaN outside the trials that may be left out"),
+            (partial, "is given while the rest of its trial is left out: leave out whole trials"),
+        )
+        names = self.output_names
+        for bad, what in problems:
+            if nonzero := bad.nonzero().tolist():
+                row, j = nonzero[0]
+                raise SbitkError(f"x row {row + 1}: {names[j]} {what}")
+        if empty := absent.all(-1).all(-1).nonzero().flatten().tolist():
             raise SbitkError(
-                f"x must be finite, except that whole trials of x[{offset}:{stop}] ({trials} "
-                f"trials of {width}) may be left out as NaN, at least one left in each row"
+                f"x row {empty[0] + 1} leaves out all {trials} trials of "
+                f"{names[offset]} to {names[stop - 1]}; keep at least one"
             )
 
     def _x_view(self, x: Tensor) -> Tensor:

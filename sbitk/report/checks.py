@@ -195,18 +195,21 @@ def contraction_check(result: ContractionResult) -> Check:
 
 
 def ppc_check(results: PPCResult | Sequence[PPCResult]) -> Check:
-    """Posterior predictive tail probabilities of every output above ``α / D_x``."""
+    """Posterior predictive tail probabilities of every output present above ``α / m``, m
+    the outputs present (all D_x unless trials were left out)."""
     items = [results] if isinstance(results, PPCResult) else list(results)
-    worst = (math.inf, 0, "")
+    worst = (math.inf, 0, "", 1)
     for b, r in enumerate(items):
-        k = int(np.argmin(r.tail_probability))
-        worst = min(worst, (float(r.tail_probability[k]), b, r.output_names[k]))
-    p, b, name = worst
-    d_x = len(items[0].output_names)
+        k = int(np.nanargmin(r.tail_probability))
+        m = int(np.isfinite(r.tail_probability).sum())
+        worst = min(worst, (float(r.tail_probability[k]), b, r.output_names[k], m))
+    p, b, name, m = worst
     statistic = f"min tail probability {p:.3g} ({name}" + (
         f", observation {b})" if len(items) > 1 else ")"
     )
-    threshold = f"> α / D_x = {items[0].alpha / d_x:.3g}"
+    d_x = len(items[0].output_names)
+    size = "D_x" if m == d_x else "outputs present"
+    threshold = f"> α / {size} = {items[0].alpha / m:.3g}"
     bad = [(b, r) for b, r in enumerate(items) if r.verdict != "consistent"]
     if bad:
         detail = "; ".join(

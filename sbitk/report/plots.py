@@ -165,7 +165,8 @@ def plot_ppc(result: PPCResult, max_outputs: int = 16) -> Figure:
     """
     plt = pyplot()
     names = list(result.output_names)
-    order = sorted(range(len(names)), key=lambda k: (names[k] not in result.flagged, k))
+    present = [k for k in range(len(names)) if not np.isnan(result.x_observed[k])]
+    order = sorted(present, key=lambda k: (names[k] not in result.flagged, k))
     shown = order[:max_outputs]
     cols = min(len(shown), 4)
     rows = int(np.ceil(len(shown) / cols))

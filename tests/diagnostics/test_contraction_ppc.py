@@ -98,3 +98,22 @@ def test_ppc_drops_failed_simulations_and_checks_shapes():
         posterior_predictive_check(torch.zeros(3), draws, _simulator)
     with pytest.raises(DiagnosticInputError, match="x_o"):
         posterior_predictive_check(torch.zeros(4, 2), draws, _simulator)
+
+
+def test_ppc_leaves_absent_outputs_out_and_tests_the_rest_at_alpha_over_those_present():
+    g = torch.Generator().manual_seed(1)
+    _, x_o = PROBLEM.simulate(1, g)
+    draws = PROBLEM.sampler("exact", g)(x_o, 500)[:, 0]
+    full = x_o[0].clone()
+    full[0] += 1.3  # a tail probability between alpha / 2 and alpha (0.032)
+    gap = full.clone()
+    gap[1] = float("nan")
+    both = posterior_predictive_check(full, draws, _simulator, seed=2)
+    one = posterior_predictive_check(gap, draws, _simulator, seed=2)
+    assert both.alpha / 2 < both.tail_probability[0] < both.alpha, both.tail_probability
+    assert one.tail_probability[0] == both.tail_probability[0] and one.pit[0] == both.pit[0]
+    assert np.isnan(one.tail_probability[1]) and np.isnan(one.pit[1])
+    assert both.verdict == "consistent" and one.flagged == ("x[0]",)  # α / 2 against α / 1
+    for bad in ([float("nan")] * 2, [float("inf"), 0.0]):
+        with pytest.raises(DiagnosticInputError, match="x_o must be finite where present"):
+            posterior_predictive_check(torch.tensor(bad), draws, _simulator)

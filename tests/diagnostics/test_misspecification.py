@@ -125,3 +125,21 @@ def test_typicality_treats_minus_infinity_as_atypical():
 
     r = typicality_test(torch.tensor([[2.0]]), safe, samples)
     assert r.observations[0].flagged
+
+
+def test_mmd_tests_an_observation_with_absent_values_on_the_columns_it_has():
+    g = torch.Generator().manual_seed(3)
+    sims, obs = _simulate(1000, g), _simulate(4, g)
+    obs[1, 2] = 6.0  # far out in the column it keeps
+    obs[1:, 0] = float("nan")
+    obs[3, 1] = float("nan")
+    p = mmd_test(obs, sims, bandwidth=1.3, seed=4).p_values
+    # The same test on the columns present: the same split, statistic and null draws.
+    for rows, cols in (([0], [0, 1, 2]), ([1, 2], [1, 2]), ([3], [2])):
+        alone = mmd_test(obs[rows][:, cols], sims[:, cols], bandwidth=1.3, seed=4).p_values
+        assert np.array_equal(p[rows], alone), (rows, p[rows], alone)
+    assert p[1] < 0.01 and p[0] > 0.05 and p[2] > 0.05
+    with pytest.raises(DiagnosticInputError, match="at least one value present"):
+        mmd_test(torch.full((DIM,), float("nan")), sims)
+    with pytest.raises(DiagnosticInputError, match="finite"):  # the set test takes no gaps
+        mmd_test(obs, sims, per_observation=False)

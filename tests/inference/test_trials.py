@@ -197,13 +197,45 @@ def test_npe_with_variable_trials_takes_any_number_of_them_and_keeps_that_in_its
     th = posterior.sample(20, x=first, seed=1)
     gap = (posterior.log_prob(th, x=first) - posterior.log_prob(th, x=middle)).abs().max()
     assert gap < 0.15, gap
-    for bad in ([0.5, nan, 0.9, 0.1, 0.2, -0.6], [nan] * 6, [0.5, -0.3, float("inf"), 0, 0, 0]):
-        with pytest.raises(SbitkError, match="whole trials of x\\[0:6\\]"):
+    for bad, message in (
+        ([0.5, nan, 0.9, 0.1, 0.2, -0.6], r"row 1: x\[0\] is given while the rest of its trial"),
+        ([nan] * 6, r"row 1 leaves out all 3 trials of x\[0\] to x\[5\]"),
+        ([0.5, -0.3, float("inf"), 0, 0, 0], r"row 1: x\[2\] is infinite"),
+    ):
+        with pytest.raises(SbitkError, match=message):
             posterior.sample(10, x=torch.tensor(bad))
     path = tmp_path / "variable.safetensors"
     save_model(path, posterior)
     assert read_metadata(path)["missing_trials"] == [0, 3, 2]
     assert torch.equal(load_model(path).log_prob(th, x=first), posterior.log_prob(th, x=first))
+    _sample_absent_trials_from_the_command_line(path, tmp_path)
+
+
+def _sample_absent_trials_from_the_command_line(path, tmp_path):
+    """``sbitk sample`` reads absent trials as empty cells, and ``inspect`` says it may."""
+    import arviz as az
+    from click.testing import CliRunner
+
+    from sbitk.cli import main
+
+    (tmp_path / "obs.csv").write_text(
+        "x[0],x[1],x[2],x[3],x[4],x[5]\n0.5,-0.3,0.9,0.1,0.2,-0.6\n,,0.5,-0.3,,\n"
+    )
+    (tmp_path / "partial.csv").write_text("x[0],x[1],x[2],x[3],x[4],x[5]\n0.5,,,,1,1\n")
+    runner, out = CliRunner(), tmp_path / "out.nc"
+    args = ["sample", str(path), "--observed", str(tmp_path / "obs.csv"), "-n", "4000", "-o"]
+    result = runner.invoke(main, [*args, str(out)])
+    assert result.exit_code == 0, result.output
+    draws = az.from_netcdf(out).posterior["theta"].values.reshape(4000, 2, 2)
+    for b, (x_k, k) in enumerate((([0.5, -0.3, 0.9, 0.1, 0.2, -0.6], 3), ([0.5, -0.3], 1))):
+        exact = k * torch.tensor(x_k).reshape(k, 2).mean(0) / (k + 0.25)
+        assert torch.allclose(torch.as_tensor(draws[:, b].mean(0)), exact, atol=0.12)
+    result = runner.invoke(
+        main, [*args[:3], str(tmp_path / "partial.csv"), *args[4:], str(tmp_path / "p.nc")]
+    )
+    assert result.exit_code == 2 and "x[0] is given while the rest of its trial" in result.output
+    result = runner.invoke(main, ["inspect", str(path)])
+    assert "absent trials: x may leave out whole trials of its 3" in result.output
 
 
 def test_variable_trials_need_one_block_of_trials_and_an_estimator_that_takes_them():

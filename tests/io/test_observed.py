@@ -193,3 +193,21 @@ def test_unicode_column_names_match_in_any_normal_form(tmp_path, in_file, declar
     frame = pd.DataFrame({in_file: [1.5], "x": [2.0]})
     frame.to_parquet(tmp_path / "obs.parquet")
     assert read_observed(tmp_path / "obs.parquet", [declared, "x"]).tolist() == [[1.5, 2.0]]
+
+
+def test_absent_trials_read_as_nan_in_the_columns_that_may_leave_them_out(tmp_path):
+    nan = float("nan")
+    expected = torch.tensor([[1.0, nan, nan], [4.0, 5.0, 6.0]])
+    path = _csv(tmp_path, "x[0],x[1],x[2]\n1,,\n4,5,6\n")
+    assert torch.equal(read_observed_data(path, NAMES, absent=(1, 2)).x.isnan(), expected.isnan())
+    assert torch.equal(read_observed_data(path, NAMES, absent=(1, 2)).x[1], expected[1])
+    assert "empty value at row 1, column 'x[1]'" in _error(path)
+    assert "empty value at row 1, column 'x[2]'" in _error(path, absent=(1,))
+    frame = pd.DataFrame({"x[0]": [1.0, 4.0], "x[1]": [None, 5.0], "x[2]": [nan, 6.0]})
+    frame.to_parquet(tmp_path / "obs.parquet")
+    x = read_observed_data(tmp_path / "obs.parquet", NAMES, absent=(1, 2)).x
+    assert torch.equal(x.isnan(), expected.isnan()) and torch.equal(x[1], expected[1])
+    assert "row 1, column 'x[1]'" in _error(tmp_path / "obs.parquet")
+    for cell in ("nan", "inf"):  # written out, a non-finite value is refused in any column
+        bad = _csv(tmp_path, f"x[0],x[1],x[2]\n1,{cell},3\n", "bad.csv")
+        assert "non-finite" in _error(bad, absent=(1, 2))
