@@ -247,6 +247,8 @@ def _run_in_worker(
 
 def _tally(status: np.ndarray) -> dict[int, int]:
     """Rows of each status code in ``status``."""
+    if status.size and not np.count_nonzero(status != status[0]):  # one code (all ok): fast
+        return {int(status[0]): int(status.size)}
     counts = np.bincount(status.astype(np.intp) - STATUS_PENDING)
     return {int(code) + STATUS_PENDING: int(counts[code]) for code in np.flatnonzero(counts)}
 

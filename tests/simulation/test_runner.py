@@ -428,3 +428,14 @@ def test_a_pool_that_breaks_between_submissions_is_a_clear_error(monkeypatch):
     assert not runner._POOL
     bank = simulate(gauss, 400, seed=2, workers=2, batch_size=100, progress=False)
     _same(bank, simulate(gauss, 400, seed=2, workers=1, batch_size=100, progress=False))
+
+
+def test_a_batch_tally_counts_each_status_whether_one_or_several():
+    from sbitk.simulation.runner import _tally
+
+    ok = np.full(5, STATUS_OK, dtype=np.int8)
+    assert _tally(ok) == {STATUS_OK: 5}
+    mixed = np.array([STATUS_OK, STATUS_NAN, STATUS_OK, STATUS_EXCEPTION], dtype=np.int8)
+    assert _tally(mixed) == {STATUS_OK: 2, STATUS_NAN: 1, STATUS_EXCEPTION: 1}
+    assert _tally(np.full(3, STATUS_NAN, dtype=np.int8)) == {STATUS_NAN: 3}
+    assert _tally(np.zeros(0, dtype=np.int8)) == {}
