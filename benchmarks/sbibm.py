@@ -280,7 +280,8 @@ def plan(args) -> tuple[list[Run], list[str]]:
     estimators = available_estimators() if args.estimators == "all" else split(args.estimators)
     pairs, sim = [], sbitk.get_simulator(args.tasks[0])
     for method in args.methods:
-        for name in dict.fromkeys([default_estimator(method), *estimators]):
+        defaults = [] if args.only_estimators and estimators else [default_estimator(method)]
+        for name in dict.fromkeys([*defaults, *estimators]):
             try:
                 build(Run("sbitk", args.tasks[0], 0, method, name), sim, 0)
             except SbitkError as exc:
@@ -433,6 +434,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     add("--budgets", help=f"simulation budgets (default: {BUDGETS})")
     add("--methods", help=f"comma-separated, of {', '.join(METHODS)} (default: all)")
     add("--estimators", default="", help="estimators besides each method's default; 'all'")
+    add("--only-estimators", action="store_true",
+        help="run the --estimators alone, not each method's default besides them")
     add("--observations", help="comma-separated, 1 to 10 (default: all 10)")
     add("--samples", type=int, default=SBIBM_SAMPLES, help="per side in C2ST (sbibm: 10,000)")
     add("--classifier", default="sbibm", choices=["sbibm", "mlp", "rf"])
