@@ -434,8 +434,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     add("--budgets", help=f"simulation budgets (default: {BUDGETS})")
     add("--methods", help=f"comma-separated, of {', '.join(METHODS)} (default: all)")
     add("--estimators", default="", help="estimators besides each method's default; 'all'")
-    add("--only-estimators", action="store_true",
-        help="run the --estimators alone, not each method's default besides them")
+    add(
+        "--only-estimators",
+        action="store_true",
+        help="run the --estimators alone, not each method's default besides them",
+    )
     add("--observations", help="comma-separated, 1 to 10 (default: all 10)")
     add("--samples", type=int, default=SBIBM_SAMPLES, help="per side in C2ST (sbibm: 10,000)")
     add("--classifier", default="sbibm", choices=["sbibm", "mlp", "rf"])
