@@ -46,6 +46,8 @@ class ExternalPosterior:
     """
 
     amortized, iid_trials, role, history = True, False, "npe", None
+    #: Columns of x that may be left out (NaN): none, x is taken whole.
+    absent_columns: tuple[int, ...] = ()
 
     def __init__(
         self,

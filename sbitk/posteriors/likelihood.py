@@ -180,6 +180,7 @@ class MCMCPosterior:
             "x_dim",
             "estimator",
             "device",
+            "absent_columns",
         ):
             return getattr(self.likelihood, name)
         raise AttributeError(name)

@@ -101,8 +101,10 @@ def test_nle_learns_one_trial_from_every_trial_and_holds_out_whole_simulations()
     model = recording(2, 2)
     config = TrainConfig(progress=False, max_epochs=2, batch_size=100)
     nle = NLE(Normal(0.0, 1.0, dim=2), model, config=config, trials=[(0, 3, 2)])
-    likelihood = nle.fit(theta, x).likelihood
+    posterior = nle.fit(theta, x)
+    likelihood = posterior.likelihood
     assert nle.trial_count == 3 and likelihood.trials == 3 and likelihood.x_dim == 6
+    assert posterior.absent_columns == ()  # NLE takes x whole: the readers allow no gaps
     pairs = {(tuple(th), tuple(xt)) for th, r in zip(theta.tolist(), x.tolist(), strict=True)
              for xt in (r[:2], r[2:4], r[4:])}  # fmt: skip
 
