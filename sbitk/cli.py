@@ -864,7 +864,7 @@ def _describe_model(path: Path) -> str:
     from sbitk.io.modelfile import load_model, read_metadata
 
     meta = read_metadata(path)
-    load_model(path)  # checks the checksum and the weights, not only the header
+    model = load_model(path)  # checks the checksum and the weights, not only the header
     from sbitk.models.contract import density_kind
     from sbitk.models.registry import get_estimator
 
@@ -883,12 +883,12 @@ def _describe_model(path: Path) -> str:
         f"  outputs: {', '.join(meta['output_names'])}",
         f"  prior: {_format_spec(meta['prior'])}",
     ]
-    if meta.get("missing_trials"):
-        offset, trials, width = meta["missing_trials"]
-        names = meta["output_names"][offset : offset + trials * width]
+    if columns := model.absent_columns:
+        _, trials, width = model.missing_trials
+        first, last = (meta["output_names"][j] for j in (columns[0], columns[-1]))
         lines.append(
             f"  absent trials: x may leave out whole trials of its {trials} (of {width} "
-            f"value(s) each: {names[0]} to {names[-1]}) as empty cells, keeping at least one"
+            f"value(s) each: {first} to {last}) as empty cells, keeping at least one"
         )
     if training:
         lines.append(
