@@ -291,21 +291,26 @@ def _sigint_held(inherited: bool):
     torch and sbitk: interrupted there, each printed a traceback, and a worker forked after this
     process had given up printed a ``FileNotFoundError`` for the pool's semaphores.
 
-    ``inherited``: processes started inside the block ignore SIGINT from their first instruction
-    (an ignored signal stays ignored across exec, and the fork server's children inherit its
-    handlers). Starting them does not wait for their imports, so the block lasts milliseconds;
-    a Ctrl-C in it is lost. Otherwise a Ctrl-C in the block (while the first workers are forked,
-    which waits for the fork server's imports) is held back and raised when the block ends.
+    A Ctrl-C in the block is held back and raised when it ends. ``inherited``: processes started
+    inside the block also hold it back from their first instruction, as SIGINT stays blocked in
+    the signal mask they inherit across fork and exec, until they ignore it themselves (a
+    signal pending then is discarded). Otherwise (while the first workers are forked from the
+    fork server, which ignores SIGINT already) only this process holds it back.
     """
     if threading.current_thread() is not threading.main_thread():
         yield  # only the main thread may set signal handlers, and only it gets KeyboardInterrupt
         return
     caught: list[int] = []
-    handler = signal.SIG_IGN if inherited else (lambda signum, frame: caught.append(signum))
-    old = signal.signal(signal.SIGINT, handler)
+    old = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    mask = hasattr(signal, "pthread_sigmask") and inherited
+    if mask:
+        # Another thread may take the signal meanwhile: the handler above records it anyway.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
+        if mask:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # a pending one is recorded
         signal.signal(signal.SIGINT, old if old is not None else signal.default_int_handler)
     if caught:
         raise KeyboardInterrupt

@@ -2,6 +2,9 @@
 
 import math
 import os
+import signal
+import subprocess
+import sys
 import time
 import warnings
 
@@ -11,6 +14,7 @@ import torch
 
 import sbitk
 from sbitk.errors import BankError, SbitkError, SimulatorError
+from sbitk.simulation import runner
 from sbitk.simulation.bank import Bank
 from sbitk.simulation.runner import SimulationFailureWarning, batch_generator, simulate
 from sbitk.simulation.simulator import (
@@ -439,3 +443,19 @@ def test_a_batch_tally_counts_each_status_whether_one_or_several():
     assert _tally(mixed) == {STATUS_OK: 2, STATUS_NAN: 1, STATUS_EXCEPTION: 1}
     assert _tally(np.full(3, STATUS_NAN, dtype=np.int8)) == {STATUS_NAN: 3}
     assert _tally(np.zeros(0, dtype=np.int8)) == {}
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
+def test_a_ctrl_c_while_processes_start_is_held_from_them_and_raised_after():
+    # The pool's helpers start inside the block: a Ctrl-C then must neither reach them while
+    # they import nor be lost here (it was, when the block ignored SIGINT outright).
+    child_code = "import time; time.sleep(0.5); print('alive')"
+    with pytest.raises(KeyboardInterrupt):
+        with runner._sigint_held(inherited=True):
+            child = subprocess.Popen([sys.executable, "-c", child_code], stdout=subprocess.PIPE)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+    os.kill(child.pid, signal.SIGINT)  # it still holds SIGINT back, from its first instruction
+    assert child.communicate(timeout=30)[0] == b"alive\n" and child.returncode == 0
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
