@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-from scipy import stats
 
 from sbitk.diagnostics.c2st import c2st
 from sbitk.inference.training import TrainConfig, train
@@ -39,11 +38,10 @@ def _mode_counts(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return on, torch.bincount(nearest[on], minlength=MODES)
 
 
-def _equal_shares(counts: torch.Tensor) -> bool:
-    """Given the on-mode total, equal weights make each count Binomial(n_on, 1/8): a two-sided
-    99.9% interval with a Bonferroni correction over the 8 modes."""
-    low, high = stats.binom.interval(1 - 0.001 / MODES, int(counts.sum()), 1 / MODES)
-    return bool(((counts >= low) & (counts <= high)).all())
+def _shares(counts: torch.Tensor) -> torch.Tensor:
+    """Each mode's count over its equal share of the counted draws (1 everywhere for equal
+    weights, 0 for a dropped mode)."""
+    return counts * MODES / counts.sum()
 
 
 @pytest.mark.slow
@@ -58,20 +56,26 @@ def test_an_unconditional_gan_covers_every_mode_of_a_ring_and_resampling_sharpen
     dist = model(None)
     with torch.no_grad():  # the generator's own draws
         drawn = dist.rsample((4000,), generator=torch.Generator().manual_seed(1))
-    # The true mixture puts all but exp(-12.5) of its mass within 5 sd of a centre; a generator
-    # that maps a connected Gaussian onto 8 islands must leave some draws on the bridges
-    # between them, so this is a tolerance, not a sampling bound: measured 0.776, one seed.
-    # With critic (128, 128, 128) only 62.5 % of draws fell on a mode and the counts left the
-    # bounds (119 to 457).
+    # Bounds from the spread over training seeds 0 to 9 (this test is seed 0). The true mixture
+    # puts all but exp(-12.5) of its mass within 5 sd of a centre; a generator that maps a
+    # connected Gaussian onto 8 islands must leave some draws on the bridges between them: on a
+    # mode 0.65 to 0.83 (mean 0.75, sd 0.07; the bound is the mean - 3 sd). No mode is dropped:
+    # each holds 0.60 to 1.37 of its equal share of those draws (a collapsed mode holds 0; with
+    # critic (128, 128, 128) one held 0.38), but the shares are uneven beyond sampling error
+    # for 6 seeds of 10.
     on, counts = _mode_counts(drawn)
-    assert on.float().mean() > 0.75 and _equal_shares(counts), counts.tolist()
-    # Resampled by the calibrated critic (32 candidates a draw): the bridges go (measured
-    # 0.998 on a mode), every mode keeps its share (counts 439 to 531, bounds 421 to 581), and
-    # a classifier can no longer tell the draws from the truth (C2ST 0.500, from 0.758 for the
-    # generator's draws; the bound is 5 sd of the null accuracy, 0.0056 at 4,000 a side).
+    assert on.float().mean() > 0.55, float(on.float().mean())
+    assert _shares(counts).min() > 0.5, counts.tolist()
+    # Resampled by the calibrated critic (32 candidates a draw): the bridges go (0.999 to 1.0
+    # on a mode over the 10 seeds), every mode's count lies within 0.79 to 1.21 of its share
+    # (sampling error alone, a 99.9 % interval for each of the 8, spans 0.83 to 1.17), and a
+    # classifier can hardly tell the draws from the truth (C2ST 0.484 to 0.523, mean 0.507,
+    # sd 0.012).
     resampled = dist.sample((4000,), generator=torch.Generator().manual_seed(1))
     on, counts = _mode_counts(resampled)
-    assert on.float().mean() > 0.99 and _equal_shares(counts), counts.tolist()
+    assert on.float().mean() > 0.99, float(on.float().mean())
+    shares = _shares(counts)
+    assert shares.min() > 0.7 and shares.max() < 1.3, counts.tolist()
     truth = ring(4000, torch.Generator().manual_seed(5))
     assert c2st(truth, resampled, seed=0).accuracy < 0.53
 
