@@ -294,15 +294,17 @@ def _sigint_held(inherited: bool):
     A Ctrl-C in the block is held back and raised when it ends. ``inherited``: processes started
     inside the block also hold it back from their first instruction, as SIGINT stays blocked in
     the signal mask they inherit across fork and exec, until they ignore it themselves (a
-    signal pending then is discarded). Otherwise (while the first workers are forked from the
-    fork server, which ignores SIGINT already) only this process holds it back.
+    signal pending then is discarded); where there are no signal masks they inherit SIGINT
+    ignored instead, and a Ctrl-C in the block is lost. Otherwise (while the first workers are
+    forked from the fork server, which ignores SIGINT already) only this process holds it back.
     """
     if threading.current_thread() is not threading.main_thread():
         yield  # only the main thread may set signal handlers, and only it gets KeyboardInterrupt
         return
     caught: list[int] = []
-    old = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
     mask = hasattr(signal, "pthread_sigmask") and inherited
+    handler = signal.SIG_IGN if inherited and not mask else (lambda s, frame: caught.append(s))
+    old = signal.signal(signal.SIGINT, handler)
     if mask:
         # Another thread may take the signal meanwhile: the handler above records it anyway.
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
