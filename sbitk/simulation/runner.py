@@ -318,6 +318,17 @@ def _sigint_held(inherited: bool):
         raise KeyboardInterrupt
 
 
+def _start_helpers(spawn: bool) -> None:
+    """Start the resource tracker and, unless ``spawn``, the fork server (the workers are its
+    children), each holding SIGINT back from its first instruction. Each in a block of its own:
+    starting the tracker unblocks SIGINT on its way out."""
+    with _sigint_held(inherited=True):
+        resource_tracker.ensure_running()
+    if not spawn:
+        with _sigint_held(inherited=True):
+            forkserver.ensure_running()
+
+
 #: Seconds a pool of worker processes outlives the run that started it: the next run with as
 #: many workers (a round, a benchmark, a notebook cell) then starts without forking any: that
 #: was a third of a run of 10^6 two_moons simulations on 2 workers. Idle workers use no CPU.
@@ -441,10 +452,7 @@ def _run_local(
         )
 
     spawn = context.get_start_method() != "forkserver"
-    with _sigint_held(inherited=True):
-        resource_tracker.ensure_running()
-        if not spawn:
-            forkserver.ensure_running()  # the workers are its children
+    _start_helpers(spawn)
     executor, kept = _take_pool(workers, context)
     try:
         with _sigint_held(inherited=spawn):

@@ -459,3 +459,29 @@ def test_a_ctrl_c_while_processes_start_is_held_from_them_and_raised_after():
     assert child.communicate(timeout=30)[0] == b"alive\n" and child.returncode == 0
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
+
+
+#: In a fresh interpreter: start the pool's helper processes as a run does, and print the fork
+#: server's mask of blocked signals (it never unblocks SIGINT, and soon ignores it as well).
+FORK_SERVER_MASK = """
+import re
+from multiprocessing import forkserver
+from sbitk.simulation import runner
+runner._mp_context()
+runner._start_helpers(spawn=False)
+pid = forkserver._forkserver._forkserver_pid
+status = open(f"/proc/{pid}/status").read()
+print(int(re.search(r"SigBlk:\\s*([0-9a-f]+)", status).group(1), 16))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="Linux /proc")
+def test_the_fork_server_starts_with_ctrl_c_held_back_while_it_imports():
+    # The fork server imports torch and sbitk (about a second) before it ignores SIGINT; it
+    # must not get a Ctrl-C meanwhile. Starting the resource tracker unblocks SIGINT in the
+    # caller: a fork server started in the same block imported with SIGINT open.
+    out = subprocess.run(
+        [sys.executable, "-c", FORK_SERVER_MASK], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) & 1 << (signal.SIGINT - 1), out.stdout
