@@ -225,6 +225,24 @@ def test_whole_chunks_are_written_as_the_very_files_zarr_writes(tmp_path, monkey
     assert _files(tmp_path / "fast.zarr") == _files(tmp_path / "zarr.zarr")
 
 
+@pytest.mark.parametrize(("rows", "batch_size"), [(500, 200), (0, 7), (10**9, 100_000)])
+def test_a_new_bank_is_the_very_files_zarr_makes(tmp_path, rows, batch_size):
+    from sbitk.simulation.bank import _arrays
+
+    describe = line.describe()
+    made = Bank._create(
+        tmp_path / "made.zarr", simulator=describe, seed=3, batch_size=batch_size,
+        sbitk_version="v", rows=rows,
+    )  # fmt: skip
+    group = zarr.open_group(str(tmp_path / "zarr.zarr"), mode="w")
+    widths = len(describe["parameter_names"]), len(describe["output_names"])
+    for name, spec in _arrays(*widths, batch_size, rows).items():
+        group.create_array(name, **spec)
+    group.update_attributes(dict(made.attrs))
+    assert _files(tmp_path / "made.zarr") == _files(tmp_path / "zarr.zarr")
+    assert made.planned == rows and made.batch_size == batch_size
+
+
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
     [
