@@ -251,9 +251,7 @@ class Simulator:
         :class:`~sbitk.errors.SimulatorError` naming the expected and the found shape.
         """
         theta = self._check_theta(theta).to(torch.get_default_dtype())
-        n = theta.shape[0]
-        x = torch.full((n, self.x_dim), math.nan)
-        status = torch.zeros(n, dtype=torch.int8)
+        status = torch.zeros(theta.shape[0], dtype=torch.int8)
         errors: dict[int, str] = {}
         if self.vectorized:
             state = generator.get_state()
