@@ -254,40 +254,33 @@ class Bank:
             if where.exists() and (not where.is_dir() or any(where.iterdir())):
                 raise BankError(f"cannot create a bank at {where}: the path exists")
             _make_parent(where)
-        # The group is made in memory by Zarr, the arrays' metadata from a template Zarr made
-        # once (its time is Zarr's, 1 ms an array), and all is then written out in one go.
-        contents: dict = {}
-        group = zarr.open_group(zarr.storage.MemoryStore(contents), mode="w")
-        d_theta = len(simulator["parameter_names"])
-        d_x = len(simulator["output_names"])
-        if where is None:
-            for name, spec in _arrays(d_theta, d_x, batch_size, rows).items():
-                group.create_array(name, **spec)
         segments = [{"first_batch": 0, "start": 0, "rows": rows}] if rows else []
-        # The format marker goes last: a creation cut short leaves a store that is not a bank.
-        group.update_attributes(
-            {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                "sbitk_version": sbitk_version,
-                "simulator": simulator,
-                "simulator_name": simulator["name"],
-                "simulator_version": simulator["version"],
-                "parameter_names": simulator["parameter_names"],
-                "output_names": simulator["output_names"],
-                "prior": simulator["prior"],
-                "seed": int(seed),
-                "batch_size": int(batch_size),
-                "segments": segments,
-                "planned_rows": rows,
-                "failure_counts": {k: 0 for k in _FAILURE_KINDS},
-                **(attrs or {}),
-            }
-        )
-        if where is not None:
-            files = {key: buffer.to_bytes() for key, buffer in contents.items()}
-            arrays = _array_metadata(d_theta, d_x, batch_size, rows)
-            group = _write_out(where, {**arrays, **files})
+        attributes = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "sbitk_version": sbitk_version,
+            "simulator": simulator,
+            "simulator_name": simulator["name"],
+            "simulator_version": simulator["version"],
+            "parameter_names": simulator["parameter_names"],
+            "output_names": simulator["output_names"],
+            "prior": simulator["prior"],
+            "seed": int(seed),
+            "batch_size": int(batch_size),
+            "segments": segments,
+            "planned_rows": rows,
+            "failure_counts": {k: 0 for k in _FAILURE_KINDS},
+            **(attrs or {}),
+        }
+        widths = len(simulator["parameter_names"]), len(simulator["output_names"])
+        if where is None:
+            group = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
+            for name, spec in _arrays(*widths, batch_size, rows).items():
+                group.create_array(name, **spec)
+            # The format marker goes last: a creation cut short leaves a store that is not a bank.
+            group.update_attributes(attributes)
+        else:
+            group = _write_out(where, _metadata_files(*widths, batch_size, rows, attributes))
         bank = cls(group, where)
         # Nothing is done yet: a run on a new bank need not read the marks nor look for files.
         bank.__dict__["_marked_done"] = np.zeros(bank.num_batches, dtype=bool)
@@ -760,25 +753,38 @@ def _arrays(d_theta: int, d_x: int, batch_size: int, rows: int) -> dict[str, dic
 
 
 @functools.lru_cache(maxsize=32)
-def _array_templates(d_theta: int, d_x: int, batch_size: int) -> dict[str, dict]:
-    """The metadata document of each array of a bank of no rows, as Zarr makes it: a bank of
-    the same widths and batch size differs from it in the shapes alone."""
+def _templates(d_theta: int, d_x: int, batch_size: int) -> dict[str, dict]:
+    """The metadata documents (key → parsed ``zarr.json``) of a bank of no rows and no
+    attributes, as Zarr makes them: a bank of the same widths and batch size differs from them
+    in its shapes and the group's attributes alone."""
     contents: dict = {}
     group = zarr.open_group(zarr.storage.MemoryStore(contents), mode="w")
     for name, spec in _arrays(d_theta, d_x, batch_size, 0).items():
         group.create_array(name, **spec)
-    return {key: json.loads(buffer.to_bytes()) for key, buffer in contents.items() if "/" in key}
+    return {key: json.loads(buffer.to_bytes()) for key, buffer in contents.items()}
 
 
-def _array_metadata(d_theta: int, d_x: int, batch_size: int, rows: int) -> dict[str, bytes]:
-    """The ``zarr.json`` file of each array of a bank planning ``rows`` rows, byte for byte what
-    Zarr writes (tests/simulation/test_bank.py compares them), in a tenth of Zarr's time."""
-    arrays = _arrays(d_theta, d_x, batch_size, rows)
-    return {
-        key: json.dumps({**document, "shape": list(arrays[key.split("/")[0]]["shape"])},
-                        indent=2).encode()
-        for key, document in _array_templates(d_theta, d_x, batch_size).items()
-    }  # fmt: skip
+def _metadata_files(
+    d_theta: int, d_x: int, batch_size: int, rows: int, attributes: dict
+) -> dict[str, bytes]:
+    """The ``zarr.json`` files of a new bank, byte for byte what Zarr writes for it
+    (``tests/simulation/test_bank.py`` compares them), from templates with the shapes and the
+    attributes set and encoded as Zarr encodes them: a third of the time of Zarr making them
+    (its six arrays took 1 ms each, and each call into its event loop 0.6 ms)."""
+    shapes = {
+        name: list(spec["shape"]) for name, spec in _arrays(d_theta, d_x, batch_size, rows).items()
+    }
+    files = {}
+    for key, document in _templates(d_theta, d_x, batch_size).items():
+        name = key.split("/")[0]
+        document = (
+            {**document, "shape": shapes[name]}
+            if name in shapes
+            else {**document, "attributes": attributes}
+        )
+        encoded = json.dumps(document, indent=zarr.config.get("json_indent"), allow_nan=True)
+        files[key] = encoded.encode()
+    return files
 
 
 def _write_out(where: Path, contents: dict[str, bytes]) -> zarr.Group:

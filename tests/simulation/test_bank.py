@@ -232,7 +232,7 @@ def test_a_new_bank_is_the_very_files_zarr_makes(tmp_path, rows, batch_size):
     describe = line.describe()
     made = Bank._create(
         tmp_path / "made.zarr", simulator=describe, seed=3, batch_size=batch_size,
-        sbitk_version="v", rows=rows,
+        sbitk_version="v", rows=rows, attrs={"größe θ": [0.1, None, "µ", {"k": 1e300}]},
     )  # fmt: skip
     group = zarr.open_group(str(tmp_path / "zarr.zarr"), mode="w")
     widths = len(describe["parameter_names"]), len(describe["output_names"])
