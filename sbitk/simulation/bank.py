@@ -769,8 +769,9 @@ def _metadata_files(
 ) -> dict[str, bytes]:
     """The ``zarr.json`` files of a new bank, byte for byte what Zarr writes for it
     (``tests/simulation/test_bank.py`` compares them), from templates with the shapes and the
-    attributes set and encoded as Zarr encodes them: a third of the time of Zarr making them
-    (its six arrays took 1 ms each, and each call into its event loop 0.6 ms)."""
+    attributes set and encoded as Zarr encodes them: creating a bank took 40-70 % of the time it
+    took with Zarr making them (six arrays at about 1 ms each, and 0.6 ms a call into its event
+    loop; docs/benchmarks.md)."""
     shapes = {
         name: list(spec["shape"]) for name, spec in _arrays(d_theta, d_x, batch_size, rows).items()
     }
