@@ -291,7 +291,9 @@ def _sigint_held(inherited: bool):
     torch and sbitk: interrupted there, each printed a traceback, and a worker forked after this
     process had given up printed a ``FileNotFoundError`` for the pool's semaphores.
 
-    A Ctrl-C in the block is held back and raised when it ends. ``inherited``: processes started
+    A Ctrl-C in the block is held back and delivered again when it ends, to the handler that was
+    in place: ``KeyboardInterrupt`` by default, nothing where SIGINT was ignored (a process
+    started in the background by a shell). ``inherited``: processes started
     inside the block also hold it back from their first instruction, as SIGINT stays blocked in
     the signal mask they inherit across fork and exec, until they ignore it themselves (a
     signal pending then is discarded); where there are no signal masks they inherit SIGINT
@@ -315,7 +317,7 @@ def _sigint_held(inherited: bool):
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # a pending one is recorded
         signal.signal(signal.SIGINT, old if old is not None else signal.default_int_handler)
     if caught:
-        raise KeyboardInterrupt
+        signal.raise_signal(signal.SIGINT)
 
 
 def _start_helpers(spawn: bool) -> None:

@@ -445,10 +445,20 @@ def test_a_batch_tally_counts_each_status_whether_one_or_several():
     assert _tally(np.zeros(0, dtype=np.int8)) == {}
 
 
+@pytest.fixture
+def sigint_handler():
+    """Set SIGINT's handler for a test, whatever this process started with (a shell starts
+    background jobs with SIGINT ignored), and put the old one back after."""
+    old = signal.getsignal(signal.SIGINT)
+    yield lambda handler: signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGINT, old)
+
+
 @pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
-def test_a_ctrl_c_while_processes_start_is_held_from_them_and_raised_after():
+def test_a_ctrl_c_while_processes_start_is_held_from_them_and_raised_after(sigint_handler):
     # The pool's helpers start inside the block: a Ctrl-C then must neither reach them while
     # they import nor be lost here (it was, when the block ignored SIGINT outright).
+    sigint_handler(signal.default_int_handler)
     child_code = "import time; time.sleep(0.5); print('alive')"
     with pytest.raises(KeyboardInterrupt):
         with runner._sigint_held(inherited=True):
@@ -459,6 +469,24 @@ def test_a_ctrl_c_while_processes_start_is_held_from_them_and_raised_after():
     assert child.communicate(timeout=30)[0] == b"alive\n" and child.returncode == 0
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
+
+
+@pytest.mark.parametrize("inherited", [True, False])
+def test_a_ctrl_c_held_back_goes_to_the_handler_that_was_in_place(sigint_handler, inherited):
+    # Where SIGINT was ignored (a job a shell started in the background), a Ctrl-C held back
+    # in the block stays ignored; a handler of the caller's own gets it, once.
+    sigint_handler(signal.SIG_IGN)
+    with runner._sigint_held(inherited=inherited):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    got = []
+    sigint_handler(lambda signum, frame: got.append(signum))
+    with runner._sigint_held(inherited=inherited):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        assert got == []
+    assert got == [signal.SIGINT]
 
 
 #: In a fresh interpreter: start the pool's helper processes as a run does, and print the fork
