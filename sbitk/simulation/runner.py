@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from sbitk.errors import BankError, SbitkError, SimulatorError
-from sbitk.simulation.bank import STATUS_PENDING, Bank
+from sbitk.simulation.bank import STATUS_PENDING, Bank, segment_batches
 from sbitk.simulation.registry import get_simulator
 from sbitk.simulation.resources import MAX_BATCHES, check_disk, check_memory
 from sbitk.simulation.simulator import STATUS_OK, Simulator
@@ -480,13 +480,15 @@ def _run_local(
 
 
 def _write_behind(
-    store: Bank, results: Iterator[dict[str, Any]], starts: dict, bar
-) -> dict[int, int]:
+    store: Bank | Callable[[], Bank], results: Iterator[dict[str, Any]], starts: dict, bar
+) -> tuple[Bank, dict[int, int]]:
     """Write each batch into the bank on a thread while the next one is simulated.
 
     At most one write is in flight, so memory holds two batches; writes keep their order, and a
     batch is marked done only once its rows are written (a batch a worker wrote and marked
-    itself is only counted). Returns the rows of each status code.
+    itself is only counted). ``store`` may be the function that creates a new bank: it then
+    runs on the thread too, while the first batch is simulated (3-5 ms of a 10^6-row two_moons
+    run of about 90 ms). Returns the bank and the rows of each status code.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -499,11 +501,12 @@ def _write_behind(
             bar.update(rows)
 
     def write(r: dict[str, Any]) -> None:
-        store._write_batch(
+        opened.result()._write_batch(
             r["index"], starts[r["index"]], r["theta"], r["x"], r["status"], r["errors"]
         )
 
     with ThreadPoolExecutor(1, thread_name_prefix="sbitk-bank") as writer:
+        opened = writer.submit(lambda: store if isinstance(store, Bank) else store())
         try:
             for r in results:
                 finish()
@@ -520,7 +523,7 @@ def _write_behind(
             close = getattr(results, "close", None)
             if close is not None:
                 close()
-    return counts
+    return opened.result(), counts
 
 
 # ---- Dask ------------------------------------------------------------------------------------
@@ -812,35 +815,38 @@ def simulate(
                 "append=True (--append) to add rows or overwrite=True (--force) to start over"
             )
     else:
-        store = Bank._create(
+        if path is not None:
+            Bank._check_new(path)  # now, not after the first batch
+        store = functools.partial(
+            Bank._create,
             path,
             simulator=sim.describe(),
             seed=seed,
-            batch_size=batch_size or simulator_batch_size(sim, n),
+            batch_size=size,
             sbitk_version=sbitk.__version__,
             rows=n,
             attrs=None if given is None else {"given_theta_sha256": _sha256(given)},
-        )
+        )  # made while the first batch is simulated, when this process writes
 
-    pending = store.pending_batches()
+    pending = segment_batches(0, 0, n, size) if callable(store) else store.pending_batches()
     starts = {index: start for index, start, _ in pending}
 
     def rows_of(start: int, rows: int) -> np.ndarray | None:
         return None if given is None else given[start : start + rows]
 
+    workers = 1 if client is not None else min(workers or _default_workers(), len(pending))
     if client is not None:
         results = _run_dask(sim, seed, pending, client, rows_of)
+    elif workers <= 1:
+        results = (simulate_batch(sim, seed, i, r, rows_of(s, r)) for i, s, r in pending)
     else:
-        workers = min(workers or _default_workers(), len(pending))
-        if workers <= 1:
-            results = (simulate_batch(sim, seed, i, r, rows_of(s, r)) for i, s, r in pending)
-        else:
-            results = _run_local(sim, seed, pending, workers, store, rows_of)
+        store = store() if callable(store) else store  # the workers write into it
+        results = _run_local(sim, seed, pending, workers, store, rows_of)
 
     total = sum(rows for _, _, rows in pending)
     desc = f"simulate {sim.name}"
     with tqdm(total=total, desc=desc, unit="sim", disable=None if progress else True) as bar:
-        counts = _write_behind(store, results, starts, bar)
+        store, counts = _write_behind(store, results, starts, bar)
     every_row = len(pending) == store.num_batches  # else earlier runs wrote some rows
     store._record_failure_counts(counts if every_row else None)
     failed = sum(k for code, k in counts.items() if code != STATUS_OK)

@@ -1,6 +1,7 @@
 """The Zarr simulation bank: resume after a kill, append, mismatches, streaming, reports."""
 
 import importlib.util
+import json
 import os
 import signal
 import subprocess
@@ -243,6 +244,23 @@ def test_a_new_bank_is_the_very_files_zarr_makes(tmp_path, rows, batch_size):
     assert made.planned == rows and made.batch_size == batch_size
 
 
+def test_attributes_are_updated_as_zarr_updates_them(tmp_path):
+    made = Bank._create(
+        tmp_path / "made.zarr", simulator=line.describe(), seed=3, batch_size=100,
+        sbitk_version="v", rows=250, attrs={"größe θ": [0.1, None, "µ", {"k": 1e300}]},
+    )  # fmt: skip
+    before = (tmp_path / "made.zarr" / "zarr.json").read_bytes()
+    made._extend(130)  # a second segment: batches 3 and 4
+    made._record_failure_counts({0: 370, 2: 10})
+    assert made.attrs["planned_rows"] == 380 and made.num_batches == 5
+    assert made.attrs["failure_counts"]["nan"] == 10
+    group = zarr.open_group(str(tmp_path / "zarr.zarr"), mode="w")
+    group.update_attributes(dict(made.attrs))
+    after = (tmp_path / "made.zarr" / "zarr.json").read_bytes()
+    assert after != before and after == (tmp_path / "zarr.zarr" / "zarr.json").read_bytes()
+    assert dict(Bank.open(tmp_path / "made.zarr").attrs) == dict(made.attrs)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
     [
@@ -320,3 +338,51 @@ def test_metadata_and_summary_describe_the_bank(tmp_path):
     lo = bank.failures().kinds[0].parameters[0].min
     assert lo > 1.8 and f"[{lo:.4g}" in text
     assert "Bank(" in repr(bank) and "rows=600" in repr(bank)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "dtype"),
+    [
+        ({"name": "default", "separator": "/"}, "<f4"),
+        ({"name": "default", "separator": "."}, ">i2"),
+        ({"name": "v2", "separator": "."}, "bool"),
+        ({"name": "v2", "separator": "/"}, ">f8"),
+    ],
+)
+def test_the_raw_chunk_layout_read_from_json_names_zarrs_own_files(tmp_path, encoding, dtype):
+    from sbitk.simulation.bank import _RawChunks
+
+    endian = "big" if dtype.startswith(">") else "little"
+    arr = zarr.create_array(
+        str(tmp_path / "a"), shape=(6, 2), chunks=(3, 2), dtype=np.dtype(dtype),
+        chunk_key_encoding=encoding, compressors=None, fill_value=0,
+        serializer=zarr.codecs.BytesCodec(endian=endian),
+    )  # fmt: skip
+    values = (np.arange(12).reshape(6, 2) % 2).astype(dtype)
+    arr[:] = values
+    layout = _RawChunks.parse(json.loads((tmp_path / "a" / "zarr.json").read_bytes()))
+    assert layout.chunks == (3, 2) and layout.dtype == np.dtype(dtype)
+    chunk = (tmp_path / "a" / layout.key((1, 0))).read_bytes()
+    assert chunk == np.ascontiguousarray(values[3:], dtype=layout.dtype).tobytes()
+    # An encoded array (compressed) has no raw layout: its chunks are left to Zarr.
+    packed = zarr.create_array(str(tmp_path / "b"), shape=(4,), chunks=(2,), dtype="f4")
+    assert _RawChunks.parse(json.loads((tmp_path / "b" / "zarr.json").read_bytes())) is None
+    assert packed.shape == (4,)
+
+
+def test_a_bank_that_cannot_be_made_fails_the_run_with_its_own_error(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise BankError("no space left for the bank")
+
+    monkeypatch.setattr(Bank, "_create", refuse)
+    for workers in (1, 2):
+        with pytest.raises(BankError, match="no space left"):
+            simulate(line, 400, workers=workers, batch_size=100, bank=tmp_path / "b.zarr",
+                     progress=False)  # fmt: skip
+    # A path that cannot hold a bank is refused before anything is simulated.
+    (tmp_path / "file").write_text("")
+    calls = []
+    monkeypatch.setattr("sbitk.simulation.runner.simulate_batch", lambda *a: calls.append(a))
+    with pytest.raises(BankError, match="is a file"):
+        simulate(line, 400, workers=1, bank=tmp_path / "file" / "b.zarr", progress=False)
+    assert calls == []
