@@ -842,13 +842,17 @@ def _encode(document: dict) -> bytes:
 
 def _write_out(where: Path, contents: dict[str, bytes]) -> zarr.Group:
     """Write the files of a store (``contents``: key → bytes) under ``where`` and open them
-    there. The group's own metadata, which holds the format marker, goes last."""
+    there. The group's own metadata, which holds the format marker, goes last, and whole (a
+    worker waiting for the bank reads it as soon as it is there)."""
     keys = sorted(contents, key=lambda key: key == "zarr.json")
     try:
         for key in keys:
             target = where / key
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(contents[key])
+            if key == "zarr.json":
+                _put_file(target, contents[key])
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(contents[key])
         return zarr.open_group(str(where), mode="r+")
     except OSError as exc:
         raise BankError(f"cannot create a bank at {where}: {exc.strerror or exc}") from None

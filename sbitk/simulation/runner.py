@@ -190,6 +190,9 @@ def dumps_simulator(sim: Simulator) -> bytes:
 #: A worker's simulators by payload hash, and the bank it writes into: (run token, Bank).
 _WORKER_SIMULATORS: dict[str, Simulator] = {}
 _WORKER_BANK: dict[str, Any] = {}
+#: How long a worker waits for the caller to make a new bank (it takes milliseconds; the caller
+#: stops the workers when making it fails).
+BANK_WAIT_SECONDS = 60
 
 
 def _watch_parent(pid: int) -> None:
@@ -221,8 +224,15 @@ def _worker_simulator(job: tuple[str, bytes]) -> Simulator:
 
 
 def _worker_bank(where: tuple[str, str]) -> Bank:
+    """The run's bank, once the caller has made it: a new bank is made while the first batches
+    are simulated, and its group's ``zarr.json`` is written last, whole."""
     path, token = where  # the token names the run: a bank made anew at the same path is another
     if _WORKER_BANK.get("token") != token:
+        deadline = time.monotonic() + BANK_WAIT_SECONDS
+        while not (Path(path) / "zarr.json").is_file():
+            if time.monotonic() > deadline:
+                raise BankError(f"the bank at {path} was not made within {BANK_WAIT_SECONDS} s")
+            time.sleep(0.0002)
         _WORKER_BANK.update(token=token, store=Bank._open(Path(path), mode="r+"))
     return _WORKER_BANK["store"]
 
@@ -420,24 +430,25 @@ def _reraise(exc: BaseException):
 
 def _run_local(
     sim: Simulator, seed: int, batches: Sequence[tuple[int, int, int]], workers: int,
-    store: Bank, given: Callable[[int, int], np.ndarray | None],
+    path: Path | None, direct: set[int], given: Callable[[int, int], np.ndarray | None],
+    made: Callable[[], Any] | None = None,
 ) -> Iterator[dict[str, Any]]:  # fmt: skip
-    """Run ``batches`` on ``workers`` local processes. A bank on disk is written by the workers
-    themselves, and marked done (batches that share a chunk excepted): only a tally of the
-    status codes comes back, not θ and x."""
+    """Run ``batches`` on ``workers`` local processes. The ``direct`` batches are written into
+    the bank at ``path`` by the workers themselves, and marked done: only a tally of the status
+    codes comes back, not θ and x. ``made``, when given, waits for a new bank to be made (its
+    error stops the run) once the first batches are running: they wait for it."""
     payload = dumps_simulator(sim)
     job = (hashlib.sha256(payload).hexdigest(), payload)
     token = os.urandom(8).hex()
     context = _mp_context()
     queue = list(batches)[::-1]
     running: dict = {}
-    direct = _exclusive(store, batches) if store.path is not None else set()
 
     def fill() -> None:
         # A bounded window of submitted batches keeps memory flat on long runs.
         while queue and len(running) < 2 * workers:
             index, start, rows = queue[-1]
-            write = (str(store.path), token, start) if index in direct else None
+            write = (str(path), token, start) if index in direct else None
             task = (job, seed, index, rows, given(start, rows), write)
             try:
                 future = executor.submit(_run_in_worker, *task)
@@ -459,6 +470,8 @@ def _run_local(
     try:
         with _sigint_held(inherited=spawn):
             fill()  # a new pool starts its workers on the first submissions
+        if made is not None:
+            made()
         while queue or running:
             fill()
             if not running:  # the pool broke before any batch of ours was running
@@ -477,6 +490,16 @@ def _run_local(
         # pool goes too.
         clean = not (queue or running or _broken(executor))
         _give_back(executor, kept, clean=clean)
+
+
+def _in_thread(fn: Callable[[], Bank]) -> Callable[[], Bank]:
+    """Start ``fn`` on a thread; returns the function that waits for its result."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="sbitk-bank")
+    future = pool.submit(fn)
+    pool.shutdown(wait=False)  # the thread ends with fn
+    return future.result
 
 
 def _write_behind(
@@ -839,9 +862,14 @@ def simulate(
         results = _run_dask(sim, seed, pending, client, rows_of)
     elif workers <= 1:
         results = (simulate_batch(sim, seed, i, r, rows_of(s, r)) for i, s, r in pending)
-    else:
-        store = store() if callable(store) else store  # the workers write into it
-        results = _run_local(sim, seed, pending, workers, store, rows_of)
+    else:  # the workers write the bank: they start while it is made, and wait for it
+        made = None
+        if callable(store):
+            store = made = _in_thread(store)
+            direct = {index for index, _, _ in pending} if path is not None else set()
+        else:
+            direct = _exclusive(store, pending) if path is not None else set()
+        results = _run_local(sim, seed, pending, workers, path, direct, rows_of, made)
 
     total = sum(rows for _, _, rows in pending)
     desc = f"simulate {sim.name}"

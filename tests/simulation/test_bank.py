@@ -386,3 +386,14 @@ def test_a_bank_that_cannot_be_made_fails_the_run_with_its_own_error(tmp_path, m
     with pytest.raises(BankError, match="is a file"):
         simulate(line, 400, workers=1, bank=tmp_path / "file" / "b.zarr", progress=False)
     assert calls == []
+
+
+def test_a_worker_waits_for_a_new_bank_and_gives_up_in_one_line(tmp_path, monkeypatch):
+    from sbitk.simulation import runner
+
+    monkeypatch.setattr(runner, "BANK_WAIT_SECONDS", 0.05)
+    with pytest.raises(BankError, match=r"was not made within 0.05 s"):
+        runner._worker_bank((str(tmp_path / "late.zarr"), "run-1"))
+    _quiet(line, 200, seed=1, workers=1, batch_size=100, bank=tmp_path / "late.zarr")
+    store = runner._worker_bank((str(tmp_path / "late.zarr"), "run-1"))
+    assert store.planned == 200
