@@ -237,16 +237,19 @@ def evaluate_field(
     c: Tensor | None,
 ) -> Tensor:
     """A :func:`time_field` at a (*, D), t (*) and c (*, C) or None, t embedded by sines and
-    cosines of ``frequencies``."""
+    cosines of ``frequencies``. t and c may have fewer leading dimensions than a (one time and
+    context for many samples): the residual field then computes their part once and broadcasts
+    it, where the perceptron needs their copy for every row."""
     angles = t.unsqueeze(-1) * frequencies
     emb = torch.cat([angles.sin(), angles.cos()], -1)
     if c is not None:
         shape = t.shape  # in training every row has its own: skip torch's slow broadcast rule
-        if not a.shape[:-1] == c.shape[:-1] == shape:
-            shape = torch.broadcast_shapes(a.shape[:-1], c.shape[:-1], t.shape)
+        if c.shape[:-1] != shape:
+            shape = torch.broadcast_shapes(c.shape[:-1], t.shape)
         emb = torch.cat([c.expand(*shape, c.shape[-1]), emb.expand(*shape, emb.shape[-1])], -1)
     if network == "mlp":
-        return field(torch.cat([a, emb.expand(*a.shape[:-1], emb.shape[-1])], -1))
+        shape = torch.broadcast_shapes(a.shape[:-1], emb.shape[:-1])
+        return field(torch.cat([a.expand(*shape, a.shape[-1]), emb.expand(*shape, -1)], -1))
     return field(a, emb)
 
 
@@ -273,12 +276,20 @@ class ProbabilityFlowDistribution:
         self.event_shape = torch.Size((model.config.features,))
 
     def _field(self, shape: torch.Size):
-        c = None if self.context is None else self.context.expand(*shape, self.context.shape[-1])
+        """The velocity at t for states a (*sample, *batch_shape, D): one time and one context
+        for all samples, broadcast by the field (``shape``, the states' leading shape, is what
+        its output must have)."""
+        c, times = self.context, self._times
 
         def f(t: float, a: Tensor) -> Tensor:
-            return self.model.velocity(a, a.new_full(a.shape[:-1], t), c)
+            v = self.model.velocity(a, times(a, t), c)
+            return v if v.shape[:-1] == shape else v.expand(*shape, v.shape[-1])
 
         return f
+
+    def _times(self, a: Tensor, t: float) -> Tensor:
+        """The time t as a tensor of the batch's shape, broadcasting against states ``a``."""
+        return a.new_full(self.batch_shape, t)
 
     def _solve(self, f, y: Tensor, t0: float, t1: float) -> Tensor:
         cfg = self.model.config

@@ -298,16 +298,16 @@ class DiffusionDistribution(ProbabilityFlowDistribution):
         :math:`\\hat a_0 = (a + s^2 \\nabla \\log p_t) / m` (Tweedie's formula)."""
         model, cfg = self.model, self.model.config
         a = self._noise(shape, generator) * model.noise_std
-        c = None if self.context is None else self.context.expand(*a.shape[:-1], cfg.context)
+        c = self.context  # one context and time for all samples: broadcast by the field
         times = torch.linspace(1.0, cfg.t_min, cfg.sde_steps + 1, dtype=torch.float64).tolist()
         for t, t_next in pairwise(times):
             h = t - t_next
-            tt = a.new_full(a.shape[:-1], t)
+            tt = self._times(a, t)
             f, g2 = model.drift_and_diffusion(a, tt)
             drift = f - g2.unsqueeze(-1) * model.score(a, tt, c)
             z = self._noise(shape, generator)
             a = a - drift * h + (g2 * h).sqrt().unsqueeze(-1) * z
-        tt = a.new_full(a.shape[:-1], cfg.t_min)
+        tt = self._times(a, cfg.t_min)
         m, s = model.marginal(tt)
         return (a + s.square().unsqueeze(-1) * model.score(a, tt, c)) / m.unsqueeze(-1)
 
