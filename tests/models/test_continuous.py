@@ -10,6 +10,7 @@ import torch
 from sbitk.errors import SbitkError
 from sbitk.inference.training import TrainConfig, train
 from sbitk.models.continuous import FlowMatching
+from sbitk.models.diffusion import Diffusion
 from sbitk.models.ode import divergence, odeint
 
 ROTATION = torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=torch.float64)
@@ -146,3 +147,21 @@ def test_trained_on_a_linear_gaussian_it_learns_the_conditional_density():
     exact = truth.log_prob(held_a).sum(-1).mean()
     learnt = model(held_c).log_prob(held_a).mean()
     assert float(learnt) == pytest.approx(float(exact), abs=0.05)
+
+
+@pytest.mark.parametrize("network", ["residual", "mlp"])
+@pytest.mark.parametrize("family", [FlowMatching, Diffusion])
+def test_one_time_and_context_for_many_samples_is_the_field_of_every_row(network, family):
+    torch.manual_seed(0)
+    model = family(3, 2, hidden_features=(16, 16, 16), network=network).double()
+    with torch.no_grad():  # a non-trivial field: the blocks start near zero
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    a = torch.randn(5, 4, 3, dtype=torch.float64)  # 5 samples for each of 4 contexts
+    c = torch.randn(4, 2, dtype=torch.float64)
+    t = torch.full((4,), 0.3, dtype=torch.float64)
+    broadcast = model.velocity(a, t, c)
+    every_row = model.velocity(a, t.expand(5, 4), c.expand(5, 4, 2))
+    assert broadcast.shape == every_row.shape == (5, 4, 3)
+    torch.testing.assert_close(broadcast, every_row)
+    assert not torch.allclose(broadcast[:, 0], broadcast[:, 1])  # the contexts do differ
