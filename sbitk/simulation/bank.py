@@ -635,8 +635,9 @@ class Bank:
         ]
 
     # ---- writing (used by the runner) --------------------------------------------------------
-    def _extend(self, rows: int) -> list[tuple[int, int, int]]:
-        """Plan ``rows`` more rows as a new segment of batches; returns the new batches."""
+    def _extend(self, rows: int) -> None:
+        """Plan ``rows`` more rows as a new segment of batches (:meth:`pending_batches` lists
+        them; the plan is not enumerated here, which a mistaken huge one would make slow)."""
         rows = int(rows)
         start = self.planned
         first = self.num_batches
@@ -651,7 +652,6 @@ class Bank:
         # arrays longer than the plan, which is harmless.
         segments = [*self.attrs["segments"], {"first_batch": first, "start": start, "rows": rows}]
         self._set_attrs(segments=segments, planned_rows=total)
-        return [b for b in self.batches() if b[0] >= first]
 
     def _write_batch(
         self, index: int, start: int, theta: np.ndarray, x: np.ndarray, status: np.ndarray,
