@@ -275,15 +275,13 @@ class ProbabilityFlowDistribution:
         self.batch_shape = torch.Size(() if context is None else context.shape[:-1])
         self.event_shape = torch.Size((model.config.features,))
 
-    def _field(self, shape: torch.Size):
+    def _field(self):
         """The velocity at t for states a (*sample, *batch_shape, D): one time and one context
-        for all samples, broadcast by the field (``shape``, the states' leading shape, is what
-        its output must have)."""
+        for all samples, broadcast by the field to the states' shape."""
         c, times = self.context, self._times
 
         def f(t: float, a: Tensor) -> Tensor:
-            v = self.model.velocity(a, times(a, t), c)
-            return v if v.shape[:-1] == shape else v.expand(*shape, v.shape[-1])
+            return self.model.velocity(a, times(a, t), c)
 
         return f
 
@@ -312,7 +310,7 @@ class ProbabilityFlowDistribution:
         """Samples ``(*shape, *batch_shape, D)``: noise carried along the ODE to the data."""
         noise = self._noise(shape, generator) * self.model.noise_std
         t_noise, t_data = self.model.time_span
-        z = self._solve(self._field(noise.shape[:-1]), noise, t_noise, t_data)
+        z = self._solve(self._field(), noise, t_noise, t_data)
         return self.model.inputs.inverse(z)
 
     @torch.no_grad()
@@ -321,7 +319,7 @@ class ProbabilityFlowDistribution:
         cfg, d = self.model.config, self.model.config.features
         shape = torch.broadcast_shapes(a.shape[:-1], self.batch_shape)
         z = self.model.inputs(a.expand(*shape, d))
-        field = self._field(shape)
+        field = self._field()
         probes = None
         if cfg.divergence == "hutchinson":
             gen = torch.Generator(device=z.device).manual_seed(VALIDATION_SEED)
