@@ -11,9 +11,11 @@ For two_moons and slcp, prints simulations per second for:
 each library's fastest way next to the other's, and what the bank costs: the time to write
 every batch into a bank one after another, and the wall-clock time the 1-worker run spends
 beyond simulating (the runner writes each batch on a thread while it simulates the next), both
-as fractions of the time to simulate the batches in one process without a bank. Both libraries
-keep their worker processes between runs and are warmed up first; the Dask cluster is started
-only for its own rows, after the local ones.
+as fractions of the time to simulate the batches in one process without a bank. Each figure is
+the best of ``--repeats`` runs, and within each repeat every library and runner takes its turn,
+so that the machine's load hits them alike. Both libraries keep their worker processes between
+runs and are warmed up first; the Dask cluster is started only for its own rows, after the
+local ones.
 
 Usage: ``python benchmarks/simulate.py [-n 1000000] [--batch-size B]``. Wall-clock times on a
 shared machine vary by some 10-20 % between runs.
@@ -27,6 +29,7 @@ import os
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -40,32 +43,39 @@ from sbitk.simulation.runner import simulate, simulate_batch, simulator_batch_si
 #: Each rate is the best of this many runs (``--repeats``): a run of 10^6 cheap simulations
 #: lasts a tenth of a second, where a shared machine's noise is large.
 REPEATS = [5]
+#: The local worker counts measured.
+W = (1, 2)
 
 
-def _timed(fn) -> float:
-    best = math.inf
+def interleaved(runs: dict[str, Callable[[], object]]) -> dict[str, float]:
+    """The best seconds of each run over ``REPEATS`` rounds. Within a round the runs take turns,
+    so that a change in the machine's load hits every library and runner alike (timed one
+    after another, the ratio of the two libraries moved by a third between otherwise identical
+    invocations of this script)."""
+    best = dict.fromkeys(runs, math.inf)
     for _ in range(REPEATS[0]):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
+        for label, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            best[label] = min(best[label], time.perf_counter() - start)
     return best
 
 
-def sbitk_rate(sim, n: int, batch_size: int, workdir: Path, **kwargs) -> float:
-    paths = []
+def sbitk_run(sim, n: int, batch_size: int, workdir: Path, **kwargs) -> Callable[[], Bank]:
+    """One run of ``simulate`` into a new bank in ``workdir``."""
 
-    def one():
-        paths.append(workdir / f"{sim.name}-{len(list(workdir.iterdir()))}.zarr")
-        simulate(sim, n, seed=0, batch_size=batch_size, bank=paths[-1], progress=False, **kwargs)
+    def one() -> Bank:
+        path = workdir / f"{sim.name}-{len(list(workdir.iterdir()))}.zarr"
+        bank = simulate(sim, n, seed=0, batch_size=batch_size, bank=path, progress=False, **kwargs)
+        assert len(bank) == n
+        return bank
 
-    seconds = _timed(one)
-    assert len(Bank.open(paths[-1])) == n
-    return n / seconds
+    return one
 
 
-def sbi_rate(sim, n: int, batch_size: int, workers: int, save: Path | None = None) -> float:
-    """sbi's rate; with ``save``, θ and x are then written to that file by ``torch.save``,
-    so that both sides end with the simulations on disk."""
+def sbi_run(sim, n: int, batch_size: int, workers: int, save: Path | None = None):
+    """One run of sbi's ``simulate_for_sbi``; with ``save``, θ and x are then written to that
+    file by ``torch.save``, so that both sides end with the simulations on disk."""
     from sbi.inference import simulate_for_sbi
     from sbi.utils import BoxUniform
 
@@ -83,18 +93,19 @@ def sbi_rate(sim, n: int, batch_size: int, workers: int, save: Path | None = Non
         if save is not None:
             torch.save({"theta": theta, "x": x}, save)
 
-    return n / _timed(one)
+    return one
 
 
-def write_overhead(sim, n: int, batch_size: int, workdir: Path) -> tuple[float, float]:
-    """Seconds to simulate all batches in one process, and seconds to write them to a bank."""
+def bank_runs(sim, n: int, batch_size: int, workdir: Path) -> dict[str, Callable[[], object]]:
+    """Simulating all batches in one process without a bank, and writing them to a bank (the
+    same batches each time, into a bank made once)."""
     batches = range(-(-n // batch_size))
     results = []
 
-    def run_all():
+    def simulate_all():
         results[:] = [simulate_batch(sim, 0, b, batch_size) for b in batches]
 
-    t_sim = _timed(run_all)
+    simulate_all()
     bank = Bank._create(
         workdir / f"{sim.name}-write.zarr",
         simulator=sim.describe(),
@@ -109,7 +120,7 @@ def write_overhead(sim, n: int, batch_size: int, workdir: Path) -> tuple[float, 
             start = r["index"] * batch_size
             bank._write_batch(r["index"], start, r["theta"], r["x"], r["status"], r["errors"])
 
-    return t_sim, _timed(write)
+    return {"simulate": simulate_all, "write": write}
 
 
 def dask_rates(tasks, batches: dict[str, int], n: int, workdir: Path, rows: list) -> None:
@@ -126,8 +137,10 @@ def dask_rates(tasks, batches: dict[str, int], n: int, workdir: Path, rows: list
         for name in tasks:
             sim = sbitk.get_simulator(name)
             batch = batches[name]
-            sbitk_rate(sim, 2 * batch, batch, workdir, client=client)  # the workers' imports
-            rate = sbitk_rate(sim, n, batch, workdir, client=client)
+            sbitk_run(sim, 2 * batch, batch, workdir, client=client)()  # the workers' imports
+            rate = (
+                n / interleaved({"dask": sbitk_run(sim, n, batch, workdir, client=client)})["dask"]
+            )
             peer = next(r[3] for r in rows if r[0] == name and r[1] == "2 workers")
             at = max(i for i, r in enumerate(rows) if r[0] == name and r[1] == "2 workers")
             rows.insert(at + 1, (name, "Dask, 2 workers", rate, peer))
@@ -153,21 +166,24 @@ def main() -> None:
             batches[name] = batch = args.batch_size or simulator_batch_size(sim, args.n)
             # Warm up: the fork server and sbitk's pool of workers, sbi's imports and joblib's
             # pool; both libraries keep their pool of worker processes between runs.
-            sbitk_rate(sim, 2 * batch, batch, workdir, workers=2)
-            sbi_rate(sim, 2 * batch, batch, 1)
-            sbi_rate(sim, 2 * batch, batch, 2)
+            sbitk_run(sim, 2 * batch, batch, workdir, workers=2)()
+            sbi_run(sim, 2 * batch, batch, 1)()
+            sbi_run(sim, 2 * batch, batch, 2)()
             saved = workdir / f"{name}.pt"
-            sbi1, sbi2 = (sbi_rate(sim, args.n, batch, w) for w in (1, 2))
-            sbi1_saved, sbi2_saved = (sbi_rate(sim, args.n, batch, w, saved) for w in (1, 2))
-            for label, workers, peer in (
-                ("1 worker", 1, (sbi1, sbi1_saved)),
-                ("2 workers", 2, (sbi2, sbi2_saved)),
-            ):
-                rate = sbitk_rate(sim, args.n, batch, workdir, workers=workers)
-                rows.append((name, label, rate, peer))
-            t_sim, t_write = write_overhead(sim, args.n, batch, workdir)
-            in_process = args.n / rows[-2][2]  # the 1-worker run's seconds
-            rows.append((name, "bank writing", t_sim, (t_write, in_process - t_sim)))
+            runs = {
+                **{f"sbi {w}": sbi_run(sim, args.n, batch, w) for w in W},
+                **{f"sbi+save {w}": sbi_run(sim, args.n, batch, w, saved) for w in W},
+                **{
+                    f"sbitk {w}": sbitk_run(sim, args.n, batch, workdir, workers=w) for w in (1, 2)
+                },
+                **bank_runs(sim, args.n, batch, workdir),
+            }
+            s = interleaved(runs)
+            for label, w in (("1 worker", 1), ("2 workers", 2)):
+                peer = (args.n / s[f"sbi {w}"], args.n / s[f"sbi+save {w}"])
+                rows.append((name, label, args.n / s[f"sbitk {w}"], peer))
+            beyond = s["sbitk 1"] - s["simulate"]  # the 1-worker run's time beyond simulating
+            rows.append((name, "bank writing", s["simulate"], (s["write"], beyond)))
         # The Dask rows last: an idle cluster's processes slow a run of 50 ms on 2 cores by a
         # third, so none runs while the local rows are measured.
         dask_rates(args.tasks, batches, args.n, workdir, rows)

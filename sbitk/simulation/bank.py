@@ -186,10 +186,10 @@ class Bank:
     the rows the run asked for.
     """
 
-    def __init__(self, group: zarr.Group, path: Path | None):
-        self._group = group
+    def __init__(self, group: zarr.Group | None, path: Path | None, attrs: dict | None = None):
+        self._zarr_group = group  # None: opened when first needed (see _open_for_writes)
         self.path = path
-        attrs = dict(group.attrs)
+        attrs = dict(group.attrs) if attrs is None else attrs
         if attrs.get("format") != FORMAT:
             where = path if path is not None else "the store"
             raise BankError(
@@ -220,6 +220,12 @@ class Bank:
                 "delete it, or simulate again with --force and fewer rows"
             )
 
+    @property
+    def _group(self) -> zarr.Group:
+        if self._zarr_group is None:
+            self._zarr_group = zarr.open_group(str(self.path), mode="r+")
+        return self._zarr_group
+
     def _array(self, name: str) -> zarr.Array:
         # Opening an array reads its metadata from the store: do it once, not per access.
         if name not in self._arrays:
@@ -249,6 +255,20 @@ class Bank:
         if not isinstance(group, zarr.Group):
             raise BankError(f"{path} is a Zarr array, not a simulation bank")
         return cls(group, path)
+
+    @classmethod
+    def _open_for_writes(cls, path: Path) -> Bank:
+        """Open the bank at ``path`` to write rows into: its attributes read from the group's
+        ``zarr.json`` as plain JSON, the Zarr group opened only by a write that needs it. A
+        worker that writes whole chunks as files never does: opening the group cost a
+        millisecond of each worker's first batch of a run."""
+        try:
+            attrs = json.loads((path / "zarr.json").read_bytes())["attributes"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise BankError(f"cannot open the bank at {path}: {exc!r}") from exc
+        if not isinstance(attrs, dict):
+            raise BankError(f"{path} is not an sbitk simulation bank: no map of attributes")
+        return cls(None, path, attrs=attrs)
 
     @classmethod
     def _create(

@@ -32,7 +32,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import forkserver, resource_tracker
 from pathlib import Path
@@ -233,7 +233,7 @@ def _worker_bank(where: tuple[str, str]) -> Bank:
             if time.monotonic() > deadline:
                 raise BankError(f"the bank at {path} was not made within {BANK_WAIT_SECONDS} s")
             time.sleep(0.0002)
-        _WORKER_BANK.update(token=token, store=Bank._open(Path(path), mode="r+"))
+        _WORKER_BANK.update(token=token, store=Bank._open_for_writes(Path(path)))
     return _WORKER_BANK["store"]
 
 
@@ -431,12 +431,12 @@ def _reraise(exc: BaseException):
 def _run_local(
     sim: Simulator, seed: int, batches: Sequence[tuple[int, int, int]], workers: int,
     path: Path | None, direct: set[int], given: Callable[[int, int], np.ndarray | None],
-    made: Callable[[], Any] | None = None,
+    new: _NewBank | None = None,
 ) -> Iterator[dict[str, Any]]:  # fmt: skip
     """Run ``batches`` on ``workers`` local processes. The ``direct`` batches are written into
     the bank at ``path`` by the workers themselves, and marked done: only a tally of the status
-    codes comes back, not θ and x. ``made``, when given, waits for a new bank to be made (its
-    error stops the run) once the first batches are running: they wait for it."""
+    codes comes back, not θ and x. A ``new`` bank is made here once the first batches are
+    running (they wait for it); its error stops the run."""
     payload = dumps_simulator(sim)
     job = (hashlib.sha256(payload).hexdigest(), payload)
     token = os.urandom(8).hex()
@@ -465,13 +465,16 @@ def _run_local(
         )
 
     spawn = context.get_start_method() != "forkserver"
-    _start_helpers(spawn)
-    executor, kept = _take_pool(workers, context)
-    try:
+    with contextlib.ExitStack() as stack:
+        if new is not None:
+            stack.callback(new.abandon)  # a run stopped first: nobody waits for its bank
+        _start_helpers(spawn)
+        executor, kept = _take_pool(workers, context)
+        stack.enter_context(_given_back(executor, kept, lambda: not (queue or running)))
         with _sigint_held(inherited=spawn):
             fill()  # a new pool starts its workers on the first submissions
-        if made is not None:
-            made()
+        if new is not None:
+            new.make()
         while queue or running:
             fill()
             if not running:  # the pool broke before any batch of ours was running
@@ -485,21 +488,39 @@ def _run_local(
                     raise died(index) from exc
                 except Exception as exc:
                     _reraise(exc)
+
+
+@contextlib.contextmanager
+def _given_back(executor: ProcessPoolExecutor, kept: bool, finished: Callable[[], bool]):
+    """Give the pool back at the end of a run. Stopped early (a Ctrl-C, an error, or the caller
+    closed the run), or with a worker dead, the pool goes too."""
+    try:
+        yield
     finally:
-        # Stopped early (a Ctrl-C, an error, or the caller closed us), or a worker died: the
-        # pool goes too.
-        clean = not (queue or running or _broken(executor))
-        _give_back(executor, kept, clean=clean)
+        _give_back(executor, kept, clean=finished() and not _broken(executor))
 
 
-def _in_thread(fn: Callable[[], Bank]) -> Callable[[], Bank]:
-    """Start ``fn`` on a thread; returns the function that waits for its result."""
-    from concurrent.futures import ThreadPoolExecutor
+class _NewBank:
+    """A new bank that the caller makes once the workers have their first batches, and that
+    other threads wait for. Made on a thread instead, it held the interpreter lock while the
+    caller submitted those batches: a two_moons run at 2 workers lost 2-5 ms of its 60."""
 
-    pool = ThreadPoolExecutor(1, thread_name_prefix="sbitk-bank")
-    future = pool.submit(fn)
-    pool.shutdown(wait=False)  # the thread ends with fn
-    return future.result
+    def __init__(self, create: Callable[[], Bank]):
+        self.create, self.future = create, Future()
+
+    def make(self) -> None:
+        try:
+            self.future.set_result(self.create())
+        except BaseException as exc:
+            self.future.set_exception(exc)
+            raise
+
+    def abandon(self) -> None:
+        """Stop the waiting of a run that ended before making its bank."""
+        self.future.cancel()
+
+    def result(self) -> Bank:
+        return self.future.result()
 
 
 def _write_behind(
@@ -863,13 +884,14 @@ def simulate(
     elif workers <= 1:
         results = (simulate_batch(sim, seed, i, r, rows_of(s, r)) for i, s, r in pending)
     else:  # the workers write the bank: they start while it is made, and wait for it
-        made = None
+        new = None
         if callable(store):
-            store = made = _in_thread(store)
+            new = _NewBank(store)
+            store = new.result
             direct = {index for index, _, _ in pending} if path is not None else set()
         else:
             direct = _exclusive(store, pending) if path is not None else set()
-        results = _run_local(sim, seed, pending, workers, path, direct, rows_of, made)
+        results = _run_local(sim, seed, pending, workers, path, direct, rows_of, new)
 
     total = sum(rows for _, _, rows in pending)
     desc = f"simulate {sim.name}"

@@ -15,7 +15,7 @@ import torch
 import zarr
 
 import sbitk
-from sbitk.errors import BankError
+from sbitk.errors import BankError, SimulatorError
 from sbitk.simulation.bank import Bank
 from sbitk.simulation.runner import simulate, simulate_batch
 
@@ -387,6 +387,45 @@ def test_a_bank_that_cannot_be_made_fails_the_run_with_its_own_error(tmp_path, m
     with pytest.raises(BankError, match="is a file"):
         simulate(line, 400, workers=1, bank=tmp_path / "file" / "b.zarr", progress=False)
     assert calls == []
+
+
+@pytest.mark.timeout(60)
+def test_a_run_that_stops_before_making_its_bank_ends_with_its_error(tmp_path, monkeypatch):
+    # With workers, the caller makes a new bank once they have their first batches, and a
+    # thread waits for it: a run stopped before that point must release the thread, not hang.
+    from sbitk.simulation import runner
+
+    def no_pool(*args):
+        raise SimulatorError("no pool today")
+
+    monkeypatch.setattr(runner, "_take_pool", no_pool)
+    with pytest.raises(SimulatorError, match="no pool today"):
+        simulate(line, 400, workers=2, batch_size=100, bank=tmp_path / "b.zarr", progress=False)
+    assert not (tmp_path / "b.zarr").exists()
+
+
+def test_a_bank_opened_for_writes_opens_zarr_only_for_a_write_that_needs_it(tmp_path):
+    path = tmp_path / "w.zarr"
+    Bank._create(path, simulator=line.describe(), seed=0, batch_size=100, sbitk_version="v",
+                 rows=250)  # fmt: skip
+    results = [simulate_batch(line, 0, b, rows) for b, rows in enumerate((100, 100, 50))]
+    results[1]["errors"] = {3: "raised ValueError: boom"}  # the messages go through Zarr
+    store = Bank._open_for_writes(path)
+    assert store.planned == 250 and store._zarr_group is None
+    r = results[0]
+    store._write_batch(0, 0, r["theta"], r["x"], r["status"], r["errors"])
+    assert store._zarr_group is None  # whole chunks of raw bytes are files
+    for k, start in ((1, 100), (2, 200)):  # messages, and part of a chunk: through Zarr
+        r = results[k]
+        store._write_batch(k, start, r["theta"], r["x"], r["status"], r["errors"])
+    assert store._zarr_group is not None
+    bank = Bank.open(path)
+    assert len(bank) == 250 and bank.errors() == {103: "raised ValueError: boom"}
+    assert torch.equal(bank.theta, torch.as_tensor(np.concatenate([r["theta"] for r in results])))
+    (tmp_path / "array.zarr").mkdir()
+    (tmp_path / "array.zarr" / "zarr.json").write_text('{"attributes": [1]}')
+    with pytest.raises(BankError, match="not an sbitk simulation bank"):
+        Bank._open_for_writes(tmp_path / "array.zarr")
 
 
 def test_a_worker_waits_for_a_new_bank_and_gives_up_in_one_line(tmp_path, monkeypatch):
