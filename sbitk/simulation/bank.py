@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import math
@@ -312,9 +313,12 @@ class Bank:
                 group.create_array(name, **spec)
             # The format marker goes last: a creation cut short leaves a store that is not a bank.
             group.update_attributes(attributes)
+            bank = cls(group, where)
         else:
-            group = _write_out(where, _metadata_files(*widths, batch_size, rows, attributes))
-        bank = cls(group, where)
+            files = _metadata_files(*widths, batch_size, rows, attributes)
+            _write_out(where, files)
+            # The attributes as Zarr reads them back; the group is opened when first needed.
+            bank = cls(None, where, attrs=json.loads(files["zarr.json"])["attributes"])
         # Nothing is done yet: a run on a new bank need not read the marks nor look for files.
         bank.__dict__["_marked_done"] = np.zeros(bank.num_batches, dtype=bool)
         bank.__dict__["_damaged"] = {}
@@ -860,10 +864,10 @@ def _encode(document: dict) -> bytes:
     return json.dumps(document, indent=zarr.config.get("json_indent"), allow_nan=True).encode()
 
 
-def _write_out(where: Path, contents: dict[str, bytes]) -> zarr.Group:
-    """Write the files of a store (``contents``: key → bytes) under ``where`` and open them
-    there. The group's own metadata, which holds the format marker, goes last, and whole (a
-    worker waiting for the bank reads it as soon as it is there)."""
+def _write_out(where: Path, contents: dict[str, bytes]) -> None:
+    """Write the files of a store (``contents``: key → bytes) under ``where``. The group's own
+    metadata, which holds the format marker, goes last, and whole (a worker waiting for the
+    bank reads it as soon as it is there)."""
     keys = sorted(contents, key=lambda key: key == "zarr.json")
     try:
         for key in keys:
@@ -873,7 +877,6 @@ def _write_out(where: Path, contents: dict[str, bytes]) -> zarr.Group:
             else:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(contents[key])
-        return zarr.open_group(str(where), mode="r+")
     except OSError as exc:
         raise BankError(f"cannot create a bank at {where}: {exc.strerror or exc}") from None
 
@@ -939,16 +942,29 @@ class _RawChunks:
 
 
 def _put_file(path: Path, data: np.ndarray | bytes) -> None:
-    """Write ``data``'s bytes to ``path`` through a temporary sibling renamed into place, as
-    Zarr's local store does: a reader sees the whole old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.urandom(8).hex()}.partial")
+    """Write ``data``'s bytes (C-contiguous) to ``path`` through a temporary sibling renamed
+    into place, as Zarr's local store does: a reader sees the whole old file or the whole new
+    one. Plain system calls, and the parent made only when missing: a batch's five files are
+    written on a thread beside the simulation, which waits for the interpreter while this holds
+    it."""
+    tmp = f"{path}.{os.urandom(8).hex()}.partial"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     try:
-        with open(tmp, "wb") as f:
-            f.write(memoryview(data))
+        fd = os.open(tmp, flags, 0o666)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, flags, 0o666)
+    try:
+        try:
+            view = memoryview(data).cast("B")
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
         raise
 
 

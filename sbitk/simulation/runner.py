@@ -435,8 +435,8 @@ def _run_local(
 ) -> Iterator[dict[str, Any]]:  # fmt: skip
     """Run ``batches`` on ``workers`` local processes. The ``direct`` batches are written into
     the bank at ``path`` by the workers themselves, and marked done: only a tally of the status
-    codes comes back, not θ and x. A ``new`` bank is made here once the first batches are
-    running (they wait for it); its error stops the run."""
+    codes comes back, not θ and x. A ``new`` bank is made here, once the first batches are
+    running when the pool's workers run already (they wait for it); its error stops the run."""
     payload = dumps_simulator(sim)
     job = (hashlib.sha256(payload).hexdigest(), payload)
     token = os.urandom(8).hex()
@@ -471,10 +471,13 @@ def _run_local(
         _start_helpers(spawn)
         executor, kept = _take_pool(workers, context)
         stack.enter_context(_given_back(executor, kept, lambda: not (queue or running)))
+        started = bool(getattr(executor, "_processes", None))  # no public API before 3.14
+        if new is not None and not started:
+            new.make()  # before the workers, which take longer to start than the bank to make
         with _sigint_held(inherited=spawn):
             fill()  # a new pool starts its workers on the first submissions
-        if new is not None:
-            new.make()
+        if new is not None and started:
+            new.make()  # while the workers simulate their first batches
         while queue or running:
             fill()
             if not running:  # the pool broke before any batch of ours was running
