@@ -504,9 +504,10 @@ def _given_back(executor: ProcessPoolExecutor, kept: bool, finished: Callable[[]
 
 
 class _NewBank:
-    """A new bank that the caller makes once the workers have their first batches, and that
-    other threads wait for. Made on a thread instead, it held the interpreter lock while the
-    caller submitted those batches: a two_moons run at 2 workers lost 2-5 ms of its 60."""
+    """A new bank that the caller makes in :func:`_run_local` (before the first submissions when
+    the pool must start its workers, after them when they run already), and that other threads
+    wait for. Made on a thread instead, it held the interpreter lock while the caller submitted
+    the first batches: they started 5-10 ms into a two_moons run of about 60 at 2 workers."""
 
     def __init__(self, create: Callable[[], Bank]):
         self.create, self.future = create, Future()
