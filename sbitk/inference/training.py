@@ -73,10 +73,15 @@ class TrainConfig:
             default): 30, or 16 for NLE (on slcp, 16 and an ``lr_patience`` of 8 held out
             -11.63 nats against -12.06 with 10 and 4; NLE's MCMC dominates its time).
         schedule: ``"plateau"`` (multiply the rate by ``lr_decay`` after ``lr_patience`` stalled
-            epochs), ``"cosine"`` (anneal to ``min_lr`` over ``max_epochs``) or ``"constant"``.
+            epochs), ``"cosine"`` (anneal to ``min_lr`` over ``max_epochs``), ``"anneal"`` (hold
+            the rate until ``lr_patience`` stalled epochs, then anneal it on a cosine to
+            ``min_lr`` over ``anneal_fraction`` times the epochs so far, and stop) or
+            ``"constant"``.
             ``None`` (the default): ``"plateau"``.
         lr_patience: Stalled epochs before a plateau decay. ``None`` (the default): 8.
         lr_decay: Factor of a plateau decay.
+        anneal_fraction: Length of the ``"anneal"`` schedule's cosine, as a fraction of the
+            epochs before it. It starts early enough to end by ``max_epochs``.
         min_lr: Smallest learning rate; a plateau schedule that would go below it stops training.
         warmup_steps: Linear learning-rate warm-up at the start, in gradient steps.
         validation_fraction: Share of the rows held out for early stopping.
@@ -88,7 +93,9 @@ class TrainConfig:
         ema_decay: Validate and keep an exponential moving average of the weights with this
             decay; 0: the raw weights. ``None`` (the default): the estimator's
             ``train_defaults`` (flow matching averages with 0.999), else the raw weights.
-            Averaging smooths the optimiser's noise and overfits less on small banks.
+            Averaging smooths the optimiser's noise and overfits less on small banks. After n
+            steps the decay is at most (1 + n) / (10 + n), so the average spans about the last
+            n / 9 steps until that reaches ``ema_decay`` (0.999: after about 9,000 steps).
         seed: Seeds the split, the shuffling and any randomness inside ``loss``.
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
         progress: Show a progress bar (also off when ``TQDM_DISABLE=1`` or not a terminal).
@@ -107,6 +114,7 @@ class TrainConfig:
     schedule: str | None = None
     lr_patience: int | None = None
     lr_decay: float = 0.3
+    anneal_fraction: float = 0.25
     min_lr: float = 1e-5
     warmup_steps: int = 50
     validation_fraction: float = 0.1
@@ -152,10 +160,11 @@ class TrainConfig:
             ("lr_patience", self.lr_patience is None or self.lr_patience >= 1, "an integer >= 1"),
             (
                 "schedule",
-                self.schedule in (None, "plateau", "cosine", "constant"),
-                "one of 'plateau', 'cosine', 'constant'",
+                self.schedule in (None, "plateau", "cosine", "anneal", "constant"),
+                "one of 'plateau', 'cosine', 'anneal', 'constant'",
             ),
             ("lr_decay", 0 < self.lr_decay < 1, "in (0, 1)"),
+            ("anneal_fraction", self.anneal_fraction > 0, "> 0"),
             ("validation_fraction", 0 < self.validation_fraction < 1, "in (0, 1)"),
             ("max_nan_recoveries", self.max_nan_recoveries >= 0, ">= 0"),
             ("nan_lr_factor", 0 < self.nan_lr_factor < 1, "in (0, 1)"),
@@ -634,6 +643,9 @@ class _Run:
         self.best_state = copy.deepcopy(model.state_dict())
         self.best_val = math.inf
         self.stalled = self.stalled_lr = self.step = 0
+        #: The ``"anneal"`` schedule's cosine, once begun: its first epoch, its length and the
+        #: rate it starts from.
+        self.anneal: tuple[int, int, float] | None = None
 
     def loop(self, feed: _Rounds, data: _Data) -> None:
         """Train epoch by epoch until a stopping rule fires, redoing non-finite epochs."""
@@ -642,9 +654,9 @@ class _Run:
         epoch = 0
         while epoch < config.max_epochs:
             if config.schedule == "cosine":
-                self.lr = config.min_lr + 0.5 * (config.learning_rate - config.min_lr) * (
-                    1 + math.cos(math.pi * epoch / config.max_epochs)
-                )
+                self.lr = _cosine(config.learning_rate, config.min_lr, epoch / config.max_epochs)
+            elif config.schedule == "anneal":
+                self._anneal(epoch)
             losses = self._epoch(feed, data)
             if history.n_train < 0 and feed.pass_rows is not None:
                 history.n_train = feed.pass_rows
@@ -663,6 +675,20 @@ class _Run:
         else:
             history.stop_reason = f"max_epochs={config.max_epochs} reached"
         progress.close()
+
+    def _anneal(self, epoch: int) -> None:
+        """The ``"anneal"`` schedule's rate for ``epoch``: held until the validation loss
+        stalls (or late enough to finish by ``max_epochs``), then on a cosine to ``min_lr``."""
+        config = self.config
+        latest = math.floor(config.max_epochs / (1 + config.anneal_fraction))
+        if self.anneal is None and (self.stalled_lr >= config.lr_patience or epoch >= latest):
+            length = max(
+                1, min(math.ceil(config.anneal_fraction * epoch), config.max_epochs - epoch)
+            )
+            self.anneal = (epoch, length, self.lr)
+        if self.anneal is not None:
+            start, length, top = self.anneal
+            self.lr = _cosine(top, config.min_lr, (epoch - start + 0.5) / length)
 
     def _epoch(self, feed: _Rounds, data: _Data) -> tuple[float, float] | None:
         """One epoch's mean training and validation losses; ``None`` if one was not finite."""
@@ -750,6 +776,8 @@ class _Run:
         config = self.config
         if self.stalled >= config.patience:
             return f"no validation improvement in {config.patience} epochs"
+        if self.anneal is not None and self.history.epochs >= self.anneal[0] + self.anneal[1]:
+            return "annealed to min_lr"
         if config.schedule == "plateau" and self.stalled_lr >= config.lr_patience:
             if self.lr * config.lr_decay < config.min_lr:
                 return "learning rate reached min_lr"
@@ -760,8 +788,14 @@ class _Run:
         return None
 
 
+def _cosine(high: float, low: float, progress: float) -> float:
+    """The rate a cosine from ``high`` to ``low`` has at ``progress`` in [0, 1]."""
+    return low + 0.5 * (high - low) * (1 + math.cos(math.pi * progress))
+
+
 class _EMA:
-    """Exponential moving average of parameters, with a warm-up of the decay."""
+    """Exponential moving average of parameters, with a warm-up of the decay: at most
+    (1 + n) / (10 + n) after n steps, an average over about the last n / 9 steps."""
 
     def __init__(self, params: list[Tensor], decay: float):
         self.decay, self.steps = decay, 0

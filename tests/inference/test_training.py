@@ -354,6 +354,35 @@ def test_cosine_and_constant_schedules_run():
             assert h.learning_rate == pytest.approx(expected, rel=1e-12)
 
 
+def test_the_anneal_schedule_holds_the_rate_then_ends_on_one_cosine():
+    a, c = linear_data(500)
+    base = FAST | dict(warmup_steps=0, schedule="anneal", anneal_fraction=0.5)
+
+    def cosine(lr0: float, progress: float) -> float:
+        min_lr = TrainConfig().min_lr
+        return min_lr + 0.5 * (lr0 - min_lr) * (1 + math.cos(math.pi * progress))
+
+    # Never stalled long enough: the cosine starts late enough to end at max_epochs
+    # (floor(12 / 1.5) = 8 epochs held, then 4 on the cosine).
+    h = train(ConditionalGaussian(1, 2), a, c, TrainConfig(**base | {"max_epochs": 12}))
+    lr0 = TrainConfig().resolved(h.n_train)[1]
+    expected = [lr0] * 8 + [cosine(lr0, (k + 0.5) / 4) for k in range(4)]
+    assert h.learning_rate == pytest.approx(expected, rel=1e-12)
+    assert h.stop_reason == "annealed to min_lr"
+    # Stalled: held until lr_patience epochs without improvement, then a cosine half as long
+    # as the epochs before it, and the end. A plateau schedule or a cosine over max_epochs fails.
+    h = train(ConditionalGaussian(1, 2), a, c, TrainConfig(**base | {"lr_patience": 2}))
+    start = next(e for e, lr in enumerate(h.learning_rate) if lr != lr0)
+    length = math.ceil(0.5 * start)
+    assert start < 26 and h.epochs == start + length
+    assert h.learning_rate[:start] == [lr0] * start
+    expected = [cosine(lr0, (k + 0.5) / length) for k in range(length)]
+    assert h.learning_rate[start:] == pytest.approx(expected, rel=1e-12)
+    assert h.stop_reason == "annealed to min_lr"
+    with pytest.raises(SbitkError, match="anneal_fraction must be > 0"):
+        TrainConfig(anneal_fraction=0)
+
+
 def test_device_resolution():
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert resolve_device("auto").type == expected
