@@ -62,6 +62,8 @@ from sbitk.models.contract import EXACT
 from sbitk.models.ode import METHODS
 
 SDES = ("vp", "ve")
+#: The share of log-uniform training times of each SDE (``DiffusionConfig.log_times=None``).
+LOG_TIMES = {"vp": 0.5, "ve": 0.0}
 SAMPLERS = ("ode", "sde")
 
 
@@ -79,6 +81,10 @@ class DiffusionConfig:
         log_times: Share of the training times drawn log-uniformly on :math:`[t_\\varepsilon,
             1]` instead of uniformly, so that the small noise levels that resolve a posterior's
             finest detail get trained (for VP, :math:`s(t) \\approx \\sqrt{\\beta_0 t}` near 0).
+            ``None`` (the default): :data:`LOG_TIMES` of the SDE, none for VE, whose
+            :math:`\\sigma(t)` is already geometric in t (uniform times are log-uniform noise
+            levels; log-uniform ones would put half the training below twice
+            :math:`\\sigma_0`).
             On two_moons at 10,000 simulations (VP, observations 1-3) C2ST was 0.76, 0.79, 0.80
             with none (10,000 samples a side, sbibm's classifier) and 0.50, 0.56, 0.54 with half
             (3,000 a side, an MLP classifier: a screen, see docs/benchmarks.md for the
@@ -100,7 +106,7 @@ class DiffusionConfig:
     sigma_min: float = 0.01
     sigma_max: float = 10.0
     t_min: float = 1e-3
-    log_times: float = 0.5
+    log_times: float | None = None
     sampler: str = "ode"
     sde_steps: int = 500
     hidden_features: tuple[int, ...] = (128, 128, 128, 128)
@@ -177,8 +183,11 @@ class Diffusion(StandardizedEstimator):
 
     @property
     def time_span(self) -> tuple[float, float]:
-        """The ODE runs in log time u = log t, from the noise (u = 0) to the data
-        (u = log ``t_min``)."""
+        """The ODE's span from the noise to the data: VP in log time u = log t, from 0 to
+        log ``t_min``; VE in t itself, from 1 to ``t_min`` (equal steps in t are equal ratios of
+        its noise levels :math:`\\sigma(t)`)."""
+        if self.config.sde == "ve":
+            return 1.0, self.config.t_min
         return 0.0, math.log(self.config.t_min)
 
     @property
@@ -213,10 +222,14 @@ class Diffusion(StandardizedEstimator):
         return f - 0.5 * g2.unsqueeze(-1) * self.score(a, t, c)
 
     def velocity(self, a: Tensor, u: Tensor, c: Tensor | None) -> Tensor:
-        """The probability-flow ODE in log time u = log t, :math:`da/du = t\\,da/dt`, which the
-        solvers integrate: near t = 0 the field in t grows like :math:`t^{-1/2}` (the score's
-        scale :math:`1/s(t)`), and equal steps in u resolve it where equal steps in t do not (an
-        untrained network's density then integrated to 0.07 in 50 steps)."""
+        """The probability-flow ODE in the solvers' time u (:attr:`time_span`). VP: log time
+        u = log t, :math:`da/du = t\\,da/dt`; near t = 0 its field in t grows like
+        :math:`t^{-1/2}` (the score's scale :math:`1/s(t)`), and equal steps in u resolve it
+        where equal steps in t do not (an untrained network's density then integrated to 0.07
+        in 50 steps). VE: u = t, whose equal steps already shrink :math:`\\sigma` by equal
+        ratios; in log time the first of 12 steps would take it from 10 to 0.5."""
+        if self.config.sde == "ve":
+            return self.probability_flow(a, u, c)
         t = u.exp()
         return t.unsqueeze(-1) * self.probability_flow(a, t, c)
 
@@ -227,8 +240,9 @@ class Diffusion(StandardizedEstimator):
         z = self.inputs(a)
         cfg = self.config
         u = torch.rand((2, *z.shape[:-1]), generator=gen, device=z.device, dtype=z.dtype)
+        log_times = LOG_TIMES[cfg.sde] if cfg.log_times is None else cfg.log_times
         t = torch.where(
-            u[1] < cfg.log_times,
+            u[1] < log_times,
             cfg.t_min ** u[0],
             cfg.t_min + (1.0 - cfg.t_min) * u[0],
         )
@@ -263,7 +277,7 @@ def _check(cfg: DiffusionConfig) -> None:
         problems.append(f"0 < sigma_min < sigma_max (got {cfg.sigma_min}, {cfg.sigma_max})")
     if not 0 < cfg.t_min < 1:
         problems.append(f"0 < t_min < 1 (got {cfg.t_min})")
-    if not 0 <= cfg.log_times <= 1:
+    if cfg.log_times is not None and not 0 <= cfg.log_times <= 1:
         problems.append(f"0 <= log_times <= 1 (got {cfg.log_times})")
     if cfg.time_features < 2 or cfg.time_features % 2:
         problems.append(f"an even time_features >= 2 (got {cfg.time_features})")
@@ -312,4 +326,11 @@ class DiffusionDistribution(ProbabilityFlowDistribution):
         return (a + s.square().unsqueeze(-1) * model.score(a, tt, c)) / m.unsqueeze(-1)
 
 
-__all__ = ["SAMPLERS", "SDES", "Diffusion", "DiffusionConfig", "DiffusionDistribution"]
+__all__ = [
+    "LOG_TIMES",
+    "SAMPLERS",
+    "SDES",
+    "Diffusion",
+    "DiffusionConfig",
+    "DiffusionDistribution",
+]
