@@ -363,15 +363,44 @@ def _estimator_option(f):
     )(f)  # fmt: skip
 
 
+def _train_option(f):
+    return click.option(
+        "-T", "--train-option", "train_options", multiple=True, metavar="KEY=VALUE",
+        help="A training setting (a field of TrainConfig, docs/inference.md), repeatable; VALUE "
+        "is read as JSON where it parses. Example: -T schedule=anneal -T patience=20.",
+    )(f)  # fmt: skip
+
+
+#: Training settings with a flag of their own, which ``--train-option`` leaves to it.
+_TRAIN_FLAGS = {
+    "max_epochs": "--epochs", "batch_size": "--batch-size", "learning_rate": "--learning-rate",
+    "seed": "--seed", "device": "--device", "progress": "TQDM_DISABLE=1",
+}  # fmt: skip
+
+
+def _parse_train_options(items: tuple[str, ...]) -> dict:
+    """``--train-option`` values as a dict; the settings with a flag of their own are refused."""
+    options = _parse_options(items, "'--train-option'")
+    for name in options:
+        if name in _TRAIN_FLAGS:
+            raise click.BadParameter(
+                f"{name} has a setting of its own: {_TRAIN_FLAGS[name]}",
+                param_hint="'--train-option'",
+            )
+    return options
+
+
 def _parse_estimator_options(items: tuple[str, ...]) -> dict:
+    return _parse_options(items, "'--estimator-option'")
+
+
+def _parse_options(items: tuple[str, ...], hint: str) -> dict:
     """``KEY=VALUE`` strings as a dict, values read as JSON where they parse."""
     out = {}
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key.strip().isidentifier():
-            raise click.BadParameter(
-                f"expected KEY=VALUE, got {item!r}", param_hint="'--estimator-option'"
-            )
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=hint)
         try:
             value = json.loads(text)
         except ValueError:
@@ -458,6 +487,7 @@ def _warn_flagged(result) -> None:
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="Model file to write (.safetensors).")  # fmt: skip
 @_training_options
+@_train_option
 @_estimator_option
 @_seed_option
 @_device_option
@@ -471,6 +501,7 @@ def train(
     max_epochs: int | None,
     batch_size: int | None,
     learning_rate: float | None,
+    train_options: tuple[str, ...],
     seed: int,
     device: str,
     force: bool,
@@ -483,18 +514,17 @@ def train(
       sbitk train bank.zarr --method nle --estimator maf -o nle.safetensors --device cuda
     """
     from sbitk import workflow
-    from sbitk.inference.training import TrainConfig
 
     _use_threads()
 
     from sbitk.models.registry import default_estimator
 
     estimator = estimator or default_estimator(workflow.METHOD_ROLES[method])
-    given = {"max_epochs": max_epochs} if max_epochs is not None else {}
-    config = TrainConfig(
-        batch_size=batch_size, learning_rate=learning_rate, seed=seed, device=device,
-        progress=_progress(), **given,
-    )  # fmt: skip
+    config = workflow.RunOptions(
+        max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate,
+        train_options=tuple(_parse_train_options(train_options).items()), seed=seed,
+        device=device,
+    ).train_config(_progress())  # fmt: skip
     with _warnings_as_lines():
         posterior = workflow.train(
             bank, output, method=method, estimator=estimator, config=config, force=force,
@@ -671,6 +701,7 @@ _ABC = ABCConfig()
 @click.option("--sequential-npe", type=click.Choice(SEQUENTIAL_NPE), default=None,
               help="Sequential NPE's variant: truncated prior (TSNPE) or the posterior as "
                    f"proposal with APT's atomic loss. [default: {SEQUENTIAL_NPE[0]}]")  # fmt: skip
+@_train_option
 @_estimator_option
 @_seed_option
 @_device_option
@@ -683,6 +714,7 @@ def run(
     method: str,
     estimator: str | None,
     estimator_options: tuple[str, ...],
+    train_options: tuple[str, ...],
     max_epochs: int | None,
     batch_size: int | None,
     learning_rate: float | None,
@@ -717,7 +749,7 @@ def run(
         num_simulations=num_simulations, method=method, estimator=estimator,
         estimator_options=tuple(_parse_estimator_options(estimator_options).items()),
         max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate,
-        n_samples=num_samples,
+        train_options=tuple(_parse_train_options(train_options).items()), n_samples=num_samples,
         n_diagnose=diagnose_simulations, n_diagnose_samples=diagnose_samples, iid=iid,
         predictive=predictive, seed=seed, device=device, workers=workers, rounds=rounds,
         sequential_npe=sequential_npe,

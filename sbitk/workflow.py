@@ -841,6 +841,9 @@ class RunOptions:
         max_epochs: Training epoch limit (``None``: TrainConfig's).
         batch_size: Training batch size (``None``: TrainConfig's rule).
         learning_rate: Initial learning rate (``None``: TrainConfig's rule).
+        train_options: Further :class:`~sbitk.inference.training.TrainConfig` fields, as
+            ``(name, value)`` pairs (``schedule``, ``patience``, ``ema_decay``...), checked by
+            :func:`~sbitk.inference.training.config_with`.
         n_samples: Posterior draws per observation in the result file.
         n_diagnose: Fresh simulations for the calibration checks.
         n_diagnose_samples: Posterior draws per simulation in the calibration checks.
@@ -862,6 +865,7 @@ class RunOptions:
     max_epochs: int | None = None
     batch_size: int | None = None
     learning_rate: float | None = None
+    train_options: tuple[tuple[str, Any], ...] = ()
     n_samples: int = 2000
     n_diagnose: int = 300
     n_diagnose_samples: int = 500
@@ -874,10 +878,12 @@ class RunOptions:
     sequential_npe: str | None = None
 
     def train_config(self, progress: bool):
-        from sbitk.inference.training import TrainConfig
+        """The :class:`~sbitk.inference.training.TrainConfig` these options ask for."""
+        from sbitk.inference.training import config_with
 
         given = {"max_epochs": self.max_epochs} if self.max_epochs is not None else {}
-        return TrainConfig(
+        return config_with(
+            dict(self.train_options),
             batch_size=self.batch_size,
             learning_rate=self.learning_rate,
             seed=self.seed,

@@ -204,13 +204,14 @@ def test_second_run_reuses_bank_and_model_and_recomputes_what_changed(demo_run):
     )
     # Another training option: the bank is reused, the model is retrained.
     third = sbitk_cli("run", "two_moons", "--observed", OBSERVED, "-o", out, *TINY_RUN,
-                      "--epochs", "2")  # fmt: skip
+                      "--epochs", "2", "-T", "patience=5")  # fmt: skip
     assert third.returncode in (0, 1), third.stderr
     assert f"reusing {out / 'bank.zarr'}" in third.stderr
     assert f"training NPE (ensemble) into {model}" in third.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["steps"]["model"]["sha256"] != sha
     assert manifest["steps"]["model"]["inputs"]["config"]["max_epochs"] == 2
+    assert manifest["steps"]["model"]["inputs"]["config"]["patience"] == 5
 
 
 # ---- in process: help and bad input ----------------------------------------------------------
@@ -466,6 +467,33 @@ def test_estimator_options_reach_the_estimator_and_bad_ones_are_one_line(trained
     assert bad.exit_code == 2 and "expected KEY=VALUE, got 'transforms'" in bad.output
     unknown = CliRunner().invoke(main, [*args, "--force", "-O", "wings=2"])
     _one_line_error(unknown, "wings")
+
+
+def test_training_options_reach_the_engine_and_bad_ones_are_one_line(trained, tmp_path):
+    from sbitk.io.modelfile import load_model
+
+    _, bank, _, _ = trained
+    model = tmp_path / "m.safetensors"
+    args = ["train", str(bank), "--estimator", "gaussian", "--epochs", "6", "-o", str(model),
+            "--device", "cpu"]  # fmt: skip
+    options = ["-T", "schedule=anneal", "-T", "lr_patience=1", "-T", "anneal_fraction=0.5",
+               "-T", "min_lr=1e-4"]  # fmt: skip
+    ok = CliRunner().invoke(main, [*args, *options])
+    assert ok.exit_code == 0, ok.output
+    history = load_model(model).history
+    # The cosine starts once the loss stalls for an epoch, at the latest in epoch
+    # floor(6 / 1.5) = 4 so that it ends by the sixth: training ends on it either way.
+    assert history["stop_reason"] == "annealed to min_lr"
+    assert history["learning_rate"][-1] < history["learning_rate"][0]
+    reserved = CliRunner().invoke(main, [*args, "--force", "-T", "seed=2"])
+    assert reserved.exit_code == 2 and "seed has a setting of its own: --seed" in reserved.output
+    bad = CliRunner().invoke(main, [*args, "--force", "-T", "patience"])
+    assert bad.exit_code == 2 and "expected KEY=VALUE, got 'patience'" in bad.output
+    _one_line_error(CliRunner().invoke(main, [*args, "--force", "-T", "wings=2"]), "wings")
+    _one_line_error(
+        CliRunner().invoke(main, [*args, "--force", "-T", "patience=2.5"]),
+        "'patience' must be int or None, got 2.5",
+    )
 
 
 def test_nle_on_a_simulator_of_trials_learns_one_trial_and_says_so(tmp_path):

@@ -33,10 +33,10 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, fields, replace
 from functools import partial
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -165,6 +165,11 @@ class TrainConfig:
             ),
             ("lr_decay", 0 < self.lr_decay < 1, "in (0, 1)"),
             ("anneal_fraction", self.anneal_fraction > 0, "> 0"),
+            ("min_lr", self.min_lr >= 0, ">= 0"),
+            ("warmup_steps", self.warmup_steps >= 0, "an integer >= 0"),
+            ("max_validation", self.max_validation >= 1, "an integer >= 1"),
+            ("max_time", self.max_time is None or self.max_time > 0, "> 0 or None"),
+            ("min_improvement", self.min_improvement >= 0, ">= 0"),
             ("validation_fraction", 0 < self.validation_fraction < 1, "in (0, 1)"),
             ("max_nan_recoveries", self.max_nan_recoveries >= 0, ">= 0"),
             ("nan_lr_factor", 0 < self.nan_lr_factor < 1, "in (0, 1)"),
@@ -186,6 +191,43 @@ class TrainConfig:
             raise SbitkError(
                 f"TrainConfig.clip_grad_norm must be > 0 or None, got {self.clip_grad_norm!r}"
             )
+
+
+#: The Python types each kind of :class:`TrainConfig` field accepts from a named option.
+_OPTION_KINDS = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
+def config_with(options: Mapping[str, Any], **settings: Any) -> TrainConfig:
+    """A :class:`TrainConfig` of ``settings`` and the named ``options``, each option's name and
+    type checked first: what the command line's ``--train-option KEY=VALUE`` builds.
+
+    Example:
+        >>> config_with({"schedule": "anneal", "patience": 20}, seed=3).schedule
+        'anneal'
+    """
+    kinds = {f.name: f.type for f in fields(TrainConfig)}
+    checked = {}
+    for name, value in options.items():
+        if name not in kinds:
+            raise SbitkError(
+                f"unknown training option {name!r}; expected one of {', '.join(sorted(kinds))}"
+            )
+        if name in settings:
+            raise SbitkError(f"training option {name!r} is set twice")
+        checked[name] = _option_value(name, value, str(kinds[name]))
+    return TrainConfig(**settings, **checked)
+
+
+def _option_value(name: str, value: Any, annotation: str) -> Any:
+    """``value`` if it is of a kind the field's ``annotation`` (``"int | None"``...) allows."""
+    allowed = [kind.strip() for kind in annotation.split("|")]
+    if value is None and "None" in allowed:
+        return None
+    for kind in allowed:
+        types = _OPTION_KINDS.get(kind, ())
+        if isinstance(value, types) and (kind == "bool" or not isinstance(value, bool)):
+            return float(value) if kind == "float" else value
+    raise SbitkError(f"training option {name!r} must be {' or '.join(allowed)}, got {value!r}")
 
 
 @dataclass
@@ -837,6 +879,7 @@ __all__ = [
     "ChunkSource",
     "History",
     "TrainConfig",
+    "config_with",
     "resolve_device",
     "thread_limit",
     "torch_threads",

@@ -1,13 +1,21 @@
 """The training engine: early stopping, determinism, NaN recovery, streaming, configuration."""
 
 import math
+import re
 
 import pytest
 import torch
 from torch import nn
 
 from sbitk.errors import SbitkError, TrainingError
-from sbitk.inference.training import ChunkSource, History, TrainConfig, resolve_device, train
+from sbitk.inference.training import (
+    ChunkSource,
+    History,
+    TrainConfig,
+    config_with,
+    resolve_device,
+    train,
+)
 from sbitk.models.gaussian import ConditionalGaussian
 
 FAST = dict(progress=False, max_epochs=40, batch_size=256)
@@ -298,11 +306,38 @@ def test_the_default_batch_and_rate_grow_with_the_bank_and_given_values_win():
         ("epoch_rows", 0),
         ("patience", 0),
         ("lr_patience", 0),
+        ("min_lr", -1e-5),
+        ("warmup_steps", -1),
+        ("max_validation", 0),
+        ("max_time", 0.0),
+        ("min_improvement", -0.1),
     ],
 )
 def test_bad_config_values_are_refused_by_name(field, value):
     with pytest.raises(SbitkError, match=rf"TrainConfig\.{field}"):
         TrainConfig(**{field: value})
+
+
+def test_named_options_are_checked_by_name_and_kind_before_the_config_is_built():
+    config = config_with(
+        {"schedule": "anneal", "patience": 20, "min_lr": 0, "clip_grad_norm": None}, seed=3
+    )
+    assert (config.schedule, config.patience, config.seed) == ("anneal", 20, 3)
+    assert config.min_lr == 0.0 and isinstance(config.min_lr, float)  # an int is a float here
+    assert config.clip_grad_norm is None
+    bad = [
+        ({"wings": 2}, "unknown training option 'wings'; expected one of anneal_fraction, "),
+        ({"patience": "x"}, "'patience' must be int or None, got 'x'"),
+        ({"patience": 2.5}, "'patience' must be int or None, got 2.5"),
+        ({"patience": True}, "'patience' must be int or None, got True"),
+        ({"ema_decay": False}, "'ema_decay' must be float or None, got False"),
+        ({"progress": 1}, "'progress' must be bool, got 1"),
+        ({"seed": 4}, "'seed' is set twice"),
+        ({"schedule": "step"}, "TrainConfig.schedule must be one of"),  # the config's own check
+    ]
+    for options, message in bad:
+        with pytest.raises(SbitkError, match=re.escape(message)):
+            config_with(options, seed=3)
 
 
 def test_bad_data_is_refused_with_clear_errors():
