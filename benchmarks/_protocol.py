@@ -91,6 +91,14 @@ def append_row(path: Path, fields: Iterable[str], row: dict) -> None:
     resumes an interrupted benchmark.
     """
     new = not path.is_file()
+    if not new:
+        with open(path, newline="") as fh:
+            header = next(csv.reader(fh), [])
+        if header != list(fields):
+            raise SystemExit(
+                f"{path} has the columns {header}, not this benchmark's {list(fields)}: "
+                "pass another --csv"
+            )
     with open(path, "a", newline="") as fh:
         writer = csv.DictWriter(fh, list(fields))
         if new:

@@ -22,11 +22,19 @@ Usage::
 
     python benchmarks/continuous_vs_sbi.py --tasks two_moons --markdown runs/continuous.md
     python benchmarks/continuous_vs_sbi.py --tasks slcp --methods diffusion --max-epochs 300
+    python benchmarks/continuous_vs_sbi.py --methods flow_matching --csv runs/fast.csv \
+        --sbitk-options '{"hidden_features": [96, 96, 96, 96]}' \
+        --sbitk-train '{"schedule": "anneal", "learning_rate": 0.008, "lr_patience": 10}'
+
+``--sbitk-options`` and ``--sbitk-train`` (JSON) give sbitk's estimator options and further
+``TrainConfig`` fields instead of its defaults; a row records them, and a rerun with other
+settings measures both libraries again.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 import warnings
@@ -41,21 +49,21 @@ from threadpoolctl import threadpool_limits
 import sbitk
 from sbitk.diagnostics.c2st import c2st
 from sbitk.inference.npe import NPE
-from sbitk.inference.training import TrainConfig
+from sbitk.inference.training import config_with
 
 #: sbitk estimator name → the sbi trainer it is compared with.
 PEERS = {"flow_matching": "FMPE", "diffusion": "NPSE"}
 FIELDS = [
     "task", "library", "method", "budget", "max_epochs", "c2st", "train_s", "sample_s",
-    "observations", "epochs", "each",
+    "observations", "epochs", "each", "settings",
 ]  # fmt: skip
 
 
 def train_sbitk(sim, theta, x, method: str, args):
-    config = TrainConfig(progress=False, seed=args.seed)
-    if args.max_epochs:
-        config = TrainConfig(progress=False, seed=args.seed, max_epochs=args.max_epochs)
-    npe = NPE(sim.prior, method, config=config)
+    given = {"max_epochs": args.max_epochs} if args.max_epochs else {}
+    train_options = json.loads(args.sbitk_train)
+    config = config_with(train_options, progress=False, seed=args.seed, **given)
+    npe = NPE(sim.prior, method, config=config, **json.loads(args.sbitk_options))
     posterior = npe.fit(theta, x)
 
     def sample(x_o: torch.Tensor, k: int) -> torch.Tensor:
@@ -113,14 +121,23 @@ def one_run(task: str, library: str, method: str, observations: list[int], args)
         "max_epochs": args.max_epochs, "c2st": sum(scores) / len(scores), "train_s": train_s,
         "sample_s": sample_s, "observations": " ".join(map(str, observations)),
         "epochs": epochs, "each": " ".join(f"{s:.3f}" for s in scores),
+        "settings": settings(args),
     }  # fmt: skip
 
 
-def done_rows(path: Path, budget: int, max_epochs: int) -> dict[tuple, dict]:
+def settings(args) -> str:
+    """sbitk's settings other than its defaults, as one canonical JSON text ("" for none)."""
+    given = {"options": json.loads(args.sbitk_options), "train": json.loads(args.sbitk_train)}
+    return "" if given == {"options": {}, "train": {}} else json.dumps(given, sort_keys=True)
+
+
+def done_rows(path: Path, budget: int, max_epochs: int, given: str) -> dict[tuple, dict]:
     return {
         (r["task"], r["library"], r["method"]): r
         for r in read_rows(path)
-        if int(r["budget"]) == budget and int(r["max_epochs"]) == max_epochs
+        if int(r["budget"]) == budget
+        and int(r["max_epochs"]) == max_epochs
+        and r.get("settings", "") == given
     }
 
 
@@ -191,6 +208,8 @@ def main() -> None:
         help="the same epoch cap for both libraries (0: each library's default; sbi has none)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sbitk-options", default="{}", help="JSON: sbitk estimator options")
+    parser.add_argument("--sbitk-train", default="{}", help="JSON: further TrainConfig fields")
     parser.add_argument("--csv", default="runs/continuous_vs_sbi.csv")
     parser.add_argument("--markdown", help="also write the table to this file")
     args = parser.parse_args()
@@ -210,7 +229,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     path = Path(args.csv)
     path.parent.mkdir(parents=True, exist_ok=True)
-    done = done_rows(path, args.budget, args.max_epochs)
+    done = done_rows(path, args.budget, args.max_epochs, settings(args))
     # torch imports its compiler stack when the first optimizer is built: a once-per-process
     # cost that whichever library is timed first would otherwise pay for both.
     torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
@@ -234,6 +253,8 @@ def main() -> None:
         if args.max_epochs
         else "each library's own stopping rule (sbitk: at most 500 epochs; sbi: no cap)"
     )
+    if settings(args):
+        cap += f"; sbitk's settings other than its defaults: {settings(args)}"
     text = (
         f"C2ST: mean over the reference observations ({len(observations)} unless marked), "
         f"{args.samples:,} samples per side, classifier {args.classifier!r}; "
