@@ -520,11 +520,11 @@ def train(
     from sbitk.models.registry import default_estimator
 
     estimator = estimator or default_estimator(workflow.METHOD_ROLES[method])
-    config = workflow.RunOptions(
-        max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate,
-        train_options=tuple(_parse_train_options(train_options).items()), seed=seed,
-        device=device,
-    ).train_config(_progress())  # fmt: skip
+    config = workflow.train_config(
+        _parse_train_options(train_options).items(), max_epochs=max_epochs,
+        batch_size=batch_size, learning_rate=learning_rate, seed=seed, device=device,
+        progress=_progress(),
+    )  # fmt: skip
     with _warnings_as_lines():
         posterior = workflow.train(
             bank, output, method=method, estimator=estimator, config=config, force=force,

@@ -27,7 +27,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ __all__ = [
     "run",
     "sample",
     "train",
+    "train_config",
 ]
 
 METHODS = ("npe", "nle", "nre")
@@ -879,18 +880,33 @@ class RunOptions:
 
     def train_config(self, progress: bool):
         """The :class:`~sbitk.inference.training.TrainConfig` these options ask for."""
-        from sbitk.inference.training import config_with
-
-        given = {"max_epochs": self.max_epochs} if self.max_epochs is not None else {}
-        return config_with(
-            dict(self.train_options),
-            batch_size=self.batch_size,
-            learning_rate=self.learning_rate,
-            seed=self.seed,
-            device=self.device,
+        return train_config(
+            self.train_options, max_epochs=self.max_epochs, batch_size=self.batch_size,
+            learning_rate=self.learning_rate, seed=self.seed, device=self.device,
             progress=progress,
-            **given,
-        )
+        )  # fmt: skip
+
+
+def train_config(
+    train_options: Iterable[tuple[str, Any]] = (),
+    *,
+    max_epochs: int | None = None,
+    batch_size: int | None = None,
+    learning_rate: float | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+):
+    """The :class:`~sbitk.inference.training.TrainConfig` of ``sbitk train`` and ``sbitk run``:
+    the flags' settings (``None``: the one defaults rule) and further named fields, checked by
+    :func:`~sbitk.inference.training.config_with`."""
+    from sbitk.inference.training import config_with
+
+    given = {"max_epochs": max_epochs} if max_epochs is not None else {}
+    return config_with(
+        dict(train_options), batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+        device=device, progress=progress, **given,
+    )  # fmt: skip
 
 
 @dataclass
