@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sbitk.errors import SbitkError
-from sbitk.models.base import StandardizedEstimator, check_inputs
+from sbitk.models.base import StandardizedEstimator, check_inputs, rebuild
 from sbitk.models.contract import EXACT
 from sbitk.models.mixture import inverse_softplus, sample_component, standard_normal
 from sbitk.nn.made import MADE
@@ -378,10 +378,7 @@ class DiscreteMADE(nn.Module):
     @classmethod
     def from_config(cls, config: Mapping) -> Self:
         """Rebuild from a config (or its dict: JSON lists become tuples)."""
-        if dataclasses.is_dataclass(config):
-            config = dataclasses.asdict(config)
-        options = dict(config)
-        return cls(options.pop("features"), options.pop("context", 0), **options)
+        return rebuild(cls, config)
 
     def fit_standardization(self, inputs: Tensor, context: Tensor | None = None) -> Self:
         """Set the context's z-scoring from the training rows (the discrete values are

@@ -38,6 +38,15 @@ def build_config(config_class: type, features: int, context: int, options: Mappi
         raise SbitkError(f"{config_class.__name__}: {exc}") from None
 
 
+def rebuild(cls: type, config: Any) -> Any:
+    """``cls(features, context, **options)`` from a config dataclass or its dict (a model
+    file's JSON, whose lists become tuples): the ``from_config`` of estimators built that way."""
+    if dataclasses.is_dataclass(config):
+        config = dataclasses.asdict(config)
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(config).items()}
+    return cls(options.pop("features"), options.pop("context", 0), **options)
+
+
 def check_inputs(
     a: Tensor, features: int, batch_shape: torch.Size, error: type[SbitkError] = SbitkError
 ) -> torch.Size:
@@ -74,10 +83,7 @@ class StandardizedEstimator(nn.Module):
     @classmethod
     def from_config(cls, config: Mapping) -> Self:
         """Rebuild from a config (or its dict: JSON lists become tuples)."""
-        if dataclasses.is_dataclass(config):
-            config = dataclasses.asdict(config)
-        options = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(config).items()}
-        return cls(options.pop("features"), options.pop("context", 0), **options)
+        return rebuild(cls, config)
 
     def fit_standardization(self, inputs: Tensor, context: Tensor | None = None) -> Self:
         """Set the z-scoring statistics from the training rows."""
@@ -100,4 +106,4 @@ class StandardizedEstimator(nn.Module):
         return self.context_standardization(context)
 
 
-__all__ = ["VALIDATION_SEED", "StandardizedEstimator", "build_config", "check_inputs"]
+__all__ = ["VALIDATION_SEED", "StandardizedEstimator", "build_config", "check_inputs", "rebuild"]

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from sbitk.errors import SbitkError
-from sbitk.models.base import build_config
+from sbitk.models.base import build_config, rebuild
 from sbitk.models.contract import (
     EXACT,
     NONE,
@@ -121,10 +121,7 @@ class Ensemble(nn.Module):
     @classmethod
     def from_config(cls, config: Mapping) -> Self:
         """Rebuild from a config (or its dict)."""
-        if dataclasses.is_dataclass(config):
-            config = dataclasses.asdict(config)
-        options = dict(config)
-        return cls(options.pop("features"), options.pop("context", 0), **options)
+        return rebuild(cls, config)
 
     @classmethod
     def role_options(cls, role: str, box: bool) -> dict:
