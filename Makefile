@@ -30,8 +30,11 @@ format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# Each test file runs on one worker, so that its module fixtures are built once, in collection
+# order: tests/conftest.py puts the longest files first, so that no worker is left with one at
+# the end while the other idles.
 test: setup lint docs
-	$(VENV)/bin/pytest -q -n 2 --dist loadfile
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 # The documentation site (mkdocs.yml): strict, so a broken link, a missing page or a docstring
 # that does not render fails the build. Its hook redraws the calibration pictures first.
