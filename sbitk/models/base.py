@@ -106,4 +106,39 @@ class StandardizedEstimator(nn.Module):
         return self.context_standardization(context)
 
 
-__all__ = ["VALIDATION_SEED", "StandardizedEstimator", "build_config", "check_inputs", "rebuild"]
+@torch.no_grad()
+def linear_gaussian_fit(
+    z: Tensor, c: Tensor | None, name: str
+) -> tuple[Tensor | None, Tensor, Tensor]:
+    """The least-squares regression of rows z (N, D) on a context c (N, C) or None, in float64:
+    its weight (C, D) (None without a context), its bias (D,) and the covariance (D, D) of its
+    residuals. Rows with a non-finite entry are left out; ``name`` heads the error for fewer
+    than 2 finite rows."""
+    z = z.double()
+    rows = torch.isfinite(z).all(-1)
+    if c is not None:
+        c = c.double()
+        rows &= torch.isfinite(c).all(-1)
+        c = c[rows]
+    z = z[rows]
+    if z.shape[0] < 2:
+        raise SbitkError(f"{name}: expected at least 2 finite rows")
+    weight = None
+    if c is None:
+        bias = z.mean(0)
+    else:
+        design = torch.cat([c, torch.ones_like(z[:, :1])], -1)
+        coef = torch.linalg.lstsq(design, z).solution
+        weight, bias = coef[:-1], coef[-1]
+    residual = z - bias if weight is None else z - c @ weight - bias
+    return weight, bias, residual.T @ residual / max(z.shape[0] - 1, 1)
+
+
+__all__ = [
+    "VALIDATION_SEED",
+    "StandardizedEstimator",
+    "build_config",
+    "check_inputs",
+    "linear_gaussian_fit",
+    "rebuild",
+]

@@ -38,16 +38,83 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, Self
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from sbitk.errors import SbitkError
-from sbitk.models.base import VALIDATION_SEED, StandardizedEstimator, build_config
+from sbitk.models.base import (
+    VALIDATION_SEED,
+    StandardizedEstimator,
+    build_config,
+    linear_gaussian_fit,
+)
 from sbitk.models.contract import EXACT
 from sbitk.models.ode import METHODS, divergence, odeint
 from sbitk.nn.mlp import MLP, GatedResidualMLP
+
+SKIPS = ("none", "standard", "linear")
+
+
+class GaussianSkip(nn.Module):
+    """The Gaussian a field's network corrects: the field's exact value were the standardised
+    rows drawn from :math:`\\mathcal{N}(W^\\top c + b, U \\Lambda U^\\top)`.
+
+    ``"standard"``: N(0, I), the standardised rows' own mean and scale. ``"linear"``: the
+    least-squares regression of the rows on the context and the covariance of its residuals
+    (:meth:`fit`), a linear-Gaussian posterior; where the posterior is one (gaussian_linear) the
+    network has nothing left to learn, and its output layer starts at zero so that the model
+    starts as the skip. Held as buffers, so that a saved model keeps it.
+
+    The covariance's eigenvalues are floored at :attr:`MIN_VARIANCE` (a posterior half as wide
+    as the prior): a narrower skip holds its narrow direction fixed, and a curved posterior then
+    leaves the network a large correction to learn. On two_moons (residual variances 0.015 and
+    1.0; diffusion, 10,000 simulations, observations 1-3, sbibm's classifier) C2ST was 0.767
+    without the floor and 0.522 with it.
+    """
+
+    #: The least variance of the fitted Gaussian along any direction, in standardised units.
+    MIN_VARIANCE: ClassVar[float] = 0.25
+
+    def __init__(self, features: int, context: int):
+        super().__init__()
+        self.register_buffer("weight", torch.zeros(context, features))
+        self.register_buffer("bias", torch.zeros(features))
+        self.register_buffer("basis", torch.eye(features))
+        self.register_buffer("variances", torch.ones(features))
+
+    @torch.no_grad()
+    def fit(self, z: Tensor, c: Tensor | None) -> None:
+        """Fit to standardised rows z (N, D) and context c (N, C) or None."""
+        weight, bias, cov = linear_gaussian_fit(z, c, "GaussianSkip.fit")
+        variances, basis = torch.linalg.eigh(cov)
+        if weight is not None:
+            self.weight.copy_(weight)
+        self.bias.copy_(bias)
+        self.basis.copy_(basis)
+        self.variances.copy_(variances.clamp_min(self.MIN_VARIANCE))
+
+    def mean(self, c: Tensor | None) -> Tensor:
+        r""":math:`W^\top c + b` (*, D), or b without a context."""
+        return self.bias if c is None or not self.weight.shape[0] else c @ self.weight + self.bias
+
+    def scaled(self, r: Tensor, gain: Tensor) -> Tensor:
+        """:math:`U\\,\\mathrm{diag}(g)\\,U^\\top r` for r (*, D) and per-eigenvalue gains g
+        (*, D) (broadcast against r)."""
+        return (r @ self.basis * gain) @ self.basis.T
+
+
+class TimeFieldEstimator(StandardizedEstimator):
+    """Base of flow matching and diffusion: fits the :class:`GaussianSkip` of a
+    ``skip="linear"`` config with the standardisation."""
+
+    def fit_standardization(self, inputs: Tensor, context: Tensor | None = None) -> Self:
+        super().fit_standardization(inputs, context)
+        if self.config.skip == "linear":
+            c = None if context is None else self.standardized_context(context)
+            self.skip.fit(self.inputs(inputs), c)
+        return self
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +149,9 @@ class FlowMatchingConfig:
         divergence: ``"exact"`` or ``"hutchinson"`` (``probes`` Rademacher vectors).
         network: ``"residual"`` (a residual stream gated by the context and time) or ``"mlp"``
             (a perceptron over their concatenation).
+        skip: The Gaussian whose exact field the network corrects (:class:`GaussianSkip`):
+            ``"none"`` (the network is the field), ``"standard"`` (N(0, I)) or ``"linear"``
+            (a linear-Gaussian fit of the rows on the context).
     """
 
     features: int
@@ -98,9 +168,10 @@ class FlowMatchingConfig:
     divergence: str = "exact"
     probes: int = 1
     network: str = "residual"
+    skip: str = "none"
 
 
-class FlowMatching(StandardizedEstimator):
+class FlowMatching(TimeFieldEstimator):
     """Flow-matching estimator (FMPE as a posterior): a vector field, sampled by an ODE.
 
     Args:
@@ -151,7 +222,23 @@ class FlowMatching(StandardizedEstimator):
 
     def velocity(self, a: Tensor, t: Tensor, c: Tensor | None) -> Tensor:
         """:math:`v_\\phi(a, t, c)` for standardised a (*, D), t (*) and c (*, C) or None."""
-        return evaluate_field(self.field, self.config.network, self.frequencies, a, t, c)
+        v = evaluate_field(self.field, self.config.network, self.frequencies, a, t, c)
+        if self.config.skip == "none":
+            return v
+        return v + self._gaussian_velocity(a, t, c)
+
+    def _gaussian_velocity(self, a: Tensor, t: Tensor, c: Tensor | None) -> Tensor:
+        """The path's exact velocity for a Gaussian target N(μ, Σ) (the skip's):
+        :math:`\\mu + (t\\Sigma - s(1 - st)I)\\,C_t^{-1}(a - t\\mu)`, with
+        :math:`C_t = (1 - st)^2 I + t^2 \\Sigma` and s = 1 - σ."""
+        s = 1.0 - self.config.sigma_min
+        t = t.unsqueeze(-1)
+        if self.config.skip == "standard":
+            return a * (t - s * (1 - s * t)) / ((1 - s * t).square() + t.square())
+        lam = self.skip.variances
+        gain = (t * lam - s * (1 - s * t)) / ((1 - s * t).square() + t.square() * lam)
+        mu = self.skip.mean(c)
+        return mu + self.skip.scaled(a - t * mu, gain)
 
     def _matching(self, a: Tensor, c: Tensor | None, gen: torch.Generator | None) -> Tensor:
         """Per-row squared error of the velocity at random (t, ε), drawn from ``gen``."""
@@ -189,6 +276,8 @@ def _check(cfg: FlowMatchingConfig) -> None:
         problems.append(f"features >= 1 and context >= 0 (got {cfg.features}, {cfg.context})")
     if cfg.time_features < 2 or cfg.time_features % 2:
         problems.append(f"an even time_features >= 2 (got {cfg.time_features})")
+    if cfg.skip not in SKIPS:
+        problems.append(f"skip among {SKIPS} (got {cfg.skip!r})")
     if cfg.network not in ("residual", "mlp"):
         problems.append(f"network 'residual' or 'mlp' (got {cfg.network!r})")
     if cfg.solver not in METHODS:
@@ -218,6 +307,10 @@ def add_time_field(module: torch.nn.Module, cfg) -> None:
     module.field = time_field(
         cfg.features, cfg.context, cfg.time_features, cfg.hidden_features, cfg.network
     )
+    if cfg.skip == "linear":
+        module.skip = GaussianSkip(cfg.features, cfg.context)
+        torch.nn.init.zeros_(module.field.output_layer.weight)
+        torch.nn.init.zeros_(module.field.output_layer.bias)
 
 
 def time_field(

@@ -51,10 +51,12 @@ import torch
 from torch import Tensor
 
 from sbitk.errors import SbitkError
-from sbitk.models.base import StandardizedEstimator, build_config
+from sbitk.models.base import build_config
 from sbitk.models.continuous import (
+    SKIPS,
     VALIDATION_SEED,
     ProbabilityFlowDistribution,
+    TimeFieldEstimator,
     add_time_field,
     evaluate_field,
 )
@@ -92,6 +94,9 @@ class DiffusionConfig:
         sampler: ``"ode"`` (the probability-flow ODE) or ``"sde"`` (the reverse SDE).
         sde_steps: Euler–Maruyama steps of the reverse SDE.
         hidden_features, time_features, network: The noise network (as in flow matching).
+        skip: The Gaussian whose exact noise the network corrects (as in flow matching):
+            ``"standard"`` (N(0, I)), ``"linear"`` (a linear-Gaussian fit of the rows on the
+            context) or ``"none"``.
         solver, steps, rtol, atol, divergence, probes: The probability-flow ODE's solver, for
             sampling with ``sampler="ode"`` and for every density. In log time 12 Runge–Kutta
             steps suffice (two_moons at 10,000 simulations, observations 1-3: C2ST 0.555,
@@ -112,6 +117,7 @@ class DiffusionConfig:
     hidden_features: tuple[int, ...] = (128, 128, 128, 128)
     time_features: int = 8
     network: str = "residual"
+    skip: str = "standard"
     solver: str = "rk4"
     steps: int = 12
     rtol: float = 1e-5
@@ -120,7 +126,7 @@ class DiffusionConfig:
     probes: int = 1
 
 
-class Diffusion(StandardizedEstimator):
+class Diffusion(TimeFieldEstimator):
     """Score-based diffusion estimator (NPSE as a posterior): a noise-predicting network,
     sampled by the reverse SDE or the probability-flow ODE.
 
@@ -201,16 +207,27 @@ class Diffusion(StandardizedEstimator):
     def noise(self, a: Tensor, t: Tensor, c: Tensor | None) -> Tensor:
         """:math:`\\hat\\epsilon_\\phi(a_t, t, c)` for standardised a (*, D), t (*), c (*, C).
 
-        The network learns the difference from the noise of a standard normal target,
-        :math:`s\\,a_t / (m^2 + s^2)`, the exact prediction when the standardised rows are
-        N(0, I). Without that skip an untrained network predicts no noise, and the VP ODE then
-        blows the noise up by :math:`1/m(1) \\approx 150` on its way to the data."""
+        The network learns the difference from the noise of the config's ``skip`` Gaussian,
+        for N(0, I) :math:`s\\,a_t / (m^2 + s^2)`, the exact prediction when the standardised
+        rows are N(0, I). Without a skip an untrained network predicts no noise, and the VP ODE
+        then blows the noise up by :math:`1/m(1) \\approx 150` on its way to the data."""
         m, s = self.marginal(t)
         var = (m.square() + s.square()).unsqueeze(-1)
         residual = evaluate_field(
             self.field, self.config.network, self.frequencies, a * var.rsqrt(), t, c
         )
-        return s.unsqueeze(-1) * a / var + residual
+        return residual + self._gaussian_noise(a, m, s, c)
+
+    def _gaussian_noise(self, a: Tensor, m: Tensor, s: Tensor, c: Tensor | None) -> Tensor:
+        """The exact noise prediction for a Gaussian target N(μ, Σ) (the skip's):
+        :math:`s\\,(m^2\\Sigma + s^2 I)^{-1}(a - m\\mu)`."""
+        m, s = m.unsqueeze(-1), s.unsqueeze(-1)
+        if self.config.skip == "none":
+            return torch.zeros_like(a)
+        if self.config.skip == "standard":
+            return s * a / (m.square() + s.square())
+        mu = self.skip.mean(c)
+        return self.skip.scaled(a - m * mu, s / (m.square() * self.skip.variances + s.square()))
 
     def score(self, a: Tensor, t: Tensor, c: Tensor | None) -> Tensor:
         """:math:`\\nabla_a \\log p_t(a \\mid c) \\approx -\\hat\\epsilon_\\phi / s(t)`."""
@@ -281,6 +298,8 @@ def _check(cfg: DiffusionConfig) -> None:
         problems.append(f"0 <= log_times <= 1 (got {cfg.log_times})")
     if cfg.time_features < 2 or cfg.time_features % 2:
         problems.append(f"an even time_features >= 2 (got {cfg.time_features})")
+    if cfg.skip not in SKIPS:
+        problems.append(f"skip among {SKIPS} (got {cfg.skip!r})")
     if cfg.network not in ("residual", "mlp"):
         problems.append(f"network 'residual' or 'mlp' (got {cfg.network!r})")
     if cfg.solver not in METHODS:

@@ -97,7 +97,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from sbitk.errors import SbitkError
-from sbitk.models.base import VALIDATION_SEED, StandardizedEstimator
+from sbitk.models.base import VALIDATION_SEED, StandardizedEstimator, linear_gaussian_fit
 from sbitk.models.contract import UNNORMALISED
 from sbitk.models.langevin import mala, ula
 from sbitk.nn.mlp import ACTIVATIONS, MLP
@@ -220,25 +220,13 @@ class EnergyModel(StandardizedEstimator):
         """Set the z-scoring statistics, then fit the noise Gaussian to the z-scored rows: a
         least-squares regression on the context and the covariance of its residuals."""
         super().fit_standardization(inputs, context)
-        z = self.inputs(inputs).double()
-        rows = torch.isfinite(z).all(-1)
         c = self.standardized_context(context) if self.config.context else None
-        if c is not None:
-            c = c.double()
-            rows &= torch.isfinite(c).all(-1)
-        z = z[rows]
-        if z.shape[0] < 2:
-            raise SbitkError("EnergyModel.fit_standardization: expected at least 2 finite rows")
-        if c is not None:
-            design = torch.cat([c[rows], torch.ones_like(z[:, :1])], -1)
-            coef = torch.linalg.lstsq(design, z).solution
-            self.noise_weight.copy_(coef[:-1])
-            self.noise_bias.copy_(coef[-1])
-            residual = z - design @ coef
-        else:
-            self.noise_bias.copy_(z.mean(0))
-            residual = z - z.mean(0)
-        cov = residual.T @ residual / max(z.shape[0] - 1, 1)
+        weight, bias, cov = linear_gaussian_fit(
+            self.inputs(inputs), c, "EnergyModel.fit_standardization"
+        )
+        if weight is not None:
+            self.noise_weight.copy_(weight)
+        self.noise_bias.copy_(bias)
         cov = cov + 1e-6 * torch.eye(cov.shape[0], dtype=cov.dtype)
         self.noise_tril.copy_(torch.linalg.cholesky(cov) * self.config.noise_scale)
         return self
