@@ -70,8 +70,8 @@ from sbitk.errors import ModelFileError, SbitkError
 
 FORMAT = "sbitk-model"
 #: Format version this sbitk writes; it reads this one and the versions in READABLE_VERSIONS.
-FORMAT_VERSION = 7
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
+FORMAT_VERSION = 6
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
 METADATA_KEY = "sbitk"
 
 _DTYPES = {
@@ -363,9 +363,6 @@ def _upgrade(header: dict) -> dict:
 
     Version 5 to 6: an NPE posterior may take x with some i.i.d. trials left out, recorded in
     ``missing_trials``; version 5 posteriors took x whole (``None``).
-
-    Version 6 to 7: diffusion's default ``skip`` became ``"linear"``; a version 6 diffusion
-    model (or ensemble of them) that records none corrected N(0, I) (``"standard"``).
     """
     if header["format_version"] < 2 and header["estimator"]["name"] == "nsf":
         config = header["estimator"]["config"]
@@ -380,12 +377,6 @@ def _upgrade(header: dict) -> dict:
         header.setdefault("x_bijection", None)
     if header["format_version"] < 6 and header["role"] == "npe":
         header.setdefault("missing_trials", None)
-    if header["format_version"] < 7:
-        config = header["estimator"]["config"]
-        if header["estimator"]["name"] == "diffusion":
-            config.setdefault("skip", "standard")
-        elif header["estimator"]["name"] == "ensemble" and config.get("member") == "diffusion":
-            config.setdefault("options", {}).setdefault("skip", "standard")
     return header
 
 

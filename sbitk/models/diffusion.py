@@ -95,13 +95,8 @@ class DiffusionConfig:
         sde_steps: Euler–Maruyama steps of the reverse SDE.
         hidden_features, time_features, network: The noise network (as in flow matching).
         skip: The Gaussian whose exact noise the network corrects (as in flow matching):
-            ``"linear"`` (a linear-Gaussian fit of the rows on the context, its variances
-            floored), ``"standard"`` (N(0, I)) or ``"none"``. At 10,000 simulations (the
-            published classifier, 10,000 samples a side) ``"linear"`` scored 0.515 against
-            0.533 on gaussian_linear (observation 1) in three quarters of the epochs, 0.547
-            against 0.552 on two_moons, and on slcp a mean of 0.837 against 0.831 over three
-            seeds, within their spread (all 10 observations); gaussian_mixture (observations
-            1-3) 0.550 against 0.568.
+            ``"standard"`` (N(0, I)), ``"linear"`` (a linear-Gaussian fit of the rows on the
+            context) or ``"none"``.
         solver, steps, rtol, atol, divergence, probes: The probability-flow ODE's solver, for
             sampling with ``sampler="ode"`` and for every density. In log time 12 Runge–Kutta
             steps suffice (two_moons at 10,000 simulations, observations 1-3: C2ST 0.555,
@@ -122,7 +117,7 @@ class DiffusionConfig:
     hidden_features: tuple[int, ...] = (128, 128, 128, 128)
     time_features: int = 8
     network: str = "residual"
-    skip: str = "linear"
+    skip: str = "standard"
     solver: str = "rk4"
     steps: int = 12
     rtol: float = 1e-5

@@ -190,39 +190,6 @@ def test_version_1_spline_files_load_with_unscaled_bins_and_mlp_conditioners(
         assert not torch.equal(DirectPosterior(new, PRIOR).log_prob(theta, x=xo), expected)
 
 
-@pytest.mark.parametrize("ensemble", [False, True])
-def test_version_6_diffusion_files_load_with_the_standard_skip(tmp_path, ensemble):
-    """Format 6 predates diffusion's ``skip``: its noise networks corrected N(0, I)."""
-    from sbitk.io import modelfile
-    from sbitk.models.diffusion import Diffusion
-    from sbitk.models.ensemble import Ensemble
-
-    options = {"hidden_features": (8, 8), "steps": 4, "skip": "standard"}
-    if ensemble:
-        model = Ensemble(3, 3, member="diffusion", members=2, options=options)
-    else:
-        model = Diffusion(3, 3, **options)
-    torch.nn.init.normal_(next(model.parameters()))
-    path = tmp_path / "v6.safetensors"
-    save_model(path, DirectPosterior(model, PRIOR))
-
-    def as_version_6(meta):
-        meta["format_version"] = 6
-        config = meta["estimator"]["config"]
-        del (config["options"] if ensemble else config)["skip"]
-        del meta["checksum"]
-        _, tensors = modelfile._read_header(path)
-        meta["checksum"] = modelfile._checksum(meta, tensors)
-
-    rewrite(path, as_version_6)
-    loaded = load_model(path)
-    members = loaded.estimator.members if ensemble else [loaded.estimator]
-    assert {m.config.skip for m in members} == {"standard"}
-    xo, theta = torch.tensor([0.1, 1.0, 0.2]), torch.tensor([[0.3, 1.2, 0.5]])
-    expected = DirectPosterior(model, PRIOR).log_prob(theta, x=xo)
-    torch.testing.assert_close(loaded.log_prob(theta, x=xo), expected)
-
-
 @pytest.mark.parametrize(
     "edit, message",
     [
