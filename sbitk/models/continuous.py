@@ -58,8 +58,8 @@ SKIPS = ("none", "standard", "linear")
 
 
 class GaussianSkip(nn.Module):
-    """The Gaussian a field's network corrects: the field's exact value were the standardised
-    rows drawn from :math:`\\mathcal{N}(W^\\top c + b, U \\Lambda U^\\top)`.
+    """The Gaussian whose exact field a network corrects: the field the model would have if
+    the standardised rows were drawn from :math:`\\mathcal{N}(W^\\top c + b, U \\Lambda U^\\top)`.
 
     ``"standard"``: N(0, I), the standardised rows' own mean and scale. ``"linear"``: the
     least-squares regression of the rows on the context and the covariance of its residuals
@@ -70,8 +70,8 @@ class GaussianSkip(nn.Module):
     The covariance's eigenvalues are floored at :attr:`MIN_VARIANCE` (a posterior half as wide
     as the prior): a narrower skip holds its narrow direction fixed, and a curved posterior then
     leaves the network a large correction to learn. On two_moons (residual variances 0.015 and
-    1.0; diffusion, 10,000 simulations, observations 1-3, sbibm's classifier) C2ST was 0.767
-    without the floor and 0.522 with it.
+    1.0; diffusion, 10,000 simulations, observations 1-3, sbibm's classifier, the output layer
+    started at random) C2ST was 0.767 without the floor and 0.522 with it.
     """
 
     #: The least variance of the fitted Gaussian along any direction, in standardised units.
