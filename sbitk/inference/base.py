@@ -155,10 +155,11 @@ class Estimation:
         """Before streaming, look at every chunk if the role must; True when it did."""
         return False
 
-    def _train_config(self, n_rows: int) -> TrainConfig:
-        """The training settings for ``n_rows`` rows (validation included): the estimator's
-        ``train_defaults`` fill the settings left unset (``None``); given ones win."""
-        hook = getattr(self.estimator_class, "train_defaults", None)
+    def _train_config(self, n_rows: int, model: nn.Module | None = None) -> TrainConfig:
+        """The training settings for ``n_rows`` rows (validation included): the built
+        estimator ``model``'s ``train_defaults`` fill the settings left unset (``None``; none
+        without a model); given ones win."""
+        hook = getattr(model, "train_defaults", None)
         defaults = hook() if callable(hook) else {}
         unset = {k: v for k, v in defaults.items() if getattr(self.config, k) is None}
         return replace(self.config, **unset)
@@ -195,7 +196,7 @@ class Estimation:
                 raise SbitkError(f"need at least 2 valid rows to train, got {self.report.n_used}")
             inputs, context = self._pair(theta, x)
             model = self._build(inputs.shape[1], context.shape[1])
-            config = self._train_config(len(inputs))
+            config = self._train_config(len(inputs), model)
             augment = self._augmenter(x.shape[1])
             self.history = train(
                 self._objective(model), inputs, context, config, augment, self.trial_count
@@ -212,7 +213,7 @@ class Estimation:
             self._objective(model),
             source,
             None,
-            self._train_config(n_rows),
+            self._train_config(n_rows, model),
             self._augmenter(x_dim),
         )
         self.report = source.report

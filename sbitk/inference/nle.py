@@ -194,8 +194,8 @@ class NLE(Estimation):
         self._handle(source.report)
         return True
 
-    def _train_config(self, n_rows: int) -> TrainConfig:
-        config = super()._train_config(n_rows)
+    def _train_config(self, n_rows: int, model: nn.Module | None = None) -> TrainConfig:
+        config = super()._train_config(n_rows, model)
         if config.patience is None:
             config = replace(config, patience=NLE_PATIENCE)
         if config.lr_patience is None:

@@ -22,9 +22,10 @@ Optional capabilities, used where present and never asked for by name:
   training loss means little for model selection (a GAN's generator loss).
 * ``optimizer_groups() -> list[dict]``: parameter groups, each ``{"params": [...],
   "lr_scale": s}``, for models whose parts learn at different rates (a GAN's critic).
-* ``train_defaults() -> dict``: a classmethod giving ``TrainConfig`` values for the settings a
-  user leaves unset (``None``), for families whose training dynamics differ from a flow's (a
-  GAN's noisy validation curve).
+* ``train_defaults() -> dict``: ``TrainConfig`` values for the settings a user leaves unset
+  (``None``), for families whose training dynamics differ from a flow's (a GAN's noisy
+  validation curve). Training asks the built model, so it may be a classmethod or, where the
+  values depend on the options, a method (an ensemble gives its members').
 * ``training_stages() -> tuple[str, ...]`` and ``set_stage(name) -> dict``: training in
   several stages, run in turn on the same split, each with its own optimiser and early
   stopping (a GAN's game, then its critic alone). ``set_stage`` switches what ``loss``,

@@ -133,6 +133,13 @@ class Ensemble(nn.Module):
         """The members take their own options for the trials (see :mod:`sbitk.models.contract`)."""
         return {"trials": [list(b) for b in blocks], "missing_trials": missing}
 
+    def train_defaults(self) -> dict:
+        """The members' training defaults (see :mod:`sbitk.models.contract`): the ensemble
+        trains them together as one of them would train alone (flow matching's members
+        average their weights, for instance)."""
+        hook = getattr(self.members[0], "train_defaults", None)
+        return dict(hook()) if callable(hook) else {}
+
     def fit_standardization(self, inputs: Tensor, context: Tensor | None = None) -> Self:
         """Each member's z-scoring statistics from the training rows, where it has them."""
         for m in self.members:

@@ -238,11 +238,14 @@ def test_an_estimators_weight_average_is_its_default_and_zero_turns_it_off():
     from sbitk.inference.npe import NPE
     from sbitk.simulation.priors import Normal
 
+    def settled(npe):
+        return npe._train_config(1000, npe._build(1, 1))
+
     prior = Normal(0.0, 1.0, dim=1)
-    assert NPE(prior, "flow_matching")._train_config(1000).ema_decay == 0.999
-    raw = NPE(prior, "flow_matching", config=TrainConfig(ema_decay=0))
-    assert raw._train_config(1000).ema_decay == 0
-    assert NPE(prior, "diffusion")._train_config(1000).ema_decay is None
+    assert settled(NPE(prior, "flow_matching")).ema_decay == 0.999
+    assert settled(NPE(prior, "flow_matching", config=TrainConfig(ema_decay=0))).ema_decay == 0
+    assert settled(NPE(prior, "diffusion")).ema_decay is None
+    assert settled(NPE(prior, "ensemble", member="flow_matching")).ema_decay == 0.999
     with pytest.raises(SbitkError, match=r"ema_decay must be in \[0, 1\)"):
         TrainConfig(ema_decay=-0.1)
 

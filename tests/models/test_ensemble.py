@@ -63,6 +63,29 @@ def test_the_members_take_their_own_role_defaults():
     assert npe._options() == {"role": "posterior", "box": True, "members": 2}
 
 
+@pytest.mark.parametrize("member", ["flow_matching", "diffusion", "nsf"])
+def test_the_members_train_on_their_own_training_defaults_and_given_settings_win(member):
+    from sbitk.inference.training import TrainConfig
+    from sbitk.models.registry import get_estimator
+
+    hook = getattr(get_estimator(member), "train_defaults", None)
+    own = hook() if hook else {}
+    if member == "nsf":
+        assert own == {}  # the engine's size-dependent rule: batches of 512 on 90 rows
+    g = torch.Generator().manual_seed(0)
+    theta, x = torch.rand(100, 2, generator=g) * 2 - 1, torch.randn(100, 3, generator=g)
+    prior = BoxUniform(-1.0, 1.0, dim=2)
+    options = {"members": 2, "options": {"hidden_features": [8, 8]}}
+    for given in ({}, {"batch_size": 32, "learning_rate": 1e-4}):
+        config = TrainConfig(progress=False, max_epochs=1, **given)
+        npe = NPE(prior, "ensemble", config=config, member=member, **options)
+        npe.fit(theta, x)
+        history = npe.history
+        assert history.batch_size == given.get("batch_size", own.get("batch_size", 512))
+        rate = given.get("learning_rate", own.get("learning_rate", 2e-3))
+        assert history.learning_rate == [pytest.approx(rate)]
+
+
 def test_bad_options_are_refused_by_name():
     with pytest.raises(SbitkError, match="members >= 1"):
         Ensemble(2, 1, members=0)
