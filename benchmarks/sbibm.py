@@ -26,6 +26,8 @@ Usage::
     python benchmarks/sbibm.py --jobs 2                  # everything: NPE and NLE, 8 tasks
     python benchmarks/sbibm.py --tasks slcp,sir --budgets 10000 --methods npe \\
         --estimators ensemble,flow_matching --with-sbi slcp
+    python benchmarks/sbibm.py --tasks lotka_volterra --budgets 10000 --methods npe \\
+        --estimators ensemble:member=flow_matching --only-estimators
     python benchmarks/sbibm.py --scheduler tcp://10.0.0.1:8786 --estimators all
     python benchmarks/sbibm.py --dry-run                 # the plan and the table so far
 
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import os
 import sys
 import time
@@ -157,15 +160,34 @@ def default_estimator(method: str) -> str:
     return default
 
 
+def estimator_spec(text: str) -> tuple[str, dict]:
+    """An estimator of ``--estimators``: ``NAME`` or ``NAME:KEY=VALUE[:KEY=VALUE...]``, its
+    registered name and its options (values read as JSON where they parse, e.g.
+    ``ensemble:member=flow_matching:members=5``)."""
+    name, *items = text.split(":")
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise SystemExit(f"--estimators: expected NAME:KEY=VALUE, got {text!r}")
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    return name, options
+
+
 def build(run: Run, sim, seed: int):
-    """The sbitk method of ``run`` with its defaults (raises SbitkError if it cannot take it),
-    told the simulator's i.i.d. trials as fitting from its bank would be."""
+    """The sbitk method of ``run`` with its defaults, or the options its estimator names
+    (raises SbitkError if it cannot take it), told the simulator's i.i.d. trials as fitting
+    from its bank would be."""
     config = TrainConfig(progress=False, seed=seed)
     cls, trials = METHODS[run.method], trial_blocks(sim.describe())
+    name, options = estimator_spec(run.estimator)
     if cls is NPE:
-        return NPE(sim.prior, run.estimator, config=config, trials=trials)
-    return cls(sim.prior, run.estimator, config=config, mcmc=MCMCConfig(progress=False),
-               invalid="exclude", trials=trials)  # fmt: skip
+        return NPE(sim.prior, name, config=config, trials=trials, **options)
+    return cls(sim.prior, name, config=config, mcmc=MCMCConfig(progress=False),
+               invalid="exclude", trials=trials, **options)  # fmt: skip
 
 
 def train_sbitk(run: Run, sim, theta, x, seed: int):
@@ -433,7 +455,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     add("--tasks", help="comma-separated (default: every built-in task with sbibm references)")
     add("--budgets", help=f"simulation budgets (default: {BUDGETS})")
     add("--methods", help=f"comma-separated, of {', '.join(METHODS)} (default: all)")
-    add("--estimators", default="", help="estimators besides each method's default; 'all'")
+    add("--estimators", default="", help="besides each method's default: NAME[:K=V...]; 'all'")
     add(
         "--only-estimators",
         action="store_true",
