@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import os
 import sys
 import time
@@ -162,19 +161,17 @@ def default_estimator(method: str) -> str:
 
 def estimator_spec(text: str) -> tuple[str, dict]:
     """An estimator of ``--estimators``: ``NAME`` or ``NAME:KEY=VALUE[:KEY=VALUE...]``, its
-    registered name and its options (values read as JSON where they parse, e.g.
+    registered name and its options, read as the command line's ``-O`` reads them (e.g.
     ``ensemble:member=flow_matching:members=5``)."""
+    import click
+
+    from sbitk.cli import _parse_options
+
     name, *items = text.split(":")
-    options = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.isidentifier():
-            raise SystemExit(f"--estimators: expected NAME:KEY=VALUE, got {text!r}")
-        try:
-            options[key] = json.loads(value)
-        except ValueError:
-            options[key] = value
-    return name, options
+    try:
+        return name, _parse_options(tuple(items), "--estimators")
+    except click.BadParameter as exc:
+        raise SystemExit(f"--estimators {text!r}: {exc.message}") from None
 
 
 def build(run: Run, sim, seed: int):
