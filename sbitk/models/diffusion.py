@@ -92,9 +92,10 @@ class DiffusionConfig:
             (3,000 a side, an MLP classifier: a screen, see docs/benchmarks.md for the
             protocol's figures).
         sampler: ``"ode"`` (the probability-flow ODE) or ``"sde"`` (the reverse SDE). On slcp
-            (10,000 simulations, observations 1-10) one trained model scored 0.826 with the
-            ODE's 48 evaluations and 0.815 with 500 Euler-Maruyama steps; another 0.843 and
-            0.844 with 100 steps: within the seeds' spread, at 2 to 10 times the cost.
+            (10,000 simulations, observations 1-10, sbi's MLP classifier) one model scored
+            0.826 with the ODE's 48 evaluations and 0.815 with 500 Euler-Maruyama steps;
+            another 0.843 and 0.844 with 100 steps: within the seeds' spread, at 2 to 10
+            times the cost.
         sde_steps: Euler–Maruyama steps of the reverse SDE.
         hidden_features, time_features, network: The noise network (as in flow matching).
         skip: The Gaussian whose exact noise the network corrects (as in flow matching):
