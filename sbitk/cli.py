@@ -922,6 +922,12 @@ def _describe_model(path: Path) -> str:
             f"  absent trials: x may leave out whole trials of its {trials} (of {width} "
             f"value(s) each: {first} to {last}) as empty cells, keeping at least one"
         )
+    for offset, trials, width in getattr(model, "sorted_trials", ()):
+        first, last = (meta["output_names"][j] for j in (offset, offset + trials * width - 1))
+        lines.append(
+            f"  sorted trials: the estimator sees x's {trials} i.i.d. trials ({first} to "
+            f"{last}) sorted by their values, so their order does not matter"
+        )
     if training:
         lines.append(
             f"  training: {training.get('epochs')} epochs, best validation loss "

@@ -172,12 +172,18 @@ class Estimation:
     def _augmenter(self, x_dim: int):
         """Training-batch augmentation that permutes x's i.i.d. trials, or None (also when each
         trial is a row of its own)."""
+        blocks = self._trial_blocks(x_dim)
+        return _PermuteTrials(blocks, self.x_side) if blocks else None
+
+    def _trial_blocks(self, x_dim: int) -> list[tuple[int, int, int]]:
+        """x's blocks of i.i.d. trials, checked against its ``x_dim`` values; none when each
+        trial is a row of its own."""
         blocks = list(self.trials or [])
         if not blocks or self.trial_count > 1:
-            return None
+            return []
         if max(o + t * w for o, t, w in blocks) > x_dim or min(t for _, t, _ in blocks) < 2:
             raise SbitkError(f"trials {blocks} do not fit x of {x_dim} values")
-        return _PermuteTrials(blocks, self.x_side)
+        return blocks
 
     def _train(self, theta, x: Tensor | None, stream: bool | None) -> nn.Module:
         """Resolve the data, exclude and report invalid rows, build the estimator and train it."""

@@ -52,6 +52,12 @@ from sbitk.models.contract import RATIO, density_kind, has_density, trial_option
 from sbitk.posteriors.direct import DirectPosterior
 from sbitk.simulation.bijections import is_box
 from sbitk.simulation.priors import Prior
+from sbitk.simulation.simulator import sort_trials
+
+#: How NPE makes a posterior blind to the order of x's i.i.d. trials (``trial_order=None``):
+#: ``"sort"`` or ``"permute"`` (see :class:`NPE`).
+TRIAL_ORDER = "permute"
+TRIAL_ORDERS = ("sort", "permute")
 
 
 class NPE(Estimation):
@@ -68,11 +74,18 @@ class NPE(Estimation):
             an estimator that declares ``box_on_theta`` (the spline flow) on θ when the prior is
             bounded on a box, and every other case on the bijection. Truncation needs a
             density; a sample-only estimator always trains on the bijection.
-        trials: Where x holds i.i.d. trials, ``(offset, trials, width)`` blocks whose order each
-            training batch permutes (data augmentation: their order carries no information;
-            on slcp a spline flow's C2ST went from 0.78 to 0.74 on a screen of three
-            observations). ``None`` (the default): the blocks the bank's simulator declares
-            (:func:`~sbitk.simulation.simulator.trial_blocks`); ``False``: never.
+        trials: Where x holds i.i.d. trials, ``(offset, trials, width)`` blocks whose order
+            carries no information (see ``trial_order``). ``None`` (the default): the blocks
+            the bank's simulator declares (:func:`~sbitk.simulation.simulator.trial_blocks`);
+            ``False``: none, x is taken in the order given.
+        trial_order: How the posterior is made blind to the trials' order. ``"sort"``: the
+            estimator sees each block's trials sorted
+            (:func:`~sbitk.simulation.simulator.sort_trials`), in training and in the
+            posterior, which loses nothing (the sorted values are sufficient for i.i.d.
+            trials) and trains on the rows as they are. ``"permute"``: every training batch
+            puts them in a random order (data augmentation), which trains for longer.
+            ``None`` (the default): :data:`TRIAL_ORDER`. With ``variable_trials`` the trials
+            are always permuted (the set embedding is blind to their order).
         log_x: Condition on log x, column by column: ``None`` (the default) for the columns
             of x that are positive and right-skewed in the training data
             (:func:`~sbitk.inference.data.choose_x_bijection`), ``True`` for every column,
@@ -105,6 +118,7 @@ class NPE(Estimation):
         *,
         unconstrained: bool | None = None,
         trials: list[tuple[int, int, int]] | bool | None = None,
+        trial_order: str | None = None,
         log_x: bool | None = None,
         variable_trials: bool = False,
         atoms: int | None = None,
@@ -130,6 +144,14 @@ class NPE(Estimation):
         if not isinstance(variable_trials, bool):
             raise SbitkError(f"variable_trials must be True or False, got {variable_trials!r}")
         self.variable_trials = variable_trials
+        if trial_order not in (None, *TRIAL_ORDERS):
+            raise SbitkError(f"trial_order must be one of {TRIAL_ORDERS}, got {trial_order!r}")
+        if trial_order == "sort" and variable_trials:
+            raise SbitkError(
+                "variable_trials permutes the trials (its set embedding is blind to their "
+                "order): leave trial_order unset or pass 'permute'"
+            )
+        self.trial_order = trial_order or ("permute" if variable_trials else TRIAL_ORDER)
         #: APT's atoms per row (None: maximum likelihood); see ``atoms`` above.
         self.atoms = atoms
         #: With ``atoms``: go on training the estimator module as it stands, with its
@@ -170,7 +192,11 @@ class NPE(Estimation):
 
     def _pair(self, theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         u = self.bijection.forward(theta)[0] if self.trains_unconstrained else theta
-        return u, self._x_view(x)
+        return u, sort_trials(self._x_view(x), self._sorted_blocks(x.shape[-1]))
+
+    def _sorted_blocks(self, x_dim: int) -> list[tuple[int, int, int]]:
+        """The blocks of trials the estimator sees sorted (``trial_order="sort"``)."""
+        return self._trial_blocks(x_dim) if self.trial_order == "sort" else []
 
     def _handle(self, report: RowReport) -> None:
         warn_excluded(report, stacklevel=5)
@@ -201,7 +227,9 @@ class NPE(Estimation):
 
     def _augmenter(self, x_dim: int):
         block = self._missing_block()
-        return super()._augmenter(x_dim) if block is None else _DropTrials(block)
+        if block is not None:
+            return _DropTrials(block)
+        return None if self.trial_order == "sort" else super()._augmenter(x_dim)
 
     def _objective(self, model: nn.Module) -> nn.Module:
         if self.atoms is None:
@@ -244,6 +272,7 @@ class NPE(Estimation):
             simulator_name=self.simulator_name,
             history=self.history,
             missing_trials=self._missing_block(),
+            sorted_trials=self._sorted_blocks(model.config.context),
         )
 
 
@@ -267,4 +296,4 @@ class _DropTrials:
         return inputs, context
 
 
-__all__ = ["NPE"]
+__all__ = ["NPE", "TRIAL_ORDER", "TRIAL_ORDERS"]

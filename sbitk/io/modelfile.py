@@ -25,6 +25,8 @@ under the key ``"sbitk"``:
                           an ``identity``, a ``log``, or a ``stack`` of them, column by column
 ``missing_trials``        NPE: ``[offset, trials, width]``, the block of x's i.i.d. trials an x
                           may leave some of out (trained with ``variable_trials``), or null
+``sorted_trials``         NPE: ``[[offset, trials, width], ...]``, the blocks of x's i.i.d.
+                          trials that the estimator sees sorted (``trial_order="sort"``)
 ``tensors``               name → ``[dtype, shape]`` of every tensor
 ``checksum``              SHA-256 over the JSON above and every tensor's bytes
 ========================  ===================================================================
@@ -70,8 +72,8 @@ from sbitk.errors import ModelFileError, SbitkError
 
 FORMAT = "sbitk-model"
 #: Format version this sbitk writes; it reads this one and the versions in READABLE_VERSIONS.
-FORMAT_VERSION = 6
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
+FORMAT_VERSION = 7
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
 METADATA_KEY = "sbitk"
 
 _DTYPES = {
@@ -118,6 +120,7 @@ def _parts(obj) -> tuple[str, nn.Module, dict]:
         extra = {"unconstrained": obj.unconstrained, "source": obj}
         missing = None if obj.missing_trials is None else list(obj.missing_trials)
         extra["missing_trials"] = missing
+        extra["sorted_trials"] = [list(block) for block in obj.sorted_trials]
         return "npe", obj.estimator, {**extra, "x_bijection": obj.x_bijection.spec()}
     if isinstance(obj, MCMCPosterior | SurrogateLikelihood):
         mcmc = dataclasses.asdict(obj.config) if isinstance(obj, MCMCPosterior) else None
@@ -304,13 +307,17 @@ def _validate(header: dict, where: str) -> None:
     if header["role"] == "nle" and version >= 4 and not _positive_int(trials):
         raise ModelFileError(f"{where}: an NLE model needs a positive integer 'trials' field")
     missing = header.get("missing_trials")
-    if header["role"] == "npe" and version >= 6 and missing is not None and not (
-        isinstance(missing, list) and len(missing) == 3
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in missing)
-    ):  # fmt: skip
+    if header["role"] == "npe" and version >= 6 and missing is not None and not _block(missing):
         raise ModelFileError(
             f"{where}: field 'missing_trials' must be null or [offset, trials, width], got "
             f"{missing!r}"
+        )
+    blocks = header.get("sorted_trials")
+    listed = isinstance(blocks, list) and all(_block(b) for b in blocks)
+    if header["role"] == "npe" and version >= 7 and not listed:
+        raise ModelFileError(
+            f"{where}: field 'sorted_trials' must be a list of [offset, trials, width], got "
+            f"{blocks!r}"
         )
     if version >= 5 and not _x_bijection_spec(header.get("x_bijection")):
         raise ModelFileError(
@@ -339,6 +346,14 @@ def _x_bijection_spec(spec, top: bool = True) -> bool:
     )  # fmt: skip
 
 
+def _block(value) -> bool:
+    """Whether ``value`` has the form of a block of trials, ``[offset, trials, width]``."""
+    return (
+        isinstance(value, list) and len(value) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    )  # fmt: skip
+
+
 def _positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
@@ -363,6 +378,9 @@ def _upgrade(header: dict) -> dict:
 
     Version 5 to 6: an NPE posterior may take x with some i.i.d. trials left out, recorded in
     ``missing_trials``; version 5 posteriors took x whole (``None``).
+
+    Version 6 to 7: an NPE posterior may see x's i.i.d. trials sorted, recorded in
+    ``sorted_trials``; version 6 posteriors saw them in the order given (none).
     """
     if header["format_version"] < 2 and header["estimator"]["name"] == "nsf":
         config = header["estimator"]["config"]
@@ -377,6 +395,8 @@ def _upgrade(header: dict) -> dict:
         header.setdefault("x_bijection", None)
     if header["format_version"] < 6 and header["role"] == "npe":
         header.setdefault("missing_trials", None)
+    if header["format_version"] < 7 and header["role"] == "npe":
+        header.setdefault("sorted_trials", [])
     return header
 
 
@@ -464,7 +484,8 @@ def load_model(path: str | os.PathLike, *, device: str = "cpu"):
         if header["role"] == "npe":
             obj = DirectPosterior(
                 model, prior, unconstrained=header["unconstrained"],
-                missing_trials=header["missing_trials"], **common,
+                missing_trials=header["missing_trials"],
+                sorted_trials=header["sorted_trials"], **common,
             )  # fmt: skip
         else:
             unconstrained = header["unconstrained"]

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from sbitk.errors import SbitkError
 from sbitk.simulation.bijections import Bijection, IdentityBijection, logged_columns
 from sbitk.simulation.priors import Prior
+from sbitk.simulation.simulator import sort_trials
 
 
 def _names(names: Sequence[str] | None, dim: int, what: str) -> list[str]:
@@ -60,6 +61,10 @@ class TrainedEstimator:
         missing_trials: ``(offset, trials, width)``: the block of x's i.i.d. trials of which
             an x may leave some out, as NaN (an NPE trained with ``variable_trials``);
             ``None``: x must be finite.
+        sorted_trials: ``(offset, trials, width)`` blocks of x's i.i.d. trials that the
+            estimator learned sorted (an NPE trained with ``trial_order="sort"``): x's trials
+            are sorted the same way before it sees them
+            (:func:`~sbitk.simulation.simulator.sort_trials`).
     """
 
     #: Which of the estimator's sizes is θ: ``"features"`` (a posterior) or ``"context"`` (a
@@ -80,6 +85,7 @@ class TrainedEstimator:
         history: Any = None,
         x_bijection: Bijection | None = None,
         missing_trials: Sequence[int] | None = None,
+        sorted_trials: Sequence[Sequence[int]] = (),
     ):
         self._accept(estimator)
         x_size = "context" if self.theta_size == "features" else "features"
@@ -116,6 +122,13 @@ class TrainedEstimator:
                 raise SbitkError(
                     f"missing_trials {self.missing_trials} is no block of at least 2 trials "
                     f"within x's {self.x_dim} values"
+                )
+        self.sorted_trials = tuple(tuple(int(v) for v in block) for block in sorted_trials)
+        for offset, trials, width in self.sorted_trials:
+            if offset < 0 or trials < 2 or width < 1 or offset + trials * width > x_est:
+                raise SbitkError(
+                    f"sorted_trials {list(self.sorted_trials)} holds no block of at least 2 "
+                    f"trials within x's {x_est} values"
                 )
 
     def _accept(self, estimator: nn.Module) -> None:
@@ -199,7 +212,7 @@ class TrainedEstimator:
                     f"simulation was positive: the model learned log x there ({len(bad)} such "
                     "column(s)); check the observation, or retrain with log_x=False"
                 )
-        return self.x_bijection.forward(x)[0]
+        return sort_trials(self.x_bijection.forward(x)[0], self.sorted_trials)
 
     def _check_theta(self, theta: Tensor) -> Tensor:
         """θ of shape (*, D_θ), checked, on the device."""

@@ -391,6 +391,31 @@ def trial_blocks(description: Mapping) -> list[tuple[int, int, int]]:
     return blocks
 
 
+def sort_trials(x: Tensor, blocks: Sequence[tuple[int, int, int]]) -> Tensor:
+    """``x`` (*, D_x) with the i.i.d. trials of each block in one canonical order: ascending
+    by their first value, ties broken by the next ones (lexicographic).
+
+    The trials' order carries no information, and their values in this order (the order
+    statistics) hold all that they do: a model of x in this order is blind to the order
+    without learning it. ``blocks`` holds ``(offset, trials, width)`` per output of trials
+    (:func:`trial_blocks`).
+
+    Example:
+        >>> x = torch.tensor([[9.0, 3.0, 1.0, 1.0, 2.0, 1.0, 0.0]])
+        >>> sort_trials(x, [(1, 3, 2)]).tolist()
+        [[9.0, 1.0, 0.0, 1.0, 2.0, 3.0, 1.0]]
+    """
+    x = x.clone()
+    for offset, trials, width in blocks:
+        stop = offset + trials * width
+        part = x[..., offset:stop].reshape(*x.shape[:-1], trials, width)
+        for column in reversed(range(width)):  # stable sorts, the last key first
+            order = part[..., column].argsort(dim=-1, stable=True)
+            part = part.gather(-2, order[..., None].expand(part.shape))
+        x[..., offset:stop] = part.reshape(*x.shape[:-1], trials * width)
+    return x
+
+
 __all__ = [
     "STATUS_EXCEPTION",
     "STATUS_INF",
@@ -401,5 +426,6 @@ __all__ = [
     "BatchResult",
     "Simulator",
     "simulator",
+    "sort_trials",
     "trial_blocks",
 ]

@@ -1,4 +1,5 @@
-"""i.i.d. trials: simulators declare them, training batches permute them, held-out rows do not."""
+"""i.i.d. trials: simulators declare them, training batches permute them, held-out rows do not;
+or NPE sorts them."""
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from sbitk.inference.npe import NPE
 from sbitk.inference.training import TrainConfig
 from sbitk.models.gaussian import ConditionalGaussian
 from sbitk.simulation.priors import Normal
-from sbitk.simulation.simulator import trial_blocks
+from sbitk.simulation.simulator import sort_trials, trial_blocks
 
 
 class Recording(ConditionalGaussian):
@@ -77,6 +78,47 @@ def test_training_batches_see_permuted_trials_and_held_out_rows_fixed_versions(c
     model.seen.clear()
     cls(Normal(0.0, 1.0, dim=1), model, config=config, trials=False, **whole).fit(theta, x)
     assert all(tuple(r) in rows for b in model.seen for r in b[side].tolist())
+
+
+def test_sorting_trials_orders_whole_trials_by_their_values_and_nothing_else():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 9, generator=g)  # a scalar, then 4 trials of 2
+    x[:100, 3] = x[:100, 1]  # ties in the first value, broken by the second
+    y = sort_trials(x, [(1, 4, 2)])
+    assert torch.equal(y[:, 0], x[:, 0])
+    trials, before = y[:, 1:].reshape(300, 4, 2), x[:, 1:].reshape(300, 4, 2)
+    assert sorted(map(tuple, trials[7].tolist())) == sorted(map(tuple, before[7].tolist()))
+    assert (trials[:, 1:, 0] >= trials[:, :-1, 0]).all()
+    tied = trials[:100, 1:, 0] == trials[:100, :-1, 0]
+    assert tied.sum() >= 100 and (trials[:100, 1:, 1] >= trials[:100, :-1, 1])[tied].all()
+    # every order of the trials sorts to the same row
+    for order in ([3, 2, 1, 0], [1, 0, 3, 2], [2, 3, 0, 1]):
+        shuffled = torch.cat([x[:, :1], before[:, order].flatten(1)], 1)
+        assert torch.equal(sort_trials(shuffled, [(1, 4, 2)]), y)
+
+
+def test_npe_can_sort_the_trials_in_training_and_in_the_posterior():
+    g = torch.Generator().manual_seed(0)
+    theta = torch.randn(400, 1, generator=g)
+    x = theta + torch.randn(400, 3, generator=g)  # three trials of one value
+    model = recording(1, 3)
+    config = TrainConfig(progress=False, max_epochs=2, batch_size=100)
+    npe = NPE(Normal(0.0, 1.0, dim=1), model, config=config, trials=[(0, 3, 1)],
+              trial_order="sort")  # fmt: skip
+    posterior = npe.fit(theta, x)
+    assert npe.trial_order == "sort" and posterior.sorted_trials == ((0, 3, 1),)
+    seen = torch.cat([b[2] for b in model.seen])
+    assert len(seen) == 2 * 400  # no extra versions of the held-out rows
+    assert {tuple(r) for r in seen.tolist()} == {tuple(sorted(r)) for r in x.tolist()}
+    x_o = torch.tensor([0.3, -1.0, 2.0])
+    draws = posterior.sample(50, x=x_o, seed=1)
+    assert torch.equal(posterior.sample(50, x=x_o[[2, 0, 1]], seed=1), draws)
+    lp = posterior.log_prob(draws, x=x_o)
+    assert torch.equal(posterior.log_prob(draws, x=x_o[[1, 2, 0]]), lp)
+    with pytest.raises(SbitkError, match="trial_order must be one of"):
+        NPE(Normal(0.0, 1.0, dim=1), trial_order="shuffle")
+    with pytest.raises(SbitkError, match="variable_trials permutes"):
+        NPE(Normal(0.0, 1.0, dim=1), trial_order="sort", variable_trials=True)
 
 
 def test_fitting_from_a_bank_reads_the_trials_of_its_simulator():
@@ -254,3 +296,29 @@ def test_variable_trials_need_one_block_of_trials_and_an_estimator_that_takes_th
     fixed = NPE(Normal(0.0, 1.0, dim=2), "gaussian", config=config).fit(theta, x)
     with pytest.raises(SbitkError, match="x must be finite, found NaN"):
         fixed.sample(10, x=torch.tensor([0.5, -0.3] + [float("nan")] * 4))
+
+
+def test_the_command_line_sorts_the_trials_of_its_bank_on_request(tmp_path):
+    """``sbitk train -O trial_order=sort`` on a bank whose simulator declares trials: the model
+    file records the sorted block, ``inspect`` says so, and the posterior ignores their order."""
+    from click.testing import CliRunner
+
+    from sbitk.cli import main
+    from sbitk.io.modelfile import load_model
+
+    runner, bank, model = CliRunner(), tmp_path / "slcp.zarr", tmp_path / "m.safetensors"
+    args = ["simulate", "slcp", "-n", "300", "-o", str(bank), "--seed", "0", "--workers", "1"]
+    assert runner.invoke(main, args).exit_code == 0
+    args = ["train", str(bank), "-o", str(model), "--estimator", "gaussian", "--max-epochs", "2"]
+    result = runner.invoke(main, [*args, "-O", "trial_order=sort"])
+    assert result.exit_code == 0, result.output
+    inspected = runner.invoke(main, ["inspect", str(model)]).output
+    assert "sorted trials: the estimator sees x's 4 i.i.d. trials (x[0,0] to x[3,1])" in inspected
+    posterior = load_model(model)
+    assert posterior.sorted_trials == ((0, 4, 2),)
+    x_o = torch.tensor([0.5, -0.3, 0.9, 0.1, 0.2, -0.6, 1.0, 1.5])
+    swapped = x_o.reshape(4, 2)[[2, 3, 0, 1]].flatten()
+    draws = posterior.sample(20, x=x_o, seed=0)
+    assert torch.equal(posterior.sample(20, x=swapped, seed=0), draws)
+    result = runner.invoke(main, [*args, "--force", "-O", "trial_order=random"])
+    assert result.exit_code == 2 and "trial_order must be one of" in result.output

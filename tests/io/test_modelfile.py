@@ -8,7 +8,7 @@ import struct
 import pytest
 import torch
 
-from sbitk.errors import ModelFileError
+from sbitk.errors import ModelFileError, SbitkError
 from sbitk.inference.nle import NLE
 from sbitk.inference.npe import NPE
 from sbitk.inference.training import TrainConfig
@@ -421,3 +421,39 @@ def test_a_bank_given_as_a_model_is_named_a_bank(tmp_path):
     (bank / "zarr.json").write_text("{}")
     with pytest.raises(ModelFileError, match=r"is a simulation bank .* not a model file"):
         load_model(bank)
+
+
+def test_sorted_trials_round_trip_and_version_6_files_read_as_unsorted(tmp_path):
+    """Format 7 records the blocks of trials an NPE posterior sees sorted; format 6 files
+    predate them and saw x in the order given."""
+    from sbitk.io import modelfile
+
+    model = ConditionalGaussian(3, 4)
+    torch.nn.init.normal_(next(model.parameters()))
+    posterior = DirectPosterior(model, PRIOR, sorted_trials=[(1, 3, 1)])
+    path = tmp_path / "sorted.safetensors"
+    save_model(path, posterior)
+    assert read_metadata(path)["sorted_trials"] == [[1, 3, 1]]
+    loaded = load_model(path)
+    assert loaded.sorted_trials == ((1, 3, 1),)
+    xo, theta = torch.tensor([5.0, 0.3, -1.0, 2.0]), torch.tensor([[0.3, 1.2, 0.5]])
+    expected = posterior.log_prob(theta, x=xo)
+    assert torch.equal(loaded.log_prob(theta, x=xo[[0, 3, 1, 2]]), expected)
+    unsorted = DirectPosterior(model, PRIOR).log_prob(theta, x=xo)
+    assert not torch.equal(unsorted, expected)  # the order matters to the estimator itself
+
+    def as_version_6(meta):
+        meta["format_version"] = 6
+        del meta["sorted_trials"]
+        del meta["checksum"]
+        _, tensors = modelfile._read_header(path)
+        meta["checksum"] = modelfile._checksum(meta, tensors)
+
+    rewrite(path, as_version_6)
+    assert load_model(path).sorted_trials == ()
+    assert torch.equal(load_model(path).log_prob(theta, x=xo), unsorted)
+    rewrite(path, lambda m: m.update(format_version=7))  # a format 7 NPE file must say which
+    with pytest.raises(ModelFileError, match="'sorted_trials' must be a list"):
+        load_model(path)
+    with pytest.raises(SbitkError, match="holds no block of at least 2 trials"):
+        DirectPosterior(model, PRIOR, sorted_trials=[(2, 3, 1)])
