@@ -124,11 +124,12 @@ class TrainedEstimator:
                     f"within x's {self.x_dim} values"
                 )
         self.sorted_trials = tuple(tuple(int(v) for v in block) for block in sorted_trials)
-        for offset, trials, width in self.sorted_trials:
+        for block in self.sorted_trials:
+            offset, trials, width = block if len(block) == 3 else (-1, 0, 0)
             if offset < 0 or trials < 2 or width < 1 or offset + trials * width > x_est:
                 raise SbitkError(
-                    f"sorted_trials {list(self.sorted_trials)} holds no block of at least 2 "
-                    f"trials within x's {x_est} values"
+                    f"sorted_trials: {block} is no block (offset, trials, width) of at least "
+                    f"2 trials within x's {x_est} values"
                 )
 
     def _accept(self, estimator: nn.Module) -> None:

@@ -450,5 +450,6 @@ def test_sorted_trials_round_trip_and_version_6_files_read_as_unsorted(tmp_path)
     rewrite(path, lambda m: m.update(format_version=7))  # a format 7 NPE file must say which
     with pytest.raises(ModelFileError, match="'sorted_trials' must be a list"):
         load_model(path)
-    with pytest.raises(SbitkError, match="holds no block of at least 2 trials"):
-        DirectPosterior(model, PRIOR, sorted_trials=[(2, 3, 1)])
+    for bad in ([(2, 3, 1)], [(1, 3)], [(1, 1, 3)]):
+        with pytest.raises(SbitkError, match=r"is no block .* of at least 2 trials"):
+            DirectPosterior(model, PRIOR, sorted_trials=bad)
