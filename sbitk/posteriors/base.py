@@ -42,6 +42,18 @@ def _names(names: Sequence[str] | None, dim: int, what: str) -> list[str]:
     return names
 
 
+def _block(name: str, block: Sequence[int], size: int) -> tuple[int, int, int]:
+    """``block`` as ``(offset, trials, width)``, checked to hold at least 2 trials within
+    ``size`` values."""
+    offset, trials, width = tuple(map(int, block)) if len(block) == 3 else (-1, 0, 0)
+    if offset < 0 or trials < 2 or width < 1 or offset + trials * width > size:
+        raise SbitkError(
+            f"{name}: {tuple(block)} is no block (offset, trials, width) of at least 2 trials "
+            f"within x's {size} values"
+        )
+    return offset, trials, width
+
+
 class TrainedEstimator:
     """A trained estimator in a role: the set-up and the input checks of every such role.
 
@@ -115,22 +127,10 @@ class TrainedEstimator:
         self.output_names = _names(output_names, self.x_dim, "x")
         self.simulator_name = simulator_name
         self.history = history
-        self.missing_trials = None if missing_trials is None else tuple(missing_trials)
-        if self.missing_trials is not None:
-            offset, trials, width = self.missing_trials
-            if offset < 0 or trials < 2 or width < 1 or offset + trials * width > self.x_dim:
-                raise SbitkError(
-                    f"missing_trials {self.missing_trials} is no block of at least 2 trials "
-                    f"within x's {self.x_dim} values"
-                )
-        self.sorted_trials = tuple(tuple(int(v) for v in block) for block in sorted_trials)
-        for block in self.sorted_trials:
-            offset, trials, width = block if len(block) == 3 else (-1, 0, 0)
-            if offset < 0 or trials < 2 or width < 1 or offset + trials * width > x_est:
-                raise SbitkError(
-                    f"sorted_trials: {block} is no block (offset, trials, width) of at least "
-                    f"2 trials within x's {x_est} values"
-                )
+        self.missing_trials = None
+        if missing_trials is not None:
+            self.missing_trials = _block("missing_trials", missing_trials, self.x_dim)
+        self.sorted_trials = tuple(_block("sorted_trials", b, x_est) for b in sorted_trials)
 
     def _accept(self, estimator: nn.Module) -> None:
         """Raise unless this role can use ``estimator`` (what it needs of its density)."""

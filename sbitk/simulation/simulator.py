@@ -405,6 +405,8 @@ def sort_trials(x: Tensor, blocks: Sequence[tuple[int, int, int]]) -> Tensor:
         >>> sort_trials(x, [(1, 3, 2)]).tolist()
         [[9.0, 1.0, 0.0, 1.0, 2.0, 3.0, 1.0]]
     """
+    if not blocks:
+        return x
     x = x.clone()
     for offset, trials, width in blocks:
         stop = offset + trials * width
