@@ -48,6 +48,7 @@ from sbitk.models.base import (
     VALIDATION_SEED,
     StandardizedEstimator,
     build_config,
+    check_inputs,
     linear_gaussian_fit,
 )
 from sbitk.models.contract import EXACT
@@ -412,7 +413,7 @@ class ProbabilityFlowDistribution:
     def log_prob(self, a: Tensor) -> Tensor:
         """Log density of ``a`` (..., *batch_shape, D) by the instantaneous change of variables."""
         cfg, d = self.model.config, self.model.config.features
-        shape = torch.broadcast_shapes(a.shape[:-1], self.batch_shape)
+        shape = check_inputs(a, d, self.batch_shape)
         z = self.model.inputs(a.expand(*shape, d))
         field = self._field()
         probes = None

@@ -97,7 +97,12 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from sbitk.errors import SbitkError
-from sbitk.models.base import VALIDATION_SEED, StandardizedEstimator, linear_gaussian_fit
+from sbitk.models.base import (
+    VALIDATION_SEED,
+    StandardizedEstimator,
+    check_inputs,
+    linear_gaussian_fit,
+)
 from sbitk.models.contract import UNNORMALISED
 from sbitk.models.langevin import mala, ula
 from sbitk.nn.mlp import ACTIVATIONS, MLP
@@ -227,7 +232,7 @@ class EnergyModel(StandardizedEstimator):
         if weight is not None:
             self.noise_weight.copy_(weight)
         self.noise_bias.copy_(bias)
-        cov = cov + 1e-6 * torch.eye(cov.shape[0], dtype=cov.dtype)
+        cov = cov + 1e-6 * torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
         self.noise_tril.copy_(torch.linalg.cholesky(cov) * self.config.noise_scale)
         return self
 
@@ -279,7 +284,8 @@ class EnergyModel(StandardizedEstimator):
         b = z.shape[0]
         if cfg.cd_init == "persistent":
             if self._buffer is None or self._buffer.shape[-1] != z.shape[-1]:
-                self._buffer = self.noise_sample((cfg.cd_buffer,), None).detach().to(z.dtype)
+                self._buffer = self.noise_sample((cfg.cd_buffer,), None).detach()
+            self._buffer = self._buffer.to(z)  # the chains follow the model to a device or dtype
             index = torch.randint(cfg.cd_buffer, (b,), device=z.device)
             start = self._buffer[index]
             fresh = torch.rand(b, device=z.device) < cfg.cd_reinit
@@ -364,6 +370,7 @@ class EnergyDistribution:
     def log_prob(self, a: Tensor) -> Tensor:
         """:math:`-E_\\phi(a \\mid c)` plus the z-scoring's log-determinant, shape (...)."""
         model = self.model
+        check_inputs(a, model.config.features, self.batch_shape)
         return -model.energy(model.inputs(a), self.context) + model.inputs.log_abs_det()
 
     @torch.no_grad()

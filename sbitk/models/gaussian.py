@@ -18,6 +18,7 @@ from torch.distributions import AffineTransform, TransformedDistribution
 from torch.distributions import MultivariateNormal as TorchMVN
 
 from sbitk.errors import SbitkError
+from sbitk.models.base import check_inputs
 from sbitk.models.contract import EXACT
 
 
@@ -112,13 +113,19 @@ class ConditionalGaussian(nn.Module):
         vals = torch.where(diag, nn.functional.softplus(raw + 0.5413) + 1e-4, raw)
         tril[..., self._rows, self._cols] = vals
         base = TorchMVN(loc, scale_tril=tril)
-        return TransformedDistribution(
-            base, [AffineTransform(self.input_mean, self.input_std, event_dim=1)]
-        )
+        return _Gaussian(base, [AffineTransform(self.input_mean, self.input_std, event_dim=1)])
 
     def loss(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
         """Negative log density of ``inputs`` (B, D) given ``context`` (B, C): shape (B,)."""
         return -self(context).log_prob(inputs)
+
+
+class _Gaussian(TransformedDistribution):
+    """torch's distribution, with inputs of the wrong shape refused in one line."""
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        check_inputs(value, self.event_shape[0], self.batch_shape)
+        return super().log_prob(value)
 
 
 def _safe_std(t: Tensor) -> Tensor:

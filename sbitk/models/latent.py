@@ -71,7 +71,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from sbitk.errors import SbitkError
-from sbitk.models.base import StandardizedEstimator
+from sbitk.models.base import StandardizedEstimator, check_inputs
 from sbitk.models.contract import ESTIMATED
 from sbitk.models.flows.nsf import BOX_NSF_OPTIONS, NLE_NSF_OPTIONS, NSF
 from sbitk.nn.mlp import MLP
@@ -406,9 +406,7 @@ class LatentDistribution:
         with ``seed`` (the config's when None): the result is a deterministic function of a.
         """
         m, d = self.model, self.model.config.features
-        if a.dim() == 0 or a.shape[-1] != d:
-            raise SbitkError(f"log_prob: expected inputs (..., {d}), found {tuple(a.shape)}")
-        shape = torch.broadcast_shapes(a.shape[:-1], self.batch_shape)
+        shape = check_inputs(a, d, self.batch_shape)
         rows = m.inputs(a).expand(*shape, d).reshape(-1, d)
         c = self.context
         c = None if c is None else c.expand(*shape, c.shape[-1]).reshape(rows.shape[0], -1)

@@ -89,6 +89,7 @@ class GaussianTargetField(FlowMatching):
 def test_the_density_of_the_exact_field_is_the_target_and_integrates_to_one(solver):
     model = GaussianTargetField(2, 0, solver=solver, steps=100, sigma_min=0.0).double()
     target = torch.distributions.MultivariateNormal(model.mu, model.sigma)
+    torch.manual_seed(0)
     a = target.sample((50,))
     assert torch.allclose(model().log_prob(a), target.log_prob(a), atol=1e-4)
     axis = torch.linspace(-6, 6, 241, dtype=torch.float64)

@@ -172,6 +172,20 @@ def test_the_declared_density_kind_is_what_log_prob_gives(name):
         assert mass == pytest.approx(1.0, abs=0.1)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_log_prob_refuses_inputs_of_the_wrong_shape_with_a_message(name):
+    """A last dimension other than D, or rows that do not broadcast with the contexts, is one
+    SbitkError that says so, not a tensor error from deep inside the model."""
+    model, _, ctx = trained_a_little(name)
+    dist = model(ctx[:4])
+    if density_kind(model) == NONE:
+        return
+    for wrong in (torch.zeros(4, D + 1), torch.zeros(3, D)):
+        with torch.no_grad(), pytest.raises(SbitkError) as caught:
+            dist.log_prob(wrong)
+        assert str(tuple(wrong.shape)) in str(caught.value)
+
+
 def test_a_class_without_a_density_kind_is_refused():
     from torch import nn
 
