@@ -172,10 +172,14 @@ def test_the_declared_density_kind_is_what_log_prob_gives(name):
         assert mass == pytest.approx(1.0, abs=0.1)
 
 
-@pytest.mark.parametrize("name", NAMES)
+OWN = [n for n in NAMES if get_estimator(n).__module__.startswith("sbitk.")]
+
+
+@pytest.mark.parametrize("name", OWN)
 def test_log_prob_refuses_inputs_of_the_wrong_shape_with_a_message(name):
     """A last dimension other than D, or rows that do not broadcast with the contexts, is one
-    SbitkError that says so, not a tensor error from deep inside the model."""
+    SbitkError that says so, not a tensor error from deep inside the model. sbitk's own
+    estimators do this; the contract does not ask it of a third party's."""
     model, _, ctx = trained_a_little(name)
     dist = model(ctx[:4])
     if density_kind(model) == NONE:
