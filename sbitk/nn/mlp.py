@@ -232,6 +232,8 @@ class GatedResidualMLP(nn.Module):
             ``(64, 64)`` is a stream of 64 with one block; a single size ``(w,)`` means
             ``(w, w)``.
         activation: Name of the activation.
+        dropout: Probability of zeroing each inner unit of a block in training (between its
+            activation and its second layer); 0: no dropout layer at all.
 
     Example:
         >>> import torch
@@ -247,6 +249,7 @@ class GatedResidualMLP(nn.Module):
         out_features: int,
         hidden_features: Sequence[int] = (64, 64),
         activation: str = "relu",
+        dropout: float = 0.0,
     ):
         super().__init__()
         sizes = [int(h) for h in hidden_features]
@@ -256,6 +259,8 @@ class GatedResidualMLP(nn.Module):
                 f"block) and some input, found hidden_features={tuple(sizes)}, "
                 f"in_features={in_features}, context_features={context_features}"
             )
+        if not 0 <= dropout < 1:
+            raise SbitkError(f"GatedResidualMLP: expected 0 <= dropout < 1, found {dropout}")
         if len(sizes) == 1:
             sizes = sizes * 2
         self.in_features, self.context_features = int(in_features), int(context_features)
@@ -269,6 +274,7 @@ class GatedResidualMLP(nn.Module):
                 make_activation(activation),
                 nn.Linear(width, inner),
                 make_activation(activation, inplace=True),
+                *([nn.Dropout(dropout)] if dropout else []),
                 nn.Linear(inner, width),
             )
             nn.init.uniform_(block[-1].weight, -1e-3, 1e-3)

@@ -255,3 +255,36 @@ def test_a_saved_linear_skip_is_read_back_with_its_fit(family, tmp_path):
     assert torch.equal(loaded.estimator.skip.weight, model.skip.weight)
     theta, x = a[:5], c[0]
     torch.testing.assert_close(loaded.log_prob(theta, x=x), posterior.log_prob(theta, x=x))
+
+
+@pytest.mark.parametrize("family", [FlowMatching, Diffusion])
+def test_dropout_acts_in_training_only_and_survives_a_model_file(family, tmp_path):
+    from sbitk.io.modelfile import load_model, save_model
+    from sbitk.posteriors.direct import DirectPosterior
+    from sbitk.simulation.priors import Normal
+
+    torch.manual_seed(0)
+    model = family(2, 1, hidden_features=(8, 8, 8), steps=4, dropout=0.5)
+    assert sum(isinstance(m, torch.nn.Dropout) for m in model.modules()) == 2
+    with torch.no_grad():  # a non-trivial field: the blocks start near zero
+        for p in model.field.parameters():
+            p.normal_(0.0, 0.5)
+    a, c, t = torch.randn(6, 2), torch.randn(6, 1), torch.full((6,), 0.5)
+    field = model.velocity if family is FlowMatching else model.noise
+    model.train()
+    assert not torch.equal(field(a, t, c), field(a, t, c))  # units dropped at random
+    model.eval()
+    assert torch.equal(field(a, t, c), field(a, t, c))
+    model.fit_standardization(a, c)
+    posterior = DirectPosterior(model, Normal(0.0, 3.0, dim=2))
+    save_model(tmp_path / "dropout.safetensors", posterior)
+    loaded = load_model(tmp_path / "dropout.safetensors")
+    assert loaded.estimator.config.dropout == 0.5
+    torch.testing.assert_close(loaded.log_prob(a, x=c[0]), posterior.log_prob(a, x=c[0]))
+
+
+@pytest.mark.parametrize("family", [FlowMatching, Diffusion])
+def test_bad_dropout_is_refused_by_name(family):
+    for options in ({"dropout": 1.0}, {"dropout": -0.1}, {"dropout": 0.1, "network": "mlp"}):
+        with pytest.raises(SbitkError, match="dropout"):
+            family(2, 1, **options)
