@@ -102,9 +102,9 @@ class DiffusionConfig:
             context) or ``"none"``.
         dropout: Probability of zeroing each inner unit of the residual field's blocks in
             training. 0.1 scored a mean of 0.823 on slcp over three seeds against 0.831 (all
-            10 observations, trials in their simulated order) and 0.537 on two_moons against
-            0.552, but 0.722 against 0.711 on slcp with its trials permuted, and took up to a
-            third more epochs there (see docs/families/continuous.md).
+            10 observations, trials in their simulated order), in up to a third more epochs,
+            and 0.537 on two_moons against 0.552, but 0.722 against 0.711 on slcp with its
+            trials permuted (see docs/families/continuous.md).
         solver, steps, rtol, atol, divergence, probes: The probability-flow ODE's solver, for
             sampling with ``sampler="ode"`` and for every density. In log time 12 Runge–Kutta
             steps suffice (two_moons at 10,000 simulations, observations 1-3: C2ST 0.555,
