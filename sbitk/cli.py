@@ -440,17 +440,22 @@ def _force_option(f):
 
 
 def _say_mcmc_cost(model: Path, n: int) -> None:
-    """Say up front that an NLE model's checks run MCMC once per fresh simulation."""
+    """Say up front that the checks of a posterior sampled by MCMC (NLE's, NRE's, an
+    unnormalised NPE's) run it once per fresh simulation."""
     from sbitk.io.modelfile import read_metadata
+    from sbitk.models.contract import UNNORMALISED, density_kind
+    from sbitk.models.registry import get_estimator
 
     try:
         meta = read_metadata(model)
-    except SbitkError:
+        name = (meta.get("estimator") or {}).get("name")
+        unnormalised = density_kind(get_estimator(name)) == UNNORMALISED
+    except (SbitkError, TypeError):
         return  # diagnose names the problem with the file itself
-    if meta.get("role") == "nle":
-        ratio = (meta.get("estimator") or {}).get("name") == "ratio"
+    if meta.get("role") == "nle" or unnormalised:
+        kind = "NRE" if name == "ratio" else meta.get("role", "").upper()
         click.echo(
-            f"note: an {'NRE' if ratio else 'NLE'} posterior is sampled by MCMC for each of the "
+            f"note: an {kind} posterior is sampled by MCMC for each of the "
             f"{n} fresh simulations; "
             "this takes minutes (about 1 s each for a small model on one core); "
             "--num-simulations sets how many",

@@ -386,6 +386,34 @@ def test_every_registered_posterior_estimator_trains_and_samples_from_the_comman
     assert np.isfinite(theta.values).all()
 
 
+def test_an_unnormalised_npe_is_sampled_by_mcmc_as_nle_is(trained, tmp_path):
+    """An energy model declares an unnormalised density: its posterior is sampled in chains,
+    with R-hat and ESS, and diagnose says up front that it runs MCMC per fresh simulation."""
+    import arviz as az
+
+    _, bank, _, _ = trained
+    model, result = tmp_path / "ebm.safetensors", tmp_path / "p.nc"
+    train = CliRunner().invoke(
+        main,
+        ["train", str(bank), "-o", str(model), "--estimator", "ebm", "--epochs", "2",
+         "--device", "cpu", "--seed", "0"],
+    )  # fmt: skip
+    assert train.exit_code == 0, (train.output, train.exception)
+    sample = CliRunner().invoke(
+        main, ["sample", str(model), "--observed", str(OBSERVED), "-n", "40", "-o", str(result)]
+    )
+    assert sample.exit_code == 0, (sample.output, sample.exception)
+    idata = az.from_netcdf(result)
+    assert idata.posterior.theta.shape == (2, 20, 2)  # two chains of 20 draws
+    assert {"r_hat", "ess"} <= set(idata.sample_stats.data_vars)
+    diagnosed = sbitk_cli("diagnose", model, "--bank", bank, "-o", tmp_path / "r.html",
+                          "--num-simulations", "10", "--num-posterior-samples", "20")  # fmt: skip
+    assert diagnosed.returncode in (0, 1), diagnosed.stderr
+    assert diagnosed.stderr.startswith(
+        "note: an NPE posterior is sampled by MCMC for each of the 10"
+    )
+
+
 def test_existing_outputs_need_force(trained, tmp_path):
     _, bank, model, _ = trained
     target = tmp_path / "m.safetensors"

@@ -57,12 +57,11 @@ run of up to 100 epochs (3-8 s) reached 0.0004 or less.
 **Sampling** (``estimator(c).sample``) runs MALA (:func:`~sbitk.models.langevin.mala`) on
 :math:`-E_\phi`, one chain per draw, started from the noise distribution, with ``mcmc_warmup``
 steps adapting the step size (per context) and a diagonal preconditioner, then ``mcmc_steps``
-fixed steps; each chain gives its last state. The issue that asked for this model suggested
-sampling it with the MCMC that NLE uses (slice sampling, :mod:`sbitk.posteriors.mcmc`); that
-kernel lives a layer above the models and is a few hundred lines of stepping-out, shrinking,
-width tuning and whitening, too much to move down for this. MALA uses the one thing an energy
-model has that a black-box likelihood lacks, a cheap gradient, and needs one batched call per
-step whatever the dimension, where slice sampling needs several calls per coordinate.
+fixed steps; each chain gives its last state. MALA uses the one thing an energy model has that a
+black-box likelihood lacks, a cheap gradient. As a posterior estimator (NPE) the model declares
+an unnormalised density, and the posterior built on it is sampled by the MCMC that NLE uses
+(slice sampling from importance-resampled prior draws, :mod:`sbitk.posteriors.mcmc`), a layer
+above this one; this sampler then serves the model used on its own.
 
 Legend: :math:`a` the modelled vector, :math:`z` its z-scored version, :math:`c` the (z-scored)
 context, :math:`\nu` = ``noise_ratio``.

@@ -12,6 +12,11 @@ support by rejection, with a cap on attempts and on time, and the acceptance rat
 observation for which almost every proposal misses the support (one far from the training data)
 is completed by slice sampling the truncated estimator instead, with a warning.
 
+An estimator whose density is unnormalised (an energy model) is sampled as NLE's posterior is:
+by the slice sampler of :mod:`sbitk.posteriors.mcmc`, one observation at a time, with chains
+started by importance resampling of prior draws (:func:`~sbitk.posteriors.mcmc.posterior_chains`).
+Such a posterior is not ``amortized``: the workflow then samples it chain by chain, as NLE's.
+
 Example:
     >>> import torch
     >>> from sbitk.models.gaussian import ConditionalGaussian
@@ -34,9 +39,10 @@ import torch
 from torch import Tensor, nn
 
 from sbitk.errors import SbitkError
-from sbitk.models.contract import NONE, RATIO, density_kind, has_density
+from sbitk.models.contract import NONE, RATIO, UNNORMALISED, density_kind, has_density
 from sbitk.nn.threads import limited_threads
 from sbitk.posteriors.base import TrainedEstimator
+from sbitk.posteriors.mcmc import MCMCConfig, posterior_chains, slice_sample
 from sbitk.simulation.bijections import IdentityBijection
 from sbitk.simulation.priors import Prior
 
@@ -91,12 +97,12 @@ class DirectPosterior(TrainedEstimator):
         history: The training history (a :class:`~sbitk.inference.training.History`) or None.
         max_rejection_attempts: Rejection rounds before giving up (``unconstrained=False``).
         max_rejection_time: Seconds of rejection sampling before giving up.
+        mcmc: The MCMC settings for an estimator with an unnormalised density (``None``: the
+            defaults of :class:`~sbitk.posteriors.mcmc.MCMCConfig`, NLE's).
     """
 
     role = "npe"
     theta_size = "features"
-    #: Samples a batch of observations in one call (the workflow batches its draws).
-    amortized = True
     #: Combines i.i.d. trials of one observation (only a likelihood can).
     iid_trials = False
 
@@ -107,6 +113,7 @@ class DirectPosterior(TrainedEstimator):
         *,
         max_rejection_attempts: int = 100,
         max_rejection_time: float = 60.0,
+        mcmc: MCMCConfig | None = None,
         **role_options,
     ):
         super().__init__(estimator, prior, **role_options)
@@ -125,6 +132,11 @@ class DirectPosterior(TrainedEstimator):
         #: Indices of the observations whose samples rejection could not complete in the last
         #: ``sample`` call, completed by slice sampling the truncated estimator instead.
         self.mcmc_observations: list[int] = []
+        #: MCMC settings, for an estimator with an unnormalised density.
+        self.config = mcmc or MCMCConfig()
+        #: Chains and diagnostics of the last observation sampled by MCMC (unnormalised
+        #: density), as :class:`~sbitk.posteriors.mcmc.MCMCResult` in θ; else None.
+        self.last_result = None
 
     # ---- plumbing ----------------------------------------------------------------------------
     def _accept(self, estimator: nn.Module) -> None:
@@ -133,6 +145,12 @@ class DirectPosterior(TrainedEstimator):
                 f"estimator {type(estimator).__name__} estimates a likelihood-to-evidence ratio "
                 "and draws nothing: it is no posterior; use it as NRE's classifier"
             )
+
+    @property
+    def amortized(self) -> bool:
+        """Whether one call samples a batch of observations by independent draws (the workflow
+        batches its draws); not for an unnormalised density, which is sampled by MCMC."""
+        return self.density != UNNORMALISED
 
     @property
     def density(self) -> str:
@@ -178,6 +196,7 @@ class DirectPosterior(TrainedEstimator):
         *,
         seed: int | None = None,
         chunk_rows: int | None = None,
+        config: MCMCConfig | None = None,
     ) -> Tensor:
         """Draw ``n`` samples of θ for each observation.
 
@@ -187,9 +206,13 @@ class DirectPosterior(TrainedEstimator):
             seed: Seeds the draws (the global RNG is restored afterwards).
             chunk_rows: Largest number of rows drawn in one estimator call; ``None`` picks
                 :func:`default_chunk_rows` for the device.
+            config: Overrides :attr:`config`, the MCMC settings of an unnormalised density,
+                for this call.
 
         Returns:
-            θ of shape (n, D_θ) for one observation, (n, B, D_θ) for a batch; on the CPU.
+            θ of shape (n, D_θ) for one observation, (n, B, D_θ) for a batch; on the CPU. An
+            unnormalised density's draws come from ``min(num_chains, n / 10)`` chains, each
+            observation's in :attr:`last_result` after the call (the last one's).
         """
         x, single = self._x(x)
         if n < 0:
@@ -199,7 +222,9 @@ class DirectPosterior(TrainedEstimator):
         elif chunk_rows < 1:
             raise SbitkError(f"chunk_rows must be >= 1, got {chunk_rows}")
         with seeded(seed, self.device):
-            if self.unconstrained:
+            if not self.amortized:
+                theta = self._mcmc(n, x, config or self.config)
+            elif self.unconstrained:
                 theta = self.bijection.inverse(self._draw_u(n, x, chunk_rows))
                 self.acceptance_rate = 1.0
             else:
@@ -267,15 +292,7 @@ class DirectPosterior(TrainedEstimator):
         Chains start from the samples already ``accepted`` (k, D) where there are enough, else
         from prior draws resampled by their estimator density (sampling-importance-resampling).
         """
-        from sbitk.posteriors.mcmc import slice_sample
-
         bijection, dist = self.prior.bijection(), self.estimator(x.unsqueeze(0))
-
-        def log_prob(u: Tensor) -> Tensor:
-            theta = bijection.inverse(u)
-            lp = dist.log_prob(theta.unsqueeze(-2)).squeeze(-1) - bijection.forward(theta)[1]
-            return torch.where(torch.isfinite(lp), lp, torch.full_like(lp, -math.inf))
-
         chains = min(MCMC_FALLBACK_CHAINS, m)
         gen = torch.Generator().manual_seed(int(torch.randint(2**31 - 1, ())))
         if accepted.shape[0] >= chains:
@@ -296,7 +313,7 @@ class DirectPosterior(TrainedEstimator):
             init = candidates[torch.multinomial(w, chains, replacement=True, generator=gen)]
         draws = -(-m // chains)
         result = slice_sample(
-            log_prob,
+            self._target(dist),
             bijection.forward(init.to(x))[0],
             draws,
             warmup=MCMC_FALLBACK_WARMUP,
@@ -304,6 +321,45 @@ class DirectPosterior(TrainedEstimator):
         )
         u = result.samples.transpose(0, 1).reshape(-1, self.theta_dim)[:m]
         return bijection.inverse(u)
+
+    def _log_q(self, theta: Tensor, dist) -> Tensor:
+        """The estimator's log density of θ (N, D) under ``dist`` (one observation's), (N,)."""
+        u, logdet = self.bijection.forward(theta)
+        return dist.log_prob(u.unsqueeze(-2)).squeeze(-1) + logdet
+
+    def _target(self, dist):
+        """The log density of one observation's posterior in the prior's unconstrained
+        coordinates v = f(θ), for MCMC: :math:`\\log q(\\theta(v) \\mid x) + \\log|\\det
+        J_{f^{-1}}(v)|`, ``-inf`` where it is not finite."""
+        bijection = self.prior.bijection()
+
+        def log_target(v: Tensor) -> Tensor:
+            theta = bijection.inverse(v)
+            lp = self._log_q(theta, dist) - bijection.forward(theta)[1]
+            return torch.where(torch.isfinite(lp), lp, torch.full_like(lp, -math.inf))
+
+        return log_target
+
+    def _mcmc(self, n: int, x: Tensor, config: MCMCConfig) -> Tensor:
+        """(n, B, D) draws by slice sampling, one observation of x (B, D_x) at a time, with
+        NLE's sampler and settings; the chains start from prior draws resampled by q / p."""
+        out = x.new_zeros(n, x.shape[0], self.theta_dim)
+        if n == 0:
+            return out
+        for i in range(x.shape[0]):
+            dist = self.estimator(x[i : i + 1])
+
+            def log_weight(theta: Tensor, u: Tensor, dist=dist) -> Tensor:
+                parts = [self._log_q(t, dist) for t in theta.split(50_000)]
+                return torch.cat(parts) - self.prior.log_prob(theta)
+
+            seed = int(torch.randint(2**31 - 1, ()))
+            self.last_result = result = posterior_chains(
+                self._target(dist), log_weight, self.prior, n, config, seed, x.device
+            )
+            out[:, i] = result.samples.transpose(0, 1).reshape(-1, self.theta_dim)[:n]
+        self.acceptance_rate = 1.0
+        return out
 
     @limited_threads
     def log_prob(self, theta: Tensor, x: Tensor | None = None) -> Tensor:

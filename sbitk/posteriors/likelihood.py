@@ -29,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import torch
@@ -40,10 +39,7 @@ from sbitk.models.contract import UNNORMALISED, has_density
 from sbitk.nn.threads import limited_threads
 from sbitk.posteriors.base import TrainedEstimator
 from sbitk.posteriors.direct import seeded
-from sbitk.posteriors.mcmc import MCMCConfig, MCMCResult, slice_sample
-
-#: Fewest kept draws per chain: fewer chains are run when ``n`` is small.
-MIN_DRAWS = 10
+from sbitk.posteriors.mcmc import MCMCConfig, MCMCResult, posterior_chains
 
 
 class SurrogateLikelihood(TrainedEstimator):
@@ -194,45 +190,15 @@ class MCMCPosterior:
 
         return log_target
 
-    def _init(
-        self, xs: Tensor, config: MCMCConfig, gen: torch.Generator
-    ) -> tuple[Tensor, int, float]:
-        """Initial chain states in u-space, the candidates weighed and the weights' ESS.
+    def _weight(self, xs: Tensor):
+        """The SIR weight of prior draws: their summed surrogate log-likelihood."""
 
-        Sampling-importance-resampling from the prior, with the surrogate likelihood as the
-        weight. The candidates double in number until the weights' effective sample size
-        reaches ``sir_min_ess`` or ``sir_max_candidates`` are weighed.
-        """
-        dtype = torch.get_default_dtype()
-        device = self.likelihood.device
-        if config.init == "prior":
-            theta = self.prior.sample(config.num_chains, gen).to(device, dtype)
-            return self.bijection.forward(theta)[0], 0, math.nan
-        us, log_ws = [], []
-        weighed, batch, ess = 0, config.sir_candidates, 0.0
-        while batch > 0:
-            theta = self.prior.sample(batch, gen).to(device, dtype)
-            u = self.bijection.forward(theta)[0]
+        def log_weight(theta: Tensor, u: Tensor) -> Tensor:
             ctx = self.likelihood.context(theta, u)
             chunk = max(1, 50_000 // len(xs))
-            log_w = torch.cat([self.likelihood.log_prob_context(xs, c) for c in ctx.split(chunk)])
-            us.append(u)
-            log_ws.append(torch.where(torch.isnan(log_w), -math.inf, log_w).double())
-            weighed += batch
-            log_w = torch.cat(log_ws)
-            if torch.isfinite(log_w).any():
-                ess = float(torch.exp(2 * log_w.logsumexp(0) - (2 * log_w).logsumexp(0)))
-                if ess >= config.sir_min_ess:
-                    break
-            batch = min(weighed, config.sir_max_candidates - weighed)
-        if not torch.isfinite(log_w).any():
-            raise SbitkError(
-                f"none of the {weighed} prior draws has a finite likelihood for this x: the "
-                "observation is far outside the training data"
-            )
-        probs = torch.softmax(log_w, 0).cpu()
-        idx = torch.multinomial(probs, config.num_chains, replacement=True, generator=gen)
-        return torch.cat(us)[idx.to(device)], weighed, ess
+            return torch.cat([self.likelihood.log_prob_context(xs, c) for c in ctx.split(chunk)])
+
+        return log_weight
 
     @limited_threads
     @torch.no_grad()
@@ -263,36 +229,11 @@ class MCMCPosterior:
         config = config or self.config
         seed = config.seed if seed is None else seed
         xs = self.likelihood.observations(x)
-        # At least MIN_DRAWS kept draws per chain, so that R-hat and ESS mean something.
-        chains = min(config.num_chains, max(4, math.ceil(n / MIN_DRAWS)))
-        config = dataclasses.replace(config, num_chains=chains)
-        gen = torch.Generator().manual_seed(seed)
-        init, candidates, init_ess = self._init(xs, config, gen)
-        draws = math.ceil(n / chains)
-        result = slice_sample(
-            self._target(xs),
-            init,
-            draws,
-            warmup=config.warmup,
-            thin=config.thin,
-            max_step_out=config.max_step_out,
-            max_shrink=config.max_shrink,
-            seed=seed,
-            progress=config.progress,
+        self.last_result = result = posterior_chains(
+            self._target(xs), self._weight(xs), self.prior, n, config, seed, xs.device
         )
-        theta_chains = self.bijection.inverse(result.samples)
-        self.last_result = MCMCResult(
-            samples=theta_chains.cpu(),
-            rhat=result.rhat,
-            ess=result.ess,
-            n_evaluations=result.n_evaluations,
-            time_s=result.time_s,
-            stuck=result.stuck,
-            init_candidates=candidates,
-            init_ess=init_ess,
-        )
-        flat = theta_chains.transpose(0, 1).reshape(-1, self.likelihood.theta_dim)
-        return flat[:n].cpu()
+        flat = result.samples.transpose(0, 1).reshape(-1, self.likelihood.theta_dim)
+        return flat[:n]
 
     @limited_threads
     def log_prob(self, theta: Tensor, x: Tensor | None = None) -> Tensor:

@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -347,6 +348,88 @@ def slice_sample(
         n_evaluations=f.rows,
         time_s=time.perf_counter() - start,
         stuck=stuck,
+    )
+
+
+#: Fewest kept draws per chain: fewer chains are run when ``n`` is small.
+MIN_DRAWS = 10
+#: A function of prior draws θ (N, D) and their unconstrained u = f(θ) (N, D): the log of the
+#: target's density over the prior's, up to a constant (N,).
+LogWeight = Callable[[Tensor, Tensor], Tensor]
+
+
+def sir_init(
+    log_weight: LogWeight, prior, config: MCMCConfig, gen: torch.Generator, device, dtype
+) -> tuple[Tensor, int, float]:
+    """``config.num_chains`` starting states in the prior's unconstrained coordinates, by
+    sampling-importance-resampling of prior draws; also the candidates weighed and the
+    weights' effective sample size.
+
+    The candidates double in number until that effective size reaches ``sir_min_ess`` or
+    ``sir_max_candidates`` are weighed (``init="prior"``: plain prior draws, unweighed).
+    """
+    bijection = prior.bijection()
+    if config.init == "prior":
+        theta = prior.sample(config.num_chains, gen).to(device, dtype)
+        return bijection.forward(theta)[0], 0, math.nan
+    us, log_ws = [], []
+    weighed, batch, ess = 0, config.sir_candidates, 0.0
+    while batch > 0:
+        theta = prior.sample(batch, gen).to(device, dtype)
+        u = bijection.forward(theta)[0]
+        log_w = log_weight(theta, u)
+        us.append(u)
+        log_ws.append(torch.where(torch.isnan(log_w), -math.inf, log_w).double())
+        weighed += batch
+        log_w = torch.cat(log_ws)
+        if torch.isfinite(log_w).any():
+            ess = float(torch.exp(2 * log_w.logsumexp(0) - (2 * log_w).logsumexp(0)))
+            if ess >= config.sir_min_ess:
+                break
+        batch = min(weighed, config.sir_max_candidates - weighed)
+    if not torch.isfinite(log_w).any():
+        raise SbitkError(
+            f"none of the {weighed} prior draws has a finite density under the model for this "
+            "x: the observation is far outside the training data"
+        )
+    probs = torch.softmax(log_w, 0).cpu()
+    idx = torch.multinomial(probs, config.num_chains, replacement=True, generator=gen)
+    return torch.cat(us)[idx.to(device)], weighed, ess
+
+
+def posterior_chains(
+    log_target: LogProb, log_weight: LogWeight, prior, n: int, config: MCMCConfig, seed: int,
+    device,
+) -> MCMCResult:  # fmt: skip
+    """``n`` draws of a posterior known up to a constant, in θ (chains, draws, D): chains
+    started by :func:`sir_init` and slice sampled in the prior's unconstrained coordinates u.
+
+    ``log_target`` is the log density in u (θ's plus the log-determinant of :math:`f^{-1}`);
+    ``log_weight`` weighs prior draws for the start (see :data:`LogWeight`). There are
+    ``min(num_chains, n / MIN_DRAWS)`` chains, at least 4, so that R-hat and ESS mean something.
+    """
+    chains = min(config.num_chains, max(4, math.ceil(n / MIN_DRAWS)))
+    config = dataclasses.replace(config, num_chains=chains)
+    gen = torch.Generator().manual_seed(seed)
+    init, candidates, init_ess = sir_init(
+        log_weight, prior, config, gen, device, torch.get_default_dtype()
+    )
+    result = slice_sample(
+        log_target,
+        init,
+        math.ceil(n / chains),
+        warmup=config.warmup,
+        thin=config.thin,
+        max_step_out=config.max_step_out,
+        max_shrink=config.max_shrink,
+        seed=seed,
+        progress=config.progress,
+    )
+    return dataclasses.replace(
+        result,
+        samples=prior.bijection().inverse(result.samples).cpu(),
+        init_candidates=candidates,
+        init_ess=init_ess,
     )
 
 
