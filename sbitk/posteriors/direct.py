@@ -42,7 +42,7 @@ from sbitk.errors import SbitkError
 from sbitk.models.contract import NONE, RATIO, UNNORMALISED, density_kind, has_density
 from sbitk.nn.threads import limited_threads
 from sbitk.posteriors.base import TrainedEstimator
-from sbitk.posteriors.mcmc import MCMCConfig, posterior_chains, slice_sample
+from sbitk.posteriors.mcmc import MCMCConfig, posterior_chains, sir_init, slice_sample
 from sbitk.simulation.bijections import IdentityBijection
 from sbitk.simulation.priors import Prior
 
@@ -297,24 +297,22 @@ class DirectPosterior(TrainedEstimator):
         gen = torch.Generator().manual_seed(int(torch.randint(2**31 - 1, ())))
         if accepted.shape[0] >= chains:
             init = accepted[torch.randperm(accepted.shape[0], generator=gen)[:chains]]
+            init = bijection.forward(init.to(x))[0]
         else:
-            candidates = self.prior.sample(10 * MCMC_FALLBACK_CHAINS**2, gen).to(x)
-            # weights q / p: the truncated estimator over the prior as proposal
-            w = dist.log_prob(candidates.unsqueeze(-2)).squeeze(-1) - self.prior.log_prob(
-                candidates
-            )
-            if not torch.isfinite(w).any():
+            config = MCMCConfig(num_chains=chains, sir_candidates=10 * MCMC_FALLBACK_CHAINS**2)
+            try:
+                init = sir_init(
+                    self._log_weight(dist), self.prior, config, gen, x.device, x.dtype
+                )[0]
+            except SbitkError as err:
                 raise SbitkError(
-                    "rejection sampling found no samples inside the prior's support and the "
-                    "estimator's density is not finite on any prior draw; train with "
-                    "unconstrained=True"
-                )
-            w = torch.softmax(torch.nan_to_num(w, nan=-math.inf), 0).cpu()
-            init = candidates[torch.multinomial(w, chains, replacement=True, generator=gen)]
+                    f"rejection sampling found no samples inside the prior's support, and {err}; "
+                    "train with unconstrained=True"
+                ) from err
         draws = -(-m // chains)
         result = slice_sample(
             self._target(dist),
-            bijection.forward(init.to(x))[0],
+            init,
             draws,
             warmup=MCMC_FALLBACK_WARMUP,
             seed=int(torch.randint(2**31 - 1, (), generator=gen)),
@@ -326,6 +324,16 @@ class DirectPosterior(TrainedEstimator):
         """The estimator's log density of θ (N, D) under ``dist`` (one observation's), (N,)."""
         u, logdet = self.bijection.forward(theta)
         return dist.log_prob(u.unsqueeze(-2)).squeeze(-1) + logdet
+
+    def _log_weight(self, dist):
+        """Weights q(θ | x) / p(θ) of prior draws under one observation's ``dist``, in logs: the
+        start of MCMC by sampling-importance-resampling (see :func:`sir_init`)."""
+
+        def log_weight(theta: Tensor, u: Tensor) -> Tensor:
+            parts = [self._log_q(t, dist) for t in theta.split(50_000)]
+            return torch.cat(parts) - self.prior.log_prob(theta)
+
+        return log_weight
 
     def _target(self, dist):
         """The log density of one observation's posterior in the prior's unconstrained
@@ -348,14 +356,9 @@ class DirectPosterior(TrainedEstimator):
             return out
         for i in range(x.shape[0]):
             dist = self.estimator(x[i : i + 1])
-
-            def log_weight(theta: Tensor, u: Tensor, dist=dist) -> Tensor:
-                parts = [self._log_q(t, dist) for t in theta.split(50_000)]
-                return torch.cat(parts) - self.prior.log_prob(theta)
-
             seed = int(torch.randint(2**31 - 1, ()))
             self.last_result = result = posterior_chains(
-                self._target(dist), log_weight, self.prior, n, config, seed, x.device
+                self._target(dist), self._log_weight(dist), self.prior, n, config, seed, x.device
             )
             out[:, i] = result.samples.transpose(0, 1).reshape(-1, self.theta_dim)[:n]
         self.acceptance_rate = 1.0

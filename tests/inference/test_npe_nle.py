@@ -177,6 +177,15 @@ def test_observations_rejection_cannot_serve_get_the_truncated_estimator_by_mcmc
     assert inside.mcmc_observations == [] and inside.acceptance_rate > 0.05
 
 
+def test_an_estimator_with_no_finite_density_in_the_support_is_a_clear_error():
+    prior = BoxUniform([-1.0, 0.0], [1.0, 2.0])
+    nowhere = far_gaussian()
+    nowhere.input_std.fill_(1e-30)  # the density underflows to zero on the whole box
+    posterior = DirectPosterior(nowhere, prior, unconstrained=False, max_rejection_attempts=3)
+    with pytest.raises(SbitkError, match=r"no samples inside.*prior draws.*unconstrained=True"):
+        posterior.sample(10, x=torch.zeros(2), seed=0)
+
+
 def test_npe_with_the_spline_flow_trains_on_theta_for_a_box_prior():
     prior, theta, x = box_data(500)
     quick = TrainConfig(max_epochs=1, progress=False)
