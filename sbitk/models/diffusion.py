@@ -96,12 +96,13 @@ class DiffusionConfig:
         sampler: ``"sde"`` (the reverse SDE, the default) or ``"ode"`` (the probability-flow
             ODE); densities come from the ODE either way. At 10,000 simulations (all 10
             observations, 10,000 samples a side, sbibm's classifier) 100 steps of the SDE
-            scored 0.814, 0.824 and 0.806 on slcp with training seeds 0, 1 and 2, where the ODE
-            scored 0.826, 0.838 and 0.823 on the same models; two_moons 0.549 against 0.554,
-            gaussian_mixture 0.576 against 0.576 (seed 0). Its noise corrects part of the
+            scored 0.821, 0.831 and 0.811 on slcp with training seeds 0, 1 and 2, where the ODE
+            scored 0.831, 0.838 and 0.823 on the same models; two_moons 0.546 against 0.552,
+            sir 0.600 against 0.632 (seed 0). Its noise corrects part of the
             learned score's error, which the ODE carries to the end (Karras et al. 2022). It
             takes about twice the ODE's time, and Euler–Maruyama's error widens a Gaussian
-            target's draws by 2 % at 100 steps (0.6 % at 400; see docs/families/continuous.md).
+            target's variance by 4 % at 100 steps (1.2 % at 400; see
+            docs/families/continuous.md).
         sde_steps: Euler–Maruyama steps of the reverse SDE, equal in the ODE's time
             (:attr:`Diffusion.time_span`).
         hidden_features, time_features, network: The noise network (as in flow matching).
