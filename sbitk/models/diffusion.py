@@ -214,6 +214,10 @@ class Diffusion(TimeFieldEstimator):
             return 1.0, self.config.t_min
         return 0.0, math.log(self.config.t_min)
 
+    def time_of(self, u: Tensor) -> Tensor:
+        """The SDE's time t at the ODE's time u (:attr:`time_span`): VP's u is log t, VE's is t."""
+        return u if self.config.sde == "ve" else u.exp()
+
     @property
     def noise_std(self) -> float:
         """Standard deviation of the SDE's marginal at t = 1 (its mean is ~0 there)."""
@@ -263,10 +267,9 @@ class Diffusion(TimeFieldEstimator):
         where equal steps in t do not (an untrained network's density then integrated to 0.07
         in 50 steps). VE: u = t, whose equal steps already shrink :math:`\\sigma` by equal
         ratios; in log time the first of 12 steps would take it from 10 to 0.5."""
-        if self.config.sde == "ve":
-            return self.probability_flow(a, u, c)
-        t = u.exp()
-        return t.unsqueeze(-1) * self.probability_flow(a, t, c)
+        t = self.time_of(u)
+        flow = self.probability_flow(a, t, c)
+        return flow if self.config.sde == "ve" else t.unsqueeze(-1) * flow  # times dt/du
 
     # --- training -------------------------------------------------------------------------
 
@@ -341,7 +344,7 @@ class DiffusionDistribution(ProbabilityFlowDistribution):
         model = self.model
         start, end = model.time_span
         u = torch.linspace(start, end, model.config.sde_steps + 1, dtype=torch.float64)
-        return (u if model.config.sde == "ve" else u.exp()).tolist()
+        return model.time_of(u).tolist()
 
     def _reverse_sde(self, shape: Sequence[int], generator: torch.Generator | None) -> Tensor:
         """Euler–Maruyama on the reverse SDE from t = 1 to ``t_min``, then the denoising step
