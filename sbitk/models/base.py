@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any, Self
 
@@ -114,13 +115,7 @@ def linear_gaussian_fit(
     its weight (C, D) (None without a context), its bias (D,) and the covariance (D, D) of its
     residuals. Rows with a non-finite entry are left out; ``name`` heads the error for fewer
     than 2 finite rows."""
-    z = z.double()
-    rows = torch.isfinite(z).all(-1)
-    if c is not None:
-        c = c.double()
-        rows &= torch.isfinite(c).all(-1)
-        c = c[rows]
-    z = z[rows]
+    z, c = _finite_rows(z, c)
     if z.shape[0] < 2:
         raise SbitkError(f"{name}: expected at least 2 finite rows")
     weight = None
@@ -130,8 +125,53 @@ def linear_gaussian_fit(
         design = torch.cat([c, torch.ones_like(z[:, :1])], -1)
         coef = torch.linalg.lstsq(design, z).solution
         weight, bias = coef[:-1], coef[-1]
+    weight, bias = (None if weight is None else weight.cpu()), bias.cpu()
     residual = z - bias if weight is None else z - c @ weight - bias
     return weight, bias, residual.T @ residual / max(z.shape[0] - 1, 1)
+
+
+def _finite_rows(z: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """The rows of z (N, D) and c (N, C) or None where both are finite, in float64."""
+    z = z.double()
+    rows = torch.isfinite(z).all(-1)
+    if c is not None:
+        c = c.double()
+        rows &= torch.isfinite(c).all(-1)
+        c = c[rows]
+    return z[rows], c
+
+
+@torch.no_grad()
+def residual_departure(
+    z: Tensor, c: Tensor | None, weight: Tensor | None, bias: Tensor, cov: Tensor
+) -> tuple[float, float]:
+    r"""How far the residuals of a linear-Gaussian fit (:func:`linear_gaussian_fit`) of rows z
+    (N, D) on a context c (N, C) or None are from one Gaussian for every context.
+
+    Returns the largest departure of a kurtosis from a Gaussian's, :math:`|\kappa / 3 - 1|`,
+    along the eigen-directions of the residuals' covariance; and the largest share of the
+    variance of a direction's squared residual that a regression on the context and its
+    squares explains (adjusted R², 0 without a context): how much the spread changes with
+    the context. ``inf`` for a degenerate covariance or too few rows to tell. Computed on the
+    CPU, whose least squares cut a rank-deficient design's small singular values (the squares
+    of a context's near-collinear columns leave it so: on sir a condition number of 10^15).
+    """
+    z, c = _finite_rows(z.cpu(), None if c is None else c.cpu())
+    residual = z - bias if weight is None else z - c @ weight - bias
+    variances, basis = torch.linalg.eigh(cov.double().cpu())
+    n, regressors = z.shape[0], 0 if c is None else 2 * c.shape[1]
+    if n <= 2 * (regressors + 1) or n < 100 or variances.min() <= 1e-12 * variances.max():
+        return math.inf, math.inf
+    u = residual @ basis / variances.sqrt()
+    kurtosis = (u.pow(4).mean(0) / 3 - 1).abs().max().item()
+    if c is None:
+        return kurtosis, 0.0
+    design = torch.cat([c, c.square(), torch.ones_like(c[:, :1])], -1)
+    square = u.square()
+    fitted = design @ torch.linalg.lstsq(design, square, rcond=1e-10, driver="gelsd").solution
+    unexplained = (square - fitted).square().sum(0) / (square - square.mean(0)).square().sum(0)
+    adjusted = 1 - unexplained * (n - 1) / (n - regressors - 1)
+    return kurtosis, adjusted.max().item()
 
 
 __all__ = [
@@ -141,4 +181,5 @@ __all__ = [
     "check_inputs",
     "linear_gaussian_fit",
     "rebuild",
+    "residual_departure",
 ]

@@ -50,12 +50,13 @@ from sbitk.models.base import (
     build_config,
     check_inputs,
     linear_gaussian_fit,
+    residual_departure,
 )
 from sbitk.models.contract import EXACT
 from sbitk.models.ode import METHODS, divergence, odeint
 from sbitk.nn.mlp import MLP, GatedResidualMLP
 
-SKIPS = ("none", "standard", "linear")
+SKIPS = ("none", "standard", "linear", "auto")
 
 
 class GaussianSkip(nn.Module):
@@ -73,28 +74,61 @@ class GaussianSkip(nn.Module):
     leaves the network a large correction to learn. On two_moons (residual variances 0.015 and
     1.0; diffusion, 10,000 simulations, observations 1-3, sbibm's classifier, the output layer
     started at random) C2ST was 0.767 without the floor and 0.522 with it.
+
+    ``skip="auto"`` takes the fit only where the rows look linear-Gaussian
+    (:meth:`looks_linear`), and the estimator's own skip elsewhere: the decision, made by the
+    first :meth:`fit`, is a buffer too (:attr:`chosen`).
     """
 
     #: The least variance of the fitted Gaussian along any direction, in standardised units.
     MIN_VARIANCE: ClassVar[float] = 0.25
+    #: ``skip="auto"``: the largest departure of a residual's kurtosis from a Gaussian's, and
+    #: the largest share of a squared residual's variance explained by the context, that still
+    #: count as linear-Gaussian (:func:`~sbitk.models.base.residual_departure`).
+    MAX_KURTOSIS: ClassVar[float] = 0.1
+    MAX_HETEROSCEDASTICITY: ClassVar[float] = 0.05
+    #: Rows the fit and the check use at most (the first: training rows come shuffled), so
+    #: that a large bank with a wide context does not hold a float64 design of every row.
+    MAX_ROWS: ClassVar[int] = 100_000
 
-    def __init__(self, features: int, context: int):
+    def __init__(self, features: int, context: int, auto: bool = False):
         super().__init__()
         self.register_buffer("weight", torch.zeros(context, features))
         self.register_buffer("bias", torch.zeros(features))
         self.register_buffer("basis", torch.eye(features))
         self.register_buffer("variances", torch.ones(features))
+        #: Whether the fit is used: always without ``auto``; with it, the first fit decides.
+        self.chosen = not auto
+        self.auto = auto
+        if auto:  # -1: not decided yet, 0: the estimator's own skip, 1: the fit
+            self.register_buffer("decision", torch.tensor(-1.0))
+            self.register_load_state_dict_post_hook(_read_decision)
+
+    @classmethod
+    def looks_linear(cls, z: Tensor, c: Tensor | None, weight, bias, cov) -> bool:
+        """Whether the fit's residuals look like one Gaussian for every context: on
+        gaussian_linear (10,000 rows) the departures were 0.025 and 0.002, on slcp 0.27 and
+        0.12, on two_moons 0.46 and 0.99, on gaussian_mixture 0.94 and 0.00."""
+        kurtosis, spread = residual_departure(z, c, weight, bias, cov)
+        return kurtosis <= cls.MAX_KURTOSIS and spread <= cls.MAX_HETEROSCEDASTICITY
 
     @torch.no_grad()
-    def fit(self, z: Tensor, c: Tensor | None) -> None:
-        """Fit to standardised rows z (N, D) and context c (N, C) or None."""
+    def fit(self, z: Tensor, c: Tensor | None) -> bool:
+        """Fit to standardised rows z (N, D) and context c (N, C) or None; with ``auto``, the
+        first fit decides whether the fit is used. Returns whether this fit decided for it."""
+        z, c = z[: self.MAX_ROWS], None if c is None else c[: self.MAX_ROWS]
         weight, bias, cov = linear_gaussian_fit(z, c, "GaussianSkip.fit")
+        decided = False
+        if self.auto and self.decision < 0:
+            decided = self.chosen = self.looks_linear(z, c, weight, bias, cov)
+            self.decision.fill_(float(self.chosen))
         variances, basis = torch.linalg.eigh(cov)
         if weight is not None:
             self.weight.copy_(weight)
         self.bias.copy_(bias)
         self.basis.copy_(basis)
         self.variances.copy_(variances.clamp_min(self.MIN_VARIANCE))
+        return decided
 
     def mean(self, c: Tensor | None) -> Tensor:
         r""":math:`W^\top c + b` (*, D), or b without a context."""
@@ -106,15 +140,31 @@ class GaussianSkip(nn.Module):
         return (r @ self.basis * gain) @ self.basis.T
 
 
+def _read_decision(module: GaussianSkip, incompatible_keys) -> None:
+    """After a state dict is loaded: the ``auto`` decision it holds, as a Python flag."""
+    module.chosen = bool(module.decision > 0)
+
+
 class TimeFieldEstimator(StandardizedEstimator):
     """Base of flow matching and diffusion: fits the :class:`GaussianSkip` of a
-    ``skip="linear"`` config with the standardisation."""
+    ``skip="linear"`` or ``"auto"`` config with the standardisation."""
+
+    #: The skip ``skip="auto"`` stands for where the rows do not look linear-Gaussian.
+    own_skip: ClassVar[str] = "none"
+
+    @property
+    def skip_kind(self) -> str:
+        """The skip in use: the config's, with ``"auto"`` decided by the training rows."""
+        if self.config.skip != "auto":
+            return self.config.skip
+        return "linear" if self.skip.chosen else self.own_skip
 
     def fit_standardization(self, inputs: Tensor, context: Tensor | None = None) -> Self:
         super().fit_standardization(inputs, context)
-        if self.config.skip == "linear":
+        if self.config.skip in ("linear", "auto"):
             c = None if context is None else self.standardized_context(context)
-            self.skip.fit(self.inputs(inputs), c)
+            if self.skip.fit(self.inputs(inputs), c):
+                zero_output(self.field)  # start as the fit, as skip="linear" does
         return self
 
 
@@ -151,8 +201,11 @@ class FlowMatchingConfig:
         network: ``"residual"`` (a residual stream gated by the context and time) or ``"mlp"``
             (a perceptron over their concatenation).
         skip: The Gaussian whose exact field the network corrects (:class:`GaussianSkip`):
-            ``"none"`` (the network is the field), ``"standard"`` (N(0, I)) or ``"linear"``
-            (a linear-Gaussian fit of the rows on the context).
+            ``"none"`` (the network is the field), ``"standard"`` (N(0, I)), ``"linear"`` (a
+            linear-Gaussian fit of the rows on the context) or ``"auto"`` (the default:
+            ``"linear"`` where the training rows look linear-Gaussian, else ``"none"``). On
+            gaussian_linear, where they do, the fit scored 0.506 against 0.524 in 56 epochs
+            against 119 (observation 1); where they do not, it is 0.02 behind on slcp.
         dropout: Probability of zeroing each inner unit of the residual field's blocks in
             training (``network="residual"`` only). On two_moons 0.1 scored 0.538 against
             0.527 (all 10 observations), in 298 epochs against 334; on gaussian_linear
@@ -173,7 +226,7 @@ class FlowMatchingConfig:
     divergence: str = "exact"
     probes: int = 1
     network: str = "residual"
-    skip: str = "none"
+    skip: str = "auto"
     dropout: float = 0.0
 
 
@@ -229,7 +282,7 @@ class FlowMatching(TimeFieldEstimator):
     def velocity(self, a: Tensor, t: Tensor, c: Tensor | None) -> Tensor:
         """:math:`v_\\phi(a, t, c)` for standardised a (*, D), t (*) and c (*, C) or None."""
         v = evaluate_field(self.field, self.config.network, self.frequencies, a, t, c)
-        if self.config.skip == "none":
+        if self.skip_kind == "none":
             return v
         return v + self._gaussian_velocity(a, t, c)
 
@@ -239,7 +292,7 @@ class FlowMatching(TimeFieldEstimator):
         :math:`C_t = (1 - st)^2 I + t^2 \\Sigma` and s = 1 - σ."""
         s = 1.0 - self.config.sigma_min
         t = t.unsqueeze(-1)
-        if self.config.skip == "standard":
+        if self.skip_kind == "standard":
             return a * (t - s * (1 - s * t)) / ((1 - s * t).square() + t.square())
         lam = self.skip.variances
         gain = (t * lam - s * (1 - s * t)) / ((1 - s * t).square() + t.square() * lam)
@@ -328,10 +381,17 @@ def add_time_field(module: torch.nn.Module, cfg) -> None:
         cfg.network,
         cfg.dropout,
     )
+    if cfg.skip in ("linear", "auto"):
+        module.skip = GaussianSkip(cfg.features, cfg.context, auto=cfg.skip == "auto")
     if cfg.skip == "linear":
-        module.skip = GaussianSkip(cfg.features, cfg.context)
-        torch.nn.init.zeros_(module.field.output_layer.weight)
-        torch.nn.init.zeros_(module.field.output_layer.bias)
+        zero_output(module.field)
+
+
+@torch.no_grad()
+def zero_output(field: torch.nn.Module) -> None:
+    """Zero the output layer of a field network, so that it adds nothing to its skip."""
+    field.output_layer.weight.zero_()
+    field.output_layer.bias.zero_()
 
 
 def time_field(

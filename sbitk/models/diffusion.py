@@ -108,7 +108,11 @@ class DiffusionConfig:
         hidden_features, time_features, network: The noise network (as in flow matching).
         skip: The Gaussian whose exact noise the network corrects (as in flow matching):
             ``"standard"`` (N(0, I)), ``"linear"`` (a linear-Gaussian fit of the rows on the
-            context) or ``"none"``.
+            context), ``"none"``, or ``"auto"`` (the default: ``"linear"`` where the
+            training rows look linear-Gaussian, else ``"standard"``). On gaussian_linear the
+            fit scored 0.509 against 0.540 in 102 epochs against 138 (observation 1); on slcp
+            with its trials permuted, whose rows do not look linear-Gaussian, 0.739 and 0.716
+            against 0.711 and 0.702.
         dropout: Probability of zeroing each inner unit of the residual field's blocks in
             training. 0.1 scored a mean of 0.823 on slcp over three seeds against 0.831 (all
             10 observations, trials in their simulated order), in up to a third more epochs,
@@ -134,7 +138,7 @@ class DiffusionConfig:
     hidden_features: tuple[int, ...] = (128, 128, 128, 128)
     time_features: int = 8
     network: str = "residual"
-    skip: str = "standard"
+    skip: str = "auto"
     solver: str = "rk4"
     steps: int = 12
     rtol: float = 1e-5
@@ -157,6 +161,8 @@ class Diffusion(TimeFieldEstimator):
     density: ClassVar[str] = EXACT
     #: On a box prior, model θ itself (as flow matching does).
     box_on_theta: ClassVar[bool] = True
+    #: ``skip="auto"`` stands for N(0, I) where the rows do not look linear-Gaussian.
+    own_skip: ClassVar[str] = "standard"
 
     def __init__(self, features: int, context: int = 0, **options):
         super().__init__(int(features), int(context))
@@ -244,9 +250,10 @@ class Diffusion(TimeFieldEstimator):
         """The exact noise prediction for a Gaussian target N(μ, Σ) (the skip's):
         :math:`s\\,(m^2\\Sigma + s^2 I)^{-1}(a - m\\mu)`."""
         m, s = m.unsqueeze(-1), s.unsqueeze(-1)
-        if self.config.skip == "none":
+        kind = self.skip_kind
+        if kind == "none":
             return torch.zeros_like(a)
-        if self.config.skip == "standard":
+        if kind == "standard":
             return s * a / (m.square() + s.square())
         mu = self.skip.mean(c)
         return self.skip.scaled(a - m * mu, s / (m.square() * self.skip.variances + s.square()))

@@ -9,6 +9,7 @@ import torch
 
 from sbitk.errors import SbitkError
 from sbitk.inference.training import TrainConfig, train
+from sbitk.models.base import linear_gaussian_fit, residual_departure
 from sbitk.models.continuous import FlowMatching
 from sbitk.models.diffusion import Diffusion
 from sbitk.models.ode import divergence, odeint
@@ -288,3 +289,89 @@ def test_bad_dropout_is_refused_by_name(family):
     for options in ({"dropout": 1.0}, {"dropout": -0.1}, {"dropout": 0.1, "network": "mlp"}):
         with pytest.raises(SbitkError, match="dropout"):
             family(2, 1, **options)
+
+
+def rows(kind, n=20_000, seed=0):
+    """Rows a (n, 2) on a context c (n, 2): linear-Gaussian, or departing from it in the
+    noise's shape (a two-scale mixture, kurtosis ratio 1.96), in its spread (growing with |c|)
+    or in the mean (curved in c)."""
+    g = torch.Generator().manual_seed(seed)
+    c = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    noise = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    mean = c @ torch.tensor([[1.0, 0.5], [-0.3, 2.0]], dtype=torch.float64)
+    if kind == "mixture":
+        noise = noise * torch.where(torch.rand(n, 1, generator=g) < 0.5, 1.0, 0.1)
+    elif kind == "spread":
+        noise = noise * (0.3 + c[:, :1].abs())
+    elif kind == "curved":
+        mean = mean + c.square()
+    return mean + 0.5 * noise, c
+
+
+@pytest.mark.parametrize(
+    ("kind", "kurtosis", "spread"),
+    # with 20,000 rows a Gaussian's kurtosis departs by about 0.023 (one standard error) along
+    # each direction, and the spread's adjusted R² by a few 10⁻⁴; the mixture's by 0.96 in
+    # theory (1.01 measured: its fourth moment is noisier)
+    [("linear", (0.0, 0.05), (-0.01, 0.01)), ("mixture", (0.8, 1.2), (-0.01, 0.01)),
+     ("spread", (0.3, 10.0), (0.1, 1.0)), ("curved", (0.3, 10.0), (0.1, 1.0))],
+)  # fmt: skip
+def test_the_residual_departure_tells_a_linear_gaussian_from_others(kind, kurtosis, spread):
+    a, c = rows(kind)
+    got = residual_departure(a, c, *linear_gaussian_fit(a, c, "test"))
+    assert kurtosis[0] <= got[0] <= kurtosis[1]
+    assert spread[0] <= got[1] <= spread[1]
+    assert residual_departure(a[:50], c[:50], *linear_gaussian_fit(a[:50], c[:50], "t")) == (
+        math.inf, math.inf)  # fmt: skip
+
+
+@pytest.mark.parametrize("family", [FlowMatching, Diffusion])
+@pytest.mark.parametrize("kind", ["linear", "mixture", "spread", "curved"])
+def test_auto_takes_the_linear_skip_only_where_the_rows_look_linear_gaussian(family, kind):
+    a, c = rows(kind, n=5000)
+    torch.manual_seed(0)
+    model = family(2, 2, hidden_features=(8, 8)).double()
+    torch.manual_seed(0)
+    own = family(2, 2, hidden_features=(8, 8), skip=family.own_skip).double()
+    assert model.config.skip == "auto" and model.skip_kind == family.own_skip  # not fitted yet
+    model.fit_standardization(a, c)
+    own.fit_standardization(a, c)
+    x, t, z = c[:4], torch.full((4,), 0.4, dtype=torch.float64), a[:4]
+    field = "velocity" if family is FlowMatching else "noise"
+    if kind == "linear":
+        assert model.skip_kind == "linear"
+        linear = family(2, 2, hidden_features=(8, 8), skip="linear").double()
+        linear.fit_standardization(a, c)
+        want = getattr(linear, field)(z, t, x)  # the fitted Gaussian's exact field
+        torch.testing.assert_close(getattr(model, field)(z, t, x), want)
+    else:
+        assert model.skip_kind == family.own_skip
+        torch.testing.assert_close(getattr(model, field)(z, t, x), getattr(own, field)(z, t, x))
+
+
+@pytest.mark.parametrize("family", [FlowMatching, Diffusion])
+def test_the_auto_decision_is_made_once_and_kept_in_a_model_file(family, tmp_path):
+    from sbitk.io.modelfile import load_model, save_model
+    from sbitk.posteriors.direct import DirectPosterior
+    from sbitk.simulation.priors import Normal
+
+    a, c = rows("linear", n=2000)
+    model = family(2, 2, hidden_features=(8, 8), steps=4).double()
+    model.fit_standardization(a, c)
+    with torch.no_grad():  # as if trained
+        model.field.output_layer.weight.normal_()
+    trained = model.field.output_layer.weight.clone()
+    curved, _ = rows("curved", n=2000)
+    model.fit_standardization(curved, c)  # refitted: the decision and the weights stay
+    assert model.skip_kind == "linear"
+    assert torch.equal(model.field.output_layer.weight, trained)
+    posterior = DirectPosterior(model.float(), Normal(0.0, 3.0, dim=2))
+    save_model(tmp_path / "auto.safetensors", posterior)
+    loaded = load_model(tmp_path / "auto.safetensors")
+    assert loaded.estimator.skip_kind == "linear"
+    theta, x = a[:5].float(), c[0].float()
+    torch.testing.assert_close(loaded.log_prob(theta, x=x), posterior.log_prob(theta, x=x))
+    other = family(2, 2, hidden_features=(8, 8), steps=4)
+    other.fit_standardization(curved.float(), c.float())
+    save_model(tmp_path / "own.safetensors", DirectPosterior(other, Normal(0.0, 3.0, dim=2)))
+    assert load_model(tmp_path / "own.safetensors").estimator.skip_kind == family.own_skip
