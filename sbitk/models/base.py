@@ -125,7 +125,6 @@ def linear_gaussian_fit(
         design = torch.cat([c, torch.ones_like(z[:, :1])], -1)
         coef = torch.linalg.lstsq(design, z).solution
         weight, bias = coef[:-1], coef[-1]
-    weight, bias = (None if weight is None else weight.cpu()), bias.cpu()
     residual = z - bias if weight is None else z - c @ weight - bias
     return weight, bias, residual.T @ residual / max(z.shape[0] - 1, 1)
 
@@ -157,6 +156,7 @@ def residual_departure(
     of a context's near-collinear columns leave it so: on sir a condition number of 10^15).
     """
     z, c = _finite_rows(z.cpu(), None if c is None else c.cpu())
+    weight, bias = (None if weight is None else weight.cpu().double()), bias.cpu().double()
     residual = z - bias if weight is None else z - c @ weight - bias
     variances, basis = torch.linalg.eigh(cov.double().cpu())
     n, regressors = z.shape[0], 0 if c is None else 2 * c.shape[1]
