@@ -375,3 +375,13 @@ def test_the_auto_decision_is_made_once_and_kept_in_a_model_file(family, tmp_pat
     other.fit_standardization(curved.float(), c.float())
     save_model(tmp_path / "own.safetensors", DirectPosterior(other, Normal(0.0, 3.0, dim=2)))
     assert load_model(tmp_path / "own.safetensors").estimator.skip_kind == family.own_skip
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("family", [FlowMatching, Diffusion])
+def test_the_auto_skip_is_decided_and_sampled_on_cuda(family):
+    a, c = rows("linear", n=2000)
+    model = family(2, 2, hidden_features=(8, 8), steps=4).cuda()
+    model.fit_standardization(a.float().cuda(), c.float().cuda())
+    assert model.skip_kind == "linear" and model.skip.decision.is_cuda
+    assert model(c[:3].float().cuda()).sample((5,)).is_cuda
