@@ -72,8 +72,8 @@ from sbitk.errors import ModelFileError, SbitkError
 
 FORMAT = "sbitk-model"
 #: Format version this sbitk writes; it reads this one and the versions in READABLE_VERSIONS.
-FORMAT_VERSION = 7
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
+FORMAT_VERSION = 8
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)
 METADATA_KEY = "sbitk"
 
 _DTYPES = {
@@ -381,6 +381,11 @@ def _upgrade(header: dict) -> dict:
 
     Version 6 to 7: an NPE posterior may see x's i.i.d. trials sorted, recorded in
     ``sorted_trials``; version 6 posteriors saw them in the order given (none).
+
+    Version 7 to 8: flow matching and diffusion decide their skip from the training rows by
+    default (``skip="auto"``). A version 7 file that names no skip (an ensemble's member
+    options, or a config from before the option) used none for flow matching and N(0, I) for
+    diffusion (:data:`_SKIPS_BEFORE_8`).
     """
     if header["format_version"] < 2 and header["estimator"]["name"] == "nsf":
         config = header["estimator"]["config"]
@@ -397,7 +402,23 @@ def _upgrade(header: dict) -> dict:
         header.setdefault("missing_trials", None)
     if header["format_version"] < 7 and header["role"] == "npe":
         header.setdefault("sorted_trials", [])
+    if header["format_version"] < 8:
+        _name_the_skip(header["estimator"])
     return header
+
+
+#: The skip of flow matching and diffusion in files before version 8, which did not name it.
+_SKIPS_BEFORE_8 = {"flow_matching": "none", "diffusion": "standard"}
+
+
+def _name_the_skip(estimator: dict) -> None:
+    """Name, in a pre-version-8 estimator's config, the skip it was built with."""
+    name, config = estimator["name"], estimator["config"]
+    if name in _SKIPS_BEFORE_8:
+        config.setdefault("skip", _SKIPS_BEFORE_8[name])
+    elif name == "ensemble" and config.get("member") in _SKIPS_BEFORE_8:
+        options = config.setdefault("options", {})
+        options.setdefault("skip", _SKIPS_BEFORE_8[config["member"]])
 
 
 def read_metadata(path: str | os.PathLike) -> dict:

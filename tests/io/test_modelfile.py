@@ -453,3 +453,33 @@ def test_sorted_trials_round_trip_and_version_6_files_read_as_unsorted(tmp_path)
     for bad in ([(2, 3, 1)], [(1, 3)], [(1, 1, 3)]):
         with pytest.raises(SbitkError, match=r"is no block .* of at least 2 trials"):
             DirectPosterior(model, PRIOR, sorted_trials=bad)
+
+
+@pytest.mark.parametrize(("name", "own"), [("flow_matching", "none"), ("diffusion", "standard")])
+def test_version_7_continuous_files_without_a_skip_read_with_the_skip_they_had(
+    tmp_path, name, own
+):
+    """Format 8 made ``skip="auto"`` the default of flow matching and diffusion; a format 7
+    file that names no skip (an ensemble's member options, or a config from before the
+    option) was built with the family's own, and must load as such."""
+    from sbitk.models.ensemble import Ensemble
+    from sbitk.models.registry import get_estimator
+
+    small = {"hidden_features": (8, 8), "steps": 4, "skip": own}
+    torch.manual_seed(0)
+    single = get_estimator(name)(2, 1, **small)
+    ensemble = Ensemble(2, 1, member=name, members=2, options=small)
+    theta, xo = torch.randn(4, 2), torch.tensor([0.3])
+    for model, forget in [
+        (single, lambda m: m["estimator"]["config"].pop("skip")),
+        (ensemble, lambda m: m["estimator"]["config"]["options"].pop("skip")),
+    ]:
+        posterior = DirectPosterior(model, Normal(0.0, 3.0, dim=2))
+        path = tmp_path / f"{name}-{type(model).__name__}.safetensors"
+        save_model(path, posterior)
+        _resave(path, edit_meta=forget)  # format 8 without a skip: the default, auto
+        with pytest.raises(ModelFileError):
+            load_model(path)
+        _resave(path, edit_meta=lambda m: m.update(format_version=7))
+        loaded = load_model(path)
+        torch.testing.assert_close(loaded.log_prob(theta, x=xo), posterior.log_prob(theta, x=xo))
