@@ -72,8 +72,8 @@ from sbitk.errors import ModelFileError, SbitkError
 
 FORMAT = "sbitk-model"
 #: Format version this sbitk writes; it reads this one and the versions in READABLE_VERSIONS.
-FORMAT_VERSION = 8
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)
+FORMAT_VERSION = 9
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
 METADATA_KEY = "sbitk"
 
 _DTYPES = {
@@ -385,7 +385,11 @@ def _upgrade(header: dict) -> dict:
     Version 7 to 8: flow matching and diffusion decide their skip from the training rows by
     default (``skip="auto"``). A version 7 file that names no skip (an ensemble's member
     options, or a config from before the option) used none for flow matching and N(0, I) for
-    diffusion (:data:`_SKIPS_BEFORE_8`).
+    diffusion (:data:`_BEFORE_8`).
+
+    Version 8 to 9: flow matching's fixed ODE steps shrink towards the data (``step_power``
+    2) and are 8 by default. A version 8 flow-matching file took equal steps, 12 where it names
+    none (:data:`_BEFORE_9`).
     """
     if header["format_version"] < 2 and header["estimator"]["name"] == "nsf":
         config = header["estimator"]["config"]
@@ -403,22 +407,26 @@ def _upgrade(header: dict) -> dict:
     if header["format_version"] < 7 and header["role"] == "npe":
         header.setdefault("sorted_trials", [])
     if header["format_version"] < 8:
-        _name_the_skip(header["estimator"])
+        _name_options(header["estimator"], _BEFORE_8)
+    if header["format_version"] < 9:
+        _name_options(header["estimator"], _BEFORE_9)
     return header
 
 
 #: The skip of flow matching and diffusion in files before version 8, which did not name it.
-_SKIPS_BEFORE_8 = {"flow_matching": "none", "diffusion": "standard"}
+_BEFORE_8 = {"flow_matching": {"skip": "none"}, "diffusion": {"skip": "standard"}}
+#: Flow matching's ODE grid in files before version 9: equal steps, 12 unless named.
+_BEFORE_9 = {"flow_matching": {"steps": 12, "step_power": 1.0}}
 
 
-def _name_the_skip(estimator: dict) -> None:
-    """Name, in a pre-version-8 estimator's config, the skip it was built with."""
+def _name_options(estimator: dict, defaults: dict[str, dict]) -> None:
+    """Name, in an older estimator's config (or its ensemble's member options), the options
+    ``defaults`` gives for its estimator that the file does not name."""
     name, config = estimator["name"], estimator["config"]
-    if name in _SKIPS_BEFORE_8:
-        config.setdefault("skip", _SKIPS_BEFORE_8[name])
-    elif name == "ensemble" and config.get("member") in _SKIPS_BEFORE_8:
-        options = config.setdefault("options", {})
-        options.setdefault("skip", _SKIPS_BEFORE_8[config["member"]])
+    if name == "ensemble" and config.get("member") in defaults:
+        name, config = config["member"], config.setdefault("options", {})
+    for key, value in defaults.get(name, {}).items():
+        config.setdefault(key, value)
 
 
 def read_metadata(path: str | os.PathLike) -> dict:

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar, Self
 
 import torch
@@ -151,6 +151,8 @@ class TimeFieldEstimator(StandardizedEstimator):
 
     #: The skip ``skip="auto"`` stands for where the rows do not look linear-Gaussian.
     own_skip: ClassVar[str] = "none"
+    #: p of the fixed ODE steps' grid (:func:`towards_data`); 1: equal steps in ``time_span``.
+    step_power: float = 1.0
 
     @property
     def skip_kind(self) -> str:
@@ -192,10 +194,16 @@ class FlowMatchingConfig:
             truth with all times skewed and within 0.05 with a share of 0.2, whose two_moons
             C2ST was 0.64 and 0.71.
         solver: ODE method for sampling and densities (:data:`sbitk.models.ode.METHODS`).
-        steps: Steps of a fixed-step solver. Classical Runge–Kutta needs few: with 12 steps (48
-            evaluations of the field) the posteriors were as close to the reference as with
-            50 (two_moons at 10,000 simulations, observations 1-3: C2ST 0.745 with 10 steps,
-            0.740 with 50; slcp 0.805 and 0.804), at a quarter of the sampling time.
+        steps: Steps of a fixed-step solver. Classical Runge–Kutta needs few: with 8 steps (32
+            evaluations of the field), ``step_power`` 2, the samples of a trained model were
+            closer to its exact ODE solution than with 12 equal steps (gaussian_mixture, 10,000
+            simulations: an RMS error of 0.009 posterior standard deviations against 0.029).
+        step_power: How the fixed steps shrink towards the data, where a narrow posterior bends
+            the paths: equal steps in u, with the time left to the data :math:`1 - t = u^p`.
+            With 8 steps, gaussian_mixture (observations 1-3, sbibm's classifier) scored 0.527
+            with p = 2 against 0.598 with equal steps (1) and 0.551 with 12 equal steps; its
+            ODE error was 0.035 with 1.5. slcp scored 0.796 against 12 equal steps' 0.799 and
+            sir 0.586 against 0.586 (both models' ODE errors below 0.007 standard deviations).
         rtol, atol: Tolerances of the adaptive solver (``"dopri5"``).
         divergence: ``"exact"`` or ``"hutchinson"`` (``probes`` Rademacher vectors).
         network: ``"residual"`` (a residual stream gated by the context and time) or ``"mlp"``
@@ -220,7 +228,8 @@ class FlowMatchingConfig:
     time_exponent: float = 4.0
     uniform_times: float = 0.2
     solver: str = "rk4"
-    steps: int = 12
+    steps: int = 8
+    step_power: float = 2.0
     rtol: float = 1e-5
     atol: float = 1e-5
     divergence: str = "exact"
@@ -278,6 +287,11 @@ class FlowMatching(TimeFieldEstimator):
     time_span: ClassVar[tuple[float, float]] = (0.0, 1.0)
     #: Standard deviation of the Gaussian noise at the start of the ODE.
     noise_std: ClassVar[float] = 1.0
+
+    @property
+    def step_power(self) -> float:
+        """p of the fixed ODE steps' grid: ``config.step_power``."""
+        return self.config.step_power
 
     def velocity(self, a: Tensor, t: Tensor, c: Tensor | None) -> Tensor:
         """:math:`v_\\phi(a, t, c)` for standardised a (*, D), t (*) and c (*, C) or None."""
@@ -356,6 +370,8 @@ def _check(cfg: FlowMatchingConfig) -> None:
     problems += field_problems(cfg)
     if not 0 <= cfg.sigma_min < 1 or cfg.time_exponent <= -1 or cfg.steps < 1:
         problems.append("0 <= sigma_min < 1, time_exponent > -1 and steps >= 1")
+    if not cfg.step_power >= 1:
+        problems.append(f"step_power >= 1 (got {cfg.step_power})")
     if not 0 <= cfg.uniform_times <= 1:
         problems.append(f"0 <= uniform_times <= 1 (got {cfg.uniform_times})")
     if problems:
@@ -437,6 +453,30 @@ def evaluate_field(
     return field(a, emb)
 
 
+def towards_data(
+    f: Callable[[float, Tensor], Tensor],
+    t0: float,
+    t1: float,
+    span: tuple[float, float],
+    power: float,
+) -> tuple[Callable[[float, Tensor], Tensor], float, float]:
+    """The ODE :math:`\\dot y = f(t, y)` between ``t0`` and ``t1`` in a time u whose equal
+    steps shrink towards the data end of ``span`` (t at the noise, t at the data): u ∈ [0, 1],
+    u = 0 at the data and :math:`t = t_{data} + (t_{noise} - t_{data})\\,u^p`, ``power`` p ≥ 1.
+    Returns the field in u, :math:`f(t(u), y)\\,t'(u)`, and the times u at ``t0`` and ``t1``."""
+    t_noise, t_data = span
+    width = t_noise - t_data
+
+    def g(u: float, y: Tensor) -> Tensor:
+        u = max(u, 0.0)  # a stage's time may round below the data end
+        return f(t_data + width * u**power, y) * (width * power * u ** (power - 1))
+
+    def u_at(t: float) -> float:
+        return max((t - t_data) / width, 0.0) ** (1 / power)
+
+    return g, u_at(t0), u_at(t1)
+
+
 class ProbabilityFlowDistribution:
     """:math:`q(a \\mid c)` of a continuous-time model for a fixed batch of contexts.
 
@@ -474,7 +514,9 @@ class ProbabilityFlowDistribution:
         return a.new_full(self.batch_shape, t)
 
     def _solve(self, f, y: Tensor, t0: float, t1: float) -> Tensor:
-        cfg = self.model.config
+        cfg, power = self.model.config, self.model.step_power
+        if cfg.solver != "dopri5" and power != 1:  # fixed steps, finer towards the data
+            f, t0, t1 = towards_data(f, t0, t1, self.model.time_span, power)
         return odeint(f, y, t0, t1, method=cfg.solver, steps=cfg.steps, rtol=cfg.rtol,
                       atol=cfg.atol)  # fmt: skip
 
@@ -537,4 +579,5 @@ __all__ = [
     "field_problems",
     "fourier_frequencies",
     "time_field",
+    "towards_data",
 ]

@@ -466,6 +466,8 @@ def test_version_7_continuous_files_without_a_skip_read_with_the_skip_they_had(
     from sbitk.models.registry import get_estimator
 
     small = {"hidden_features": (8, 8), "steps": 4, "skip": own}
+    if name == "flow_matching":
+        small["step_power"] = 1.0  # and equal steps, as before format 9
     torch.manual_seed(0)
     single = get_estimator(name)(2, 1, **small)
     ensemble = Ensemble(2, 1, member=name, members=2, options=small)
@@ -483,3 +485,34 @@ def test_version_7_continuous_files_without_a_skip_read_with_the_skip_they_had(
         _resave(path, edit_meta=lambda m: m.update(format_version=7))
         loaded = load_model(path)
         torch.testing.assert_close(loaded.log_prob(theta, x=xo), posterior.log_prob(theta, x=xo))
+
+
+def test_version_8_flow_matching_files_read_with_the_equal_steps_they_took(tmp_path):
+    """Format 9 made flow matching's fixed ODE steps shrink towards the data, 8 of them by
+    default; a format 8 file took equal steps, 12 unless it named its steps (an ensemble's
+    member options need not), and must give the densities it gave."""
+    from sbitk.models.continuous import FlowMatching
+    from sbitk.models.ensemble import Ensemble
+
+    old = {"hidden_features": (8, 8), "steps": 12, "step_power": 1.0}
+    torch.manual_seed(0)
+    single = FlowMatching(2, 1, **old)
+    ensemble = Ensemble(2, 1, member="flow_matching", members=2, options=old)
+    theta, xo = torch.randn(4, 2), torch.tensor([0.3])
+
+    def forget_single(meta):
+        del meta["estimator"]["config"]["step_power"]
+
+    def forget_member(meta):
+        for key in ("steps", "step_power"):
+            del meta["estimator"]["config"]["options"][key]
+
+    for model, forget in [(single, forget_single), (ensemble, forget_member)]:
+        posterior = DirectPosterior(model, Normal(0.0, 3.0, dim=2))
+        path = tmp_path / f"{type(model).__name__}.safetensors"
+        save_model(path, posterior)
+        expected = posterior.log_prob(theta, x=xo)
+        _resave(path, edit_meta=forget)  # format 9 naming no grid: today's defaults
+        assert not torch.allclose(load_model(path).log_prob(theta, x=xo), expected)
+        _resave(path, edit_meta=lambda m: m.update(format_version=8))
+        torch.testing.assert_close(load_model(path).log_prob(theta, x=xo), expected)
