@@ -387,9 +387,9 @@ def _upgrade(header: dict) -> dict:
     options, or a config from before the option) used none for flow matching and N(0, I) for
     diffusion (:data:`_BEFORE_8`).
 
-    Version 8 to 9: flow matching's fixed ODE steps shrink towards the data (``step_power``
-    2) and are 8 by default. A version 8 flow-matching file took equal steps, 12 where it names
-    none (:data:`_BEFORE_9`).
+    Version 8 to 9: flow matching's fixed ODE steps may shrink towards the data
+    (``step_power``). A version 8 flow-matching file took equal steps, 12 where it names none
+    (:data:`_BEFORE_9`), whatever today's defaults are.
     """
     if header["format_version"] < 2 and header["estimator"]["name"] == "nsf":
         config = header["estimator"]["config"]

@@ -488,31 +488,34 @@ def test_version_7_continuous_files_without_a_skip_read_with_the_skip_they_had(
 
 
 def test_version_8_flow_matching_files_read_with_the_equal_steps_they_took(tmp_path):
-    """Format 9 made flow matching's fixed ODE steps shrink towards the data, 8 of them by
-    default; a format 8 file took equal steps, 12 unless it named its steps (an ensemble's
-    member options need not), and must give the densities it gave."""
+    """Format 9 gave flow matching ``step_power``, the grid of its fixed ODE steps. A format 8
+    file took 12 equal steps unless it named its steps (an ensemble's member options need
+    not): its metadata names that grid, whatever today's defaults, and it gives the densities
+    it gave. A format 9 file keeps the grid it names."""
     from sbitk.models.continuous import FlowMatching
     from sbitk.models.ensemble import Ensemble
 
     old = {"hidden_features": (8, 8), "steps": 12, "step_power": 1.0}
     torch.manual_seed(0)
-    single = FlowMatching(2, 1, **old)
     ensemble = Ensemble(2, 1, member="flow_matching", members=2, options=old)
     theta, xo = torch.randn(4, 2), torch.tensor([0.3])
+    posterior = DirectPosterior(ensemble, Normal(0.0, 3.0, dim=2))
+    path = tmp_path / "ensemble.safetensors"
+    save_model(path, posterior)
 
-    def forget_single(meta):
-        del meta["estimator"]["config"]["step_power"]
-
-    def forget_member(meta):
+    def forget(meta):
         for key in ("steps", "step_power"):
             del meta["estimator"]["config"]["options"][key]
+        meta["format_version"] = 8
 
-    for model, forget in [(single, forget_single), (ensemble, forget_member)]:
-        posterior = DirectPosterior(model, Normal(0.0, 3.0, dim=2))
-        path = tmp_path / f"{type(model).__name__}.safetensors"
-        save_model(path, posterior)
-        expected = posterior.log_prob(theta, x=xo)
-        _resave(path, edit_meta=forget)  # format 9 naming no grid: today's defaults
-        assert not torch.allclose(load_model(path).log_prob(theta, x=xo), expected)
-        _resave(path, edit_meta=lambda m: m.update(format_version=8))
-        torch.testing.assert_close(load_model(path).log_prob(theta, x=xo), expected)
+    _resave(path, edit_meta=forget)
+    options = read_metadata(path)["estimator"]["config"]["options"]
+    assert (options["steps"], options["step_power"]) == (12, 1.0)
+    torch.testing.assert_close(load_model(path).log_prob(theta, x=xo),
+                               posterior.log_prob(theta, x=xo))  # fmt: skip
+
+    finer = DirectPosterior(FlowMatching(2, 1, steps=8, step_power=2.0), Normal(0.0, 3.0, dim=2))
+    save_model(path, finer)
+    loaded = load_model(path)
+    assert (loaded.estimator.config.steps, loaded.estimator.config.step_power) == (8, 2.0)
+    torch.testing.assert_close(loaded.log_prob(theta, x=xo), finer.log_prob(theta, x=xo))
