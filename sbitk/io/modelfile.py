@@ -387,9 +387,9 @@ def _upgrade(header: dict) -> dict:
     options, or a config from before the option) used none for flow matching and N(0, I) for
     diffusion (:data:`_BEFORE_8`).
 
-    Version 8 to 9: flow matching's fixed ODE steps may shrink towards the data
-    (``step_power``). A version 8 flow-matching file took equal steps, 12 where it names none
-    (:data:`_BEFORE_9`), whatever today's defaults are.
+    Version 8 to 9: flow matching's fixed ODE steps fall on a ``grid``, finer at both ends
+    (``"cosine"``) by default. A version 8 flow-matching file took equal steps, 12 where it
+    names none (:data:`_BEFORE_9`).
     """
     if header["format_version"] < 2 and header["estimator"]["name"] == "nsf":
         config = header["estimator"]["config"]
@@ -416,7 +416,7 @@ def _upgrade(header: dict) -> dict:
 #: The skip of flow matching and diffusion in files before version 8, which did not name it.
 _BEFORE_8 = {"flow_matching": {"skip": "none"}, "diffusion": {"skip": "standard"}}
 #: Flow matching's ODE grid in files before version 9: equal steps, 12 unless named.
-_BEFORE_9 = {"flow_matching": {"steps": 12, "step_power": 1.0}}
+_BEFORE_9 = {"flow_matching": {"steps": 12, "grid": "equal"}}
 
 
 def _name_options(estimator: dict, defaults: dict[str, dict]) -> None:

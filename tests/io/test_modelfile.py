@@ -467,7 +467,7 @@ def test_version_7_continuous_files_without_a_skip_read_with_the_skip_they_had(
 
     small = {"hidden_features": (8, 8), "steps": 4, "skip": own}
     if name == "flow_matching":
-        small["step_power"] = 1.0  # and equal steps, as before format 9
+        small["grid"] = "equal"  # and equal steps, as before format 9
     torch.manual_seed(0)
     single = get_estimator(name)(2, 1, **small)
     ensemble = Ensemble(2, 1, member=name, members=2, options=small)
@@ -488,14 +488,13 @@ def test_version_7_continuous_files_without_a_skip_read_with_the_skip_they_had(
 
 
 def test_version_8_flow_matching_files_read_with_the_equal_steps_they_took(tmp_path):
-    """Format 9 gave flow matching ``step_power``, the grid of its fixed ODE steps. A format 8
-    file took 12 equal steps unless it named its steps (an ensemble's member options need
-    not): its metadata names that grid, whatever today's defaults, and it gives the densities
-    it gave. A format 9 file keeps the grid it names."""
+    """Format 9 gave flow matching a ``grid`` for its fixed ODE steps, cosine by default. A
+    format 8 file took 12 equal steps unless it named its steps (an ensemble's member options
+    need not), and must give the densities it gave; a format 9 file keeps the grid it names."""
     from sbitk.models.continuous import FlowMatching
     from sbitk.models.ensemble import Ensemble
 
-    old = {"hidden_features": (8, 8), "steps": 12, "step_power": 1.0}
+    old = {"hidden_features": (8, 8), "steps": 12, "grid": "equal"}
     torch.manual_seed(0)
     ensemble = Ensemble(2, 1, member="flow_matching", members=2, options=old)
     theta, xo = torch.randn(4, 2), torch.tensor([0.3])
@@ -504,18 +503,18 @@ def test_version_8_flow_matching_files_read_with_the_equal_steps_they_took(tmp_p
     save_model(path, posterior)
 
     def forget(meta):
-        for key in ("steps", "step_power"):
+        for key in ("steps", "grid"):
             del meta["estimator"]["config"]["options"][key]
         meta["format_version"] = 8
 
     _resave(path, edit_meta=forget)
     options = read_metadata(path)["estimator"]["config"]["options"]
-    assert (options["steps"], options["step_power"]) == (12, 1.0)
+    assert (options["steps"], options["grid"]) == (12, "equal")
     torch.testing.assert_close(load_model(path).log_prob(theta, x=xo),
                                posterior.log_prob(theta, x=xo))  # fmt: skip
 
-    finer = DirectPosterior(FlowMatching(2, 1, steps=8, step_power=2.0), Normal(0.0, 3.0, dim=2))
+    finer = DirectPosterior(FlowMatching(2, 1, steps=8, grid="data"), Normal(0.0, 3.0, dim=2))
     save_model(path, finer)
     loaded = load_model(path)
-    assert (loaded.estimator.config.steps, loaded.estimator.config.step_power) == (8, 2.0)
+    assert (loaded.estimator.config.steps, loaded.estimator.config.grid) == (8, "data")
     torch.testing.assert_close(loaded.log_prob(theta, x=xo), finer.log_prob(theta, x=xo))
