@@ -68,6 +68,8 @@ def train_sbitk(sim, theta, x, method: str, args):
     config = config_with(train_options, progress=False, seed=args.seed, **given)
     npe = NPE(sim.prior, method, config=config, **json.loads(args.sbitk_options))
     posterior = npe.fit(theta, x)
+    if npe.history.settled:  # what the trained model chose for itself (flow matching's steps)
+        print(f"sbitk {method}: settled after training {npe.history.settled}", flush=True)
 
     def sample(x_o: torch.Tensor, k: int) -> torch.Tensor:
         return posterior.sample(args.samples, x=x_o.reshape(-1), seed=args.seed + k)

@@ -944,6 +944,9 @@ def _describe_model(path: Path) -> str:
         if rows:
             excluded = sum(v for k, v in rows.items() if k != "n_rows")
             lines.append(f"  rows: {rows['n_rows']} offered, {excluded} excluded as invalid")
+        if settled := training.get("settled"):
+            shown = ", ".join(f"{k} {v}" for k, v in settled.items())
+            lines.append(f"  settled after training: {shown}")
         rates = training.get("learning_rate") or []
         if training.get("batch_size") and rates:
             lines.append(

@@ -365,7 +365,7 @@ def test_every_registered_posterior_estimator_trains_and_samples_from_the_comman
     name, trained, tmp_path
 ):
     """``--estimator NAME`` reaches every family through the registry alone: trained for one
-    epoch, saved, loaded and sampled into an ArviZ file."""
+    epoch, saved, inspected, loaded and sampled into an ArviZ file."""
     import arviz as az
 
     _, bank, _, _ = trained
@@ -377,6 +377,11 @@ def test_every_registered_posterior_estimator_trains_and_samples_from_the_comman
     )  # fmt: skip
     assert train.exit_code == 0, (train.output, train.exception)
     assert f"trained NPE ({name}) in 1 epochs" in train.stdout
+    inspected = CliRunner().invoke(main, ["inspect", str(model)])
+    assert inspected.exit_code == 0, (inspected.output, inspected.exception)
+    # flow matching chooses its ODE steps once trained, and the file keeps them
+    settled = re.search(r"settled after training: steps (\d+)", inspected.stdout)
+    assert bool(settled) == (name == "flow_matching"), inspected.stdout
     sample = CliRunner().invoke(
         main, ["sample", str(model), "--observed", str(OBSERVED), "-n", "20", "-o", str(result)]
     )

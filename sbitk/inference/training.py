@@ -256,6 +256,9 @@ class History:
     #: observation the posterior was trained for; empty and None when amortized.
     rounds: list[dict] = field(default_factory=list)
     observation: list | None = None
+    #: What the model decided for itself from the held-out rows once trained (its
+    #: ``after_training``): flow matching's ODE steps, say; empty when it decides nothing.
+    settled: dict = field(default_factory=dict)
 
     @property
     def epochs(self) -> int:
@@ -279,6 +282,7 @@ class History:
             "stages": [dict(stage) for stage in self.stages],
             "rounds": [dict(r) for r in self.rounds],
             "observation": self.observation,
+            "settled": dict(self.settled),
         }
 
 
@@ -433,7 +437,9 @@ def train(
     Args:
         model: Any ``nn.Module`` with ``loss(inputs (B, D), context (B, C) | None) -> (B,)``. If
             it has ``fit_standardization(inputs, context)``, that is called on the training split
-            (on a sample of chunks when streaming) before the first step.
+            (on a sample of chunks when streaming) before the first step; if it has
+            ``after_training(inputs, context)``, that is called on the held-out rows at the end
+            (what it returns is :attr:`History.settled`).
         inputs: Rows to model, (N, D); or a :class:`ChunkSource` to stream from.
         context: Conditioning rows (N, C), or ``None``; must be ``None`` with a chunk source.
         config: Settings; :class:`TrainConfig` defaults when omitted. Torch runs on
@@ -488,6 +494,9 @@ def _train(
         history.best_val_loss = run.best_val
         _later_stages(model, config, data, history, start_time)
         model.eval()
+        settle = getattr(model, "after_training", None)
+        if callable(settle):
+            history.settled = dict(settle(data.val_inputs, data.val_context) or {})
     history.time_s = time.perf_counter() - start_time
     return history
 

@@ -72,8 +72,8 @@ from sbitk.errors import ModelFileError, SbitkError
 
 FORMAT = "sbitk-model"
 #: Format version this sbitk writes; it reads this one and the versions in READABLE_VERSIONS.
-FORMAT_VERSION = 9
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
+FORMAT_VERSION = 10
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
 METADATA_KEY = "sbitk"
 
 _DTYPES = {
@@ -390,6 +390,9 @@ def _upgrade(header: dict) -> dict:
     Version 8 to 9: flow matching's fixed ODE steps fall on a ``grid``, finer at both ends
     (``"cosine"``) by default. A version 8 flow-matching file took equal steps, 12 where it
     names none (:data:`_BEFORE_9`).
+
+    Version 9 to 10: flow matching chooses its fixed steps after training (``steps="auto"``)
+    by default. A version 9 file that names no steps (an ensemble's member options) took 12.
     """
     if header["format_version"] < 2 and header["estimator"]["name"] == "nsf":
         config = header["estimator"]["config"]
@@ -410,6 +413,8 @@ def _upgrade(header: dict) -> dict:
         _name_options(header["estimator"], _BEFORE_8)
     if header["format_version"] < 9:
         _name_options(header["estimator"], _BEFORE_9)
+    if header["format_version"] < 10:
+        _name_options(header["estimator"], _BEFORE_10)
     return header
 
 
@@ -417,6 +422,8 @@ def _upgrade(header: dict) -> dict:
 _BEFORE_8 = {"flow_matching": {"skip": "none"}, "diffusion": {"skip": "standard"}}
 #: Flow matching's ODE grid in files before version 9: equal steps, 12 unless named.
 _BEFORE_9 = {"flow_matching": {"steps": 12, "grid": "equal"}}
+#: Flow matching's fixed steps in files before version 10, where a file does not name them.
+_BEFORE_10 = {"flow_matching": {"steps": 12}}
 
 
 def _name_options(estimator: dict, defaults: dict[str, dict]) -> None:

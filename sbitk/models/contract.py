@@ -31,6 +31,9 @@ Optional capabilities, used where present and never asked for by name:
   stopping (a GAN's game, then its critic alone). ``set_stage`` switches what ``loss``,
   ``validation_loss`` and ``optimizer_groups`` do, and returns the ``TrainConfig`` settings
   that differ from the first stage's; training leaves the model in its first stage.
+* ``after_training(inputs, context) -> dict``: called once training ends, on the kept weights
+  in eval mode, with the held-out rows: settings a trained model decides for itself and keeps
+  in its state (flow matching's ODE steps), returned for the training summary.
 * ``role_options(role, box) -> dict``: default constructor options for a role (``"posterior"``
   or ``"likelihood"``) and whether the prior is a box; given options win.
 * ``trial_options(blocks, missing) -> dict``: a classmethod giving constructor options for a

@@ -147,6 +147,16 @@ class Ensemble(nn.Module):
                 m.fit_standardization(inputs, context)
         return self
 
+    def after_training(self, inputs: Tensor, context: Tensor | None = None) -> dict:
+        """Each member's settings from the held-out rows, where it decides any: each setting
+        as a list over the members."""
+        decided = [m.after_training(inputs, context) or {} for m in self.members
+                   if hasattr(m, "after_training")]  # fmt: skip
+        return {
+            key: [d.get(key) for d in decided]
+            for key in dict.fromkeys(k for d in decided for k in d)
+        }
+
     def loss(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
         """The members' losses summed, per row (B,)."""
         return sum(m.loss(inputs, context) for m in self.members)

@@ -487,10 +487,11 @@ def test_version_7_continuous_files_without_a_skip_read_with_the_skip_they_had(
         torch.testing.assert_close(loaded.log_prob(theta, x=xo), posterior.log_prob(theta, x=xo))
 
 
-def test_version_8_flow_matching_files_read_with_the_equal_steps_they_took(tmp_path):
-    """Format 9 gave flow matching a ``grid`` for its fixed ODE steps, cosine by default. A
-    format 8 file took 12 equal steps unless it named its steps (an ensemble's member options
-    need not), and must give the densities it gave; a format 9 file keeps the grid it names."""
+def test_version_8_and_9_flow_matching_files_read_with_the_steps_they_took(tmp_path):
+    """Format 9 gave flow matching a ``grid`` for its fixed ODE steps, cosine by default, and
+    format 10 steps chosen after training. A format 8 file took 12 equal steps, a format 9 file
+    12 steps, unless it named them (an ensemble's member options need not), and must give the
+    densities it gave; a newer file keeps the grid it names and the steps it chose."""
     from sbitk.models.continuous import FlowMatching
     from sbitk.models.ensemble import Ensemble
 
@@ -502,19 +503,26 @@ def test_version_8_flow_matching_files_read_with_the_equal_steps_they_took(tmp_p
     path = tmp_path / "ensemble.safetensors"
     save_model(path, posterior)
 
-    def forget(meta):
-        for key in ("steps", "grid"):
-            del meta["estimator"]["config"]["options"][key]
-        meta["format_version"] = 8
+    for version, named in [(8, ("steps", "grid")), (9, ("steps",))]:
+        save_model(path, posterior)
 
-    _resave(path, edit_meta=forget)
-    options = read_metadata(path)["estimator"]["config"]["options"]
-    assert (options["steps"], options["grid"]) == (12, "equal")
-    torch.testing.assert_close(load_model(path).log_prob(theta, x=xo),
-                               posterior.log_prob(theta, x=xo))  # fmt: skip
+        def forget(meta, named=named, version=version):
+            for key in named:
+                del meta["estimator"]["config"]["options"][key]
+            meta["format_version"] = version
+
+        _resave(path, edit_meta=forget)
+        options = read_metadata(path)["estimator"]["config"]["options"]
+        assert (options["steps"], options["grid"]) == (12, "equal")
+        torch.testing.assert_close(load_model(path).log_prob(theta, x=xo),
+                                   posterior.log_prob(theta, x=xo))  # fmt: skip
 
     finer = DirectPosterior(FlowMatching(2, 1, steps=8, grid="data"), Normal(0.0, 3.0, dim=2))
     save_model(path, finer)
     loaded = load_model(path)
     assert (loaded.estimator.config.steps, loaded.estimator.config.grid) == (8, "data")
     torch.testing.assert_close(loaded.log_prob(theta, x=xo), finer.log_prob(theta, x=xo))
+    chosen = FlowMatching(2, 1)  # steps="auto", chosen after training: kept in the file
+    chosen.chosen_steps.fill_(6)
+    save_model(path, DirectPosterior(chosen, Normal(0.0, 3.0, dim=2)))
+    assert load_model(path).estimator.ode_steps == 6

@@ -10,7 +10,7 @@ import torch
 from sbitk.errors import SbitkError
 from sbitk.inference.training import TrainConfig, train
 from sbitk.models.base import linear_gaussian_fit, residual_departure
-from sbitk.models.continuous import FlowMatching
+from sbitk.models.continuous import STEP_CHOICES, UNCHOSEN_STEPS, FlowMatching
 from sbitk.models.diffusion import Diffusion
 from sbitk.models.ode import divergence, odeint
 
@@ -104,26 +104,66 @@ def test_the_density_of_the_exact_field_is_the_target_and_integrates_to_one(solv
     assert torch.allclose(torch.cov(draws.T), model.sigma, atol=5 * math.sqrt(2 / 20_000))
 
 
+class NarrowTargetField(GaussianTargetField):
+    """A target with a diagonal covariance Λ, 20 times narrower than the noise along its first
+    axis. With σ = 0 the flow carries noise ε to μ + Λ^½ ε, and the paths bend just before the
+    data."""
+
+    sigma = torch.diag(torch.tensor([0.0025, 1.0], dtype=torch.float64))
+
+
+def flow_error(**options) -> float:
+    """RMS error per coordinate, in posterior standard deviations, of 2,000 draws of the narrow
+    target's flow on a fixed-step solver against its exact flow map."""
+    model = NarrowTargetField(2, 0, sigma_min=0.0, **options).double()
+    gen = torch.Generator().manual_seed(0)
+    eps = torch.randn(2000, 2, generator=gen, dtype=torch.float64)
+    draws = model().sample((2000,), generator=gen.manual_seed(0))
+    scale = model.sigma.diagonal().sqrt()
+    return float(((draws - model.mu) / scale - eps).square().mean().sqrt())
+
+
 @pytest.mark.parametrize(("grid", "steps"), [("cosine", 12), ("data", 8)])
 def test_grids_finer_towards_the_data_follow_a_narrow_target_that_equal_steps_miss(grid, steps):
-    """For a Gaussian target with a diagonal covariance Λ (σ = 0) the flow carries noise ε to
-    μ + Λ^½ ε. Along a posterior 20 times narrower than the noise the paths bend just before
-    the data, where 12 equal steps are coarsest."""
+    """Along the narrow target equal steps are coarsest where the paths bend."""
+    # measured: cosine 12 steps and data 8 steps 2e-4, equal 12 steps 2.1e-2
+    assert flow_error(grid=grid, steps=steps) < 1e-3 < 0.01 < flow_error(grid="equal", steps=12)
 
-    class Narrow(GaussianTargetField):
-        sigma = torch.diag(torch.tensor([0.0025, 1.0], dtype=torch.float64))
 
-    eps = torch.randn(2000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    scale = Narrow.sigma.diagonal().sqrt()
+@pytest.mark.parametrize(
+    ("grid", "tolerance", "fewest"), [("cosine", 3e-3, 12), ("equal", 5e-3, 24)]
+)
+def test_auto_steps_are_the_fewest_within_the_tolerance_of_the_exact_flow(grid, tolerance, fewest):
+    """``steps="auto"`` takes the fewest choices whose pilot draws come within the tolerance of
+    the adaptive solver's. Measured against the narrow target's exact flow: cosine 8 steps
+    9.7e-3, 12 steps 5.4e-4; equal 16 steps 9.0e-3, 24 steps 1.6e-3 (8 steps 3.5e-2, worse
+    than 6 steps' 2.0e-2)."""
+    model = NarrowTargetField(2, 0, sigma_min=0.0, grid=grid, step_tolerance=tolerance).double()
+    assert model.ode_steps == UNCHOSEN_STEPS  # before training
+    model.after_training(torch.zeros(8, 2, dtype=torch.float64))
+    assert model.ode_steps == fewest
+    assert flow_error(grid=grid, steps=fewest) < tolerance
+    fewer = STEP_CHOICES[STEP_CHOICES.index(fewest) - 1]
+    assert flow_error(grid=grid, steps=fewer) > tolerance
 
-    def error(**options) -> float:
-        model = Narrow(2, 0, sigma_min=0.0, **options).double()
-        draws = model().sample((2000,), generator=torch.Generator().manual_seed(0))
-        return float(((draws - Narrow.mu) / scale - eps).square().sum(-1).mean().sqrt())
 
-    # measured (RMS, in posterior standard deviations): cosine 12 steps and data 8 steps
-    # 3e-4, equal 12 steps 2.9e-2
-    assert error(grid=grid, steps=steps) < 1e-3 < 0.02 < error(grid="equal", steps=12)
+def test_training_settles_the_steps_of_each_member_and_records_them():
+    """The training engine asks the trained model (each member of an ensemble) to choose its
+    steps on the held-out rows, and records the choice in the history."""
+    from sbitk.models.ensemble import Ensemble
+
+    g = torch.Generator().manual_seed(0)
+    context = torch.randn(400, 1, generator=g)
+    inputs = torch.cat([context, -context], -1) + 0.3 * torch.randn(400, 2, generator=g)
+    config = TrainConfig(max_epochs=2, progress=False, seed=0)
+    single = FlowMatching(2, 1, hidden_features=(16, 16))
+    history = train(single, inputs, context, config)
+    assert history.settled == {"steps": single.ode_steps} and single.chosen_steps > 0
+    assert history.summary()["settled"] == history.settled
+    pair = Ensemble(2, 1, member="flow_matching", members=2, options={"hidden_features": [16]})
+    history = train(pair, inputs, context, config)
+    assert history.settled == {"steps": [m.ode_steps for m in pair.members]}
+    assert all(m.ode_steps in STEP_CHOICES for m in pair.members)
 
 
 def test_hutchinson_densities_agree_with_the_exact_divergence_within_their_spread():
@@ -151,6 +191,10 @@ def test_bad_options_are_refused_by_name():
         FlowMatching(2, 1, solver="leapfrog")
     with pytest.raises(SbitkError, match="grid among"):
         FlowMatching(2, 1, grid="log")
+    with pytest.raises(SbitkError, match="steps 'auto' or an integer"):
+        FlowMatching(2, 1, steps="many")
+    with pytest.raises(SbitkError, match="step_tolerance > 0"):
+        FlowMatching(2, 1, step_tolerance=0.0)
     with pytest.raises(SbitkError, match="even time_features"):
         FlowMatching(2, 1, time_features=3)
     with pytest.raises(SbitkError, match="unexpected keyword"):
