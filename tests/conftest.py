@@ -14,11 +14,11 @@ torch.set_num_threads(1)
 #: them while the other idled.
 LONGEST_FIRST = (
     "test_docs_examples.py",
-    "inference/test_accuracy.py",
     "test_workflow.py",
-    "models/test_adversarial.py",
     "test_cli_workflow.py",
     "test_dependencies.py",
+    "inference/test_accuracy.py",
+    "models/test_adversarial.py",
 )
 TESTS = Path(__file__).parent
 

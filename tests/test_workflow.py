@@ -47,6 +47,7 @@ def test_run_defaults_give_the_two_moons_posterior(tmp_path):
     x_o = read_observed(OBSERVED, sim.output_names)[0]
     reference = sim.reference_posterior(x_o, 2000, torch.Generator().manual_seed(0))
     draws = posterior.sample(2000, x_o, seed=1)
+    assert sim.prior.support_contains(draws).all()
     result = c2st(reference, draws, seed=0)
     assert result.accuracy < 0.6, result
 

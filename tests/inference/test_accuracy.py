@@ -4,7 +4,8 @@ Budgets as in the issue: 10,000 simulations, fixed seeds, observation 1 of each 
 classifier test runs on fewer samples than sbibm's 10,000 per side (2,000, and 1,000 in ten
 dimensions) to keep the suite fast; the bounds are the issue's, unchanged. BLAS is held to one
 thread around the classifier: scikit-learn's MLP is several times slower with two threads
-competing for two cores.
+competing for two cores. NPE on two_moons is checked with the defaults of ``sbitk run`` (an
+ensemble of spline flows), in tests/test_workflow.py, to a tighter bound.
 """
 
 import pytest
@@ -46,14 +47,6 @@ def test_gaussian_linear_npe_c2st_at_most_0_60(estimator):
     posterior = NPE(sim.prior, estimator, config=CONFIG).fit(theta, x)
     samples = posterior.sample(1000, x=observations.load_observation("gaussian_linear", 1), seed=1)
     assert accuracy("gaussian_linear", samples, 1000) <= 0.60
-
-
-def test_two_moons_npe_c2st_at_most_0_65():
-    sim, theta, x = bank("two_moons")
-    posterior = NPE(sim.prior, "nsf", config=CONFIG).fit(theta, x)
-    samples = posterior.sample(2000, x=observations.load_observation("two_moons", 1), seed=1)
-    assert sim.prior.support_contains(samples).all()
-    assert accuracy("two_moons", samples, 2000) <= 0.65
 
 
 def test_two_moons_nle_c2st_at_most_0_65():
