@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from sbitk.errors import SbitkError
 from sbitk.models.contract import NONE, RATIO, UNNORMALISED, density_kind, has_density
 from sbitk.nn.threads import limited_threads
-from sbitk.posteriors.base import TrainedEstimator
+from sbitk.posteriors.base import TrainedEstimator, ascend
 from sbitk.posteriors.mcmc import MCMCConfig, posterior_chains, sir_init, slice_sample
 from sbitk.simulation.bijections import IdentityBijection
 from sbitk.simulation.priors import Prior
@@ -398,11 +398,11 @@ class DirectPosterior(TrainedEstimator):
         x: Tensor | None = None,
         *,
         n_init: int = 1_000,
-        steps: int = 200,
-        learning_rate: float = 0.05,
+        steps: int = 100,
         seed: int | None = 0,
     ) -> Tensor:
-        """The maximum a posteriori θ: the best of ``n_init`` samples, refined by gradient ascent.
+        """The maximum a posteriori θ: the best of ``n_init`` samples, refined by at most
+        ``steps`` iterations of L-BFGS (:func:`~sbitk.posteriors.base.ascend`).
 
         The ascent runs in unconstrained space on :math:`\\log q(\\theta(u) \\mid x)`, so it stays
         inside the prior's support.
@@ -416,15 +416,8 @@ class DirectPosterior(TrainedEstimator):
             init = self.sample(n_init, xb, seed=seed).to(self.device)  # (n, B, D)
             lp = self.log_prob(init, xb)
             best = init[lp.argmax(0), torch.arange(xb.shape[0])]  # (B, D)
-            u = self.bijection.forward(best)[0].clone()
-        u.requires_grad_(True)
-        opt = torch.optim.Adam([u], lr=learning_rate)
-        for _ in range(steps):
-            theta = self.bijection.inverse(u)
-            objective = self._log_prob_u(u, theta, xb)
-            (grad,) = torch.autograd.grad(objective.sum(), u)
-            u.grad = -grad
-            opt.step()
+            start = self.bijection.forward(best)[0]
+        u = ascend(lambda u: self._log_prob_u(u, self.bijection.inverse(u), xb), start, steps)
         with torch.no_grad():
             theta = self.bijection.inverse(u)
             final = self.log_prob(theta.unsqueeze(0), xb)[0]

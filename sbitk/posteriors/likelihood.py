@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from sbitk.errors import SbitkError
 from sbitk.models.contract import UNNORMALISED, has_density
 from sbitk.nn.threads import limited_threads
-from sbitk.posteriors.base import TrainedEstimator
+from sbitk.posteriors.base import TrainedEstimator, ascend
 from sbitk.posteriors.direct import seeded
 from sbitk.posteriors.mcmc import MCMCConfig, MCMCResult, posterior_chains
 
@@ -249,23 +249,18 @@ class MCMCPosterior:
         self,
         x: Tensor | None = None,
         *,
-        steps: int = 200,
-        learning_rate: float = 0.05,
+        steps: int = 100,
         seed: int | None = 0,
     ) -> Tensor:
-        """The maximum a posteriori θ: best MCMC sample, refined by gradient ascent in u."""
+        """The maximum a posteriori θ: the best MCMC sample, refined by at most ``steps``
+        iterations of L-BFGS in u (:func:`~sbitk.posteriors.base.ascend`)."""
         samples = self.sample(self.config.num_chains * 10, x, seed=seed)
         xs = self.likelihood.observations(x)
         with torch.no_grad():
             lp = self.log_prob(samples, x)
             best = samples[lp.argmax()].to(xs.device, xs.dtype)
-        u = self.bijection.forward(best.unsqueeze(0))[0].clone().requires_grad_(True)
-        target = self._target(xs)
-        opt = torch.optim.Adam([u], lr=learning_rate)
-        for _ in range(steps):
-            (grad,) = torch.autograd.grad(target(u).sum(), u)
-            u.grad = -grad
-            opt.step()
+            start = self.bijection.forward(best.unsqueeze(0))[0]
+        u = ascend(self._target(xs), start, steps)
         with torch.no_grad():
             theta = self.bijection.inverse(u)[0]
             if self.log_prob(theta, x) < lp.max():
