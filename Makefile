@@ -11,15 +11,17 @@ STAMP := $(VENV)/.installed
 setup: $(STAMP)
 
 # torch first, by tools/install-torch: the CUDA build where there is an NVIDIA driver, else the
-# CPU build, so that no CUDA packages are downloaded.
+# CPU build, so that no CUDA packages are downloaded. Nothing is byte-compiled at install
+# (--no-compile): Python compiles the modules it imports when it first imports them, and
+# compiling every module of every package made most of the set-up's time.
 $(STAMP): pyproject.toml simulators/pyproject.toml tools/install-torch
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip wheel setuptools
+	$(PIP) install -q --no-compile --upgrade pip wheel setuptools
 	tools/install-torch $(PIP)
-	$(PIP) install -q -e ".[dev,compare]" -e simulators
+	$(PIP) install -q --no-compile -e ".[dev,compare]" -e simulators
 	# sbibm (reference posteriors and observations the tests compare against) pins an old sbi:
 	# its files are all we read, so it goes in without its dependencies.
-	$(PIP) install -q --no-deps "sbibm==1.1.0" future
+	$(PIP) install -q --no-compile --no-deps "sbibm==1.1.0" future
 	touch $(STAMP)
 
 lint: setup
@@ -32,8 +34,10 @@ format: setup
 
 # Each test file runs on one worker, so that its module fixtures are built once, in collection
 # order: tests/conftest.py puts the longest files first, so that no worker is left with one at
-# the end while the other idles.
-test: setup lint docs
+# the end while the other idles. The suite builds the documentation site strictly, as `make docs`
+# does (tests/test_docs_site.py), on one of its workers: building it here as well took one core
+# for half a minute while the other idled.
+test: setup lint
 	$(VENV)/bin/pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 # The documentation site (mkdocs.yml): strict, so a broken link, a missing page or a docstring

@@ -8,6 +8,8 @@ competing for two cores. NPE on two_moons is checked with the defaults of ``sbit
 ensemble of spline flows), in tests/test_workflow.py, to a tighter bound.
 """
 
+import dataclasses
+
 import pytest
 import torch
 from threadpoolctl import threadpool_limits
@@ -50,9 +52,13 @@ def test_gaussian_linear_npe_c2st_at_most_0_60(estimator):
 
 
 def test_two_moons_nle_c2st_at_most_0_65():
+    # 40 epochs of the 119 that the training rule takes here (its best epoch 110): C2ST 0.507
+    # against 0.492 with the whole training, in a third of the time. 20 and 30 epochs gave 0.510
+    # and 0.550; a likelihood or a sampler that is wrong scores well above the bound.
     sim, theta, x = bank("two_moons")
     mcmc = MCMCConfig(progress=False, seed=1)
-    posterior = NLE(sim.prior, "nsf", config=CONFIG, mcmc=mcmc).fit(theta, x)
+    config = dataclasses.replace(CONFIG, max_epochs=40)
+    posterior = NLE(sim.prior, "nsf", config=config, mcmc=mcmc).fit(theta, x)
     samples = posterior.sample(2000, x=observations.load_observation("two_moons", 1))
     assert sim.prior.support_contains(samples).all()
     # The crescents are two separate modes here: chains rarely cross between them (R-hat is
