@@ -11,17 +11,15 @@ STAMP := $(VENV)/.installed
 setup: $(STAMP)
 
 # torch first, by tools/install-torch: the CUDA build where there is an NVIDIA driver, else the
-# CPU build, so that no CUDA packages are downloaded. Nothing is byte-compiled at install
-# (--no-compile): Python compiles the modules it imports when it first imports them, and
-# compiling every module of every package made most of the set-up's time.
+# CPU build, so that no CUDA packages are downloaded.
 $(STAMP): pyproject.toml simulators/pyproject.toml tools/install-torch
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --no-compile --upgrade pip wheel setuptools
+	$(PIP) install -q --upgrade pip wheel setuptools
 	tools/install-torch $(PIP)
-	$(PIP) install -q --no-compile -e ".[dev,compare]" -e simulators
+	$(PIP) install -q -e ".[dev,compare]" -e simulators
 	# sbibm (reference posteriors and observations the tests compare against) pins an old sbi:
 	# its files are all we read, so it goes in without its dependencies.
-	$(PIP) install -q --no-compile --no-deps "sbibm==1.1.0" future
+	$(PIP) install -q --no-deps "sbibm==1.1.0" future
 	touch $(STAMP)
 
 lint: setup
