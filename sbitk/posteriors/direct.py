@@ -417,7 +417,12 @@ class DirectPosterior(TrainedEstimator):
             lp = self.log_prob(init, xb)
             best = init[lp.argmax(0), torch.arange(xb.shape[0])]  # (B, D)
             start = self.bijection.forward(best)[0]
-        u = ascend(lambda u: self._log_prob_u(u, self.bijection.inverse(u), xb), start, steps)
+        # Each observation ascends on its own, so that one that meets a non-finite density (or
+        # converges early) does not end the others' ascent.
+        u = torch.cat([
+            ascend(lambda u, x=x: self._log_prob_u(u, self.bijection.inverse(u), x), s, steps)
+            for s, x in zip(start.split(1), xb.split(1), strict=True)
+        ])  # fmt: skip
         with torch.no_grad():
             theta = self.bijection.inverse(u)
             final = self.log_prob(theta.unsqueeze(0), xb)[0]

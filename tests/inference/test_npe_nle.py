@@ -90,6 +90,10 @@ def test_direct_posterior_batched_shapes_and_map():
     modes = posterior.map(x=xo)
     assert modes.shape == (3, 2)
     assert torch.allclose(modes, xo / 1.09, atol=0.1)
+    # and the ascent ends at the fitted density's own mode, where its gradient vanishes
+    at_modes = modes.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(posterior.log_prob(at_modes, x=xo).sum(), at_modes)
+    assert grad.abs().max() < 1e-3, grad
     assert torch.equal(posterior.sample(5, x=xo, seed=3), posterior.sample(5, x=xo, seed=3))
 
 
