@@ -272,7 +272,7 @@ def _one_line_error(result, *fragments):
         ("x[0],x[1]\n0.1,inf\n", ["non-finite", "inf"]),
         ("x[0],x[1]\n0.1,0.2,0.3\n", ["wrong number of values"]),
         ("", ["empty"]),
-        ("x[0],x[1]\n", ["no"]),
+        ("x[0],x[1]\n", ["no rows"]),
     ],
     ids=["missing-column", "extra-column", "nan", "inf", "wrong-dimension", "empty", "no-rows"],
 )
@@ -291,7 +291,7 @@ def test_bad_observed_data_is_a_one_line_error(trained, tmp_path, content, fragm
         ["diagnose", str(model), "--bank", str(bank), "--observed", str(obs), "-o",
          str(tmp_path / "r.html"), "--num-simulations", "10"],
     )  # fmt: skip
-    _one_line_error(diag, str(obs))
+    _one_line_error(diag, str(obs), *fragments)
 
 
 def test_unknown_simulator_is_a_one_line_error(tmp_path):
@@ -328,11 +328,12 @@ def test_corrupt_or_truncated_model_file_is_a_one_line_error(trained, tmp_path, 
         flipped = bytearray(data)
         flipped[-3] ^= 0xFF
         bad.write_bytes(bytes(flipped))
+    expected = ["checksum mismatch"] if damage == "flipped" else []
     for args in (
         ["sample", str(bad), "--observed", str(OBSERVED), "-o", str(tmp_path / "o.nc")],
         ["inspect", str(bad)],
     ):
-        _one_line_error(CliRunner().invoke(main, args), str(bad))
+        _one_line_error(CliRunner().invoke(main, args), str(bad), *expected)
     assert not (tmp_path / "o.nc").exists()
 
 

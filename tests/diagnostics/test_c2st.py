@@ -53,11 +53,16 @@ def test_separated_distributions_reach_bayes_accuracy():
 
 
 def test_custom_classifier_and_random_forest():
+    from sklearn.dummy import DummyClassifier
     from sklearn.linear_model import LogisticRegression
 
     a, b = _gaussians(1.0, n=200)
     assert c2st(a, b, classifier=LogisticRegression()).verdict == "distinguishable"
     assert c2st(a, b, classifier="rf").verdict == "distinguishable"
+    # the classifier given is the one used: one that ignores its inputs cannot tell them apart
+    blind = c2st(a, b, classifier=DummyClassifier(strategy="prior"))
+    assert blind.accuracy == pytest.approx(0.5, abs=0.05)
+    assert blind.verdict == "indistinguishable"
 
 
 @pytest.mark.parametrize(

@@ -107,11 +107,24 @@ def test_the_engine_waits_thirty_stalled_epochs_when_patience_is_left_open():
     assert history.epochs == history.best_epoch + 1 + 30
 
 
-def test_validation_loss_is_best_at_the_reported_epoch_for_a_real_model():
+class HeldOutGaussian(ConditionalGaussian):
+    """A conditional Gaussian that keeps the held-out rows its validation loss is asked for."""
+
+    def validation_loss(self, inputs, context):
+        self.held_out = (inputs, context)
+        return self.loss(inputs, context).mean()
+
+
+def test_the_kept_weights_are_those_of_the_epoch_with_the_least_validation_loss():
     a, c = linear_data(600)
-    model = ConditionalGaussian(1, 2, hidden_features=(128, 128))
+    model = HeldOutGaussian(1, 2, hidden_features=(128, 128))
     history = train(model, a, c, TrainConfig(**FAST, patience=4))
-    assert history.val_loss[history.best_epoch] == history.best_val_loss
+    assert history.best_epoch == min(range(history.epochs), key=history.val_loss.__getitem__)
+    assert history.best_epoch < history.epochs - 1  # a later, worse epoch was not kept
+    # the returned model scores the held-out rows as the best epoch did
+    with torch.no_grad():
+        again = float(model.loss(*model.held_out).mean())
+    assert again == pytest.approx(history.best_val_loss, rel=1e-6)
 
 
 def test_the_same_seed_gives_the_same_model_and_another_seed_does_not():

@@ -14,8 +14,11 @@ from sbitk.errors import ModelFileError, SbitkError
 from sbitk.io.modelfile import load_model, save_model
 from sbitk.models.contract import (
     DENSITY_KINDS,
+    ESTIMATED,
     EXACT,
     NONE,
+    RATIO,
+    UNNORMALISED,
     ContractError,
     can_sample,
     check_estimator,
@@ -153,7 +156,8 @@ def test_save_and_load_through_a_model_file(name, tmp_path):
 @pytest.mark.parametrize("name", NAMES)
 def test_the_declared_density_kind_is_what_log_prob_gives(name):
     """exact: integrates to one on a grid (1-D, float64); estimated: a Monte Carlo estimate of
-    a normalised density, within its spread of one; none: no log_prob at all."""
+    a normalised density, within its spread of one; unnormalised: a finite positive mass of any
+    size; ratio: a finite log-ratio, and sampling refused; none: no log_prob at all."""
     model, _, ctx = trained_a_little(name, features=1, context=1)
     model = model.double()
     kind = density_kind(model)
@@ -168,8 +172,15 @@ def test_the_declared_density_kind_is_what_log_prob_gives(name):
     assert math.isfinite(mass)
     if kind == EXACT:
         assert mass == pytest.approx(1.0, abs=2e-3)
-    elif kind == "estimated":
+    elif kind == ESTIMATED:
         assert mass == pytest.approx(1.0, abs=0.1)
+    elif kind == UNNORMALISED:
+        assert mass > 0
+    elif kind == RATIO:
+        with pytest.raises(SbitkError, match="draws no x"):
+            dist.sample((1,))
+    else:
+        pytest.fail(f"density kind {kind!r} is not checked here")
 
 
 OWN = [n for n in NAMES if get_estimator(n).__module__.startswith("sbitk.")]

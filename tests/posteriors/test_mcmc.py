@@ -107,6 +107,10 @@ def test_thinning_keeps_every_kth_sweep():
     init = torch.zeros(16, 3, dtype=torch.float64)
     result = slice_sample(log_prob, init, 30, warmup=20, thin=3, seed=0)
     assert result.samples.shape == (16, 30, 3)
+    # the same chains unthinned, kept at every third sweep
+    every = slice_sample(log_prob, init, 90, warmup=20, thin=1, seed=0).samples
+    assert torch.equal(result.samples, every[:, 2::3])
+    assert not torch.equal(result.samples, every[:, :30])
     assert (result.rhat < 1.1).all()
 
 

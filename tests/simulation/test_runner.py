@@ -107,9 +107,18 @@ def test_in_process_and_two_worker_processes_give_identical_banks(tmp_path):
 
 def test_default_dtype_and_threads_of_the_caller_do_not_change_the_bank():
     a = simulate(gauss, 300, seed=2, workers=1, batch_size=100, progress=False)
-    torch.set_default_dtype(torch.float64)
-    b = simulate(gauss, 300, seed=2, workers=1, batch_size=100, progress=False)
-    assert torch.get_default_dtype() == torch.float64  # restored afterwards
+    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
+    other = 2 if threads != 2 else 1
+    try:
+        torch.set_default_dtype(torch.float64)
+        torch.set_num_threads(other)
+        b = simulate(gauss, 300, seed=2, workers=1, batch_size=100, progress=False)
+        # the caller's settings are theirs again afterwards
+        assert torch.get_default_dtype() == torch.float64
+        assert torch.get_num_threads() == other
+    finally:
+        torch.set_default_dtype(dtype)
+        torch.set_num_threads(threads)
     _same(a, b)
 
 
