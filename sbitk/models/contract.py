@@ -40,6 +40,9 @@ Optional capabilities, used where present and never asked for by name:
   context that holds i.i.d. trials in ``blocks`` (``(offset, trials, width)`` each), which make
   the model blind to their order, and with ``missing`` let trials be absent (all NaN), so that
   NPE takes a variable number of trials (a permutation-invariant set embedding, say).
+* ``summed_loss(models, inputs, context) -> (B,) | None``: the losses of several models of
+  the estimator's class, built alike, summed per row in one pass; None where they do not
+  stack. An ensemble's training loss (spline flows stack their weights and run as one).
 * ``box_on_theta``: a class flag: as a posterior on a box prior it models θ itself (its samples
   are then truncated to the box), not the prior's unconstrained coordinates.
 

@@ -158,11 +158,18 @@ class Ensemble(nn.Module):
         }
 
     def loss(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
-        """The members' losses summed, per row (B,)."""
+        """The members' losses summed, per row (B,): in one pass where the members offer it
+        (``summed_loss``, see :mod:`sbitk.models.contract`), else one member after another."""
+        hook = getattr(self.members[0], "summed_loss", None)
+        summed = hook(list(self.members), inputs, context) if hook else None
+        if summed is not None:
+            return summed
         return sum(m.loss(inputs, context) for m in self.members)
 
     def validation_loss(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
         """The members' validation losses summed (their own, where they define one)."""
+        if not hasattr(self.members[0], "validation_loss"):
+            return self.loss(inputs, context).mean()
         total = inputs.new_zeros(())
         for m in self.members:
             hook = getattr(m, "validation_loss", None)

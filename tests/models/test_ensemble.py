@@ -112,3 +112,46 @@ def test_the_defaults_are_decided_in_one_place_and_read_by_api_and_cli():
     for command in ("train", "run"):
         text = " ".join(CliRunner().invoke(main, [command, "--help"]).output.split())
         assert "posterior: ensemble, likelihood: nsf" in text
+
+
+@pytest.mark.parametrize(
+    ("member", "context", "options"),
+    [
+        ("nsf", 4, {}),  # spline couplings with gated residual conditioners: stacked
+        ("nsf", 0, {}),  # the same without a context (ungated conditioners)
+        ("nsf", 4, {"embedding": {"type": "mlp", "out_features": 3, "hidden_features": [8]}}),
+        ("nsf", 4, {"conditioner": "mlp"}),  # couplings that run member by member
+        ("maf", 4, {}),  # no coupling at all: every transform member by member
+    ],
+)
+def test_members_evaluated_together_give_each_members_loss_and_gradient(member, context, options):
+    """The ensemble's one-pass loss (``summed_loss``) against its members' own losses, summed:
+    equal to float64 rounding, and so are the gradients of every member's weights. All weights
+    are drawn at random first, so that no part of a network (a block that starts near zero, a
+    gate) can be left out unnoticed."""
+    torch.manual_seed(0)
+    model = Ensemble(3, context, member=member, members=3, options=options).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    a = torch.randn(64, 3, dtype=torch.float64)
+    c = torch.randn(64, context, dtype=torch.float64) if context else None
+    members = list(model.members)
+    together = type(members[0]).summed_loss(members, a, c)
+    assert together is not None
+    one_by_one = sum(m.loss(a, c) for m in members)
+    assert torch.allclose(together, one_by_one, rtol=1e-10, atol=1e-10)
+    params = list(model.parameters())
+    expected = torch.autograd.grad(one_by_one.sum(), params)
+    got = torch.autograd.grad(model.loss(a, c).sum(), params)
+    pairs = zip(got, expected, strict=True)
+    assert all(torch.allclose(g, e, rtol=1e-9, atol=1e-10) for g, e in pairs)
+
+
+def test_flows_that_differ_or_rows_with_more_dimensions_are_not_evaluated_together():
+    flows = [NSF(2, 3, transforms=2), NSF(2, 3, transforms=3)]
+    a, c = torch.randn(5, 2), torch.randn(5, 3)
+    assert NSF.summed_loss(flows, a, c) is None
+    alike = [NSF(2, 3, transforms=2) for _ in range(2)]
+    assert NSF.summed_loss(alike, a.expand(4, 5, 2), c) is None
+    assert NSF.summed_loss(alike, a, c) is not None

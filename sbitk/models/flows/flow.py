@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from sbitk.errors import SbitkError
 from sbitk.models.base import check_inputs
 from sbitk.models.contract import EXACT
+from sbitk.models.flows.stacked import stackable, stacked_forward
 from sbitk.models.flows.transforms import (
     Composite,
     LULinear,
@@ -104,6 +105,11 @@ def _tuples(value: Any) -> Any:
     return value
 
 
+def standard_normal_log_prob(z: Tensor) -> Tensor:
+    """:math:`\\log \\mathcal{N}(z; 0, I)` over the last dimension: a flow's base density."""
+    return -0.5 * z.square().sum(-1) - 0.5 * z.shape[-1] * math.log(2 * math.pi)
+
+
 class FlowDistribution:
     """The distribution a flow defines for a fixed (batch of) context(s).
 
@@ -130,7 +136,7 @@ class FlowDistribution:
         return self.context.expand(*shape, self.context.shape[-1])
 
     def _base_log_prob(self, z: Tensor) -> Tensor:
-        return -0.5 * z.square().sum(-1) - 0.5 * self.flow.features * math.log(2 * math.pi)
+        return standard_normal_log_prob(z)
 
     def log_prob(self, x: Tensor) -> Tensor:
         """Log-density of ``x`` (..., *batch_shape, D), shape (..., *batch_shape)."""
@@ -338,6 +344,19 @@ class Flow(nn.Module):
     def loss(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
         """Negative log-likelihood :math:`-\\log q(x \\mid c)` per row, shape (*)."""
         return -self(context).log_prob(inputs)
+
+    @staticmethod
+    def summed_loss(
+        flows: Sequence[Flow], inputs: Tensor, context: Tensor | None = None
+    ) -> Tensor | None:
+        """:math:`-\\sum_k \\log q_k(x \\mid c)` per row (B,) of flows built alike, in one pass
+        (:mod:`~sbitk.models.flows.stacked`; see :mod:`sbitk.models.contract`); None where the
+        flows or the rows do not stack. An epoch of the NPE default, an ensemble of three spline
+        flows, cost 1.4 to 1.5 times less so (docs/benchmarks.md)."""
+        if not stackable(flows, inputs, context):
+            return None
+        z, log_det = stacked_forward(flows, inputs, context)
+        return -(standard_normal_log_prob(z) + log_det).sum(0)
 
 
 __all__ = ["Flow", "FlowConfig", "FlowDistribution", "FlowError"]
