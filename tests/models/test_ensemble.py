@@ -148,10 +148,16 @@ def test_members_evaluated_together_give_each_members_loss_and_gradient(member, 
     assert all(torch.allclose(g, e, rtol=1e-9, atol=1e-10) for g, e in pairs)
 
 
-def test_flows_that_differ_or_rows_with_more_dimensions_are_not_evaluated_together():
+def test_flows_that_differ_have_a_loss_of_their_own_or_get_wider_rows_are_not_stacked():
     flows = [NSF(2, 3, transforms=2), NSF(2, 3, transforms=3)]
     a, c = torch.randn(5, 2), torch.randn(5, 3)
     assert NSF.summed_loss(flows, a, c) is None
     alike = [NSF(2, 3, transforms=2) for _ in range(2)]
     assert NSF.summed_loss(alike, a.expand(4, 5, 2), c) is None
     assert NSF.summed_loss(alike, a, c) is not None
+
+    class Penalised(NSF):  # a loss of its own, which one pass would leave out
+        def loss(self, inputs, context=None):
+            return super().loss(inputs, context) + 1.0
+
+    assert Penalised.summed_loss([Penalised(2, 3, transforms=2) for _ in range(2)], a, c) is None

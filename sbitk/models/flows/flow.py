@@ -352,8 +352,9 @@ class Flow(nn.Module):
         """:math:`-\\sum_k \\log q_k(x \\mid c)` per row (B,) of flows built alike, in one pass
         (:mod:`~sbitk.models.flows.stacked`; see :mod:`sbitk.models.contract`); None where the
         flows or the rows do not stack. An epoch of the NPE default, an ensemble of three spline
-        flows, cost 1.4 to 1.5 times less so (docs/benchmarks.md)."""
-        if not stackable(flows, inputs, context):
+        flows, cost 1.4 to 1.5 times less so (docs/benchmarks.md). A flow class with a loss of
+        its own is left to it."""
+        if type(flows[0]).loss is not Flow.loss or not stackable(flows, inputs, context):
             return None
         z, log_det = stacked_forward(flows, inputs, context)
         return -(standard_normal_log_prob(z) + log_det).sum(0)
