@@ -20,8 +20,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import warnings
+from unittest import mock
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
@@ -59,15 +61,17 @@ def score(task: str, sample, observations: list[int], n: int) -> float:
 
 def train_sbitk(sim, theta, x, seed: int, stacked: bool):
     """The NPE default; ``stacked=False`` trains its members one after another."""
-    summed = Flow.summed_loss
-    if not stacked:  # what the ensemble does for members that do not stack
-        Flow.summed_loss = staticmethod(lambda flows, inputs, context=None: None)
-    try:
-        npe = NPE(sim.prior, config=TrainConfig(progress=False, seed=seed))
+    npe = NPE(sim.prior, config=TrainConfig(progress=False, seed=seed))
+    with contextlib.ExitStack() as stack:
+        if not stacked:  # what the ensemble does for members that do not stack
+            stack.enter_context(mock.patch.object(Flow, "summed_loss", _no_summed_loss))
         posterior, seconds = timed(lambda: npe.fit(theta, x))
-    finally:
-        Flow.summed_loss = summed
     return lambda x_o, n: posterior.sample(n, x=x_o, seed=seed), seconds, npe.history.epochs
+
+
+@staticmethod
+def _no_summed_loss(flows, inputs, context=None):
+    return None
 
 
 def train_sbi(sim, theta, x, seed: int):

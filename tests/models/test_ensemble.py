@@ -154,7 +154,10 @@ def test_flows_that_differ_have_a_loss_of_their_own_or_get_wider_rows_are_not_st
     assert NSF.summed_loss(flows, a, c) is None
     alike = [NSF(2, 3, transforms=2) for _ in range(2)]
     assert NSF.summed_loss(alike, a.expand(4, 5, 2), c) is None
+    assert NSF.summed_loss(alike, a[:, :1], c) is None  # left to the flows' own check
     assert NSF.summed_loss(alike, a, c) is not None
+    with pytest.raises(SbitkError, match="last dimension 2"):
+        Ensemble(2, 3, members=2).loss(a[:, :1], c)
 
     class Penalised(NSF):  # a loss of its own, which one pass would leave out
         def loss(self, inputs, context=None):

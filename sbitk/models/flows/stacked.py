@@ -57,11 +57,13 @@ def stacked_forward(
 
 def stackable(flows: Sequence[nn.Module], inputs: Tensor, context: Tensor | None) -> bool:
     """Whether :func:`stacked_forward` serves these flows and rows: two flows or more of one class
-    and config, rows (B, D), and contexts (B, C) or none."""
+    and config, rows (B, D) of their width D, and contexts (B, C) or none (anything else is
+    left to the flows themselves, which check it)."""
     first = flows[0]
     alike = all(type(f) is type(first) and f.config == first.config for f in flows)
-    rows = inputs.dim() == 2 and (context is None or context.shape[:-1] == inputs.shape[:-1])
-    return len(flows) > 1 and alike and rows
+    rows = inputs.dim() == 2 and inputs.shape[-1] == first.features
+    contexts = context is None or context.shape[:-1] == inputs.shape[:-1]
+    return len(flows) > 1 and alike and rows and contexts
 
 
 def _step(parts: Sequence[Transform], h: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor]:
