@@ -14,8 +14,9 @@ two_moons at 10,000 simulations the HPD coverage of one spline flow fell short o
 up to 0.09 over 1,000 fresh simulations, because each flow gives the two crescents uneven
 weights (off by 0.04 on average); three flows fell short by at most 0.05.
 
-Sampling draws every member and keeps one member's draw per row, chosen uniformly at random,
-so it costs K members' sampling; the density is :math:`\log \frac1K \sum_k e^{\log q_k}`.
+Sampling picks a member for each row, uniformly at random, and each member draws only the rows
+that picked it, so n draws cost about n draws of one member; the density is
+:math:`\log \frac1K \sum_k e^{\log q_k}`.
 
 References:
     Lakshminarayanan, Pritzel & Blundell (2017), Simple and scalable predictive uncertainty
@@ -217,11 +218,29 @@ class EnsembleDistribution:
         self.event_shape = parts[0].event_shape
 
     def sample(self, shape: Sequence[int] = ()) -> Tensor:
-        """Each row from one member, chosen uniformly at random (torch's global generator)."""
-        draws = torch.stack([p.sample(shape) for p in self.parts])  # (K, *shape, *batch, D)
-        pick = torch.randint(len(self.parts), draws.shape[1:-1], device=draws.device)
-        index = pick.unsqueeze(0).unsqueeze(-1).expand(1, *draws.shape[1:])
-        return torch.gather(draws, 0, index)[0]
+        """Each row from one member, chosen uniformly at random (torch's global generator).
+
+        A member draws only the rows it was chosen for: per context, as many as the context
+        that chose it most often, so that n draws of one context cost about n draws of one
+        member, not K·n. Member k's j-th draw of a context fills the j-th row that chose k.
+        """
+        n = math.prod(shape)
+        pick = torch.randint(len(self.parts), (n, *self.batch_shape))
+        out = None
+        for k, part in enumerate(self.parts):
+            chosen = pick == k
+            most = int(chosen.sum(0).max()) if chosen.numel() else 0
+            if most == 0:
+                continue
+            draws = part.sample((most,))  # (most, *batch, D)
+            rank = (chosen.cumsum(0) - 1).clamp(0, most - 1).to(draws.device)
+            index = rank.unsqueeze(-1).expand(n, *draws.shape[1:])
+            drawn = torch.gather(draws, 0, index)
+            mask = chosen.to(draws.device).unsqueeze(-1)
+            out = drawn if out is None else torch.where(mask, drawn, out)
+        if out is None:  # no rows asked for
+            out = self.parts[0].sample((0,))
+        return out.reshape(*shape, *out.shape[1:])
 
     def log_prob(self, a: Tensor) -> Tensor:
         """:math:`\\log \\frac1K \\sum_k q_k(a)` (an estimate when the members' densities are)."""
