@@ -357,7 +357,7 @@ class Flow(nn.Module):
         """:math:`-\\sum_k \\log q_k(x \\mid c)` per row (B,) of flows built alike, in one pass
         (:mod:`~sbitk.models.flows.stacked`; see :mod:`sbitk.models.contract`); None where the
         flows or the rows do not stack. An epoch of the NPE default, an ensemble of three spline
-        flows, cost 1.4 to 1.5 times less so (docs/benchmarks.md). A flow class with its own
+        flows, cost 1.4 to 1.7 times less so (docs/benchmarks.md). A flow class with its own
         ``loss``, ``forward`` or ``embed`` is left to them."""
         cls = type(flows[0])
         own = any(getattr(cls, name) is not getattr(Flow, name) for name in _ONE_PASS_SKIPS)
