@@ -93,7 +93,7 @@ def _every_member_draws(self, shape=()):
     """The ensemble's sampling before this release: every member draws every row, and each
     row keeps one member's draw."""
     draws = torch.stack([p.sample(shape) for p in self.parts])  # (K, *shape, *batch, D)
-    pick = torch.randint(len(self.parts), draws.shape[1:-1])
+    pick = torch.randint(len(self.parts), draws.shape[1:-1], device=draws.device)
     index = pick.unsqueeze(0).unsqueeze(-1).expand(1, *draws.shape[1:])
     return torch.gather(draws, 0, index)[0]
 

@@ -180,11 +180,19 @@ class DirectPosterior(TrainedEstimator):
         return self._x_view(x), single
 
     def _draw_u(self, n: int, x: Tensor, chunk_rows: int) -> Tensor:
-        per = max(1, chunk_rows // x.shape[0])
-        parts = []
-        for start in range(0, n, per):
-            parts.append(self.estimator(x).sample((min(per, n - start),)))
-        return torch.cat(parts) if parts else x.new_zeros(0, x.shape[0], self.theta_dim)
+        """n draws (n, B, D) for each observation of x (B, D_x), at most ``chunk_rows`` rows per
+        estimator call: all n draws of a group of observations per call where they fit, else
+        as many of one observation's draws as fit. (An ensemble draws, per call, as many rows
+        from each member as the observation that picked it most often, so few draws for each
+        of many observations per call would cost it up to K times one member's.)"""
+        if n == 0 or x.shape[0] == 0:
+            return x.new_zeros(n, x.shape[0], self.theta_dim)
+        groups = []
+        for xs in x.split(max(1, chunk_rows // n)):
+            per = max(1, chunk_rows // xs.shape[0])
+            dist = self.estimator(xs)
+            groups.append(torch.cat([dist.sample((min(per, n - s),)) for s in range(0, n, per)]))
+        return torch.cat(groups, 1)
 
     # ---- public API --------------------------------------------------------------------------
     @limited_threads

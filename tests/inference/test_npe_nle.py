@@ -1,6 +1,7 @@
 """NPE and NLE on small problems: support, shapes, invalid rows, banks, i.i.d. trials."""
 
 import math
+from unittest import mock
 
 import pytest
 import torch
@@ -97,7 +98,7 @@ def test_direct_posterior_batched_shapes_and_map():
     assert torch.equal(posterior.sample(5, x=xo, seed=3), posterior.sample(5, x=xo, seed=3))
 
 
-def test_flow_posterior_draws_in_small_chunks_follow_the_same_distribution():
+def test_flow_posterior_draws_in_chunks_of_whole_observations_follow_one_distribution():
     prior = Normal(0.0, 1.0, dim=2)
     g = torch.Generator().manual_seed(0)
     theta = prior.sample(1000, g)
@@ -106,7 +107,7 @@ def test_flow_posterior_draws_in_small_chunks_follow_the_same_distribution():
     xo = torch.randn(3, 2, generator=g)
     n = 4000
     whole = posterior.sample(n, x=xo, seed=1, chunk_rows=100_000)
-    # 7 rows per call: 2 draws for each of the 3 observations, then a remainder
+    # 7 rows per call: one observation at a time (its 4,000 draws do not fit), 7 draws a call
     chunked = posterior.sample(n, x=xo, seed=2, chunk_rows=7)
     assert chunked.shape == (n, 3, 2)
     assert torch.equal(chunked, posterior.sample(n, x=xo, seed=2, chunk_rows=7))
@@ -117,6 +118,27 @@ def test_flow_posterior_draws_in_small_chunks_follow_the_same_distribution():
     assert torch.allclose(chunked.std(0), whole.std(0), rtol=4 * 2**0.5 / (2 * n) ** 0.5)
     with pytest.raises(SbitkError, match="chunk_rows must be >= 1"):
         posterior.sample(5, x=xo, chunk_rows=0)
+    # where a group of observations' draws fit in a call, each call draws all n of them
+    assert calls_of(posterior, 50, torch.randn(5, 2, generator=g), 120) == [(2, 50)] * 2 + [
+        (1, 50)
+    ]
+    # and where one observation's do not, calls draw for one observation at a time
+    assert calls_of(posterior, 50, xo, 7) == ([(1, 7)] * 7 + [(1, 1)]) * 3
+
+
+def calls_of(posterior, n: int, xo, chunk_rows: int) -> list[tuple[int, int]]:
+    """(observations, draws) of each estimator call that ``posterior.sample`` makes."""
+    calls, inner = [], posterior.estimator.forward
+
+    def recording(xs):
+        dist = inner(xs)
+        own = dist.sample
+        dist.sample = lambda shape: calls.append((xs.shape[0], shape[0])) or own(shape)
+        return dist
+
+    with mock.patch.object(posterior.estimator, "forward", recording):
+        posterior.sample(n, x=xo, seed=0, chunk_rows=chunk_rows)
+    return calls
 
 
 def test_wrong_observations_are_refused_by_name():

@@ -57,28 +57,33 @@ def test_draws_come_from_every_member_equally_often():
 def test_each_member_draws_only_the_rows_that_picked_it_in_a_random_order():
     torch.manual_seed(1)
     model = spread_out(
-        Ensemble(1, 1, member="gaussian", members=3, options={"hidden_features": [8]})
-    ).double()  # float64: no two of float32's draws around 20 coincide by rounding
-    dist = model(torch.zeros(2, 1, dtype=torch.float64))
+        Ensemble(1, 1, member="gaussian", members=3, options={"hidden_features": [8]}), gap=30
+    ).double()  # float64: no two of float32's draws around 60 coincide by rounding
+    # two contexts whose members differ (their means 30 apart, moved by up to 1.5 by the
+    # context; their spreads from 0.4 to 1.8, each different at the two contexts)
+    dist = model(torch.tensor([[0.0], [3.0]], dtype=torch.float64))
+    own = torch.stack([p.sample((20000,)) for p in dist.parts])[..., 0]  # (3, 20000, 2)
     asked = []
     for part in dist.parts:
         part.sample = lambda shape, own=part.sample: asked.append(shape[0]) or own(shape)
     n = 9000
-    draws = dist.sample((n,))  # (n, 2, 1)
+    draws = dist.sample((n,))[..., 0]  # (n, 2)
     # the most any member is picked for one of 2 contexts: n/3 plus a few standard deviations
     sd = math.sqrt(n * (1 / 3) * (2 / 3))
     assert len(asked) == 3 and all(abs(m - n / 3) < 4 * sd for m in asked)
-    member = (draws / 10).round().clamp(0, 2).long()[:, :, 0]
-    for b in range(2):  # consecutive rows of a context pick the same member a third of the time
-        same = (member[1:, b] == member[:-1, b]).float().mean()
-        assert abs(same - 1 / 3) < 5 * math.sqrt((1 / 3) * (2 / 3) / n)
+    member = (draws / 30).round().clamp(0, 2).long()
     # no member's draw is used twice: every row of a context is a draw of its own
-    assert all(draws[:, b, 0].unique().numel() == n for b in range(2))
-    # each member's draws keep its own spread: the draws of member k match its own draws
-    own = torch.stack([p.sample((20000,)) for p in dist.parts])  # (3, 20000, 2, 1)
-    for k in range(3):
-        mine = draws[:, 0, 0][member[:, 0] == k]
-        assert abs(mine.std() - own[k, :, 0, 0].std()) < 0.1 * own[k, :, 0, 0].std()
+    assert all(draws[:, b].unique().numel() == n for b in range(2))
+    # the order is random: consecutive rows of a context, and the two contexts' rows, pick
+    # the same member a third of the time
+    agree = [member[1:, b] == member[:-1, b] for b in range(2)] + [member[:, 0] == member[:, 1]]
+    assert all(abs(a.double().mean() - 1 / 3) < 5 * math.sqrt(2 / 9 / n) for a in agree)
+    # each context's draws of member k follow member k at that context (not the other's)
+    for b in range(2):
+        for k in range(3):
+            mine, ref = draws[member[:, b] == k, b], own[k, :, b]
+            assert abs(mine.mean() - ref.mean()) < 5 * ref.std() / math.sqrt(len(mine))
+            assert abs(mine.std() - ref.std()) < 0.1 * ref.std()
 
 
 def test_the_members_take_their_own_role_defaults():
