@@ -226,18 +226,19 @@ class EnsembleDistribution:
         """
         n = math.prod(shape)
         pick = torch.randint(len(self.parts), (n, *self.batch_shape))
-        out = None
+        out = on_device = None
         for k, part in enumerate(self.parts):
-            chosen = pick == k
-            most = int(chosen.sum(0).max()) if chosen.numel() else 0
+            most = int((pick == k).sum(0).max()) if pick.numel() else 0
             if most == 0:
                 continue
             draws = part.sample((most,))  # (most, *batch, D)
-            rank = (chosen.cumsum(0) - 1).clamp(0, most - 1).to(draws.device)
+            if on_device is None:  # one copy of the picks to the draws' device, not one a member
+                on_device = pick.to(draws.device)
+            chosen = on_device == k
+            rank = (chosen.cumsum(0) - 1).clamp(0, most - 1)
             index = rank.unsqueeze(-1).expand(n, *draws.shape[1:])
             drawn = torch.gather(draws, 0, index)
-            mask = chosen.to(draws.device).unsqueeze(-1)
-            out = drawn if out is None else torch.where(mask, drawn, out)
+            out = drawn if out is None else torch.where(chosen.unsqueeze(-1), drawn, out)
         if out is None:  # no rows asked for
             out = self.parts[0].sample((0,))
         return out.reshape(*shape, *out.shape[1:])
