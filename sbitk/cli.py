@@ -47,7 +47,8 @@ RESUMES = {
 
 
 class _Group(click.Group):
-    """A click group that turns package errors into one line and exit code 2."""
+    """A click group that turns package errors, and a subcommand's bad option values or
+    missing arguments, into one line and exit code 2."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -55,6 +56,11 @@ class _Group(click.Group):
         except SbitkError as exc:
             message = " ".join(str(exc).split()) or type(exc).__name__
             click.echo(f"error: {message}", err=True)
+            ctx.exit(EXIT_USAGE)
+        except click.UsageError as exc:  # a bad option value or a missing argument
+            command = exc.ctx.command_path if exc.ctx else "sbitk"
+            message = " ".join(exc.format_message().split())
+            click.echo(f"error: {message} (see '{command} --help')", err=True)
             ctx.exit(EXIT_USAGE)
         except KeyboardInterrupt:
             click.echo(f"interrupted: {RESUMES.get(ctx.invoked_subcommand, 'nothing was kept')}",
@@ -443,17 +449,16 @@ def _say_mcmc_cost(model: Path, n: int) -> None:
     """Say up front that the checks of a posterior sampled by MCMC (NLE's, NRE's, an
     unnormalised NPE's) run it once per fresh simulation."""
     from sbitk.io.modelfile import read_metadata
-    from sbitk.models.contract import UNNORMALISED, density_kind
+    from sbitk.models.contract import RATIO, UNNORMALISED, density_kind
     from sbitk.models.registry import get_estimator
 
     try:
         meta = read_metadata(model)
-        name = (meta.get("estimator") or {}).get("name")
-        unnormalised = density_kind(get_estimator(name)) == UNNORMALISED
+        density = density_kind(get_estimator((meta.get("estimator") or {}).get("name")))
     except (SbitkError, TypeError):
         return  # diagnose names the problem with the file itself
-    if meta.get("role") == "nle" or unnormalised:
-        kind = "NRE" if name == "ratio" else meta.get("role", "").upper()
+    if meta.get("role") == "nle" or density == UNNORMALISED:
+        kind = "NRE" if density == RATIO else meta.get("role", "").upper()
         click.echo(
             f"note: an {kind} posterior is sampled by MCMC for each of the "
             f"{n} fresh simulations; "
@@ -902,16 +907,17 @@ def _describe_model(path: Path) -> str:
 
     meta = read_metadata(path)
     model = load_model(path)  # checks the checksum and the weights, not only the header
-    from sbitk.models.contract import density_kind
+    from sbitk.models.contract import RATIO, density_kind
     from sbitk.models.registry import get_estimator
 
     est = meta["estimator"]
     training = meta.get("training") or {}
-    kind = "posterior" if meta["role"] == "npe" else "likelihood"
     density = density_kind(get_estimator(est["name"]))
+    method = "nre" if density == RATIO else meta["role"]
+    kind = {"npe": "posterior", "nle": "likelihood", "nre": "ratio"}[method]
     lines = [
         f"model file {path} (format {meta['format_version']}, sbitk {meta['sbitk_version']})",
-        f"  method: {meta['role'].upper()} ({kind} estimator {est['name']}"
+        f"  method: {method.upper()} ({kind} estimator {est['name']}"
         f"{_per_trial(meta.get('trials', 1))}{_logged_x(_spec_logged(meta), meta)})",
         f"  estimator: {est['name']} from {est.get('package') or 'this process'}, "
         f"{density} density",

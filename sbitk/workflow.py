@@ -27,7 +27,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,32 @@ def _method_class(method: str) -> tuple[type, dict]:
         raise SbitkError(f"method must be one of {METHODS}, got {method!r}")
     cls = {"npe": NPE, "nle": NLE, "nre": NRE}[method]
     return cls, ({} if method == "npe" else {"invalid": "exclude"})
+
+
+#: Arguments of the inference classes that the workflow sets itself: an option of that name is
+#: the estimator's (a CVAE's ``prior``).
+_WORKFLOW_ARGS = frozenset(
+    {"prior", "estimator", "config", "invalid", "estimator_options", "parameter_names",
+     "output_names", "simulator_name"}
+)  # fmt: skip
+
+
+def _method(method: str, estimator: str | None, config, options: Mapping[str, Any]):
+    """The inference object of ``method``: the options its class takes as arguments of its own
+    (``log_x``, ``trials``, ...) go to it, the others to the estimator's constructor."""
+    import inspect
+
+    cls, kwargs = _method_class(method)
+    own = set(inspect.signature(cls).parameters) - _WORKFLOW_ARGS
+    mine = {k: v for k, v in options.items() if k in own}
+    theirs = {k: v for k, v in options.items() if k not in own}
+    return cls(estimator=estimator, config=config, **kwargs, **mine, estimator_options=theirs)
+
+
+def _method_of(posterior) -> str:
+    """``"npe"``, ``"nle"`` or ``"nre"``: sbitk's posteriors say it as ``method``, another
+    library's (the posterior protocol) as ``role``."""
+    return getattr(posterior, "method", None) or posterior.role
 
 
 #: Rows of the bank used as prior draws in a result file, and as the misspecification reference.
@@ -200,8 +226,7 @@ def train(
     source = _open_bank(bank)
     if len(source) == 0:
         raise SbitkError(f"the bank at {bank} holds no rows to train on")
-    cls, kwargs = _method_class(method)
-    inference = cls(estimator=estimator, config=config, **kwargs, **estimator_kwargs)
+    inference = _method(method, estimator, config, estimator_kwargs)
     posterior = inference.fit(source)
     save_model(output, posterior)
     return posterior
@@ -376,8 +401,8 @@ def sample(
     if iid and not posterior.iid_trials and obs.x.shape[0] > 1:
         raise SbitkError(
             f"--iid treats the {obs.x.shape[0]} rows of {observed} as trials of one "
-            "observation, which needs an NLE model (its likelihoods multiply); this model is "
-            f"{posterior.role.upper()}"
+            "observation, which needs an NLE or NRE model (its likelihoods multiply); this model "
+            f"is {posterior.method.upper()}"
         )
     groups = 1 if iid else obs.x.shape[0]
     _check_draws(
@@ -437,7 +462,7 @@ def sample(
             simulator=posterior.simulator_name,
             seed=seed,
             model_sha256=model_hash,
-            method=posterior.role,
+            method=posterior.method,
             extra={"model_file": Path(model).name, "observed_file": Path(observed).name},
         ),
     )
@@ -660,7 +685,9 @@ def diagnose(
             observed, posterior.output_names, iid=iid, absent=posterior.absent_columns
         )
         if iid and not posterior.iid_trials and obs.x.shape[0] > 1:
-            raise SbitkError(f"--iid needs an NLE model; this model is {posterior.role.upper()}")
+            raise SbitkError(
+                f"--iid needs an NLE or NRE model; this model is {_method_of(posterior).upper()}"
+            )
 
     names = list(posterior.parameter_names)
     log_prob = _batched_log_prob(posterior)
@@ -724,7 +751,7 @@ def diagnose(
     checks = [c for s in sections for c in s.checks]
     meta = {
         "simulator": source.simulator_name,
-        "method": posterior.role,
+        "method": _method_of(posterior),
         "model": f"{Path(model).name} (sha256 {file_sha256(model)[:16]})"
         if is_file
         else type(model).__name__,
@@ -1126,10 +1153,7 @@ def _train_rounds(simulator, x_o, paths: dict, options: RunOptions, config, prog
     from sbitk.io.modelfile import save_model
     from sbitk.simulation.bank import Bank
 
-    cls, kwargs = _method_class(options.method)
-    method = cls(
-        estimator=options.estimator, config=config, **kwargs, **dict(options.estimator_options)
-    )
+    method = _method(options.method, options.estimator, config, dict(options.estimator_options))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # excluded failed rows are in the history
         posterior = fit_rounds(
@@ -1164,10 +1188,7 @@ def _check_run_options(simulator, options: RunOptions, n_observed: int, bank: Pa
             )
     resolve_device(options.device)
     config = options.train_config(progress=False)  # checks the training settings
-    cls, kwargs = _method_class(options.method)
-    method = cls(
-        estimator=options.estimator, config=config, **kwargs, **dict(options.estimator_options)
-    )
+    method = _method(options.method, options.estimator, config, dict(options.estimator_options))
     if options.rounds > 1:
         from sbitk.inference.sequential import check_method
 

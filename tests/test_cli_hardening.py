@@ -346,3 +346,64 @@ def test_the_sbitk_command_is_the_launcher():
 
     (script,) = entry_points(group="console_scripts", name="sbitk")
     assert script.value == "_sbitk_launcher:main"
+
+
+# ---- estimator options, training settings, usage errors ------------------------------------
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        (["--estimator", "nsf", "-O", "features=5"], "features is set by the data"),
+        (["--estimator", "ensemble", "-O", "options=3"], "option options takes a mapping"),
+        (["--estimator", "ensemble", "-O", "trials=5"], "trials must be None, true, false or"),
+        (["--estimator", "flow_matching", "-O", "hidden_features=abc"], "list of sizes"),
+        (["--estimator", "gaussian", "-O", "hidden_features=[100000,100000]"], "of memory"),
+        (["--estimator", "ensemble", "-O", "members=1000000"], "ask for fewer members"),
+        (["--estimator", "diffusion", "-O", "beta_max=Infinity"], "takes a finite number"),
+        (["--estimator", "flow_matching", "-O", "bogus=1"], "its options: atol, divergence"),
+        (["--method", "nle", "--estimator", "ensemble", "-O", "member=ebm"], "no mixture"),
+        (
+            ["--method", "nre", "--estimator", "gan"],
+            "no classifier (its density is 'none'): use it with NPE",
+        ),
+        (["--learning-rate", "inf"], "TrainConfig.learning_rate must be a finite number"),
+        (["-T", "weight_decay=Infinity"], "TrainConfig.weight_decay must be a finite number"),
+    ],
+)
+def test_bad_estimator_options_and_settings_are_one_line_before_training(
+    trained, tmp_path, options, fragment
+):
+    _, bank, _ = trained
+    out = tmp_path / "m.safetensors"
+    _one_line(_invoke("train", bank, "-o", out, "--epochs", 1, *options), fragment)
+    assert not out.exists()
+
+
+def test_a_bad_option_value_or_a_missing_argument_is_one_line_naming_the_help(trained):
+    _, _, model = trained
+    result = _invoke("sample", model, "--observed", OBSERVED, "-n", 0, "-o", "never.nc")
+    _one_line(result, "'-n' / '--num-samples': 0 is not in the range", "sample --help')")
+    _one_line(_invoke("train"), "Missing argument 'BANK'", "train --help')")
+
+
+def test_an_estimator_option_named_like_a_method_argument_reaches_the_estimator(trained, tmp_path):
+    _, bank, _ = trained
+    out = tmp_path / "cvae.safetensors"
+    result = _invoke("train", bank, "-o", out, "--epochs", 1, "--estimator", "cvae",
+                     "-O", "prior=standard", "-O", "log_x=false")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    from sbitk.io.modelfile import read_metadata
+
+    assert read_metadata(out)["estimator"]["config"]["prior"] == "standard"
+
+
+def test_an_nre_model_is_shown_and_recorded_as_nre(trained, tmp_path):
+    import arviz as az
+
+    _, bank, _ = trained
+    model, result = tmp_path / "nre.safetensors", tmp_path / "nre.nc"
+    assert _invoke("train", bank, "--method", "nre", "-o", model, "--epochs", 1).exit_code == 0
+    assert "method: NRE (ratio estimator ratio)" in _invoke("inspect", model).output
+    sampled = _invoke("sample", model, "--observed", OBSERVED, "-n", 20, "-o", result,
+                      "--no-misspecification-check")  # fmt: skip
+    assert sampled.exit_code == 0, sampled.output
+    assert az.from_netcdf(result).posterior.attrs["method"] == "nre"

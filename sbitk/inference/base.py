@@ -11,6 +11,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, replace
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -26,9 +27,36 @@ from sbitk.inference.data import (
 )
 from sbitk.inference.training import History, TrainConfig, train
 from sbitk.models.contract import check_estimator, role_options
-from sbitk.models.registry import build_estimator, default_estimator, get_estimator
+from sbitk.models.registry import (
+    build_estimator,
+    check_estimator_options,
+    default_estimator,
+    get_estimator,
+)
 from sbitk.simulation.bijections import Bijection
 from sbitk.simulation.priors import Prior, as_prior
+
+
+def check_trials(trials: Any) -> list[tuple[int, int, int]] | bool | None:
+    """``trials`` as given, once it is None, True, False or a list of ``(offset, trials,
+    width)`` blocks of non-negative, positive and positive integers."""
+    if trials is None or isinstance(trials, bool):
+        return trials
+
+    def block(b) -> bool:
+        ints = (
+            isinstance(b, list | tuple)
+            and len(b) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in b)
+        )
+        return ints and b[0] >= 0 and b[1] >= 1 and b[2] >= 1
+
+    if not isinstance(trials, list | tuple) or not all(block(b) for b in trials):
+        raise SbitkError(
+            "trials must be None, true, false or a list of [offset, trials, width] blocks of "
+            f"integers, got {trials!r}"
+        )
+    return [tuple(b) for b in trials]
 
 
 class Estimation:
@@ -69,7 +97,8 @@ class Estimation:
         if isinstance(estimator, nn.Module):
             check_estimator(estimator)
         else:
-            get_estimator(estimator)  # an unknown name fails here, before any data is read
+            # an unknown name or option fails here, before any data is read
+            check_estimator_options(estimator, estimator_kwargs)
         self.estimator = estimator
         self._check_kind(self.estimator_class)
         #: Work in the prior's unconstrained coordinates (True), in θ (False), or let the role

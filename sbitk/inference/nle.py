@@ -37,13 +37,14 @@ Example:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 from torch import Tensor, nn
 
 from sbitk.errors import SbitkError
-from sbitk.inference.base import Estimation, check_log_x
+from sbitk.inference.base import Estimation, check_log_x, check_trials
 from sbitk.inference.data import RowReport
 from sbitk.inference.training import LARGE_BANK_ROWS, TrainConfig
 from sbitk.models.contract import NONE, RATIO, UNNORMALISED, density_kind
@@ -97,6 +98,8 @@ class NLE(Estimation):
         config: Training settings.
         mcmc: Settings of the posterior's MCMC.
         parameter_names, output_names, simulator_name: Carried into the posterior and files.
+        estimator_options: Options of the estimator's constructor as a mapping, for a name
+            that an argument of this class takes too (a CVAE's ``prior``).
         **estimator_kwargs: Passed to the estimator's constructor.
     """
 
@@ -121,6 +124,7 @@ class NLE(Estimation):
         parameter_names: Sequence[str] | None = None,
         output_names: Sequence[str] | None = None,
         simulator_name: str | None = None,
+        estimator_options: Mapping[str, Any] | None = None,
         **estimator_kwargs,
     ):
         if invalid not in INVALID_CHOICES:
@@ -133,12 +137,12 @@ class NLE(Estimation):
             parameter_names,
             output_names,
             simulator_name,
-            estimator_kwargs,
+            {**(estimator_options or {}), **estimator_kwargs},
         )
         self.invalid = invalid
         if per_trial is not None and not isinstance(per_trial, bool):
             raise SbitkError(f"per_trial must be True, False or None, got {per_trial!r}")
-        self.trials = trials
+        self.trials = check_trials(trials)
         self.per_trial = per_trial
         self.log_x = check_log_x(log_x)
         self.conditions_unconstrained = True

@@ -38,14 +38,15 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from sbitk.errors import SbitkError
 from sbitk.inference.apt import AtomicLoss
-from sbitk.inference.base import Estimation, check_log_x
+from sbitk.inference.base import Estimation, check_log_x, check_trials
 from sbitk.inference.data import RowReport, permute_trials, warn_excluded
 from sbitk.inference.training import TrainConfig
 from sbitk.models.contract import RATIO, density_kind, has_density, trial_options
@@ -103,6 +104,8 @@ class NPE(Estimation):
         config: Training settings.
         parameter_names, output_names, simulator_name: Carried into the posterior and model
             files (read from the bank when fitting from one).
+        estimator_options: Options of the estimator's constructor as a mapping, for a name
+            that an argument of this class takes too (a CVAE's ``prior``).
         **estimator_kwargs: Passed to the estimator's constructor.
     """
 
@@ -126,6 +129,7 @@ class NPE(Estimation):
         parameter_names: Sequence[str] | None = None,
         output_names: Sequence[str] | None = None,
         simulator_name: str | None = None,
+        estimator_options: Mapping[str, Any] | None = None,
         **estimator_kwargs,
     ):
         super().__init__(
@@ -136,9 +140,9 @@ class NPE(Estimation):
             parameter_names,
             output_names,
             simulator_name,
-            estimator_kwargs,
+            {**(estimator_options or {}), **estimator_kwargs},
         )
-        self.trials = trials
+        self.trials = check_trials(trials)
         self.log_x = check_log_x(log_x)
         self.trains_unconstrained = True
         if not isinstance(variable_trials, bool):

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from sbitk.errors import SbitkError
 from sbitk.inference.nle import NLE
-from sbitk.models.contract import RATIO, density_kind
+from sbitk.models.contract import ESTIMATED, EXACT, RATIO, density_kind
 
 
 class NRE(NLE):
@@ -50,10 +50,12 @@ class NRE(NLE):
     default_key = "ratio"
 
     def _check_kind(self, cls: type) -> None:
-        if density_kind(cls) != RATIO:
+        kind = density_kind(cls)
+        if kind != RATIO:
+            where = "NLE (method nle) or NPE" if kind in (EXACT, ESTIMATED) else "NPE"
             raise SbitkError(
-                f"NRE trains a classifier of (θ, x) pairs; estimator {cls.__name__} is a "
-                f"{density_kind(cls)!r} density: use it with NLE (method nle) or NPE"
+                f"NRE trains a classifier of (θ, x) pairs; estimator {cls.__name__} is no "
+                f"classifier (its density is {kind!r}): use it with {where}"
             )
 
 

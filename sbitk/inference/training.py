@@ -151,6 +151,10 @@ class TrainConfig:
         return batch, lr
 
     def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise SbitkError(f"TrainConfig.{f.name} must be a finite number, got {value!r}")
         checks = [
             ("batch_size", self.batch_size is None or self.batch_size >= 1, "an integer >= 1"),
             ("learning_rate", self.learning_rate is None or self.learning_rate > 0, "> 0"),

@@ -61,14 +61,13 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 
 from sbitk.errors import ModelFileError, SbitkError
+from sbitk.nn.allocation import AllocationBudget
 
 FORMAT = "sbitk-model"
 #: Format version this sbitk writes; it reads this one and the versions in READABLE_VERSIONS.
@@ -544,63 +543,20 @@ BUILD_SLACK = 2**24
 BUILD_FACTOR = 64
 
 
-def _requested(func, args: tuple, kwargs: dict) -> int:
-    """Values a torch factory call asks for (0 when it cannot tell)."""
-    import math
-
-    def prod(size) -> int:
-        if isinstance(size, int):
-            return size
-        if isinstance(size, Sequence) and all(isinstance(v, int) for v in size):
-            return math.prod(size)
-        return 0
-
-    if func is torch.eye:
-        n = args[0] if args else kwargs.get("n", 0)
-        m = args[1] if len(args) > 1 and isinstance(args[1], int) else kwargs.get("m", n)
-        return prod(n) * prod(m)
-    if func is torch.randperm:
-        return prod(args[0] if args else kwargs.get("n", 0))
-    if func in (torch.arange, torch.linspace):
-        return 0  # sized by values, not a size: small in every constructor here
-    if func is torch.randint:
-        return prod(kwargs.get("size", next((a for a in args if isinstance(a, Sequence)), ())))
-    size = kwargs.get("size", args[0] if len(args) == 1 or func is torch.full else args)
-    return prod(size)
-
-
-class _BuildBudget(TorchFunctionMode):
-    """Counts the values torch factories allocate inside the block; refuses the call that would
-    take the total past ``budget``, before it allocates."""
-
-    FACTORIES = frozenset(
-        {torch.empty, torch.zeros, torch.ones, torch.full, torch.rand, torch.randn,
-         torch.randint, torch.randperm, torch.eye, torch.empty_strided}
-    )  # fmt: skip
-
-    def __init__(self, budget: int, describe: str):
-        super().__init__()
-        self.budget, self.describe, self.used = budget, describe, 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in self.FACTORIES:
-            self.used += _requested(func, args, kwargs)
-            if self.used > self.budget:
-                raise ModelFileError(
-                    f"{self.describe}: building it would allocate more than {self.budget} "
-                    "values, far more than the file's weights (a hand-edited config?)"
-                )
-        return func(*args, **kwargs)
-
-
 def _build_within(est: dict, tensors: dict[str, Tensor], where: str) -> nn.Module:
     """Build the estimator the file names, refusing a config whose sizes would allocate far
     more than the weights the file holds (validated before any memory is taken)."""
     held = sum(t.numel() for t in tensors.values())
     budget = BUILD_FACTOR * held + BUILD_SLACK
     describe = f"{where}: the config of estimator {est['name']!r} does not fit its weights"
-    with _BuildBudget(budget, describe):
+
+    def refuse(used: int) -> ModelFileError:
+        return ModelFileError(
+            f"{describe}: building it would allocate more than {budget} values, far more "
+            "than the file's weights (a hand-edited config?)"
+        )
+
+    with AllocationBudget(budget, refuse):
         return _build(est["name"], est["config"], est.get("package"))
 
 

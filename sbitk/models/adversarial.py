@@ -316,6 +316,8 @@ class ConditionalGAN(StandardizedEstimator):
             training stage), and resample by it when sampling.
     """
 
+    #: Its options, checked by name and kind before it is built.
+    config_class: ClassVar[type] = GANConfig
     density: ClassVar[str] = NONE
 
     def __init__(

@@ -239,6 +239,8 @@ class MADEMoG(StandardizedEstimator):
         torch.Size([6])
     """
 
+    #: Its options, checked by name and kind before it is built.
+    config_class: ClassVar[type] = MADEMoGConfig
     density: ClassVar[str] = EXACT
 
     @classmethod

@@ -264,6 +264,8 @@ class FlowMatching(TimeFieldEstimator):
         **options: Further fields of :class:`FlowMatchingConfig`.
     """
 
+    #: Its options, checked by name and kind before it is built.
+    config_class: ClassVar[type] = FlowMatchingConfig
     density: ClassVar[str] = EXACT
     #: On a box prior, model θ itself: the logit stretches mass near an edge into long tails.
     box_on_theta: ClassVar[bool] = True

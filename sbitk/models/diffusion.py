@@ -158,6 +158,8 @@ class Diffusion(TimeFieldEstimator):
         **options: Further fields of :class:`DiffusionConfig`.
     """
 
+    #: Its options, checked by name and kind before it is built.
+    config_class: ClassVar[type] = DiffusionConfig
     density: ClassVar[str] = EXACT
     #: On a box prior, model θ itself (as flow matching does).
     box_on_theta: ClassVar[bool] = True

@@ -199,6 +199,8 @@ class EnergyModel(StandardizedEstimator):
         **options: Further fields of :class:`EnergyConfig`.
     """
 
+    #: Its options, checked by name and kind before it is built.
+    config_class: ClassVar[type] = EnergyConfig
     density: ClassVar[str] = UNNORMALISED
 
     def __init__(self, features: int, context: int = 0, **options):

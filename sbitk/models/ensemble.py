@@ -49,11 +49,13 @@ from sbitk.models.contract import (
     NONE,
     RATIO,
     ROLES,
+    UNNORMALISED,
     density_kind,
     role_options,
     trial_options,
 )
-from sbitk.models.registry import get_estimator
+from sbitk.models.registry import build_estimator, check_estimator_options, get_estimator
+from sbitk.simulation.resources import check_memory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +95,8 @@ class Ensemble(nn.Module):
         **options: Further fields of :class:`EnsembleConfig`.
     """
 
+    #: Its options, checked by name and kind before it is built.
+    config_class: ClassVar[type] = EnsembleConfig
     density: ClassVar[str] = EXACT
     #: On a box prior, model θ itself, truncated to the box, as the default member (the spline
     #: flow) does; a member that would rather train in unconstrained coordinates still works.
@@ -110,14 +114,25 @@ class Ensemble(nn.Module):
                 raise SbitkError(f"Ensemble: member {cfg.member!r} offers no trial_options")
             kwargs.update(given)
         kwargs.update({k: tuple(v) if isinstance(v, list) else v for k, v in cfg.options.items()})
-        try:
-            self.members = nn.ModuleList(
-                cls(cfg.features, cfg.context, **kwargs) for _ in range(cfg.members)
-            )
-        except TypeError as exc:
-            raise SbitkError(f"Ensemble: bad options for member {cfg.member!r}: {exc}") from None
+        first = build_estimator(cfg.member, cfg.features, cfg.context, **kwargs)
+        size = sum(t.numel() * t.element_size() for t in (*first.parameters(), *first.buffers()))
+        check_memory(
+            cfg.members * size, f"an ensemble of {cfg.members} {cfg.member!r} members",
+            "ask for fewer members",
+        )  # fmt: skip
+        rest = (build_estimator(cfg.member, cfg.features, cfg.context, **kwargs)
+                for _ in range(cfg.members - 1))  # fmt: skip
+        self.members = nn.ModuleList([first, *rest])
         #: The members' density kind: exact members make an exact mixture.
         self.density = density_kind(self.members[0])
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        """What can be checked before the data are read: the member, by name and density
+        kind, and the options given to it."""
+        cfg = build_config(EnsembleConfig, 1, 0, options)
+        _check(cfg)
+        check_estimator_options(cfg.member, cfg.options)
 
     @classmethod
     def from_config(cls, config: Mapping) -> Self:
@@ -194,6 +209,11 @@ def _check(cfg: EnsembleConfig) -> type:
         raise SbitkError(
             f"Ensemble: member {cfg.member!r} offers samples only; an ensemble needs the "
             "members' densities (for the mixture's density and for truncation to a box prior)"
+        )
+    if density_kind(cls) == UNNORMALISED:
+        raise SbitkError(
+            f"Ensemble: member {cfg.member!r} has a density known up to a constant of its own, "
+            "and members with different constants make no mixture: pick members with a density"
         )
     if density_kind(cls) == RATIO:
         raise SbitkError(

@@ -46,6 +46,8 @@ class ConditionalGaussian(nn.Module):
         full_covariance: A full Cholesky factor; otherwise a diagonal one.
     """
 
+    #: Its options, checked by name and kind before it is built.
+    config_class: ClassVar[type] = GaussianConfig
     density: ClassVar[str] = EXACT
 
     def __init__(

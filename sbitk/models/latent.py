@@ -171,6 +171,8 @@ class ConditionalVAE(StandardizedEstimator):
         generative models", NeurIPS 2015.
     """
 
+    #: Its options, checked by name and kind before it is built.
+    config_class: ClassVar[type] = VAEConfig
     density: ClassVar[str] = ESTIMATED
     #: As a posterior on a box prior, model θ itself with the NSF's box options (as the NSF):
     #: on two_moons (10,000 simulations, observations 1-2, 5,000 samples a side) C2ST went from

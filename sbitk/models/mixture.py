@@ -187,6 +187,8 @@ class MixtureDensityNetwork(StandardizedEstimator):
         torch.Size([6])
     """
 
+    #: Its options, checked by name and kind before it is built.
+    config_class: ClassVar[type] = MDNConfig
     density: ClassVar[str] = EXACT
 
     @classmethod

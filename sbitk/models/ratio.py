@@ -134,6 +134,8 @@ class RatioEstimator(StandardizedEstimator):
         **options: Further fields of :class:`RatioConfig`.
     """
 
+    #: Its options, checked by name and kind before it is built.
+    config_class: ClassVar[type] = RatioConfig
     density: ClassVar[str] = RATIO
 
     def __init__(self, features: int, context: int, **options):

@@ -21,11 +21,13 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib.metadata import entry_points
 from typing import Any
 
 from sbitk.errors import SbitkError
 from sbitk.models.contract import ContractError, density_kind
+from sbitk.models.options import check_options
 
 ENTRY_POINT_GROUP = "sbitk.estimators"
 
@@ -182,11 +184,42 @@ def estimator_package(name: str) -> str | None:
     return None if dist is None else dist.metadata["Name"]
 
 
-def build_estimator(name: str, features: int, context: int, **options) -> Any:
-    """Build the estimator registered as ``name`` for ``features`` given ``context`` sizes."""
+def check_estimator_options(name: str, options: Mapping[str, Any]) -> type:
+    """The class of estimator ``name``, once ``options`` are known to be its options, each of
+    the kind its config takes (where the class names its config as ``config_class``), and have
+    passed the class's own ``check_options(options)`` where it has one."""
     cls = get_estimator(name)
+    config_class = getattr(cls, "config_class", None)
+    if config_class is not None:
+        check_options(config_class, options, name)
+    more = getattr(cls, "check_options", None)  # what else the class can check without data
+    if callable(more):
+        more(options)
+    return cls
+
+
+def build_estimator(name: str, features: int, context: int, **options) -> Any:
+    """Build the estimator registered as ``name`` for ``features`` given ``context`` sizes.
+
+    Its options are checked first (:func:`check_estimator_options`), and building it may
+    allocate at most half the memory available now (in float32 values): larger layers are
+    refused in one line before anything is allocated."""
+    from sbitk.nn.allocation import AllocationBudget  # torch: not for listing names
+    from sbitk.simulation.resources import MEMORY_FRACTION, available_memory, format_bytes
+
+    cls = check_estimator_options(name, options)
+    budget = MEMORY_FRACTION * available_memory() / 4
+
+    def refuse(used: int) -> SbitkError:
+        return SbitkError(
+            f"estimator {name!r} with these options would take more than "
+            f"{format_bytes(4 * budget)} of memory, half of what is available; ask for "
+            "smaller layers or fewer of them"
+        )
+
     try:
-        return cls(features, context, **options)
+        with AllocationBudget(budget, refuse):
+            return cls(features, context, **options)
     except TypeError as exc:
         raise SbitkError(f"bad options for estimator {name!r}: {exc}") from exc
 
@@ -211,6 +244,7 @@ __all__ = [
     "UnknownEstimatorError",
     "available_estimators",
     "build_estimator",
+    "check_estimator_options",
     "default_estimator",
     "estimator",
     "estimator_config",

@@ -102,6 +102,8 @@ class DirectPosterior(TrainedEstimator):
     """
 
     role = "npe"
+    #: How it was trained (NLE and NRE tell themselves apart here; the role does not).
+    method = "npe"
     theta_size = "features"
     #: Combines i.i.d. trials of one observation (only a likelihood can).
     iid_trials = False

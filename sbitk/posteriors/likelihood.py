@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from sbitk.errors import SbitkError
-from sbitk.models.contract import UNNORMALISED, has_density
+from sbitk.models.contract import RATIO, UNNORMALISED, density_kind, has_density
 from sbitk.nn.threads import limited_threads
 from sbitk.posteriors.base import TrainedEstimator, ascend
 from sbitk.posteriors.direct import seeded
@@ -65,6 +65,12 @@ class SurrogateLikelihood(TrainedEstimator):
             raise SbitkError(f"trials must be a positive integer, got {trials!r}")
         self.trials = trials
         super().__init__(estimator, prior, **kwargs)
+
+    @property
+    def method(self) -> str:
+        """How it was trained: ``"nre"`` for a ratio estimator, else ``"nle"`` (``role``, what
+        a model file records, is ``"nle"`` for both)."""
+        return "nre" if density_kind(self.estimator) == RATIO else "nle"
 
     def _accept(self, estimator: nn.Module) -> None:
         if not has_density(estimator):
@@ -156,6 +162,11 @@ class MCMCPosterior:
     iid_trials = True
     #: :meth:`log_prob` is prior × surrogate likelihood, without the evidence.
     density = UNNORMALISED
+
+    @property
+    def method(self) -> str:
+        """``"nle"`` or ``"nre"``: the likelihood's (:attr:`SurrogateLikelihood.method`)."""
+        return self.likelihood.method
 
     def __init__(self, likelihood: SurrogateLikelihood, config: MCMCConfig | None = None):
         self.likelihood = likelihood
