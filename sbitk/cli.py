@@ -58,6 +58,8 @@ class _Group(click.Group):
             click.echo(f"error: {message}", err=True)
             ctx.exit(EXIT_USAGE)
         except click.UsageError as exc:  # a bad option value or a missing argument
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                raise  # a group called bare: click prints its help
             command = exc.ctx.command_path if exc.ctx else "sbitk"
             message = " ".join(exc.format_message().split())
             click.echo(f"error: {message} (see '{command} --help')", err=True)

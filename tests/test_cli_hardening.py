@@ -370,8 +370,12 @@ def test_the_sbitk_command_is_the_launcher():
     ],
 )
 def test_bad_estimator_options_and_settings_are_one_line_before_training(
-    trained, tmp_path, options, fragment
+    trained, tmp_path, monkeypatch, options, fragment
 ):
+    from sbitk.simulation import resources
+
+    # 16 GB, on any machine: the sizes asked for above need 40 GB and more
+    monkeypatch.setattr(resources, "available_memory", lambda: 16 * 10**9)
     _, bank, _ = trained
     out = tmp_path / "m.safetensors"
     _one_line(_invoke("train", bank, "-o", out, "--epochs", 1, *options), fragment)
@@ -383,6 +387,8 @@ def test_a_bad_option_value_or_a_missing_argument_is_one_line_naming_the_help(tr
     result = _invoke("sample", model, "--observed", OBSERVED, "-n", 0, "-o", "never.nc")
     _one_line(result, "'-n' / '--num-samples': 0 is not in the range", "sample --help')")
     _one_line(_invoke("train"), "Missing argument 'BANK'", "train --help')")
+    bare = _invoke("simulators")  # a group called bare prints its help, as click does
+    assert "Commands:" in bare.output and "list" in bare.output and "error:" not in bare.output
 
 
 def test_an_estimator_option_named_like_a_method_argument_reaches_the_estimator(trained, tmp_path):

@@ -78,10 +78,8 @@ def _kind(hint: Any) -> str | None:
     if origin is Sequence or origin is list:
         return "a list"
     if origin in (typing.Union, types.UnionType):
-        kinds = [_kind(a) for a in args]
-        if None in kinds and type(None) not in args:
-            return None
-        return " or ".join("null" if a is type(None) else k for a, k in zip(args, kinds))
+        kinds = ["null" if a is type(None) else _kind(a) for a in args]
+        return None if None in kinds else " or ".join(kinds)
     return None
 
 

@@ -45,8 +45,9 @@ def requested(func, args: tuple, kwargs: dict) -> int:
         return 0  # sized by values, not a size: small in every constructor here
     if func is torch.randint:
         return _prod(kwargs.get("size", next((a for a in args if isinstance(a, Sequence)), ())))
-    size = kwargs.get("size", args[0] if len(args) == 1 or func is torch.full else args)
-    return _prod(size)
+    if "size" in kwargs:
+        return _prod(kwargs["size"])
+    return _prod(args[0] if args and (len(args) == 1 or func is torch.full) else args)
 
 
 class AllocationBudget(TorchFunctionMode):

@@ -110,3 +110,22 @@ def test_an_ensemble_too_large_for_memory_is_refused_after_one_member(monkeypatc
 def test_an_ensemble_of_members_with_unnormalised_densities_is_refused():
     with pytest.raises(SbitkError, match="member 'ebm' has a density known up to a constant"):
         build_estimator("ensemble", 2, 3, member="ebm")
+
+
+def test_an_option_of_a_kind_the_check_does_not_know_is_left_to_the_estimator():
+    from sbitk.nn.embeddings import MLPEmbedding
+
+    embedding = MLPEmbedding(4, 3, (8,))  # the flows' `embedding` takes a module or a dict
+    check_estimator_options("nsf", {"embedding": embedding})
+    assert build_estimator("nsf", 2, 4, embedding=embedding).embedding is embedding
+
+
+def test_the_allocation_budget_counts_factories_called_with_keywords_only():
+    import torch
+
+    from sbitk.nn.allocation import AllocationBudget
+
+    with AllocationBudget(100, lambda used: SbitkError(f"{used} values")):
+        torch.full(size=(5, 5), fill_value=1.0)
+        with pytest.raises(SbitkError, match="125 values"):
+            torch.full(size=(10, 10), fill_value=1.0)

@@ -72,7 +72,7 @@ class FlowConfig:
     activation: str = "relu"
     permutation: str = "random"
     seed: int = 0
-    embedding: dict | None = None
+    embedding: dict | nn.Module | None = None
 
 
 def make_config(
