@@ -231,6 +231,14 @@ class TrainedEstimator:
         )
 
 
+def has_gradient(log_density: Callable[[Tensor], Tensor], at: Tensor) -> bool:
+    """Whether ``log_density`` carries a gradient back to its input at ``at``: a density that
+    is computed without autograd (flow matching's and diffusion's, through an ODE) does not,
+    and an ascent on it would follow the other terms alone."""
+    with torch.enable_grad():
+        return bool(log_density(at.detach().clone().requires_grad_(True)).requires_grad)
+
+
 def ascend(objective: Callable[[Tensor], Tensor], start: Tensor, max_iter: int = 100) -> Tensor:
     """The point near ``start`` (rows, D) where ``objective`` (rows,) is highest: L-BFGS with a
     strong-Wolfe line search on the rows' sum, at most ``max_iter`` iterations. The MAP
@@ -261,4 +269,4 @@ def ascend(objective: Callable[[Tensor], Tensor], start: Tensor, max_iter: int =
     return u.detach()
 
 
-__all__ = ["TrainedEstimator", "ascend"]
+__all__ = ["TrainedEstimator", "ascend", "has_gradient"]

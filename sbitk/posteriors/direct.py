@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from sbitk.errors import SbitkError
 from sbitk.models.contract import NONE, RATIO, UNNORMALISED, density_kind, has_density
 from sbitk.nn.threads import limited_threads
-from sbitk.posteriors.base import TrainedEstimator, ascend
+from sbitk.posteriors.base import TrainedEstimator, ascend, has_gradient
 from sbitk.posteriors.mcmc import MCMCConfig, posterior_chains, sir_init, slice_sample
 from sbitk.simulation.bijections import IdentityBijection
 from sbitk.simulation.priors import Prior
@@ -412,7 +412,8 @@ class DirectPosterior(TrainedEstimator):
         seed: int | None = 0,
     ) -> Tensor:
         """The maximum a posteriori θ: the best of ``n_init`` samples, refined by at most
-        ``steps`` iterations of L-BFGS (:func:`~sbitk.posteriors.base.ascend`).
+        ``steps`` iterations of L-BFGS (:func:`~sbitk.posteriors.base.ascend`); the best sample
+        itself where the estimator's density carries no gradient (flow matching, diffusion).
 
         The ascent runs in unconstrained space on :math:`\\log q(\\theta(u) \\mid x)`, so it stays
         inside the prior's support.
@@ -427,6 +428,8 @@ class DirectPosterior(TrainedEstimator):
             lp = self.log_prob(init, xb)
             best = init[lp.argmax(0), torch.arange(xb.shape[0])]  # (B, D)
             start = self.bijection.forward(best)[0]
+        if not has_gradient(lambda u: self.estimator(xb[:1]).log_prob(u), start[:1]):
+            return best.cpu()[0] if single else best.cpu()
         # Each observation ascends on its own, so that one that meets a non-finite density (or
         # converges early) does not end the others' ascent.
         u = torch.cat([

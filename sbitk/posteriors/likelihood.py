@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from sbitk.errors import SbitkError
 from sbitk.models.contract import RATIO, UNNORMALISED, density_kind, has_density
 from sbitk.nn.threads import limited_threads
-from sbitk.posteriors.base import TrainedEstimator, ascend
+from sbitk.posteriors.base import TrainedEstimator, ascend, has_gradient
 from sbitk.posteriors.direct import seeded
 from sbitk.posteriors.mcmc import MCMCConfig, MCMCResult, posterior_chains
 
@@ -264,13 +264,19 @@ class MCMCPosterior:
         seed: int | None = 0,
     ) -> Tensor:
         """The maximum a posteriori θ: the best MCMC sample, refined by at most ``steps``
-        iterations of L-BFGS in u (:func:`~sbitk.posteriors.base.ascend`)."""
+        iterations of L-BFGS in u (:func:`~sbitk.posteriors.base.ascend`); the best sample
+        itself where the surrogate's density carries no gradient (flow matching, diffusion)."""
         samples = self.sample(self.config.num_chains * 10, x, seed=seed)
         xs = self.likelihood.observations(x)
         with torch.no_grad():
             lp = self.log_prob(samples, x)
             best = samples[lp.argmax()].to(xs.device, xs.dtype)
             start = self.bijection.forward(best.unsqueeze(0))[0]
+        lik = self.likelihood
+        if not has_gradient(
+            lambda u: lik.log_prob_context(xs, lik.context(self.bijection.inverse(u), u)), start
+        ):
+            return best.detach().cpu()
         u = ascend(self._target(xs), start, steps)
         with torch.no_grad():
             theta = self.bijection.inverse(u)[0]

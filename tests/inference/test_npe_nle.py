@@ -341,3 +341,24 @@ def test_nle_training_defaults_apply_only_where_the_config_leaves_them_open():
     assert NLE(config=given)._train_config(10_000) == given
     # NPE keeps the engine's defaults (512 rows, patience 10 and 4, resolved in training).
     assert NPE(config=TrainConfig())._train_config(10_000) == TrainConfig()
+
+
+def test_map_of_a_density_without_a_gradient_is_the_best_draw_by_its_density():
+    """Flow matching's density comes through an ODE without autograd: map is the best of the
+    draws (NPE) or of the chains' draws (NLE), by that density, where an ascent would raise
+    (NPE) or follow the prior alone (NLE)."""
+    prior = Normal(0.0, 1.0, dim=2)
+    g = torch.Generator().manual_seed(0)
+    theta = prior.sample(600, g)
+    x = theta + 0.3 * torch.randn(600, 2, generator=g)
+    config = TrainConfig(progress=False, max_epochs=3, batch_size=256)
+    xo = torch.tensor([0.5, -0.5])
+    npe = NPE(prior, "flow_matching", config=config).fit(theta, x)
+    draws = npe.sample(50, x=xo, seed=1)
+    best = draws[npe.log_prob(draws, x=xo).argmax()]
+    assert torch.equal(npe.map(x=xo, n_init=50, seed=1), best)
+    mcmc = MCMCConfig(num_chains=4, warmup=5, sir_candidates=200, progress=False)
+    nle = NLE(prior, "flow_matching", config=config, mcmc=mcmc).fit(theta, x)
+    mode = nle.map(x=xo, seed=1)
+    chains = nle.sample(mcmc.num_chains * 10, x=xo, seed=1)
+    assert torch.equal(mode, chains[nle.log_prob(chains, x=xo).argmax()])
