@@ -494,7 +494,10 @@ def load_model(path: str | os.PathLike, *, device: str = "cpu"):
         )
     for name, ref in state.items():
         t = tensors[name]
-        if t.shape != ref.shape or t.dtype != ref.dtype:
+        # Floating weights load in the precision the model is built in, this process's default
+        # (a model trained in float64 serves a float32 process, and the reverse).
+        floats = t.is_floating_point() and ref.is_floating_point()
+        if t.shape != ref.shape or (t.dtype != ref.dtype and not floats):
             raise ModelFileError(
                 f"{where}: tensor {name!r} has {t.dtype} {tuple(t.shape)}, estimator "
                 f"{est['name']!r} expects {ref.dtype} {tuple(ref.shape)}"

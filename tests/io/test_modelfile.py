@@ -526,3 +526,29 @@ def test_version_8_and_9_flow_matching_files_read_with_the_steps_they_took(tmp_p
     chosen.chosen_steps.fill_(6)
     save_model(path, DirectPosterior(chosen, Normal(0.0, 3.0, dim=2)))
     assert load_model(path).estimator.ode_steps == 6
+
+
+@pytest.mark.parametrize(
+    ("trained_in", "loaded_in"), [(torch.float64, torch.float32), (torch.float32, torch.float64)]
+)
+def test_a_model_loads_in_the_precision_of_the_process_that_loads_it(
+    tmp_path, trained_in, loaded_in
+):
+    default = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(trained_in)
+        theta, x = data(300)
+        posterior = NPE(PRIOR, "maf", config=TrainConfig(max_epochs=2, progress=False))
+        posterior = posterior.fit(theta, x)
+        xo = x[0]
+        draws = posterior.sample(5, x=xo, seed=0)
+        save_model(tmp_path / "m.safetensors", posterior)
+        torch.set_default_dtype(loaded_in)
+        loaded = load_model(tmp_path / "m.safetensors")
+        again = loaded.sample(5, x=xo, seed=0)
+        assert again.dtype == loaded_in
+        assert loaded.log_prob(again, x=xo).dtype == loaded_in
+        # the same draws, to the coarser precision of the two
+        assert torch.allclose(again.double(), draws.double(), atol=1e-4)
+    finally:
+        torch.set_default_dtype(default)
