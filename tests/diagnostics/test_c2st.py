@@ -84,3 +84,14 @@ def test_unknown_classifier_name_raises():
     a, b = _gaussians(0.0, n=20)
     with pytest.raises(SbitkError, match="classifier"):
         c2st(a, b, classifier="svm")
+
+
+def test_too_few_samples_for_the_early_stopping_classifier_is_an_input_error():
+    # 6 a side in 5 folds leave training folds of 9 rows, whose held-out tenth (1 row) cannot
+    # hold both classes; 7 a side leave 11, whose tenth rounds up to 2.
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(7, 2, generator=g), torch.randn(7, 2, generator=g)
+    with pytest.raises(DiagnosticInputError, match="training folds of at least 11 rows"):
+        c2st(a[:6], b[:6])
+    assert 0 <= c2st(a, b).accuracy <= 1
+    assert 0 <= c2st(a[:6], b[:6], classifier="sbibm").accuracy <= 1  # no early stopping

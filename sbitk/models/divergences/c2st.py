@@ -21,6 +21,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -138,10 +139,27 @@ def c2st_folds(
     data = np.concatenate([x, y])
     target = np.concatenate([np.zeros(len(x)), np.ones(len(y))])
     clf = make_classifier(classifier, x.shape[1], seed)
+    _check_early_stopping(clf, len(data), int(n_folds))
     folds = KFold(n_splits=n_folds, shuffle=True, random_state=seed)
     with threadpool_limits(threads):
         scores = cross_val_score(clf, data, target, cv=folds, scoring="accuracy")
     return np.asarray(scores, dtype=np.float64)
+
+
+def _check_early_stopping(clf, rows: int, n_folds: int) -> None:
+    """A classifier that stops early holds out a share of each training fold (rounded up),
+    which needs a row of each class: at least 2 rows."""
+    if not getattr(clf, "early_stopping", False):
+        return
+    share = float(getattr(clf, "validation_fraction", 0.1))
+    needed = math.floor(1 / share) + 1  # the fewest rows whose share rounds up to 2
+    smallest = rows - math.ceil(rows / n_folds)  # the training rows of the largest test fold
+    if math.ceil(share * smallest) < 2:
+        raise SbitkError(
+            f"c2st: the classifier holds out {share:g} of each training fold to stop early, "
+            f"which needs training folds of at least {needed} rows; {rows} rows in {n_folds} "
+            f"folds give {smallest}: pass more samples (or classifier='sbibm')"
+        )
 
 
 def c2st(x: Any, y: Any, **options: Any) -> float:
