@@ -77,9 +77,10 @@ def posterior_chunks(
     n = x.shape[0]
     if not callable(posterior):
         draws = as_tensor(posterior, "posterior samples", ndim=3)
-        if draws.shape[1:] != (n, dim):
+        if draws.shape[1:] != (n, dim) or draws.shape[0] < 1:
             raise DiagnosticInputError(
-                f"posterior samples must have shape (L, {n}, {dim}), found {tuple(draws.shape)}"
+                f"posterior samples must have shape (L, {n}, {dim}) with L >= 1 draws, found "
+                f"{tuple(draws.shape)}"
             )
         check_finite_tensor(draws, "posterior samples")
         yield 0, n, draws

@@ -178,3 +178,16 @@ def test_test_quantities_are_evaluated_in_slices_of_draws_with_the_same_result()
     assert max(sizes) <= 7 and sum(sizes) == 150  # 2 draws × 3 observations per call
     with pytest.raises(DiagnosticInputError, match=r"test quantity 'bad' must map"):
         evaluate_quantity(lambda th, xb: th.sum(-1)[:1], theta, x, "bad", chunk_rows=7)
+
+
+def test_zero_precomputed_draws_are_an_input_error_not_a_verdict():
+    from sbitk.diagnostics import expected_coverage, tarp
+
+    theta, x = torch.randn(20, 2), torch.randn(20, 2)
+    none = torch.zeros(0, 20, 2)
+    with pytest.raises(DiagnosticInputError, match="with L >= 1 draws"):
+        sbc(theta, x, none)
+    with pytest.raises(DiagnosticInputError, match="with L >= 1 draws"):
+        tarp(theta, x, none)
+    with pytest.raises(DiagnosticInputError, match="with L >= 1 draws"):
+        expected_coverage(theta, x, none, lambda t, x: torch.zeros(t.shape[:2]))
