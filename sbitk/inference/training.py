@@ -43,6 +43,7 @@ from torch import Tensor, nn
 
 from sbitk.errors import SbitkError, TrainingError
 from sbitk.inference.data import check_pair
+from sbitk.nn.devices import resolve_device
 from sbitk.nn.threads import THREADS_ENV, thread_limit, torch_threads
 
 #: Above this many training rows the default batch doubles (see :meth:`TrainConfig.resolved`).
@@ -304,34 +305,6 @@ class ChunkSource(Protocol):
 @runtime_checkable
 class Standardizable(Protocol):
     def fit_standardization(self, inputs: Tensor, context: Tensor | None = None) -> None: ...
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """Turn ``"auto"`` into CUDA when present, else CPU; check other names."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise SbitkError(f"device must be 'auto', 'cpu' or 'cuda[:k]', got {device!r}") from None
-    if dev.type == "cpu":
-        return dev
-    backend = getattr(torch, dev.type, None) if dev.type != "mps" else torch.backends.mps
-    available = getattr(backend, "is_available", None)
-    if not callable(available) or not available():
-        raise SbitkError(
-            f"device {device!r} was asked for, but this machine has no {dev.type} device; "
-            "pass --device cpu (or auto)"
-        )
-    count = getattr(backend, "device_count", None)
-    if dev.index is not None and callable(count) and dev.index >= count():
-        raise SbitkError(
-            f"device {device!r} was asked for, but this machine has {count()} {dev.type} "
-            f"device(s), numbered from 0"
-        )
-    return dev
 
 
 class _Batches:

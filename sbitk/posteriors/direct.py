@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from sbitk.errors import SbitkError
 from sbitk.models.contract import NONE, RATIO, UNNORMALISED, density_kind, has_density
+from sbitk.nn.devices import resolve_device
 from sbitk.nn.threads import limited_threads
 from sbitk.posteriors.base import TrainedEstimator, ascend, has_gradient
 from sbitk.posteriors.mcmc import MCMCConfig, posterior_chains, sir_init, slice_sample
@@ -168,10 +169,9 @@ class DirectPosterior(TrainedEstimator):
             )
 
     def to(self, device: str | torch.device) -> DirectPosterior:
-        """Move the estimator to ``device`` (``"auto"``: CUDA when present)."""
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.estimator.to(torch.device(device))
+        """Move the estimator to ``device`` (``"auto"``: CUDA when present); a device this
+        machine lacks is one line naming it."""
+        self.estimator.to(resolve_device(device))
         return self
 
     def _x(self, x: Tensor | None) -> tuple[Tensor, bool]:

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from sbitk.errors import SbitkError
 from sbitk.models.contract import RATIO, UNNORMALISED, density_kind, has_density
+from sbitk.nn.devices import resolve_device
 from sbitk.nn.threads import limited_threads
 from sbitk.posteriors.base import TrainedEstimator, ascend, has_gradient
 from sbitk.posteriors.direct import seeded
@@ -167,6 +168,12 @@ class MCMCPosterior:
     def method(self) -> str:
         """``"nle"`` or ``"nre"``: the likelihood's (:attr:`SurrogateLikelihood.method`)."""
         return self.likelihood.method
+
+    def to(self, device: str | torch.device) -> MCMCPosterior:
+        """Move the surrogate to ``device`` (``"auto"``: CUDA when present); a device this
+        machine lacks is one line naming it."""
+        self.likelihood.estimator.to(resolve_device(device))
+        return self
 
     def __init__(self, likelihood: SurrogateLikelihood, config: MCMCConfig | None = None):
         self.likelihood = likelihood

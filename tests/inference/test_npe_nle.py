@@ -362,3 +362,18 @@ def test_map_of_a_density_without_a_gradient_is_the_best_draw_by_its_density():
     mode = nle.map(x=xo, seed=1)
     chains = nle.sample(mcmc.num_chains * 10, x=xo, seed=1)
     assert torch.equal(mode, chains[nle.log_prob(chains, x=xo).argmax()])
+
+
+def test_moving_a_posterior_to_a_device_it_lacks_or_does_not_know_is_one_line():
+    prior = Normal(0.0, 1.0, dim=2)
+    theta = prior.sample(300, torch.Generator().manual_seed(0))
+    config = TrainConfig(progress=False, max_epochs=1)
+    npe = NPE(prior, "gaussian", config=config).fit(theta, theta + 0.1)
+    nle = NLE(prior, "gaussian", config=config, mcmc=MCMC).fit(theta, theta + 0.1)
+    missing = "mps" if not torch.backends.mps.is_available() else "cuda:99"
+    for posterior in (npe, nle):
+        with pytest.raises(SbitkError, match="this machine has no|numbered from 0"):
+            posterior.to(missing)
+        with pytest.raises(SbitkError, match="device must be 'auto', 'cpu' or 'cuda"):
+            posterior.to("gpu")
+        assert posterior.to("cpu") is posterior and posterior.device.type == "cpu"

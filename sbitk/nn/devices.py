@@ -1,0 +1,44 @@
+"""Device names as the user gives them (``"auto"``, ``"cpu"``, ``"cuda:1"``), checked against
+what this machine has: one line naming what is missing, never torch's own error.
+
+Example:
+    >>> resolve_device("cpu")
+    device(type='cpu')
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sbitk.errors import SbitkError
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """Turn ``"auto"`` into CUDA when present, else CPU; check other names."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise SbitkError(f"device must be 'auto', 'cpu' or 'cuda[:k]', got {device!r}") from None
+    if dev.type == "cpu":
+        return dev
+    backend = getattr(torch, dev.type, None) if dev.type != "mps" else torch.backends.mps
+    available = getattr(backend, "is_available", None)
+    if not callable(available) or not available():
+        raise SbitkError(
+            f"device {device!r} was asked for, but this machine has no {dev.type} device; "
+            "pass --device cpu (or auto)"
+        )
+    count = getattr(backend, "device_count", None)
+    if dev.index is not None and callable(count) and dev.index >= count():
+        raise SbitkError(
+            f"device {device!r} was asked for, but this machine has {count()} {dev.type} "
+            f"device(s), numbered from 0"
+        )
+    return dev
+
+
+__all__ = ["resolve_device"]
