@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -231,6 +232,20 @@ class TrainedEstimator:
         )
 
 
+def as_count(value: Any, name: str) -> int:
+    """``value`` as a non-negative int: any integer (a NumPy one too), not a bool, a float or a
+    shape; otherwise one line naming ``name``."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        count = operator.index(value)
+    except TypeError:
+        raise SbitkError(f"{name} must be an integer, got {value!r}") from None
+    if count < 0:
+        raise SbitkError(f"{name} must be >= 0, got {count}")
+    return count
+
+
 def has_gradient(log_density: Callable[[Tensor], Tensor], at: Tensor) -> bool:
     """Whether ``log_density`` carries a gradient back to its input at ``at``: a density that
     is computed without autograd (flow matching's and diffusion's, through an ODE) does not,
@@ -269,4 +284,4 @@ def ascend(objective: Callable[[Tensor], Tensor], start: Tensor, max_iter: int =
     return u.detach()
 
 
-__all__ = ["TrainedEstimator", "ascend", "has_gradient"]
+__all__ = ["TrainedEstimator", "as_count", "ascend", "has_gradient"]

@@ -42,7 +42,7 @@ from sbitk.errors import SbitkError
 from sbitk.models.contract import NONE, RATIO, UNNORMALISED, density_kind, has_density
 from sbitk.nn.devices import resolve_device
 from sbitk.nn.threads import limited_threads
-from sbitk.posteriors.base import TrainedEstimator, ascend, has_gradient
+from sbitk.posteriors.base import TrainedEstimator, as_count, ascend, has_gradient
 from sbitk.posteriors.mcmc import MCMCConfig, posterior_chains, sir_init, slice_sample
 from sbitk.simulation.bijections import IdentityBijection
 from sbitk.simulation.priors import Prior
@@ -225,8 +225,8 @@ class DirectPosterior(TrainedEstimator):
             observation's in :attr:`last_result` after the call (the last one's).
         """
         x, single = self._x(x)
-        if n < 0:
-            raise SbitkError(f"n must be >= 0, got {n}")
+        n = as_count(n, "n")
+        seed = None if seed is None else as_count(seed, "seed")
         if chunk_rows is None:
             chunk_rows = default_chunk_rows(self.device)
         elif chunk_rows < 1:
@@ -287,7 +287,7 @@ class DirectPosterior(TrainedEstimator):
                 "draws. Such observations may lie outside what the training data covers.",
                 stacklevel=3,
             )
-        elif self.acceptance_rate < 0.01:
+        elif self.acceptance_rate < 0.01 and proposed.sum() > 0:  # none asked: nothing to say
             warnings.warn(
                 f"rejection sampling accepted only {self.acceptance_rate:.2%} of the proposals; "
                 "the estimator puts most of its mass outside the prior's support",

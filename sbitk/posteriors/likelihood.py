@@ -38,7 +38,7 @@ from sbitk.errors import SbitkError
 from sbitk.models.contract import RATIO, UNNORMALISED, density_kind, has_density
 from sbitk.nn.devices import resolve_device
 from sbitk.nn.threads import limited_threads
-from sbitk.posteriors.base import TrainedEstimator, ascend, has_gradient
+from sbitk.posteriors.base import TrainedEstimator, as_count, ascend, has_gradient
 from sbitk.posteriors.direct import seeded
 from sbitk.posteriors.mcmc import MCMCConfig, MCMCResult, posterior_chains
 
@@ -242,11 +242,12 @@ class MCMCPosterior:
         """
         if x is None:
             raise SbitkError("pass the observation: x=x_o of shape (D_x,) or (n_trials, D_x)")
-        if n < 1:
-            raise SbitkError(f"n must be >= 1, got {n}")
+        n = as_count(n, "n")
         config = config or self.config
-        seed = config.seed if seed is None else seed
+        seed = config.seed if seed is None else as_count(seed, "seed")
         xs = self.likelihood.observations(x)
+        if n == 0:
+            return torch.empty(0, self.likelihood.theta_dim)
         self.last_result = result = posterior_chains(
             self._target(xs), self._weight(xs), self.prior, n, config, seed, xs.device
         )

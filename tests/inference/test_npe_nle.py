@@ -1,6 +1,7 @@
 """NPE and NLE on small problems: support, shapes, invalid rows, banks, i.i.d. trials."""
 
 import math
+import warnings
 from unittest import mock
 
 import pytest
@@ -372,8 +373,32 @@ def test_moving_a_posterior_to_a_device_it_lacks_or_does_not_know_is_one_line():
     nle = NLE(prior, "gaussian", config=config, mcmc=MCMC).fit(theta, theta + 0.1)
     missing = "mps" if not torch.backends.mps.is_available() else "cuda:99"
     for posterior in (npe, nle):
-        with pytest.raises(SbitkError, match="this machine has no|numbered from 0"):
+        with pytest.raises(SbitkError, match=r"this machine has no|numbered from 0"):
             posterior.to(missing)
         with pytest.raises(SbitkError, match="device must be 'auto', 'cpu' or 'cuda"):
             posterior.to("gpu")
         assert posterior.to("cpu") is posterior and posterior.device.type == "cpu"
+
+
+def test_the_number_of_draws_and_the_seed_are_integers_of_any_kind_in_both_posteriors():
+    import numpy as np
+
+    prior = BoxUniform([-1.0, -1.0], [1.0, 1.0])  # NPE's draws are truncated to the box
+    theta = prior.sample(300, torch.Generator().manual_seed(0))
+    config = TrainConfig(progress=False, max_epochs=1)
+    npe = NPE(prior, "nsf", config=config).fit(theta, theta + 0.1)
+    nle = NLE(prior, "gaussian", config=config, mcmc=MCMC).fit(theta, theta + 0.1)
+    xo = torch.tensor([0.1, 0.2])
+    for posterior in (npe, nle):
+        same = posterior.sample(np.int64(20), x=xo, seed=np.int64(3))
+        assert torch.equal(same, posterior.sample(20, x=xo, seed=3))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no draws asked: no acceptance rate to warn of
+            assert posterior.sample(0, x=xo).shape == (0, 2)
+        for bad in (10.0, (5, 2), True, "10"):
+            with pytest.raises(SbitkError, match="n must be an integer"):
+                posterior.sample(bad, x=xo)
+        with pytest.raises(SbitkError, match="n must be >= 0, got -1"):
+            posterior.sample(-1, x=xo)
+        with pytest.raises(SbitkError, match=r"seed must be an integer, got 1\.5"):
+            posterior.sample(5, x=xo, seed=1.5)
