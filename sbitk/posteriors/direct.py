@@ -396,6 +396,12 @@ class DirectPosterior(TrainedEstimator):
                 f"(*, {x.shape[0]}, {self.theta_dim}), got {tuple(theta.shape)}"
             )
         inside = self.prior.support_contains(theta)
+        if theta.numel() == 0:
+            return theta.new_zeros(theta.shape[:-1])
+        # θ outside the support (NaN included) is evaluated at a point inside and masked, so
+        # that no estimator sees values it may refuse
+        anchor = self.bijection.inverse(theta.new_zeros(self.theta_dim))
+        theta = torch.where(inside.unsqueeze(-1), theta, anchor)
         u, logdet = self.bijection.forward(theta)
         dist = self.estimator(x)
         lp = dist.log_prob(u.unsqueeze(-2) if single else u)

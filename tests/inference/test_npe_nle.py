@@ -402,3 +402,18 @@ def test_the_number_of_draws_and_the_seed_are_integers_of_any_kind_in_both_poste
             posterior.sample(-1, x=xo)
         with pytest.raises(SbitkError, match=r"seed must be an integer, got 1\.5"):
             posterior.sample(5, x=xo, seed=1.5)
+
+
+@pytest.mark.parametrize("estimator", ["gaussian", "cvae", "maf"])
+def test_log_prob_is_minus_infinity_outside_the_support_and_empty_for_no_rows(estimator):
+    prior = BoxUniform([-1.0, -1.0], [1.0, 1.0])
+    theta = prior.sample(300, torch.Generator().manual_seed(0))
+    config = TrainConfig(progress=False, max_epochs=1)
+    posterior = NPE(prior, estimator, config=config).fit(theta, theta + 0.1)
+    xo = torch.tensor([0.1, 0.2])
+    points = torch.tensor([[math.nan, 0.0], [0.5, 0.5], [3.0, 0.0]])
+    lp = posterior.log_prob(points, x=xo)
+    assert lp[0] == -math.inf and lp[2] == -math.inf and torch.isfinite(lp[1])
+    assert posterior.log_prob(torch.zeros(0, 2), x=xo).shape == (0,)
+    batch = torch.zeros(0, 3, 2)
+    assert posterior.log_prob(batch, x=xo.expand(3, 2)).shape == (0, 3)
