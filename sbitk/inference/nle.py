@@ -179,7 +179,8 @@ class NLE(Estimation):
             return
         if self.invalid == "error" and report.n_failed + report.n_non_finite > 0:
             raise SbitkError(
-                f"{report.message()}; NLE does not drop failed simulations silently: pass "
+                f"{report.message()}; {self.role.upper()} does not drop failed simulations "
+                "silently: pass "
                 "invalid='exclude' to train on successful ones only (this biases the "
                 "posterior where failures depend on theta), or fix the simulator"
             )

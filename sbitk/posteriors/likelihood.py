@@ -93,7 +93,10 @@ class SurrogateLikelihood(TrainedEstimator):
 
     def _trial_rows(self, x: Tensor) -> Tensor:
         """x's rows checked and split into trials, as given (not transformed)."""
-        return self._x_rows(x, "n_trials")[0].reshape(-1, self.x_dim // self.trials)
+        rows = self._x_rows(x, "n_trials")[0]
+        if rows.shape[0] == 0:
+            raise SbitkError("x holds no observation: pass one row (D_x,) or i.i.d. trials")
+        return rows.reshape(-1, self.x_dim // self.trials)
 
     @limited_threads
     @torch.no_grad()

@@ -402,6 +402,8 @@ def test_the_number_of_draws_and_the_seed_are_integers_of_any_kind_in_both_poste
             posterior.sample(-1, x=xo)
         with pytest.raises(SbitkError, match=r"seed must be an integer, got 1\.5"):
             posterior.sample(5, x=xo, seed=1.5)
+    with pytest.raises(SbitkError, match="x holds no observation"):
+        nle.sample(5, x=xo[None][:0])
 
 
 @pytest.mark.parametrize("estimator", ["gaussian", "cvae", "maf"])
