@@ -85,6 +85,11 @@ def posterior_chunks(
         check_finite_tensor(draws, "posterior samples")
         yield 0, n, draws
         return
+    if getattr(posterior, "__name__", "") == "sample" and hasattr(posterior, "__self__"):
+        raise DiagnosticInputError(
+            "the sampler is called as sampler(x, n), and a posterior's sample method takes "
+            "(n, x): pass lambda x, n: posterior.sample(n, x) (NPE) or the draws themselves"
+        )
     if int(n_samples) < 1:
         raise DiagnosticInputError(f"n_samples must be positive, found {n_samples}")
     if int(batch_size) < 1:

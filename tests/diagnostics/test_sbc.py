@@ -191,3 +191,14 @@ def test_zero_precomputed_draws_are_an_input_error_not_a_verdict():
         tarp(theta, x, none)
     with pytest.raises(DiagnosticInputError, match="with L >= 1 draws"):
         expected_coverage(theta, x, none, lambda t, x: torch.zeros(t.shape[:2]))
+
+
+def test_a_posteriors_own_sample_method_is_named_as_the_wrong_order():
+    class Posterior:
+        def sample(self, n, x):
+            return torch.zeros(n, x.shape[0], 2)
+
+    theta, x = torch.randn(20, 2), torch.randn(20, 2)
+    with pytest.raises(DiagnosticInputError, match=r"lambda x, n: posterior.sample\(n, x\)"):
+        sbc(theta, x, Posterior().sample)
+    sbc(theta, x, lambda x, n: Posterior().sample(n, x), n_posterior_samples=10)  # it works
