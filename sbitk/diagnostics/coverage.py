@@ -319,7 +319,7 @@ def tarp(
         >>> tarp(theta, x, exact, n_posterior_samples=100).verdict
         'calibrated'
     """
-    theta_t, x_t = check_pairs(theta, x, what="coverage")
+    theta_t, x_t = check_pairs(theta, x, what="TARP")
     check_level(alpha)
     if int(n_grid) < 2:
         raise DiagnosticInputError(f"n_grid must be at least 2, found {n_grid}")

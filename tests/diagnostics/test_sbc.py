@@ -202,3 +202,10 @@ def test_a_posteriors_own_sample_method_is_named_as_the_wrong_order():
     with pytest.raises(DiagnosticInputError, match=r"lambda x, n: posterior.sample\(n, x\)"):
         sbc(theta, x, Posterior().sample)
     sbc(theta, x, lambda x, n: Posterior().sample(n, x), n_posterior_samples=10)  # it works
+
+
+def test_tarp_names_itself_when_given_too_few_simulations():
+    from sbitk.diagnostics import tarp
+
+    with pytest.raises(DiagnosticInputError, match="TARP needs at least 2 samples, found 1"):
+        tarp(torch.randn(1, 2), torch.randn(1, 2), torch.zeros(3, 1, 2))
