@@ -436,7 +436,8 @@ def posterior_chains(
 def _whitening(z: Tensor) -> Tensor | None:
     """Cholesky factor of the chains' covariance (C, D), or None when it is singular."""
     cov = torch.cov(z.T.double()).reshape(z.shape[1], z.shape[1])
-    cov = cov + 1e-9 * cov.diagonal().mean() * torch.eye(z.shape[1], dtype=cov.dtype)
+    eye = torch.eye(z.shape[1], dtype=cov.dtype, device=cov.device)
+    cov = cov + 1e-9 * cov.diagonal().mean() * eye
     chol, info = torch.linalg.cholesky_ex(cov)
     if info.item() != 0 or not torch.isfinite(chol).all():
         return None
@@ -477,7 +478,7 @@ def effective_sample_size(samples: Tensor) -> Tensor:
     x = samples.double().permute(2, 0, 1)  # (D, C, N)
     _, c, n = x.shape
     if n < 4:
-        return torch.full((x.shape[0],), float("nan"))
+        return torch.full((x.shape[0],), float("nan"), device=x.device)
     acov = _autocovariance(x)  # (D, C, N)
     chain_var = acov[..., 0] * n / (n - 1)
     within = chain_var.mean(-1)  # (D,)
@@ -499,7 +500,7 @@ def effective_sample_size(samples: Tensor) -> Tensor:
         tau = -1.0 + 2.0 * float(pairs.sum()) if pairs.numel() else 1.0
         tau = max(tau, 1.0 / math.log10(c * n + 10))
         out.append(c * n / tau)
-    return torch.tensor(out, dtype=torch.float64)
+    return torch.tensor(out, dtype=torch.float64, device=x.device)
 
 
 def split_rhat(samples: Tensor) -> Tensor:
@@ -514,7 +515,7 @@ def split_rhat(samples: Tensor) -> Tensor:
     x = samples.double()
     half = x.shape[1] // 2
     if half < 2:
-        return torch.full((x.shape[2],), float("nan"))
+        return torch.full((x.shape[2],), float("nan"), device=x.device)
     chains = torch.cat([x[:, :half], x[:, half : 2 * half]], 0)  # (2C, n, D)
     n = chains.shape[1]
     within = chains.var(1).mean(0)
