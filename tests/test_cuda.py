@@ -2,7 +2,9 @@
 
 Each registered estimator is trained by the engine on the GPU through the public API, sampled
 and scored there, written to a model file and loaded back onto the GPU and onto the CPU; NLE's
-chains run on the GPU; ``sbitk run`` trains, samples and checks with ``--device cuda``.
+chains run on the GPU; ``sbitk run`` trains, samples and checks with ``--device cuda``. Then the
+paths a user reaches with tensors of their own on the GPU: training rows, a prior given as a
+torch distribution, the checks, the classical estimators and ABC.
 """
 
 import os
@@ -10,18 +12,30 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from sbitk.diagnostics.coverage import tarp
+from sbitk.diagnostics.misspecification import mmd_test, typicality_test
+from sbitk.diagnostics.ppc import posterior_predictive_check
+from sbitk.inference.abc import rejection_abc
 from sbitk.inference.nle import NLE
 from sbitk.inference.npe import NPE
 from sbitk.inference.nre import NRE
 from sbitk.inference.training import TrainConfig
 from sbitk.io.modelfile import load_model, save_model
+from sbitk.models.classical import (
+    DensityTree,
+    GaussianMixture,
+    Histogram,
+    KernelDensity,
+    MultivariateGaussian,
+)
 from sbitk.models.contract import NONE, can_sample
 from sbitk.models.registry import available_estimators, build_estimator
 from sbitk.posteriors.mcmc import MCMCConfig
-from sbitk.simulation.priors import BoxUniform
+from sbitk.simulation.priors import BoxUniform, TorchPrior
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -35,7 +49,12 @@ def box_data(n=1000):
     prior = BoxUniform([-1.0, 0.0], [1.0, 2.0])
     g = torch.Generator().manual_seed(0)
     theta = prior.sample(n, g)
-    return prior, theta, theta + 0.3 * torch.randn(theta.shape, generator=g)
+    return prior, theta, shifted(theta, g)
+
+
+def shifted(theta, generator):
+    """The simulator of :func:`box_data`."""
+    return theta + 0.3 * torch.randn(theta.shape, generator=generator)
 
 
 def on_cuda(module) -> bool:
@@ -73,6 +92,83 @@ def test_nle_chains_run_on_cuda():
     assert on_cuda(posterior.likelihood.estimator)
     draws = posterior.sample(64, x[:2], seed=0)  # two i.i.d. rows of one observation
     assert draws.shape == (64, 2) and prior.support_contains(draws).all()
+    result = posterior.last_result  # on the CPU with its draws
+    assert not (result.rhat.is_cuda or result.ess.is_cuda)
+
+
+def test_training_rows_given_on_cuda():
+    prior, theta, x = box_data()
+    posterior = NPE(prior, "gaussian", config=CUDA).fit(theta.cuda(), x.cuda())
+    assert prior.support_contains(posterior.sample(20, x[0].cuda(), seed=0)).all()
+
+
+def test_a_torch_distribution_prior_serves_posteriors_on_cuda():
+    """Its support, density and bijection run where its parameters live (the CPU) for θ on the
+    GPU; sampling it leaves the CUDA generator as it was."""
+    box = torch.distributions.Independent(
+        torch.distributions.Uniform(torch.tensor([-1.0, 0.0]), torch.tensor([1.0, 2.0])), 1
+    )
+    _, theta, x = box_data()
+    npe = NPE(box, "nsf", config=CUDA, transforms=2, hidden_features=(16,)).fit(theta, x)
+    draws = npe.sample(30, x[:2], seed=0)
+    assert TorchPrior(box).support_contains(draws).all()
+    assert torch.isfinite(npe.log_prob(draws[:4], x[:2])).all()
+    assert torch.isfinite(npe.map(x[0])).all()
+    normal = torch.distributions.MultivariateNormal(torch.zeros(2), torch.eye(2))
+    nle = NLE(normal, "nsf", config=CUDA, mcmc=MCMC, transforms=2, hidden_features=(16,))
+    assert torch.isfinite(nle.fit(theta, x).sample(32, x[0], seed=0)).all()
+    state = torch.cuda.get_rng_state()
+    TorchPrior(box).sample(10, torch.Generator().manual_seed(0))
+    assert torch.equal(torch.cuda.get_rng_state(), state)
+
+
+def test_checks_take_their_inputs_on_cuda():
+    prior, theta, x = box_data()
+    posterior = NPE(prior, "gaussian", config=CUDA).fit(theta, x)
+    draws = posterior.sample(200, x[0], seed=0)
+    ppc = posterior_predictive_check(x[0].cuda(), draws, shifted)
+    assert ppc.replicates.shape == (200, 2)
+    batched = posterior.sample(50, x[:40], seed=1)  # (L, N, D)
+    result = tarp(theta[:40].cuda(), x[:40].cuda(), batched.cuda(), z_score=False)
+    assert 0.0 <= result.p_value <= 1.0
+    net = torch.nn.Linear(2, 2).cuda()
+    mmd = mmd_test(x[:3], x[3:300], embedding=net, n_permutations=50)
+    assert mmd.space == "embedding" and len(mmd.observations) == 3
+    density = _Normal().cuda()  # its bound log_prob gets the rows on its device
+    typical = typicality_test(x[:2], density.log_prob, torch.randn(200, 2))
+    assert len(typical.observations) == 2 and np.isfinite(typical.log_prob).all()
+
+
+class _Normal(torch.nn.Module):
+    """A standard normal log-density up to a constant, with a parameter to live somewhere."""
+
+    def __init__(self):
+        super().__init__()
+        self.loc = torch.nn.Parameter(torch.zeros(2))
+
+    def log_prob(self, x):
+        return -0.5 * (x - self.loc).square().sum(-1)
+
+
+@pytest.mark.parametrize(
+    "estimator",
+    [MultivariateGaussian(), GaussianMixture(2), KernelDensity(), DensityTree()],
+    ids=lambda e: type(e).__name__,
+)
+def test_classical_estimators_fitted_on_cuda_sample_there_with_a_cpu_generator(estimator):
+    data = torch.randn(500, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    fitted = estimator.fit(data.cuda())
+    for generator in (None, torch.Generator().manual_seed(1)):
+        draws = fitted.sample((40,), generator=generator)
+        assert draws.is_cuda and torch.isfinite(fitted.log_prob(draws)).all()
+    histogram = Histogram().fit(data[:, :1].cuda())
+    assert histogram.sample((40,), generator=torch.Generator().manual_seed(1)).is_cuda
+
+
+def test_abc_takes_an_observation_on_cuda():
+    prior, _, x = box_data()
+    result = rejection_abc(shifted, x[0].cuda(), prior=prior, num_simulations=2000, quantile=0.05)
+    assert prior.support_contains(result.samples).all()
 
 
 def test_run_trains_samples_and_checks_on_cuda(tmp_path):

@@ -328,11 +328,11 @@ def tarp(
     theta64 = theta_t.to(torch.float64)
     if z_score:
         mean = theta64.mean(0)
-        std = theta64.std(0) if n > 1 else torch.ones(dim, dtype=torch.float64)
+        std = theta64.std(0) if n > 1 else torch.ones_like(mean)
         std = torch.where(std > 1e-14, std, torch.ones_like(std))
     else:
-        mean = torch.zeros(dim, dtype=torch.float64)
-        std = torch.ones(dim, dtype=torch.float64)
+        mean = theta64.new_zeros(dim)
+        std = theta64.new_ones(dim)
     ref_fixed: Tensor | None = None
     if references is None:
         z = (theta64 - mean) / std

@@ -56,6 +56,7 @@ from sbitk.models.divergences import (
     mmd_from_labels,
     sq_dist,
 )
+from sbitk.nn.devices import module_device
 
 __all__ = [
     "MMDResult",
@@ -223,9 +224,9 @@ def mmd_test(
                 f"embedding must be callable, found {type(embedding).__name__}"
             )
         with torch.no_grad():
-            dtype = torch.get_default_dtype()
-            x_o = _rows(embedding(x_o.to(dtype)), "embedding(observations)")
-            sims = _rows(embedding(sims.to(dtype)), "embedding(simulations)")
+            on = (module_device(embedding), torch.get_default_dtype())
+            x_o = _rows(embedding(x_o.to(*on)), "embedding(observations)")
+            sims = _rows(embedding(sims.to(*on)), "embedding(simulations)")
         space = "embedding"
 
     generator = stream(seed, "split")
@@ -382,10 +383,10 @@ def typicality_test(
 
     def evaluate(x: Tensor, name: str) -> Tensor:
         parts = []
-        dtype = torch.get_default_dtype()
+        on = (module_device(log_prob), torch.get_default_dtype())
         with torch.no_grad():
             for s in range(0, x.shape[0], batch_size):
-                out = as_tensor(log_prob(x[s : s + batch_size].to(dtype)), name)
+                out = as_tensor(log_prob(x[s : s + batch_size].to(*on)), name)
                 parts.append(out.reshape(-1).to("cpu", torch.float64))
         lp = torch.cat(parts)
         if lp.shape[0] != x.shape[0]:

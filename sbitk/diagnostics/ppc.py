@@ -104,7 +104,7 @@ def posterior_predictive_check(
         >>> posterior_predictive_check(torch.tensor([6.0, 0.0]), draws, sim).flagged
         ('x[0]',)
     """
-    x_obs = as_tensor(x_o, "x_o").to(torch.float64)
+    x_obs = as_tensor(x_o, "x_o").to("cpu", torch.float64)
     if x_obs.dim() == 2 and x_obs.shape[0] == 1:
         x_obs = x_obs[0]
     if x_obs.dim() != 1:

@@ -121,7 +121,8 @@ def _setup(simulator, prior: Prior | None, x_o: Tensor) -> tuple[SimulateFn, Pri
             raise SbitkError("ABC needs a prior: pass prior= or a Simulator that declares one")
     if not callable(simulator):
         raise SbitkError(f"ABC: simulator must be callable, got {type(simulator).__name__}")
-    x_o = torch.as_tensor(x_o, dtype=torch.get_default_dtype())
+    # ABC simulates on the CPU: an observation on a GPU joins it there
+    x_o = torch.as_tensor(x_o, dtype=torch.get_default_dtype(), device="cpu")
     if x_o.dim() != 1 or not bool(torch.isfinite(x_o).all()):
         raise SbitkError(f"ABC: x_o must be one finite observation (D_x,), got {tuple(x_o.shape)}")
     return simulator, prior, x_o

@@ -141,7 +141,11 @@ def clean_rows(
 ) -> tuple[Tensor, Tensor, RowReport]:
     """Drop failed, non-finite and out-of-support rows; return what is left and a report."""
     n = theta.shape[0]
-    failed = torch.zeros(n, dtype=torch.bool) if valid is None else ~valid.to(torch.bool)
+    failed = (
+        torch.zeros(n, dtype=torch.bool, device=theta.device)
+        if valid is None
+        else ~valid.to(theta.device, torch.bool)
+    )
     finite = torch.isfinite(theta).all(-1) & torch.isfinite(x).all(-1)
     non_finite = ~failed & ~finite
     outside = ~failed & finite & ~prior.support_contains(theta)

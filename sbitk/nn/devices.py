@@ -8,6 +8,8 @@ Example:
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from sbitk.errors import SbitkError
@@ -41,4 +43,14 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-__all__ = ["resolve_device"]
+def module_device(obj: object) -> torch.device:
+    """Where a module's tensors live, also for a method bound to a module (``flow.log_prob``);
+    the CPU for anything else, or a module without tensors."""
+    module = getattr(obj, "__self__", obj)
+    if not isinstance(module, torch.nn.Module):
+        return torch.device("cpu")
+    tensors = itertools.chain(module.buffers(), module.parameters())
+    return next((t.device for t in tensors), torch.device("cpu"))
+
+
+__all__ = ["module_device", "resolve_device"]

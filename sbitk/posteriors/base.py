@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import itertools
 import math
 import operator
 from collections.abc import Callable, Sequence
@@ -29,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from sbitk.errors import SbitkError
+from sbitk.nn.devices import module_device
 from sbitk.simulation.bijections import Bijection, IdentityBijection, logged_columns
 from sbitk.simulation.priors import Prior
 from sbitk.simulation.simulator import sort_trials
@@ -138,8 +138,7 @@ class TrainedEstimator:
 
     @property
     def device(self) -> torch.device:
-        tensors = itertools.chain(self.estimator.buffers(), self.estimator.parameters())
-        return next((t.device for t in tensors), torch.device("cpu"))
+        return module_device(self.estimator)
 
     @staticmethod
     def _rows(value: Tensor, name: str, dim: int, rows: str) -> tuple[Tensor, bool]:

@@ -428,6 +428,8 @@ def posterior_chains(
     return dataclasses.replace(
         result,
         samples=prior.bijection().inverse(result.samples).cpu(),
+        rhat=result.rhat.cpu(),
+        ess=result.ess.cpu(),
         init_candidates=candidates,
         init_ess=init_ess,
     )

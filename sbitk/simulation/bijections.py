@@ -138,21 +138,32 @@ class StackBijection(Bijection):
 
 
 class TorchTransformBijection(Bijection):
-    """Wraps the inverse of ``torch.distributions.biject_to(support)`` for any torch support."""
+    """Wraps the inverse of ``torch.distributions.biject_to(support)`` for any torch support.
 
-    def __init__(self, transform: torch.distributions.Transform, dim: int):
+    The transform runs on ``device``, where its support's bounds live (its distribution's
+    device), and its results go back to the device of what it was given.
+    """
+
+    def __init__(
+        self,
+        transform: torch.distributions.Transform,
+        dim: int,
+        device: torch.device | str = "cpu",
+    ):
         self.transform = transform  # maps unconstrained -> constrained
         self.dim = int(dim)
+        self.device = torch.device(device)
 
     def forward(self, theta: Tensor) -> tuple[Tensor, Tensor]:
-        u = self.transform.inv(theta)
-        ld = self.transform.log_abs_det_jacobian(u, theta)
+        value = theta.to(self.device)
+        u = self.transform.inv(value)
+        ld = self.transform.log_abs_det_jacobian(u, value)
         if ld.dim() == theta.dim():  # elementwise transform: sum over the event
             ld = ld.sum(-1)
-        return u, -ld
+        return u.to(theta.device), -ld.to(theta.device)
 
     def inverse(self, u: Tensor) -> Tensor:
-        return self.transform(u)
+        return self.transform(u.to(self.device)).to(u.device)
 
     def spec(self) -> dict:
         return {"type": "torch", "dim": self.dim, "transform": repr(self.transform)}

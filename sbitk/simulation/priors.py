@@ -295,6 +295,16 @@ class LogNormal(_Base):
         return {"type": "lognormal", "loc": n.loc.tolist(), "scale": n.scale.tolist()}
 
 
+def _device_of(distribution: torch.distributions.Distribution) -> torch.device:
+    """Where a torch distribution's parameters live (the CPU for one without any)."""
+    for value in vars(distribution).values():
+        if isinstance(value, Tensor):
+            return value.device
+        if isinstance(value, torch.distributions.Distribution):
+            return _device_of(value)
+    return torch.device("cpu")
+
+
 class TorchPrior(_Base):
     """Any ``torch.distributions.Distribution`` with event shape () or (D,).
 
@@ -320,41 +330,52 @@ class TorchPrior(_Base):
                 f"event shape must be () or (D,), got {tuple(distribution.event_shape)}"
             )
         self.distribution = distribution
+        self._device = _device_of(distribution)
         self._scalar = len(distribution.event_shape) == 0
         self.dim = 1 if self._scalar else int(distribution.event_shape[0])
 
     def sample(self, n: int, generator=None, dtype=None) -> Tensor:
         seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        cuda = [self._device] if self._device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):  # seeds, then restores, only what it uses
+            torch.default_generator.manual_seed(seed)
+            if cuda:
+                with torch.cuda.device(self._device):
+                    torch.cuda.manual_seed(seed)
             theta = self.distribution.sample((n,))
         if self._scalar:
             theta = theta.unsqueeze(-1)
         return self._out(theta, dtype)
 
+    def _value(self, theta: Tensor) -> Tensor:
+        """θ as the distribution takes it: on its device, without a trailing 1 if scalar."""
+        value = theta.to(self._device)
+        return value.squeeze(-1) if self._scalar else value
+
     def support_contains(self, theta: Tensor) -> Tensor:
         _check_theta(theta, self.dim)
-        value = theta.squeeze(-1) if self._scalar else theta
-        ok = self.distribution.support.check(value)
+        ok = self.distribution.support.check(self._value(theta))
         if not self._scalar and ok.dim() == theta.dim():
             ok = ok.all(-1)
-        return ok & torch.isfinite(theta).all(-1)
+        return ok.to(theta.device) & torch.isfinite(theta).all(-1)
 
     def log_prob(self, theta: Tensor) -> Tensor:
         _check_theta(theta, self.dim)
-        inside = self.support_contains(theta)
-        value = theta.squeeze(-1) if self._scalar else theta
-        safe = torch.where(
-            inside.unsqueeze(-1) if not self._scalar else inside,
-            value,
-            self.distribution.sample().to(value).expand_as(value),
-        )
-        lp = self.distribution.log_prob(safe).to(theta.dtype)
-        return torch.where(inside, lp, torch.full_like(lp, -math.inf))
+        inside = self.support_contains(theta).to(self._device)
+        value = self._value(theta)
+        if not bool(inside.all()):  # an anchor inside the support where θ is not
+            with torch.random.fork_rng(devices=[]):
+                anchor = self.distribution.sample().to(value).expand_as(value)
+            value = torch.where(
+                inside.unsqueeze(-1) if not self._scalar else inside, value, anchor
+            )
+        lp = self.distribution.log_prob(value)
+        lp = torch.where(inside, lp, torch.full_like(lp, -math.inf))
+        return lp.to(theta.device, theta.dtype)
 
     def bijection(self) -> Bijection:
         return TorchTransformBijection(
-            torch.distributions.biject_to(self.distribution.support), self.dim
+            torch.distributions.biject_to(self.distribution.support), self.dim, self._device
         )
 
     @property

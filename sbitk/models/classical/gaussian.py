@@ -30,7 +30,13 @@ import torch
 from torch import Tensor
 
 from sbitk.errors import SbitkError
-from sbitk.models.classical._checks import check_fitted, check_points, check_rows, sample_size
+from sbitk.models.classical._checks import (
+    check_fitted,
+    check_points,
+    check_rows,
+    noise,
+    sample_size,
+)
 
 
 class MultivariateGaussian:
@@ -106,7 +112,7 @@ class MultivariateGaussian:
         """Draws (*shape, D) by unwhitening standard normal noise."""
         check_fitted(self.mean, "MultivariateGaussian")
         shape, _ = sample_size(shape)
-        z = torch.randn(*shape, self.mean.shape[0], generator=generator, dtype=self.mean.dtype)
+        z = noise(torch.randn, (*shape, self.mean.shape[0]), self.mean, generator)
         return self.unwhiten(z)
 
 

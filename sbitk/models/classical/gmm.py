@@ -42,7 +42,14 @@ import torch
 from torch import Tensor
 
 from sbitk.errors import SbitkError
-from sbitk.models.classical._checks import check_fitted, check_points, check_rows, sample_size
+from sbitk.models.classical._checks import (
+    categories,
+    check_fitted,
+    check_points,
+    check_rows,
+    noise,
+    sample_size,
+)
 
 
 @dataclass(frozen=True)
@@ -194,8 +201,8 @@ class GaussianMixture:
         """Draws (*shape, D): a component by its weight, then :math:`\\mu_k + L_k z`."""
         check_fitted(self.weights, "GaussianMixture")
         shape, n = sample_size(shape)
-        comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
-        z = torch.randn(n, self.means.shape[1], 1, generator=generator, dtype=self.means.dtype)
+        comp = categories(self.weights, n, generator)
+        z = noise(torch.randn, (n, self.means.shape[1], 1), self.means, generator)
         x = self.means[comp] + (self._chol[comp] @ z)[..., 0]
         return x.reshape(*shape, -1)
 

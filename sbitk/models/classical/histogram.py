@@ -36,7 +36,14 @@ import torch
 from torch import Tensor
 
 from sbitk.errors import SbitkError
-from sbitk.models.classical._checks import check_fitted, check_points, check_rows, sample_size
+from sbitk.models.classical._checks import (
+    categories,
+    check_fitted,
+    check_points,
+    check_rows,
+    noise,
+    sample_size,
+)
 
 
 def freedman_diaconis_width(x: Tensor) -> Tensor:
@@ -104,8 +111,8 @@ class Histogram:
         """Draws (*shape, 1): a bin by its count, then a uniform point in it."""
         check_fitted(self.edges, "Histogram")
         shape, n = sample_size(shape)
-        bins = torch.multinomial(self.counts, n, replacement=True, generator=generator)
-        u = torch.rand(n, generator=generator, dtype=self.edges.dtype)
+        bins = categories(self.counts, n, generator)
+        u = noise(torch.rand, (n,), self.edges, generator)
         return (self.edges[bins] + u * self.width).reshape(*shape, 1)
 
 
@@ -217,8 +224,8 @@ class DensityTree:
         """Draws (*shape, D): a leaf by its count, then a uniform point in its box."""
         check_fitted(self.leaf_lo, "DensityTree")
         shape, n = sample_size(shape)
-        leaf = torch.multinomial(self.counts, n, replacement=True, generator=generator)
-        u = torch.rand(n, self.leaf_lo.shape[1], generator=generator, dtype=self.leaf_lo.dtype)
+        leaf = categories(self.counts, n, generator)
+        u = noise(torch.rand, (n, self.leaf_lo.shape[1]), self.leaf_lo, generator)
         lo, hi = self.leaf_lo[leaf], self.leaf_hi[leaf]
         return (lo + u * (hi - lo)).reshape(*shape, -1)
 

@@ -40,7 +40,14 @@ import torch
 from torch import Tensor
 
 from sbitk.errors import SbitkError
-from sbitk.models.classical._checks import check_fitted, check_points, check_rows, sample_size
+from sbitk.models.classical._checks import (
+    check_fitted,
+    check_points,
+    check_rows,
+    draw_device,
+    noise,
+    sample_size,
+)
 from sbitk.models.divergences.kernels import sq_dist
 
 BANDWIDTH_RULES = ("scott", "silverman", "cv")
@@ -175,8 +182,10 @@ class KernelDensity:
         """Draws (*shape, D): a data point at random plus kernel noise :math:`L z`."""
         check_fitted(self.data, "KernelDensity")
         shape, n = sample_size(shape)
-        idx = torch.randint(self.data.shape[0], (n,), generator=generator)
-        z = torch.randn(n, self.data.shape[1], generator=generator, dtype=self.data.dtype)
+        device = draw_device(self.data, generator)
+        idx = torch.randint(self.data.shape[0], (n,), generator=generator, device=device)
+        idx = idx.to(self.data.device)
+        z = noise(torch.randn, (n, self.data.shape[1]), self.data, generator)
         return (self.data[idx] + z @ self.chol.T).reshape(*shape, -1)
 
 
