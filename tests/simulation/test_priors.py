@@ -108,6 +108,16 @@ def test_outside_support_has_minus_infinity_log_prob():
     assert gamma.log_prob(torch.tensor([[-0.5]])).isneginf().all()
 
 
+def test_a_torch_prior_density_leaves_the_global_generator_alone():
+    """Its anchor for θ outside the support is drawn under a forked generator, and only when
+    some θ is outside."""
+    gamma = TorchPrior(Gamma(2.0, 1.0))
+    state = torch.get_rng_state()
+    lp = gamma.log_prob(torch.tensor([[-0.5], [1.0]]))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert lp[0].isneginf() and lp[1] == pytest.approx(-1.0)  # log(1 · e^-1 / Γ(2))
+
+
 @pytest.mark.parametrize("name", PRIORS)
 def test_bijection_is_invertible_with_correct_log_det(name):
     prior, _ = PRIORS[name]
