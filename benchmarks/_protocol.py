@@ -59,19 +59,20 @@ def warm_up_torch() -> None:
     torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
 
 
-def sbi_prior(spec: dict):
-    """The prior as a torch distribution sbi accepts."""
+def sbi_prior(spec: dict, device: str = "cpu"):
+    """The prior as a torch distribution sbi accepts, on ``device`` (sbi's training device)."""
     from sbi.utils import BoxUniform
 
+    def tensor(key: str) -> torch.Tensor:
+        return torch.tensor(spec[key], device=device)
+
     if spec["type"] == "box_uniform":
-        return BoxUniform(torch.tensor(spec["low"]), torch.tensor(spec["high"]))
+        return BoxUniform(tensor("low"), tensor("high"))
     if spec["type"] == "mvn":
-        return torch.distributions.MultivariateNormal(
-            torch.tensor(spec["loc"]), torch.tensor(spec["covariance"])
-        )
+        return torch.distributions.MultivariateNormal(tensor("loc"), tensor("covariance"))
     if spec["type"] == "normal":
         return torch.distributions.Independent(
-            torch.distributions.Normal(torch.tensor(spec["loc"]), torch.tensor(spec["scale"])), 1
+            torch.distributions.Normal(tensor("loc"), tensor("scale")), 1
         )
     raise SystemExit(f"no sbi prior for spec type {spec['type']!r}")
 

@@ -12,7 +12,13 @@ gaussian_linear_uniform, slcp), else the sbibm package's (gaussian_mixture, sir,
 
 The table gives, per task and method, the mean C2ST of each library over the observations, the
 training time, the time to draw the posterior samples (summed over the observations) and both
-times as ratios sbi / sbitk. Everything runs on one CPU thread (torch and BLAS).
+times as ratios sbi / sbitk. Everything runs on one CPU thread (torch and BLAS), or, with
+``--device cuda``, both libraries train and sample on that GPU (the CPU work on one thread).
+
+A GPU machine may lack the time or the scikit-learn set-up for the C2ST classifier:
+``--classifier none --draws DIR`` then trains, samples and times without scoring, and saves every
+draw in DIR; ``--rescore --draws DIR`` scores those rows later, on any machine, with the
+published classifier.
 
 Each finished (task, library, method) row is appended to a CSV file, and a rerun skips the rows
 already there, so an interrupted run resumes; the simulations come from the seed, so a resumed
@@ -24,6 +30,9 @@ Usage::
 
     python benchmarks/continuous_vs_sbi.py --tasks two_moons --markdown runs/continuous.md
     python benchmarks/continuous_vs_sbi.py --tasks slcp --methods diffusion --max-epochs 300
+    python benchmarks/continuous_vs_sbi.py --device cuda --classifier none --draws runs/gpu \
+        --csv runs/gpu.csv
+    python benchmarks/continuous_vs_sbi.py --rescore --draws runs/gpu --csv runs/gpu.csv
     python benchmarks/continuous_vs_sbi.py --methods flow_matching --csv runs/fast.csv \
         --sbitk-options '{"hidden_features": [96, 96, 96, 96]}' \
         --sbitk-train '{"schedule": "anneal", "learning_rate": 0.008, "lr_patience": 10}'
@@ -36,7 +45,9 @@ settings measures both libraries again.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import math
 import os
 import time
 import warnings
@@ -58,14 +69,15 @@ from sbitk.inference.training import config_with
 PEERS = {"flow_matching": "FMPE", "diffusion": "NPSE"}
 FIELDS = [
     "task", "library", "method", "budget", "max_epochs", "c2st", "train_s", "sample_s",
-    "observations", "epochs", "each", "settings",
+    "observations", "epochs", "each", "settings", "device",
 ]  # fmt: skip
 
 
 def train_sbitk(sim, theta, x, method: str, args):
     given = {"max_epochs": args.max_epochs} if args.max_epochs else {}
     train_options = json.loads(args.sbitk_train)
-    config = config_with(train_options, progress=False, seed=args.seed, **given)
+    config = config_with(train_options, progress=False, seed=args.seed, device=args.device,
+                         **given)  # fmt: skip
     npe = NPE(sim.prior, method, config=config, **json.loads(args.sbitk_options))
     posterior = npe.fit(theta, x)
     if npe.history.settled:  # what the trained model chose for itself (flow matching's steps)
@@ -82,7 +94,8 @@ def train_sbi(sim, theta, x, method: str, args):
 
     trainer = {"FMPE": FMPE, "NPSE": NPSE}[PEERS[method]]
     torch.manual_seed(args.seed)
-    inference = trainer(prior=sbi_prior(sim.prior.spec()), show_progress_bars=False)
+    prior = sbi_prior(sim.prior.spec(), args.device)
+    inference = trainer(prior=prior, device=args.device, show_progress_bars=False)
     inference.append_simulations(theta, x)
     if args.max_epochs:
         inference.train(max_num_epochs=args.max_epochs)
@@ -93,7 +106,7 @@ def train_sbi(sim, theta, x, method: str, args):
     def sample(x_o: torch.Tensor, k: int) -> torch.Tensor:
         torch.manual_seed(args.seed + k)
         draws = posterior.sample((args.samples,), x=x_o.reshape(1, -1), show_progress_bars=False)
-        return draws.reshape(args.samples, -1)
+        return draws.reshape(args.samples, -1).cpu()
 
     return sample, inference._summary["epochs_trained"][-1]
 
@@ -109,25 +122,55 @@ def one_run(task: str, library: str, method: str, observations: list[int], args)
     train_s = time.perf_counter() - start
     print(f"    {task} {library} {method}: trained in {train_s:.1f} s ({epochs} epochs)",
           flush=True)  # fmt: skip
-    scores, sample_s = [], 0.0
+    every, sample_s = {}, 0.0
     for k in observations:
         x_o = load_observation(task, k)
         start = time.perf_counter()
-        draws = sample(x_o, k)
+        every[k] = sample(x_o, k)
         elapsed = time.perf_counter() - start
         sample_s += elapsed
-        reference = reference_samples(task, k)[: args.samples]
-        accuracy = c2st(reference, draws, seed=0, classifier=args.classifier).accuracy
-        scores.append(accuracy)
-        print(f"    {task} {library} {method} observation {k}: C2ST {accuracy:.3f}, "
-              f"sampled in {elapsed:.1f} s", flush=True)  # fmt: skip
-    return {
+        print(f"    {task} {library} {method} observation {k}: sampled in {elapsed:.1f} s",
+              flush=True)  # fmt: skip
+    if args.draws:
+        torch.save(every, draws_file(args.draws, task, library, method))
+    row = {
         "task": task, "library": library, "method": method, "budget": args.budget,
-        "max_epochs": args.max_epochs, "c2st": sum(scores) / len(scores), "train_s": train_s,
+        "max_epochs": args.max_epochs, "c2st": math.nan, "train_s": train_s,
         "sample_s": sample_s, "observations": " ".join(map(str, observations)),
-        "epochs": epochs, "each": " ".join(f"{s:.3f}" for s in scores),
-        "settings": settings(args),
+        "epochs": epochs, "each": "", "settings": settings(args), "device": args.device,
     }  # fmt: skip
+    return row if args.classifier == "none" else scored(row, every, args.classifier)
+
+
+def scored(row: dict, every: dict[int, torch.Tensor], classifier: str) -> dict:
+    """``row`` with the C2ST of each observation's draws against the reference posterior."""
+    scores = []
+    for k, draws in every.items():
+        reference = reference_samples(row["task"], k)[: draws.shape[0]]
+        scores.append(c2st(reference, draws, seed=0, classifier=classifier).accuracy)
+        print(f"    {row['task']} {row['library']} {row['method']} observation {k}: "
+              f"C2ST {scores[-1]:.3f}", flush=True)  # fmt: skip
+    each = " ".join(f"{s:.3f}" for s in scores)
+    return {**row, "c2st": sum(scores) / len(scores), "each": each}
+
+
+def draws_file(folder: str, task: str, library: str, method: str) -> Path:
+    path = Path(folder) / f"{task}-{library}-{method}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def rescore(path: Path, args) -> None:
+    """Score the rows of ``path`` that were written without a C2ST, from their saved draws."""
+    rows = read_rows(path)
+    for i, row in enumerate(rows):
+        if math.isnan(float(row["c2st"])):
+            file = draws_file(args.draws, row["task"], row["library"], row["method"])
+            rows[i] = scored(row, torch.load(file), args.classifier)
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def reference_samples(task: str, k: int) -> torch.Tensor:
@@ -147,13 +190,16 @@ def settings(args) -> str:
     return "" if given == {"options": {}, "train": {}} else json.dumps(given, sort_keys=True)
 
 
-def done_rows(path: Path, budget: int, max_epochs: int, given: str) -> dict[tuple, dict]:
+def done_rows(
+    path: Path, budget: int, max_epochs: int, given: str, device: str
+) -> dict[tuple, dict]:
     return {
         (r["task"], r["library"], r["method"]): r
         for r in read_rows(path)
         if int(r["budget"]) == budget
         and int(r["max_epochs"]) == max_epochs
         and r.get("settings", "") == given
+        and r.get("device", "cpu") == device
     }
 
 
@@ -189,6 +235,8 @@ def _count(row: dict) -> int:
 def _cell(row: dict | None, key: str, digits: int, n: int) -> str:
     if row is None:
         return "–"
+    if math.isnan(float(row[key])):
+        return "not scored"
     text = f"{float(row[key]):.{digits}f}"
     if key != "train_s" and _count(row) != n:
         text += f" ({_count(row)} obs.)"
@@ -204,6 +252,15 @@ def _ratio(ours: dict | None, theirs: dict | None, key: str) -> str:
     return f"{b / a:.1f}"
 
 
+def where(device: str) -> str:
+    """The machine the figures were measured on, in words."""
+    if device == "cpu":
+        return "one CPU thread"
+    if not torch.cuda.is_available():  # rows scored here, measured on another machine
+        return "both libraries on one CUDA GPU"
+    return f"both libraries on one {torch.cuda.get_device_name(device)}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="two_moons,gaussian_linear,slcp")
@@ -216,7 +273,19 @@ def main() -> None:
         help="observations for sbi's sampling and C2ST (default: --observations)",
     )
     parser.add_argument("--samples", type=int, default=10_000, help="per side (sbibm: 10,000)")
-    parser.add_argument("--classifier", default="sbibm", choices=["sbibm", "mlp"])
+    parser.add_argument(
+        "--classifier",
+        default="sbibm",
+        choices=["sbibm", "mlp", "none"],
+        help="none: train, sample and time only (score later with --rescore)",
+    )
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda: both libraries there")
+    parser.add_argument(
+        "--draws", help="save every draw in this folder, one file per task, library and method"
+    )
+    parser.add_argument(
+        "--rescore", action="store_true", help="only score the saved draws of unscored rows"
+    )
     parser.add_argument(
         "--max-epochs",
         type=int,
@@ -245,7 +314,12 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     path = Path(args.csv)
     path.parent.mkdir(parents=True, exist_ok=True)
-    done = done_rows(path, args.budget, args.max_epochs, settings(args))
+    if args.rescore:
+        if not args.draws or args.classifier == "none":
+            raise SystemExit("--rescore needs --draws and a classifier")
+        rescore(path, args)
+        libraries = []  # score only: the table of what the file holds
+    done = done_rows(path, args.budget, args.max_epochs, settings(args), args.device)
     # torch imports its compiler stack when the first optimizer is built: a once-per-process
     # cost that whichever library is timed first would otherwise pay for both.
     torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
@@ -274,7 +348,7 @@ def main() -> None:
     text = (
         f"C2ST: mean over the reference observations ({len(observations)} unless marked), "
         f"{args.samples:,} samples per side, classifier {args.classifier!r}; "
-        f"{args.budget:,} simulations, seed {args.seed}, one CPU thread; training: {cap}. "
+        f"{args.budget:,} simulations, seed {args.seed}, {where(args.device)}; training: {cap}. "
         f"sbitk {sbitk.__version__}, sbi {sbi.__version__} with its defaults: FMPE and NPSE with "
         "the 'mlp' vector field (5 layers of 100, sinusoidal time embedding), NPSE's 've' SDE; "
         "batch 200, learning rate 5e-4, convergence after 20 epochs without improvement; "
