@@ -24,6 +24,7 @@ from sbitk.inference.nle import NLE
 from sbitk.inference.npe import NPE
 from sbitk.inference.nre import NRE
 from sbitk.inference.training import TrainConfig
+from sbitk.io.arviz import iid_chains
 from sbitk.io.modelfile import load_model, save_model
 from sbitk.models.classical import (
     DensityTree,
@@ -35,6 +36,7 @@ from sbitk.models.classical import (
 from sbitk.models.contract import NONE, can_sample
 from sbitk.models.registry import available_estimators, build_estimator
 from sbitk.posteriors.mcmc import MCMCConfig
+from sbitk.report.html import report_sections
 from sbitk.simulation.priors import BoxUniform, TorchPrior
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -184,3 +186,10 @@ def test_run_trains_samples_and_checks_on_cuda(tmp_path):
     assert result.returncode in (0, 1), result.stderr  # 1: a check raised an alarm
     assert "Traceback" not in result.stderr
     assert (out / "report.html").is_file()
+
+
+def test_draws_and_truths_on_cuda_go_into_arviz_and_the_report():
+    draws = torch.randn(40, 2, device="cuda")
+    assert iid_chains(draws).shape == (4, 10, 2)
+    sections = report_sections(posterior=draws, truths=torch.zeros(1, 2, device="cuda"))
+    assert sections

@@ -113,7 +113,7 @@ def iid_chains(draws: Any, chains: int = IID_CHAINS) -> np.ndarray:
         >>> iid_chains(np.zeros((2000, 3, 2))).shape
         (4, 500, 3, 2)
     """
-    arr = np.asarray(draws)
+    arr = np.asarray(draws.detach().cpu() if hasattr(draws, "detach") else draws)
     n = arr.shape[0]
     c = next((k for k in range(chains, 0, -1) if n % k == 0 and n // k >= 4), 1)
     return arr.reshape(c, n // c, *arr.shape[1:])

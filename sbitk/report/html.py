@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from sbitk.diagnostics._checks import as_numpy
 from sbitk.diagnostics.c2st import C2STResult
 from sbitk.diagnostics.contraction import ContractionResult
 from sbitk.diagnostics.coverage import CoverageResult, TARPResult
@@ -299,9 +300,7 @@ def _posterior_sections(
             raise ReportError(
                 f"posterior samples must have shape (n, D) or (n, B, D), got {draws.shape}"
             )
-    truth_rows = (
-        None if truths is None else np.asarray(truths, dtype=np.float64).reshape(len(items), -1)
-    )
+    truth_rows = None if truths is None else as_numpy(truths, "truths").reshape(len(items), -1)
     sections = []
     for b, (label, samples) in enumerate(items):
         x = samples.detach().cpu().numpy() if hasattr(samples, "detach") else samples
