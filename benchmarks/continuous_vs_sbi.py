@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import math
 import os
@@ -131,14 +132,14 @@ def one_run(task: str, library: str, method: str, observations: list[int], args)
         sample_s += elapsed
         print(f"    {task} {library} {method} observation {k}: sampled in {elapsed:.1f} s",
               flush=True)  # fmt: skip
-    if args.draws:
-        torch.save(every, draws_file(args.draws, task, library, method))
     row = {
         "task": task, "library": library, "method": method, "budget": args.budget,
         "max_epochs": args.max_epochs, "c2st": math.nan, "train_s": train_s,
         "sample_s": sample_s, "observations": " ".join(map(str, observations)),
         "epochs": epochs, "each": "", "settings": settings(args), "device": args.device,
     }  # fmt: skip
+    if args.draws:
+        torch.save(every, draws_file(args.draws, row))
     return row if args.classifier == "none" else scored(row, every, args.classifier)
 
 
@@ -154,23 +155,35 @@ def scored(row: dict, every: dict[int, torch.Tensor], classifier: str) -> dict:
     return {**row, "c2st": sum(scores) / len(scores), "each": each}
 
 
-def draws_file(folder: str, task: str, library: str, method: str) -> Path:
-    path = Path(folder) / f"{task}-{library}-{method}.pt"
+def draws_file(folder: str, row: dict) -> Path:
+    """The file of a row's draws: named by everything that tells rows apart."""
+    given = hashlib.sha256(str(row["settings"]).encode()).hexdigest()[:8]
+    keys = ("task", "library", "method", "budget", "max_epochs", "device")
+    path = Path(folder) / ("-".join(str(row[k]) for k in keys) + f"-{given}.pt")
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def rescore(path: Path, args) -> None:
-    """Score the rows of ``path`` that were written without a C2ST, from their saved draws."""
+def rescore(path: Path, args) -> str | None:
+    """Score the rows of ``path`` that were written without a C2ST, from their saved draws,
+    rewriting the file after each; return the device the rows were measured on, if one."""
     rows = read_rows(path)
     for i, row in enumerate(rows):
-        if math.isnan(float(row["c2st"])):
-            file = draws_file(args.draws, row["task"], row["library"], row["method"])
-            rows[i] = scored(row, torch.load(file), args.classifier)
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+        file = draws_file(args.draws, row)
+        if not math.isnan(float(row["c2st"])):
+            continue
+        if not file.is_file():
+            print(f"no draws for {row['task']} {row['library']} {row['method']}: {file}")
+            continue
+        rows[i] = scored(row, torch.load(file), args.classifier)
+        partial = path.with_suffix(".partial")
+        with open(partial, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(partial, path)
+    devices = {row.get("device") or "cpu" for row in rows}
+    return devices.pop() if len(devices) == 1 else None
 
 
 def reference_samples(task: str, k: int) -> torch.Tensor:
@@ -199,7 +212,7 @@ def done_rows(
         if int(r["budget"]) == budget
         and int(r["max_epochs"]) == max_epochs
         and r.get("settings", "") == given
-        and r.get("device", "cpu") == device
+        and (r.get("device") or "cpu") == device
     }
 
 
@@ -281,7 +294,7 @@ def main() -> None:
     )
     parser.add_argument("--device", default="cpu", help="cpu, or cuda: both libraries there")
     parser.add_argument(
-        "--draws", help="save every draw in this folder, one file per task, library and method"
+        "--draws", help="save every draw in this folder, one file per row of the CSV"
     )
     parser.add_argument(
         "--rescore", action="store_true", help="only score the saved draws of unscored rows"
@@ -314,10 +327,12 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     path = Path(args.csv)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if args.classifier == "none" and not args.draws:
+        raise SystemExit("--classifier none needs --draws: the draws to score later")
     if args.rescore:
         if not args.draws or args.classifier == "none":
             raise SystemExit("--rescore needs --draws and a classifier")
-        rescore(path, args)
+        args.device = rescore(path, args) or args.device  # the table of the rows measured
         libraries = []  # score only: the table of what the file holds
     done = done_rows(path, args.budget, args.max_epochs, settings(args), args.device)
     # torch imports its compiler stack when the first optimizer is built: a once-per-process

@@ -7,6 +7,7 @@ paths a user reaches with tensors of their own on the GPU: training rows, a prio
 torch distribution, the checks, the classical estimators and ABC.
 """
 
+import math
 import os
 import subprocess
 import sys
@@ -124,6 +125,27 @@ def test_a_torch_distribution_prior_serves_posteriors_on_cuda():
     assert torch.equal(torch.cuda.get_rng_state(), state)
 
 
+def test_a_torch_distribution_prior_on_cuda_serves_cpu_rows_and_restores_the_generator():
+    box = torch.distributions.Independent(
+        torch.distributions.Uniform(
+            torch.tensor([-1.0, 0.0]).cuda(), torch.tensor([1.0, 2.0]).cuda()
+        ),
+        1,
+    )
+    prior = TorchPrior(box)
+    state = torch.cuda.get_rng_state()
+    draws = prior.sample(50, torch.Generator().manual_seed(0))
+    assert draws.is_cuda and torch.equal(prior.sample(50, torch.Generator().manual_seed(0)), draws)
+    theta = torch.tensor([[0.0, 1.0], [2.0, 1.0]])  # on the CPU, the second outside the box
+    assert prior.support_contains(theta).tolist() == [True, False]
+    lp = prior.log_prob(theta)
+    assert not lp.is_cuda and lp[1].isneginf() and lp[0] == pytest.approx(-math.log(4.0))
+    u, _ = prior.bijection().forward(draws.cpu())
+    assert not u.is_cuda
+    torch.testing.assert_close(prior.bijection().inverse(u), draws.cpu(), atol=1e-5, rtol=0)
+    assert torch.equal(torch.cuda.get_rng_state(), state)
+
+
 def test_checks_take_their_inputs_on_cuda():
     prior, theta, x = box_data()
     posterior = NPE(prior, "gaussian", config=CUDA).fit(theta, x)
@@ -134,7 +156,7 @@ def test_checks_take_their_inputs_on_cuda():
     result = tarp(theta[:40].cuda(), x[:40].cuda(), batched.cuda(), z_score=False)
     assert 0.0 <= result.p_value <= 1.0
     net = torch.nn.Linear(2, 2).cuda()
-    mmd = mmd_test(x[:3], x[3:300], embedding=net, n_permutations=50)
+    mmd = mmd_test(x[:3], x[3:300], embedding=net)
     assert mmd.space == "embedding" and len(mmd.observations) == 3
     density = _Normal().cuda()  # its bound log_prob gets the rows on its device
     typical = typicality_test(x[:2], density.log_prob, torch.randn(200, 2))
@@ -165,6 +187,13 @@ def test_classical_estimators_fitted_on_cuda_sample_there_with_a_cpu_generator(e
         assert draws.is_cuda and torch.isfinite(fitted.log_prob(draws)).all()
     histogram = Histogram().fit(data[:, :1].cuda())
     assert histogram.sample((40,), generator=torch.Generator().manual_seed(1)).is_cuda
+
+
+def test_a_cpu_generator_gives_a_classical_estimator_the_same_draws_on_either_device():
+    data = torch.randn(500, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    on_cpu, on_gpu = DensityTree().fit(data), DensityTree().fit(data.cuda())
+    draws = on_gpu.sample((40,), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(draws.cpu(), on_cpu.sample((40,), torch.Generator().manual_seed(1)))
 
 
 def test_abc_takes_an_observation_on_cuda():

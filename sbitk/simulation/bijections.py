@@ -141,21 +141,22 @@ class TorchTransformBijection(Bijection):
     """Wraps the inverse of ``torch.distributions.biject_to(support)`` for any torch support.
 
     The transform runs on ``device``, where its support's bounds live (its distribution's
-    device), and its results go back to the device of what it was given.
+    device; ``None``: wherever its input is), and its results go back to the device of what it
+    was given.
     """
 
     def __init__(
         self,
         transform: torch.distributions.Transform,
         dim: int,
-        device: torch.device | str = "cpu",
+        device: torch.device | str | None = None,
     ):
         self.transform = transform  # maps unconstrained -> constrained
         self.dim = int(dim)
-        self.device = torch.device(device)
+        self.device = None if device is None else torch.device(device)
 
     def forward(self, theta: Tensor) -> tuple[Tensor, Tensor]:
-        value = theta.to(self.device)
+        value = theta.to(self.device or theta.device)
         u = self.transform.inv(value)
         ld = self.transform.log_abs_det_jacobian(u, value)
         if ld.dim() == theta.dim():  # elementwise transform: sum over the event
@@ -163,7 +164,7 @@ class TorchTransformBijection(Bijection):
         return u.to(theta.device), -ld.to(theta.device)
 
     def inverse(self, u: Tensor) -> Tensor:
-        return self.transform(u.to(self.device)).to(u.device)
+        return self.transform(u.to(self.device or u.device)).to(u.device)
 
     def spec(self) -> dict:
         return {"type": "torch", "dim": self.dim, "transform": repr(self.transform)}

@@ -336,16 +336,21 @@ class TorchPrior(_Base):
 
     def sample(self, n: int, generator=None, dtype=None) -> Tensor:
         seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
-        cuda = [self._device] if self._device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):  # seeds, then restores, only what it uses
+        with self._forked_generators():
             torch.default_generator.manual_seed(seed)
-            if cuda:
+            if self._device.type == "cuda":
                 with torch.cuda.device(self._device):
                     torch.cuda.manual_seed(seed)
             theta = self.distribution.sample((n,))
         if self._scalar:
             theta = theta.unsqueeze(-1)
         return self._out(theta, dtype)
+
+    def _forked_generators(self):
+        """A context that restores the generators the distribution draws from: the CPU's, and
+        its CUDA device's when it lives on one."""
+        cuda = [self._device] if self._device.type == "cuda" else []
+        return torch.random.fork_rng(devices=cuda)
 
     def _value(self, theta: Tensor) -> Tensor:
         """θ as the distribution takes it: on its device, without a trailing 1 if scalar."""
@@ -364,7 +369,7 @@ class TorchPrior(_Base):
         inside = self.support_contains(theta).to(self._device)
         value = self._value(theta)
         if not bool(inside.all()):  # an anchor inside the support where θ is not
-            with torch.random.fork_rng(devices=[]):
+            with self._forked_generators():
                 anchor = self.distribution.sample().to(value).expand_as(value)
             value = torch.where(
                 inside.unsqueeze(-1) if not self._scalar else inside, value, anchor
