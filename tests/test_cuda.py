@@ -39,6 +39,7 @@ from sbitk.models.registry import available_estimators, build_estimator
 from sbitk.posteriors.mcmc import MCMCConfig
 from sbitk.report.html import report_sections
 from sbitk.simulation.priors import BoxUniform, TorchPrior
+from sbitk.simulation.rng import cuda_in_use, seeded
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -222,3 +223,22 @@ def test_draws_and_truths_on_cuda_go_into_arviz_and_the_report():
     assert iid_chains(draws).shape == (4, 10, 2)
     sections = report_sections(posterior=draws, truths=torch.zeros(1, 2, device="cuda"))
     assert sections
+
+
+def test_seeding_on_the_cpu_leaves_the_cuda_generators_alone():
+    """Building, training and sampling on the CPU seed the CPU generator only (torch.manual_seed
+    also reseeded every CUDA generator, and nothing restored them)."""
+    torch.zeros(1, device="cuda")  # CUDA in use
+    assert cuda_in_use()
+    state = torch.cuda.get_rng_state()
+    prior, theta, x = box_data()
+    cpu = TrainConfig(max_epochs=2, batch_size=128, progress=False, device="cpu")
+    NPE(prior, "gaussian", config=cpu).fit(theta, x).sample(10, x[0], seed=0)
+    with seeded(1):
+        torch.rand(3)
+    assert torch.equal(torch.cuda.get_rng_state(), state)
+    with seeded(1, ["cuda"]):
+        first = torch.rand(3, device="cuda")
+    with seeded(1, ["cuda"]):
+        assert torch.equal(torch.rand(3, device="cuda"), first)
+    assert torch.equal(torch.cuda.get_rng_state(), state)

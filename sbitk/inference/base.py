@@ -35,6 +35,7 @@ from sbitk.models.registry import (
 )
 from sbitk.simulation.bijections import Bijection
 from sbitk.simulation.priors import Prior, as_prior
+from sbitk.simulation.rng import seeded
 
 
 def check_trials(trials: Any) -> list[tuple[int, int, int]] | bool | None:
@@ -157,8 +158,7 @@ class Estimation:
                     f"{context} ({self.dims[1]})"
                 )
             return self.estimator
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.config.seed)
+        with seeded(self.config.seed):
             return build_estimator(self.estimator, features, context, **self._options())
 
     def _pair(self, theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:

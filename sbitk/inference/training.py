@@ -45,6 +45,7 @@ from sbitk.errors import SbitkError, TrainingError
 from sbitk.inference.data import check_pair
 from sbitk.nn.devices import resolve_device
 from sbitk.nn.threads import THREADS_ENV, thread_limit, torch_threads
+from sbitk.simulation.rng import seeded
 
 #: Above this many training rows the default batch doubles (see :meth:`TrainConfig.resolved`).
 LARGE_BANK_ROWS = 50_000
@@ -450,8 +451,7 @@ def _train(
     device = resolve_device(config.device)
     start_time = time.perf_counter()
     history = History(device=str(device))
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(config.seed)
+    with seeded(config.seed, [device]):
         generator = torch.Generator().manual_seed(config.seed)
         model.to(device)
         batches = _Batches(config, device, generator)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from contextlib import nullcontext
 
 import torch
 from torch import Tensor, nn
@@ -46,24 +45,7 @@ from sbitk.posteriors.base import TrainedEstimator, as_count, ascend, has_gradie
 from sbitk.posteriors.mcmc import MCMCConfig, posterior_chains, sir_init, slice_sample
 from sbitk.simulation.bijections import IdentityBijection
 from sbitk.simulation.priors import Prior
-
-
-def seeded(seed: int | None, device: torch.device | None = None):
-    """A context in which torch's global RNG is seeded, restored on exit (no-op for ``None``)."""
-    if seed is None:
-        return nullcontext()
-
-    class _Seeded:
-        def __enter__(self):
-            devices = [device] if device is not None and device.type == "cuda" else []
-            self._fork = torch.random.fork_rng(devices=devices)
-            self._fork.__enter__()
-            torch.manual_seed(seed)
-
-        def __exit__(self, *exc):
-            return self._fork.__exit__(*exc)
-
-    return _Seeded()
+from sbitk.simulation.rng import seeded
 
 
 def default_chunk_rows(device: torch.device | str) -> int:
@@ -231,7 +213,7 @@ class DirectPosterior(TrainedEstimator):
             chunk_rows = default_chunk_rows(self.device)
         elif chunk_rows < 1:
             raise SbitkError(f"chunk_rows must be >= 1, got {chunk_rows}")
-        with seeded(seed, self.device):
+        with seeded(seed, [self.device]):
             if not self.amortized:
                 theta = self._mcmc(n, x, config or self.config)
             elif self.unconstrained:

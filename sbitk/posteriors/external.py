@@ -32,6 +32,7 @@ from torch import Tensor
 
 from sbitk.errors import SbitkError
 from sbitk.models.contract import EXACT, NONE
+from sbitk.simulation.rng import cuda_in_use, seeded
 
 
 class ExternalPosterior:
@@ -75,9 +76,7 @@ class ExternalPosterior:
         """Draws ``(n, B, D)`` for observations x ``(B, D_x)``; ``(n, D)`` for one ``(D_x,)``."""
         single = x.dim() == 1
         xs = x.reshape(1, -1) if single else x
-        with torch.random.fork_rng(devices=[]):
-            if seed is not None:
-                torch.manual_seed(seed)
+        with seeded(seed, cuda_in_use()):  # the wrapped posterior may live on any device
             batched = self._batched("sample")
             if batched is not None:
                 draws = batched((n,), x=xs, **_quiet(batched))

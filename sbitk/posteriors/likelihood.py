@@ -39,8 +39,8 @@ from sbitk.models.contract import RATIO, UNNORMALISED, density_kind, has_density
 from sbitk.nn.devices import resolve_device
 from sbitk.nn.threads import limited_threads
 from sbitk.posteriors.base import TrainedEstimator, as_count, ascend, has_gradient
-from sbitk.posteriors.direct import seeded
 from sbitk.posteriors.mcmc import MCMCConfig, MCMCResult, posterior_chains
+from sbitk.simulation.rng import seeded
 
 
 class SurrogateLikelihood(TrainedEstimator):
@@ -112,7 +112,7 @@ class SurrogateLikelihood(TrainedEstimator):
             x of shape (n, D_x) for one θ, (n, B, D_x) for a batch; on the CPU.
         """
         theta, single = self._theta(theta)
-        with seeded(seed, self.device):
+        with seeded(seed, [self.device]):
             x = self.estimator(self.context(theta)).sample((n * self.trials,))
         x = self.x_bijection.inverse(x).cpu()
         # The draws are i.i.d.: trial t of draw i is draw i · trials + t.

@@ -34,6 +34,7 @@ from sbitk.simulation.bijections import (
     StackBijection,
     TorchTransformBijection,
 )
+from sbitk.simulation.rng import seeded
 
 
 @runtime_checkable
@@ -336,11 +337,7 @@ class TorchPrior(_Base):
 
     def sample(self, n: int, generator=None, dtype=None) -> Tensor:
         seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
-        with self._forked_generators():
-            torch.default_generator.manual_seed(seed)
-            if self._device.type == "cuda":
-                with torch.cuda.device(self._device):
-                    torch.cuda.manual_seed(seed)
+        with seeded(seed, [self._device]):
             theta = self.distribution.sample((n,))
         if self._scalar:
             theta = theta.unsqueeze(-1)
