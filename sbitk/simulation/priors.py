@@ -354,17 +354,23 @@ class TorchPrior(_Base):
         value = theta.to(self._device)
         return value.squeeze(-1) if self._scalar else value
 
+    def _contains(self, value: Tensor) -> Tensor:
+        """Whether each row of ``value`` (as :meth:`_value` gives it) is finite and inside."""
+        ok = self.distribution.support.check(value)
+        finite = torch.isfinite(value)
+        if not self._scalar:
+            finite = finite.all(-1)
+            ok = ok.all(-1) if ok.dim() == value.dim() else ok
+        return ok & finite
+
     def support_contains(self, theta: Tensor) -> Tensor:
         _check_theta(theta, self.dim)
-        ok = self.distribution.support.check(self._value(theta))
-        if not self._scalar and ok.dim() == theta.dim():
-            ok = ok.all(-1)
-        return ok.to(theta.device) & torch.isfinite(theta).all(-1)
+        return self._contains(self._value(theta)).to(theta.device)
 
     def log_prob(self, theta: Tensor) -> Tensor:
         _check_theta(theta, self.dim)
-        inside = self.support_contains(theta).to(self._device)
-        value = self._value(theta)
+        value = self._value(theta)  # one copy to the distribution's device
+        inside = self._contains(value)
         if not bool(inside.all()):  # an anchor inside the support where θ is not
             with self._forked_generators():
                 anchor = self.distribution.sample().to(value).expand_as(value)
