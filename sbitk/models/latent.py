@@ -74,6 +74,7 @@ from sbitk.errors import SbitkError
 from sbitk.models.base import StandardizedEstimator, check_inputs
 from sbitk.models.contract import ESTIMATED
 from sbitk.models.flows.nsf import BOX_NSF_OPTIONS, NLE_NSF_OPTIONS, NSF
+from sbitk.nn.devices import random_like
 from sbitk.nn.mlp import MLP
 from sbitk.nn.standardize import Standardize
 
@@ -270,7 +271,8 @@ class ConditionalVAE(StandardizedEstimator):
             return self.prior_flow(c).rsample(shape, generator)
         batch = () if c is None else c.shape[:-1]
         ref = self.inputs.mean
-        eps = _randn(torch.Size(shape) + batch + (self.config.latent,), ref, generator)
+        size = torch.Size(shape) + batch + (self.config.latent,)
+        eps = random_like(torch.randn, size, ref, generator)
         p_mu, p_sigma = self.prior_params(c, eps)
         return p_mu + p_sigma * eps
 
@@ -309,7 +311,7 @@ class ConditionalVAE(StandardizedEstimator):
         if self.config.decoder == "flow":
             return self.decoder(zc).rsample((), generator)
         loc, scale = self._decoder_gaussian(zc)
-        eps = _randn(loc.shape, loc, generator)
+        eps = random_like(torch.randn, loc.shape, loc, generator)
         if self.config.decoder == "gaussian":
             return loc + scale * eps
         return loc + (scale @ eps.unsqueeze(-1)).squeeze(-1)
@@ -461,12 +463,6 @@ def _kl_normal(mu: Tensor, sigma: Tensor, p_mu: Tensor, p_sigma: Tensor) -> Tens
     """Elementwise :math:`\\mathrm{KL}[\\mathcal{N}(\\mu, \\sigma^2) \\| \\mathcal{N}(m, s^2)]`."""
     ratio = (sigma / p_sigma).square()
     return 0.5 * (ratio + ((mu - p_mu) / p_sigma).square() - 1 - ratio.log())
-
-
-def _randn(shape: Sequence[int], like: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Standard normals on ``like``'s device and dtype (drawn on the generator's device)."""
-    device = like.device if generator is None else generator.device
-    return torch.randn(shape, generator=generator, dtype=like.dtype, device=device).to(like.device)
 
 
 def mmd(x: Tensor, y: Tensor) -> Tensor:

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from sbitk.errors import SbitkError
 from sbitk.models.base import StandardizedEstimator, check_inputs
 from sbitk.models.contract import EXACT
+from sbitk.nn.devices import random_like
 from sbitk.nn.mlp import ACTIVATIONS, MLP
 from sbitk.nn.standardize import Standardize
 
@@ -141,9 +142,7 @@ def standard_normal(
 ) -> Tensor:
     """Standard normal draws of ``shape`` with the dtype and device of ``like``; a generator
     draws on its own device (one on ``like``'s device avoids the copy)."""
-    device = like.device if generator is None else generator.device
-    eps = torch.randn(tuple(shape), generator=generator, dtype=like.dtype, device=device)
-    return eps.to(like.device)
+    return random_like(torch.randn, shape, like, generator)
 
 
 def sample_component(

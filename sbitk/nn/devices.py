@@ -53,4 +53,20 @@ def module_device(obj: object) -> torch.device:
     return next((t.device for t in tensors), torch.device("cpu"))
 
 
-__all__ = ["module_device", "resolve_device"]
+def draw_device(like: torch.Tensor, generator: torch.Generator | None) -> torch.device:
+    """Where to draw random numbers meant for ``like``'s device: on the generator's, when one
+    is given (a generator draws on its own device only), so that a CPU generator gives a model
+    on a GPU the same draws as on the CPU; the draws then move to ``like``'s device."""
+    return like.device if generator is None else generator.device
+
+
+def random_like(
+    draw, size, like: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """``draw`` (``torch.rand`` or ``torch.randn``) of ``size`` in ``like``'s dtype and on its
+    device, drawn where :func:`draw_device` says (one on ``like``'s device avoids the copy)."""
+    device = draw_device(like, generator)
+    return draw(tuple(size), generator=generator, dtype=like.dtype, device=device).to(like.device)
+
+
+__all__ = ["draw_device", "module_device", "random_like", "resolve_device"]

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from sbitk.errors import SbitkError
+from sbitk.nn.devices import draw_device
 
 
 def check_rows(x: Tensor, owner: str, min_rows: int = 2, dim: int | None = None) -> Tensor:
@@ -52,25 +53,9 @@ def sample_size(shape: Sequence[int] | int) -> tuple[tuple[int, ...], int]:
     return shape, n
 
 
-def draw_device(like: Tensor, generator: torch.Generator | None) -> torch.device:
-    """Where to draw random numbers for an estimator fitted on ``like``'s device: on the
-    generator's, so that a CPU generator gives a fitted estimator on a GPU the same draws
-    (the draws then move to ``like``'s device)."""
-    return like.device if generator is None else generator.device
-
-
-def noise(
-    draw, size: Sequence[int], like: Tensor, generator: torch.Generator | None = None
-) -> Tensor:
-    """``draw`` (``torch.rand`` or ``torch.randn``) of ``size`` in ``like``'s dtype and on its
-    device (drawn as :func:`draw_device` says)."""
-    device = draw_device(like, generator)
-    return draw(tuple(size), generator=generator, dtype=like.dtype, device=device).to(like.device)
-
-
 def categories(weights: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
     """``n`` indices drawn with probability proportional to ``weights`` (K,), on their device
-    (drawn as :func:`draw_device` says)."""
+    (drawn on the generator's device, as :func:`~sbitk.nn.devices.draw_device` says)."""
     device = draw_device(weights, generator)
     picks = torch.multinomial(weights.to(device), n, replacement=True, generator=generator)
     return picks.to(weights.device)

@@ -34,9 +34,9 @@ from sbitk.models.classical._checks import (
     check_fitted,
     check_points,
     check_rows,
-    noise,
     sample_size,
 )
+from sbitk.nn.devices import random_like
 
 
 class MultivariateGaussian:
@@ -112,7 +112,7 @@ class MultivariateGaussian:
         """Draws (*shape, D) by unwhitening standard normal noise."""
         check_fitted(self.mean, "MultivariateGaussian")
         shape, _ = sample_size(shape)
-        z = noise(torch.randn, (*shape, self.mean.shape[0]), self.mean, generator)
+        z = random_like(torch.randn, (*shape, self.mean.shape[0]), self.mean, generator)
         return self.unwhiten(z)
 
 

@@ -47,9 +47,9 @@ from sbitk.models.classical._checks import (
     check_fitted,
     check_points,
     check_rows,
-    noise,
     sample_size,
 )
+from sbitk.nn.devices import random_like
 
 
 @dataclass(frozen=True)
@@ -202,7 +202,7 @@ class GaussianMixture:
         check_fitted(self.weights, "GaussianMixture")
         shape, n = sample_size(shape)
         comp = categories(self.weights, n, generator)
-        z = noise(torch.randn, (n, self.means.shape[1], 1), self.means, generator)
+        z = random_like(torch.randn, (n, self.means.shape[1], 1), self.means, generator)
         x = self.means[comp] + (self._chol[comp] @ z)[..., 0]
         return x.reshape(*shape, -1)
 

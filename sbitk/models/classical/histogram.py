@@ -41,9 +41,9 @@ from sbitk.models.classical._checks import (
     check_fitted,
     check_points,
     check_rows,
-    noise,
     sample_size,
 )
+from sbitk.nn.devices import random_like
 
 
 def freedman_diaconis_width(x: Tensor) -> Tensor:
@@ -112,7 +112,7 @@ class Histogram:
         check_fitted(self.edges, "Histogram")
         shape, n = sample_size(shape)
         bins = categories(self.counts, n, generator)
-        u = noise(torch.rand, (n,), self.edges, generator)
+        u = random_like(torch.rand, (n,), self.edges, generator)
         return (self.edges[bins] + u * self.width).reshape(*shape, 1)
 
 
@@ -225,7 +225,7 @@ class DensityTree:
         check_fitted(self.leaf_lo, "DensityTree")
         shape, n = sample_size(shape)
         leaf = categories(self.counts, n, generator)
-        u = noise(torch.rand, (n, self.leaf_lo.shape[1]), self.leaf_lo, generator)
+        u = random_like(torch.rand, (n, self.leaf_lo.shape[1]), self.leaf_lo, generator)
         lo, hi = self.leaf_lo[leaf], self.leaf_hi[leaf]
         return (lo + u * (hi - lo)).reshape(*shape, -1)
 

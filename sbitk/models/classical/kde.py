@@ -44,11 +44,10 @@ from sbitk.models.classical._checks import (
     check_fitted,
     check_points,
     check_rows,
-    draw_device,
-    noise,
     sample_size,
 )
 from sbitk.models.divergences.kernels import sq_dist
+from sbitk.nn.devices import draw_device, random_like
 
 BANDWIDTH_RULES = ("scott", "silverman", "cv")
 
@@ -185,7 +184,7 @@ class KernelDensity:
         device = draw_device(self.data, generator)
         idx = torch.randint(self.data.shape[0], (n,), generator=generator, device=device)
         idx = idx.to(self.data.device)
-        z = noise(torch.randn, (n, self.data.shape[1]), self.data, generator)
+        z = random_like(torch.randn, (n, self.data.shape[1]), self.data, generator)
         return (self.data[idx] + z @ self.chol.T).reshape(*shape, -1)
 
 

@@ -37,6 +37,7 @@ from sbitk.models.flows.transforms import (
     StandardizeTransform,
     Transform,
 )
+from sbitk.nn.devices import random_like
 from sbitk.nn.embeddings import embedding_from_spec
 from sbitk.nn.standardize import Standardize
 
@@ -153,10 +154,7 @@ class FlowDistribution:
     def _latent(self, shape: Sequence[int], generator: torch.Generator | None) -> Tensor:
         ref = self.flow.input_standardization.mean
         full = torch.Size(shape) + self.batch_shape + self.event_shape
-        # a generator draws on its own device; one on the model's device avoids the copy
-        device = ref.device if generator is None else generator.device
-        z = torch.randn(full, generator=generator, dtype=ref.dtype, device=device)
-        return z.to(ref.device)
+        return random_like(torch.randn, full, ref, generator)
 
     def rsample(
         self, shape: Sequence[int] = (), generator: torch.Generator | None = None
