@@ -189,8 +189,9 @@ class DensityTree:
 
     @staticmethod
     def _split(points: Tensor, lo: Tensor, hi: Tensor, scale: Tensor) -> tuple[int, float] | None:
-        """Split the widest side (relative to the data's range) at the points' median."""
-        for dim in torch.argsort((hi - lo) / scale, descending=True).tolist():
+        """Split the widest side (relative to the data's range) at the points' median; of sides
+        equally wide, the first (a stable sort, so that the tree is the same on every device)."""
+        for dim in torch.argsort((hi - lo) / scale, descending=True, stable=True).tolist():
             v = torch.sort(points[:, dim]).values
             half = v.numel() // 2
             if v[half - 1] < v[half]:  # two non-empty children with positive widths

@@ -87,6 +87,14 @@ def test_density_tree_integrates_to_one_and_samples_inside_its_leaves():
     assert float(tree.log_prob(torch.full((1, 3), 50.0, dtype=torch.float64))) == -math.inf
 
 
+def test_density_tree_splits_the_first_of_equally_wide_sides():
+    # At the root every side is as wide as the data's range, a tie in every dimension. The
+    # first is split: an unstable sort picks another on the CPU from 17 dimensions, and any
+    # on a GPU, so that the same data grew different trees on different devices.
+    tree = DensityTree(max_depth=1).fit(_normal(64, 0, d=20))
+    assert int(tree.dims[0]) == 0
+
+
 def test_density_tree_l1_error_falls_in_two_dimensions():
     # Theory for a histogram in D = 2: L1 ~ N^(-1/(2+D)) = N^(-1/4). The tree's occupancy
     # moves in powers of 2, so over 500-16,000 points the measured slope (5 sets of 4 seeds)
