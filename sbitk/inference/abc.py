@@ -250,7 +250,8 @@ def rejection_abc(
     scale = _mad_scale(s)
     d = _distance(s, s_o, scale)
     if tolerance is None:
-        keep = torch.argsort(d)[: max(1, math.ceil(quantile * num_simulations))]
+        # Of equal distances the first simulated (a stable sort: the same on every device).
+        keep = torch.argsort(d, stable=True)[: max(1, math.ceil(quantile * num_simulations))]
         keep = keep[torch.isfinite(d[keep])]
     else:
         keep = torch.nonzero(d <= tolerance).flatten()

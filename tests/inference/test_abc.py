@@ -161,6 +161,18 @@ def test_same_seed_same_result_and_resampling():
     assert torch.equal(a.sample(50, seed=1), b.sample(50, seed=1))
 
 
+def test_rejection_abc_keeps_the_first_simulated_of_equal_distances():
+    # A sign simulator: half the simulations land on x_o exactly, so the closest 10 % are a
+    # tie. The first simulated are kept, whatever the sort's algorithm (the default one picked
+    # others on the CPU, and a GPU picks its own).
+    def sign(theta: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return (theta > 0).to(theta)
+
+    result = rejection_abc(sign, torch.ones(2), prior=PRIOR, num_simulations=400, quantile=0.1)
+    theta = PRIOR.sample(400, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(result.samples, theta[(theta > 0).all(-1)][:40])
+
+
 def test_tolerance_mode_and_summaries():
     result = rejection_abc(
         _toy,
