@@ -223,7 +223,7 @@ def rejection_abc(
         prior: The prior (default: the simulator's).
         num_simulations: Simulations to run.
         quantile: Keep this fraction of the simulations, the closest (when ``tolerance`` is
-            ``None``).
+            ``None``); of equal distances, the first simulated.
         tolerance: Keep every simulation within this standardised distance instead.
         summary: Summary statistics ``s(x (N, D_x)) -> (N, S)`` (default: x itself).
         regression: Apply :func:`regression_adjust` to the kept particles.

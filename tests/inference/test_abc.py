@@ -162,9 +162,10 @@ def test_same_seed_same_result_and_resampling():
 
 
 def test_rejection_abc_keeps_the_first_simulated_of_equal_distances():
-    # A sign simulator: half the simulations land on x_o exactly, so the closest 10 % are a
-    # tie. The first simulated are kept, whatever the sort's algorithm (the default one picked
-    # others on the CPU, and a GPU picks its own).
+    # A sign simulator: a quarter of the simulations (both signs positive) land on x_o
+    # exactly, and the closest tenth is kept, so it is chosen among equal distances. The
+    # first simulated are kept, whatever the sort's algorithm (the default one picked others
+    # on the CPU, and a GPU picks its own).
     def sign(theta: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return (theta > 0).to(theta)
 
